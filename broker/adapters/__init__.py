@@ -1,0 +1,1 @@
+"""Adapters: one module (or package) per backend, each implementing ports from ``core.ports``."""

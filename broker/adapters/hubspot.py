@@ -1,0 +1,211 @@
+"""HubSpot OAuth adapter (httpx). Implements ``OAuthProvider``.
+
+One ``httpx.AsyncClient`` with explicit timeouts and pool limits. Retries: only a request
+that never reached HubSpot (connect error) is retried, once; 5xx, 429 and timeouts surface
+to the refresh engine, which backs off per portal. ``invalid_grant`` is never retried.
+
+Every answer is classified into the failure classes of DESIGN.md (see ``_classify``). Tokens
+travel only in form bodies, never in URLs (v1 apps introspect through the versioned endpoint
+for that reason), and httpx's own loggers are kept at WARNING (they log full URLs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+
+from broker import metrics
+from broker.config import Secret, Settings
+from broker.core.models import App, TokenGrant, TokenInfo
+from broker.errors import (
+    AppMisconfigured,
+    GrantDead,
+    HubSpotError,
+    HubSpotRateLimited,
+    HubSpotUnavailable,
+    InstallFailed,
+)
+
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+_GRANT_DEAD = {"BAD_REFRESH_TOKEN", "BAD_HUB"}
+_APP_BAD = {"BAD_CLIENT_ID", "BAD_CLIENT_SECRET"}
+_INSTALL_BAD = {
+    "BAD_AUTH_CODE",
+    "EXPIRED_AUTH_CODE",
+    "MISMATCH_REDIRECT_URI_AUTH_CODE",
+    "BAD_REDIRECT_URI",
+    "BAD_CODE_VERIFIER",
+}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None  # HTTP-date form: not used by HubSpot; fall back to our own backoff
+
+
+def _classify(response: httpx.Response, *, grant_type: str) -> HubSpotError | InstallFailed:
+    """Map a non-200 answer of the token endpoint to the broker's failure classes."""
+    status = response.status_code
+    try:
+        body: dict[str, Any] = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    hs_status = str(body.get("status") or "")
+    error = str(body.get("error") or "")
+    detail = f"HubSpot answered {status} {hs_status or error or ''}".strip()
+    kwargs: dict[str, Any] = {"hubspot_status": hs_status or error or None, "http_status": status}
+    if status == 429:
+        return HubSpotRateLimited(detail, retry_after=_retry_after(response), **kwargs)
+    if status >= 500 or status in (423, 477, 408):
+        retry = _retry_after(response)
+        if status == 423:
+            retry = max(retry or 0.0, 2.0)  # "locked": wait at least 2 s
+        return HubSpotUnavailable(detail, retry_after=retry, **kwargs)
+    if hs_status in _APP_BAD or error == "invalid_client":
+        return AppMisconfigured(detail, **kwargs)
+    if grant_type == "refresh_token" and (
+        hs_status in _GRANT_DEAD or error in ("invalid_grant", "access_denied")
+    ):
+        return GrantDead(detail, **kwargs)
+    if grant_type == "authorization_code" and (
+        hs_status in _INSTALL_BAD or error == "invalid_grant"
+    ):
+        return InstallFailed(
+            f"HubSpot rejected the authorization code ({hs_status or error})",
+            code="install_code_rejected",
+        )
+    # An answer we do not understand is never taken as proof that a grant is dead.
+    return HubSpotUnavailable(detail, **kwargs)
+
+
+def _grant(body: dict[str, Any]) -> TokenGrant:
+    try:
+        return TokenGrant(
+            access_token=str(body["access_token"]),
+            refresh_token=str(body["refresh_token"]),
+            expires_in=int(body["expires_in"]),
+            hub_id=int(body["hub_id"]),
+            user_id=None if body.get("user_id") is None else int(body["user_id"]),
+            scopes=tuple(str(s) for s in body.get("scopes") or ()),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HubSpotUnavailable("HubSpot sent a malformed token response") from exc
+
+
+class HubSpotOAuth:
+    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
+        self._api = settings.hubspot_api_url.rstrip("/")
+        self._app_host = settings.hubspot_app_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self._api,
+            timeout=httpx.Timeout(
+                settings.hubspot_timeout, connect=min(3.0, settings.hubspot_timeout)
+            ),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            transport=transport,
+            headers={"User-Agent": "hubspot-token-broker"},
+            follow_redirects=False,
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def authorize_url(self, app: App, *, state: str, code_challenge: str, redirect_uri: str) -> str:
+        query = {
+            "client_id": app.client_id,
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(app.scopes),
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+        }
+        if app.optional_scopes:
+            query["optional_scope"] = " ".join(app.optional_scopes)
+        # HubSpot wants spaces as %20, not '+'.
+        return f"{self._app_host}/oauth/authorize?{urlencode(query, quote_via=quote)}"
+
+    async def _post(self, endpoint: str, path: str, form: dict[str, str]) -> httpx.Response:
+        for attempt in (1, 2):
+            try:
+                response = await self._client.post(path, data=form)
+            except httpx.ConnectError as exc:
+                metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
+                if attempt == 1:
+                    continue  # never reached HubSpot: safe to send once more
+                raise HubSpotUnavailable("cannot connect to HubSpot") from exc
+            except httpx.TransportError as exc:
+                metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
+                raise HubSpotUnavailable(f"no answer from HubSpot ({type(exc).__name__})") from exc
+            metrics.UPSTREAM_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def exchange_code(
+        self, app: App, secret: Secret, *, code: str, code_verifier: str | None
+    ) -> TokenGrant:
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": app.redirect_uri,
+            "client_id": app.client_id,
+            "client_secret": secret.get(),
+        }
+        if code_verifier is not None:
+            form["code_verifier"] = code_verifier
+        response = await self._post("token", f"/oauth/{app.api_version}/token", form)
+        if response.status_code != 200:
+            raise _classify(response, grant_type="authorization_code")
+        return _grant(response.json())
+
+    async def refresh(self, app: App, secrets: Sequence[Secret], refresh_token: str) -> TokenGrant:
+        last: AppMisconfigured | None = None
+        for secret in secrets:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": app.client_id,
+                "client_secret": secret.get(),
+            }
+            response = await self._post("token", f"/oauth/{app.api_version}/token", form)
+            if response.status_code == 200:
+                return _grant(response.json())
+            error = _classify(response, grant_type="refresh_token")
+            if not isinstance(error, AppMisconfigured) or error.hubspot_status == "BAD_CLIENT_ID":
+                raise error
+            last = error  # a rotated-out secret: try the next one
+        raise last or AppMisconfigured("the app has no client secret")
+
+    async def introspect(self, app: App, secret: Secret, access_token: str) -> TokenInfo:
+        version = "2026-03" if app.api_version == "v1" else app.api_version
+        form = {
+            "client_id": app.client_id,
+            "client_secret": secret.get(),
+            "token": access_token,
+            "token_type_hint": "access_token",
+        }
+        response = await self._post("introspect", f"/oauth/{version}/token/introspect", form)
+        if response.status_code != 200:
+            raise _classify(response, grant_type="introspect")
+        body = response.json()
+        if not body.get("active"):
+            raise HubSpotUnavailable("HubSpot reports the new access token as inactive")
+        return TokenInfo(
+            hub_id=int(body["hub_id"]),
+            hub_domain=body.get("hub_domain"),
+            user=body.get("user"),
+            user_id=None if body.get("user_id") is None else int(body["user_id"]),
+            scopes=tuple(body.get("scopes") or ()),
+        )

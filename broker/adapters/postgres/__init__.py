@@ -1,0 +1,1 @@
+"""PostgreSQL adapter (asyncpg): apps, portals, journal, callers, audit, outbox."""

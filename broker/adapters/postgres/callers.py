@@ -1,0 +1,74 @@
+"""Caller identities in PostgreSQL (implements ``CallerRepository``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from broker.adapters.postgres.pool import Database
+from broker.core.models import Caller
+from broker.errors import Conflict
+
+
+def _caller(row: asyncpg.Record) -> Caller:
+    return Caller(
+        id=row["id"],
+        name=row["name"],
+        roles=frozenset(row["roles"]),
+        apps=None if row["apps"] is None else frozenset(row["apps"]),
+        hub_ids=None if row["hub_ids"] is None else frozenset(row["hub_ids"]),
+        expires_at=row["expires_at"],
+        disabled=row["disabled_at"] is not None,
+    )
+
+
+class PostgresCallers:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self, caller: Caller, key_id: str, key_hash: str, expires_at: datetime | None
+    ) -> Caller:
+        try:
+            row = await self._db.fetchrow(
+                """INSERT INTO callers (name, key_id, key_hash, roles, apps, hub_ids, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
+                caller.name,
+                key_id,
+                key_hash,
+                sorted(caller.roles),
+                None if caller.apps is None else sorted(caller.apps),
+                None if caller.hub_ids is None else sorted(caller.hub_ids),
+                expires_at,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"a caller named {caller.name!r} exists", code="caller_exists") from exc
+        assert row is not None  # INSERT .. RETURNING returns the row or raises
+        return _caller(row)
+
+    async def by_key_id(self, key_id: str) -> tuple[Caller, str] | None:
+        row = await self._db.fetchrow("SELECT * FROM callers WHERE key_id = $1", key_id)
+        return None if row is None else (_caller(row), row["key_hash"])
+
+    async def by_name(self, name: str) -> Caller | None:
+        row = await self._db.fetchrow("SELECT * FROM callers WHERE name = $1", name)
+        return None if row is None else _caller(row)
+
+    async def list(self) -> list[Caller]:
+        return [_caller(r) for r in await self._db.fetch("SELECT * FROM callers ORDER BY name")]
+
+    async def disable(self, name: str) -> bool:
+        status = await self._db.execute(
+            "UPDATE callers SET disabled_at = clock_timestamp() "
+            "WHERE name = $1 AND disabled_at IS NULL",
+            name,
+        )
+        return status != "UPDATE 0"
+
+    async def touch(self, caller_ids: Sequence[int]) -> None:
+        await self._db.execute(
+            "UPDATE callers SET last_used_at = clock_timestamp() WHERE id = ANY($1::bigint[])",
+            list(caller_ids),
+        )

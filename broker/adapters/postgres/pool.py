@@ -1,0 +1,94 @@
+"""The asyncpg pool, with every call bounded and every connection failure mapped to
+:class:`~broker.errors.DatabaseError` (SQL errors are bugs and propagate unchanged)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import asyncpg
+
+from broker.errors import DatabaseError
+
+# Failures that mean "the database is not reachable right now", not "our SQL is wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+)
+
+
+@contextmanager
+def _guarded() -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise DatabaseError(f"PostgreSQL unavailable ({type(exc).__name__})") from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Database:
+    """A thin, typed wrapper over one asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int, max_size: int, timeout: float) -> Database:
+        with _guarded():
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=timeout,
+                command_timeout=timeout,
+                init=_init_connection,
+                server_settings={"application_name": "hubspot-token-broker"},
+            )
+        return cls(pool, timeout)
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self._pool.close(), timeout=self._timeout)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        with _guarded():
+            return await self._pool.fetch(query, *args, timeout=self._timeout)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        with _guarded():
+            return await self._pool.fetchrow(query, *args, timeout=self._timeout)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        with _guarded():
+            return await self._pool.fetchval(query, *args, timeout=self._timeout)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        with _guarded():
+            return await self._pool.execute(query, *args, timeout=self._timeout)
+
+    async def executemany(self, query: str, args: list[tuple[Any, ...]]) -> None:
+        with _guarded():
+            await self._pool.executemany(query, args, timeout=self._timeout)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A connection inside a transaction; connection failures become DatabaseError."""
+        with _guarded():
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                yield conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        with _guarded():
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn

@@ -1,0 +1,319 @@
+"""Apps, portals and the token journal in PostgreSQL (implements ``PortalRepository``).
+
+Every expiry and lease decision compares against ``clock_timestamp()``: the database clock
+is the one clock all replicas share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from broker.adapters.postgres.pool import Database
+from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState
+from broker.core.ports import EncryptedGrant
+
+_PORTAL_COLUMNS = """
+    id, app, hub_id, user_id, hub_domain, scopes, state, refresh_ct, access_ct,
+    access_expires_at, version, lease_epoch, failure_count, last_error, next_attempt_at,
+    lease_until, installed_by, installed_at, updated_at, refreshed_at, revoked_at,
+    clock_timestamp() AS db_now
+"""
+# Matches the unique index portals_identity.
+_IDENTITY = "app = $1 AND hub_id = $2 AND COALESCE(user_id, 0) = COALESCE($3::bigint, 0)"
+_SERVING = "state IN ('active', 'refresh_failing')"
+
+
+def _app(row: asyncpg.Record) -> App:
+    return App(
+        slug=row["slug"],
+        client_id=row["client_id"],
+        redirect_uri=row["redirect_uri"],
+        scopes=tuple(row["scopes"]),
+        optional_scopes=tuple(row["optional_scopes"]),
+        api_version=row["api_version"],
+        allow_marketplace_installs=row["allow_marketplace_installs"],
+        user_level=row["user_level"],
+    )
+
+
+def _portal(row: asyncpg.Record) -> PortalRecord:
+    return PortalRecord(
+        id=row["id"],
+        key=PortalKey(row["app"], row["hub_id"], row["user_id"]),
+        hub_domain=row["hub_domain"],
+        scopes=tuple(row["scopes"]),
+        state=PortalState(row["state"]),
+        installed_by=row["installed_by"],
+        refresh_ct=row["refresh_ct"],
+        access_ct=row["access_ct"],
+        access_expires_at=row["access_expires_at"],
+        version=row["version"],
+        lease_epoch=row["lease_epoch"],
+        failure_count=row["failure_count"],
+        last_error=row["last_error"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_until=row["lease_until"],
+        installed_at=row["installed_at"],
+        updated_at=row["updated_at"],
+        refreshed_at=row["refreshed_at"],
+        revoked_at=row["revoked_at"],
+        db_now=row["db_now"],
+    )
+
+
+def _key_args(key: PortalKey) -> tuple[Any, ...]:
+    return (key.app, key.hub_id, key.user_id)
+
+
+async def _event(
+    conn: asyncpg.pool.PoolConnectionProxy, kind: str, key: PortalKey, payload: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO events (type, app, hub_id, user_id, payload) VALUES ($1, $2, $3, $4, $5)",
+        kind,
+        *_key_args(key),
+        payload,
+    )
+
+
+class PostgresPortals:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- apps -----------------------------------------------------------------------------
+    async def get_app(self, slug: str) -> App | None:
+        row = await self._db.fetchrow("SELECT * FROM apps WHERE slug = $1", slug)
+        return None if row is None else _app(row)
+
+    async def list_apps(self) -> list[App]:
+        return [_app(r) for r in await self._db.fetch("SELECT * FROM apps ORDER BY slug")]
+
+    async def save_app(self, app: App) -> None:
+        await self._db.execute(
+            """INSERT INTO apps (slug, client_id, redirect_uri, scopes, optional_scopes,
+                                 api_version, allow_marketplace_installs, user_level)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (slug) DO UPDATE SET
+                   client_id = EXCLUDED.client_id, redirect_uri = EXCLUDED.redirect_uri,
+                   scopes = EXCLUDED.scopes, optional_scopes = EXCLUDED.optional_scopes,
+                   api_version = EXCLUDED.api_version,
+                   allow_marketplace_installs = EXCLUDED.allow_marketplace_installs,
+                   user_level = EXCLUDED.user_level, updated_at = clock_timestamp()""",
+            app.slug,
+            app.client_id,
+            app.redirect_uri,
+            list(app.scopes),
+            list(app.optional_scopes),
+            app.api_version,
+            app.allow_marketplace_installs,
+            app.user_level,
+        )
+
+    # --- portals --------------------------------------------------------------------------
+    async def get_portal(self, key: PortalKey) -> PortalRecord | None:
+        row = await self._db.fetchrow(
+            f"SELECT {_PORTAL_COLUMNS} FROM portals WHERE {_IDENTITY}", *_key_args(key)
+        )
+        return None if row is None else _portal(row)
+
+    async def db_now(self) -> datetime:
+        now: datetime = await self._db.fetchval("SELECT clock_timestamp()")
+        return now
+
+    async def list_portals(
+        self, *, app: str | None = None, state: PortalState | None = None, limit: int = 100
+    ) -> list[PortalRecord]:
+        rows = await self._db.fetch(
+            f"""SELECT {_PORTAL_COLUMNS} FROM portals
+                WHERE ($1::text IS NULL OR app = $1) AND ($2::text IS NULL OR state = $2)
+                ORDER BY app, hub_id, user_id NULLS FIRST LIMIT $3""",
+            app,
+            None if state is None else state.value,
+            limit,
+        )
+        return [_portal(r) for r in rows]
+
+    async def install(
+        self,
+        key: PortalKey,
+        grant: EncryptedGrant,
+        *,
+        hub_domain: str | None,
+        scopes: Sequence[str],
+        actor: str,
+    ) -> PortalRecord:
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(
+                f"""INSERT INTO portals (app, hub_id, user_id, hub_domain, installed_by, scopes,
+                                         refresh_ct, access_ct, access_expires_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    ON CONFLICT (app, hub_id, COALESCE(user_id, 0)) DO UPDATE SET
+                        hub_domain = EXCLUDED.hub_domain, installed_by = EXCLUDED.installed_by,
+                        scopes = EXCLUDED.scopes, state = 'active',
+                        refresh_ct = EXCLUDED.refresh_ct, access_ct = EXCLUDED.access_ct,
+                        access_expires_at = EXCLUDED.access_expires_at,
+                        version = portals.version + 1,
+                        lease_owner = NULL, lease_until = NULL,
+                        failure_count = 0, last_error = NULL, next_attempt_at = NULL,
+                        installed_at = clock_timestamp(), updated_at = clock_timestamp(),
+                        revoked_at = NULL
+                    RETURNING {_PORTAL_COLUMNS}""",
+                *_key_args(key),
+                hub_domain,
+                actor,
+                list(scopes),
+                grant.refresh_ct,
+                grant.access_ct,
+                grant.expires_at,
+            )
+            assert row is not None  # INSERT .. ON CONFLICT DO UPDATE always returns the row
+            await _event(conn, "portal.installed", key, {"scopes": list(scopes)})
+            return _portal(row)
+
+    # --- the refresh lease ----------------------------------------------------------------
+    async def claim_lease(
+        self,
+        portal_id: int,
+        owner: str,
+        *,
+        lease_seconds: float,
+        min_ttl: float,
+        ignore_backoff: bool,
+    ) -> Lease | None:
+        row = await self._db.fetchrow(
+            f"""UPDATE portals SET
+                    lease_owner = $2, lease_epoch = lease_epoch + 1,
+                    lease_until = clock_timestamp() + make_interval(secs => $3)
+                WHERE id = $1 AND {_SERVING}
+                  AND refresh_ct IS NOT NULL
+                  AND (lease_until IS NULL OR lease_until <= clock_timestamp())
+                  AND (access_expires_at IS NULL
+                       OR access_expires_at < clock_timestamp() + make_interval(secs => $4))
+                  AND ($5 OR next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())
+                RETURNING lease_epoch, version, refresh_ct, failure_count, lease_until,
+                          clock_timestamp() AS now""",
+            portal_id,
+            owner,
+            lease_seconds,
+            min_ttl,
+            ignore_backoff,
+        )
+        if row is None:
+            return None
+        return Lease(
+            portal_id=portal_id,
+            owner=owner,
+            epoch=row["lease_epoch"],
+            version=row["version"],
+            refresh_ct=row["refresh_ct"],
+            failures=row["failure_count"],
+            seconds=(row["lease_until"] - row["now"]).total_seconds(),
+            db_now=row["now"],
+        )
+
+    async def journal(self, lease: Lease, grant: EncryptedGrant) -> int:
+        journal_id: int = await self._db.fetchval(
+            """INSERT INTO token_journal (portal_id, lease_epoch, lease_owner, base_version,
+                                          refresh_ct, access_ct, access_expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+            lease.portal_id,
+            lease.epoch,
+            lease.owner,
+            lease.version,
+            grant.refresh_ct,
+            grant.access_ct,
+            grant.expires_at,
+        )
+        return journal_id
+
+    async def commit_refresh(
+        self, lease: Lease, grant: EncryptedGrant, journal_id: int
+    ) -> PortalRecord | None:
+        async with self._db.transaction() as conn:
+            # The CTE locks the row and reads the state before the write, for the event.
+            row = await conn.fetchrow(
+                f"""WITH before AS (
+                        SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE)
+                    UPDATE portals SET
+                        refresh_ct = $4, access_ct = $5, access_expires_at = $6,
+                        version = version + 1, lease_owner = NULL, lease_until = NULL,
+                        state = 'active', failure_count = 0, last_error = NULL,
+                        next_attempt_at = NULL, refreshed_at = clock_timestamp(),
+                        updated_at = clock_timestamp()
+                    FROM before
+                    WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3
+                      AND {_SERVING}
+                    RETURNING {_PORTAL_COLUMNS}, prev_state""",
+                lease.portal_id,
+                lease.epoch,
+                lease.owner,
+                grant.refresh_ct,
+                grant.access_ct,
+                grant.expires_at,
+            )
+            if row is None:
+                return None
+            await conn.execute(
+                "UPDATE token_journal SET applied_at = clock_timestamp() WHERE id = $1",
+                journal_id,
+            )
+            record = _portal(row)
+            if row["prev_state"] == PortalState.REFRESH_FAILING:
+                await _event(conn, "portal.recovered", record.key, {})
+            return record
+
+    async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:
+        row = await self._db.fetchrow(
+            """SELECT id, refresh_ct, access_ct, access_expires_at FROM token_journal
+               WHERE portal_id = $1 AND applied_at IS NULL AND base_version >= $2
+               ORDER BY id DESC LIMIT 1""",
+            lease.portal_id,
+            lease.version,
+        )
+        if row is None:
+            return None
+        return row["id"], EncryptedGrant(
+            row["refresh_ct"], row["access_ct"], row["access_expires_at"]
+        )
+
+    async def record_failure(
+        self, lease: Lease, *, failure_class: str, state: PortalState, retry_in: float
+    ) -> None:
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(
+                f"""WITH before AS (
+                        SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE)
+                    UPDATE portals SET
+                        state = $4, failure_count = failure_count + 1, last_error = $5,
+                        next_attempt_at = clock_timestamp() + make_interval(secs => $6),
+                        lease_owner = NULL, lease_until = NULL, updated_at = clock_timestamp()
+                    FROM before
+                    WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3
+                      AND {_SERVING}
+                    RETURNING app, hub_id, user_id, prev_state""",
+                lease.portal_id,
+                lease.epoch,
+                lease.owner,
+                state.value,
+                failure_class,
+                retry_in,
+            )
+            if row is not None and row["prev_state"] != state.value:
+                key = PortalKey(row["app"], row["hub_id"], row["user_id"])
+                await _event(conn, f"portal.{state.value}", key, {"class": failure_class})
+
+    async def release_lease(self, lease: Lease) -> None:
+        await self._db.execute(
+            """UPDATE portals SET lease_owner = NULL, lease_until = NULL
+               WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3""",
+            lease.portal_id,
+            lease.epoch,
+            lease.owner,
+        )
+
+    async def ping(self) -> None:
+        await self._db.fetchval("SELECT 1")

@@ -1,0 +1,180 @@
+"""Redis-protocol adapter (redis-py asyncio): advisory locks, "refreshed" notices,
+single-use install state. Implements ``Coordinator``.
+
+Redis is an optimisation, never the authority. Every call is bounded by ``redis_timeout``
+with the client's own retries off; lock and notice calls report trouble as ``None``/``False``
+so the caller falls back to the Postgres lease and polling.
+
+No redis-py ``Lock`` objects: their token lives in a thread-local shared by every task on a
+loop. Locks here are ``SET NX PX`` with a random owner per attempt and a compare-and-delete
+release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from broker import metrics
+from broker.config import Settings
+from broker.errors import UpstreamError
+
+log = structlog.get_logger(__name__)
+
+# Delete the key only while it still holds our owner value.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_UNAVAILABLE = (RedisError, OSError, TimeoutError)
+
+
+class RedisCoordinator:
+    def __init__(self, settings: Settings) -> None:
+        self._timeout = settings.redis_timeout
+        self._prefix = settings.redis_prefix
+        self._client = aioredis.Redis.from_url(
+            settings.redis_url.get(),
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        # A second client for the subscription: its connection blocks on reads.
+        self._sub_client = aioredis.Redis.from_url(
+            settings.redis_url.get(), socket_connect_timeout=settings.redis_timeout
+        )
+        self._release = self._client.register_script(_RELEASE)
+        self._channel = f"{self._prefix}refreshed"
+        self._waiters: defaultdict[int, set[asyncio.Future[None]]] = defaultdict(set)
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="redis-refreshed-listener")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._client.aclose()
+        await self._sub_client.aclose()
+
+    async def _bounded(self, operation: str, coro: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, timeout=self._timeout)
+        except _UNAVAILABLE:
+            metrics.BACKEND_ERRORS.labels("redis", operation).inc()
+            raise
+
+    # --- locks ----------------------------------------------------------------------------
+    async def try_lock(self, name: str, owner: str, ttl_seconds: float) -> bool | None:
+        try:
+            acquired = await self._bounded(
+                "lock",
+                self._client.set(
+                    f"{self._prefix}lock:{name}", owner, nx=True, px=int(ttl_seconds * 1000)
+                ),
+            )
+        except _UNAVAILABLE:
+            return None
+        return bool(acquired)
+
+    async def unlock(self, name: str, owner: str) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await self._bounded(
+                "unlock", self._release(keys=[f"{self._prefix}lock:{name}"], args=[owner])
+            )
+
+    # --- notices --------------------------------------------------------------------------
+    async def publish_refreshed(self, portal_id: int, version: int) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await self._bounded(
+                "publish", self._client.publish(self._channel, f"{portal_id}:{version}")
+            )
+
+    async def wait_refreshed(self, portal_id: int, timeout: float) -> bool:
+        if not self._subscribed.is_set():
+            return False  # no live subscription: the caller polls instead
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[portal_id].add(future)
+        try:
+            await asyncio.wait_for(future, timeout=timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(portal_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[portal_id]
+
+    def _wake(self, portal_id: int) -> None:
+        for future in self._waiters.pop(portal_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    async def _listen(self) -> None:
+        """Keep one subscription alive; reconnect with a capped backoff."""
+        delay = 0.1
+        while True:
+            pubsub = self._sub_client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self._subscribed.set()
+                delay = 0.1
+                async for message in pubsub.listen():
+                    portal, _, _version = message["data"].decode().partition(":")
+                    self._wake(int(portal))
+            except _UNAVAILABLE:
+                metrics.BACKEND_ERRORS.labels("redis", "subscribe").inc()
+            finally:
+                self._subscribed.clear()
+                with contextlib.suppress(*_UNAVAILABLE):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            # Waiters registered on the dead subscription fall back to polling.
+            for portal_id in list(self._waiters):
+                self._wake(portal_id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # --- single-use install state ---------------------------------------------------------
+    async def put_state(self, state: str, payload: dict[str, Any], ttl_seconds: int) -> None:
+        try:
+            await self._bounded(
+                "state_put",
+                self._client.set(
+                    f"{self._prefix}state:{state}", json.dumps(payload), ex=ttl_seconds, nx=True
+                ),
+            )
+        except _UNAVAILABLE as exc:
+            raise UpstreamError("Redis is unavailable", code="redis_unavailable") from exc
+
+    async def take_state(self, state: str) -> dict[str, Any] | None:
+        try:
+            raw = await self._bounded(
+                "state_take", self._client.getdel(f"{self._prefix}state:{state}")
+            )
+        except _UNAVAILABLE as exc:
+            raise UpstreamError("Redis is unavailable", code="redis_unavailable") from exc
+        if raw is None:
+            return None
+        payload: dict[str, Any] = json.loads(raw)
+        return payload
+
+    async def ping(self) -> None:
+        try:
+            await self._bounded("ping", self._client.ping())
+        except _UNAVAILABLE as exc:
+            raise UpstreamError("Redis is unavailable", code="redis_unavailable") from exc

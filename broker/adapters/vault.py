@@ -1,0 +1,200 @@
+"""Vault / OpenBao adapter: client secrets in KV v2, tokens through Transit.
+
+hvac is blocking, so this is the only module that calls it, always on a small dedicated
+thread pool. Implements ``Cipher`` and ``SecretStore``.
+
+* Transit key: ``derived=true``; each ciphertext is bound to the portal identity and token
+  kind through the derivation context, so a ciphertext copied to another row won't decrypt.
+* Client secrets: ``<kv_mount>/<kv_prefix>/apps/<slug>`` holds ``{"client_secrets": [...]}``,
+  newest first, written with check-and-set; cached in memory for ``secret_cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from broker import metrics
+from broker.config import Secret, Settings
+from broker.errors import NotFound, Undecryptable, VaultError
+
+T = TypeVar("T")
+
+# Transport failures and Vault answering "not now" (sealed, standby, 5xx).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    hvac.exceptions.VaultDown,
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.BadGateway,
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class VaultAdapter:
+    def __init__(self, settings: Settings, *, threads: int = 8) -> None:
+        self._settings = settings
+        # requests takes float seconds; the hvac stub says int.
+        timeout: Any = settings.vault_timeout
+        self._client = hvac.Client(url=settings.vault_addr, timeout=timeout)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vault")
+        self._secret_cache: dict[str, tuple[float, list[Secret]]] = {}
+        self._fingerprint_key: bytes | None = None
+
+    # --- plumbing -------------------------------------------------------------------------
+    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn)
+        except _UNAVAILABLE as exc:
+            metrics.BACKEND_ERRORS.labels("vault", operation).inc()
+            sealed = isinstance(exc, hvac.exceptions.VaultDown)
+            raise VaultError(
+                "Vault is sealed" if sealed else "Vault is unreachable",
+                code="vault_sealed" if sealed else "vault_unavailable",
+            ) from exc
+        except hvac.exceptions.Forbidden as exc:
+            metrics.BACKEND_ERRORS.labels("vault", operation).inc()
+            raise VaultError("Vault denied the broker's token", code="vault_forbidden") from exc
+
+    def _kv_path(self, *parts: str) -> str:
+        return "/".join((self._settings.vault_kv_prefix, *parts))
+
+    async def login(self) -> None:
+        """Authenticate with the configured method (token, AppRole or Kubernetes)."""
+        settings = self._settings
+
+        def do_login() -> None:
+            if settings.vault_auth == "token":
+                self._client.token = settings.vault_token.get()
+            elif settings.vault_auth == "approle":
+                self._client.auth.approle.login(
+                    role_id=settings.vault_role_id, secret_id=settings.vault_secret_id.get()
+                )
+            else:
+                jwt = Path(settings.vault_k8s_jwt_path).read_text().strip()
+                self._client.auth.kubernetes.login(role=settings.vault_k8s_role, jwt=jwt)
+
+        await self._call("login", do_login)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.adapter.close()
+
+    async def ping(self) -> None:
+        """Raises VaultError when Vault is unreachable or sealed."""
+        status: dict[str, Any] = await self._call("health", self._client.sys.read_seal_status)
+        if status.get("sealed"):
+            raise VaultError("Vault is sealed", code="vault_sealed")
+
+    # --- Transit --------------------------------------------------------------------------
+    async def encrypt(self, items: Sequence[tuple[str, bytes]]) -> list[str]:
+        batch = [{"plaintext": _b64(p.encode()), "context": _b64(c)} for p, c in items]
+
+        def run() -> Any:
+            return self._client.secrets.transit.encrypt_data(
+                name=self._settings.vault_transit_key,
+                batch_input=batch,
+                mount_point=self._settings.vault_transit_mount,
+            )
+
+        response = await self._call("encrypt", run)
+        results = response["data"]["batch_results"]
+        if any("error" in r and r["error"] for r in results):
+            metrics.BACKEND_ERRORS.labels("vault", "encrypt").inc()
+            raise VaultError("Vault could not encrypt a token", code="encrypt_failed")
+        return [str(r["ciphertext"]) for r in results]
+
+    async def decrypt(self, items: Sequence[tuple[str, bytes]]) -> list[str]:
+        batch = [{"ciphertext": ct, "context": _b64(c)} for ct, c in items]
+
+        def run() -> Any:
+            return self._client.secrets.transit.decrypt_data(
+                name=self._settings.vault_transit_key,
+                batch_input=batch,
+                mount_point=self._settings.vault_transit_mount,
+            )
+
+        try:
+            response = await self._call("decrypt", run)
+        except hvac.exceptions.InvalidRequest as exc:
+            metrics.BACKEND_ERRORS.labels("vault", "decrypt").inc()
+            raise Undecryptable("a stored token does not decrypt") from exc
+        results = response["data"]["batch_results"]
+        if any("error" in r and r["error"] for r in results):
+            metrics.BACKEND_ERRORS.labels("vault", "decrypt").inc()
+            raise Undecryptable("a stored token does not decrypt")
+        return [base64.b64decode(r["plaintext"]).decode() for r in results]
+
+    # --- KV v2 ----------------------------------------------------------------------------
+    def _read_kv(self, path: str) -> tuple[dict[str, Any], int] | None:
+        try:
+            response = self._client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self._settings.vault_kv_mount, raise_on_deleted_version=True
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        data = response["data"]
+        return data["data"], int(data["metadata"]["version"])
+
+    def _write_kv(self, path: str, data: dict[str, Any], cas: int) -> None:
+        self._client.secrets.kv.v2.create_or_update_secret(
+            path=path, secret=data, cas=cas, mount_point=self._settings.vault_kv_mount
+        )
+
+    async def client_secrets(self, app: str) -> list[Secret]:
+        cached = self._secret_cache.get(app)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = await self._call("kv_read", lambda: self._read_kv(self._kv_path("apps", app)))
+        if found is None or not found[0].get("client_secrets"):
+            raise NotFound(f"no client secret stored for app {app!r}", code="app_secret_missing")
+        values = [Secret(str(s)) for s in found[0]["client_secrets"]]
+        self._secret_cache[app] = (now + self._settings.secret_cache_seconds, values)
+        return values
+
+    async def add_client_secret(self, app: str, secret: Secret) -> None:
+        path = self._kv_path("apps", app)
+
+        def run() -> None:
+            current = self._read_kv(path)
+            existing = [] if current is None else list(current[0].get("client_secrets", []))
+            values = [secret.get(), *(s for s in existing if s != secret.get())]
+            self._write_kv(path, {"client_secrets": values}, 0 if current is None else current[1])
+
+        await self._call("kv_write", run)
+        self._secret_cache.pop(app, None)
+
+    async def fingerprint_key(self) -> bytes:
+        if self._fingerprint_key is not None:
+            return self._fingerprint_key
+        path = self._kv_path("broker", "fingerprint")
+
+        def run() -> bytes:
+            found = self._read_kv(path)
+            if found is None:
+                # Check-and-set: if another replica created it first, read theirs.
+                with contextlib.suppress(hvac.exceptions.InvalidRequest):
+                    self._write_kv(path, {"key": secrets.token_hex(32)}, 0)
+                found = self._read_kv(path)
+            if found is None:
+                raise VaultError("cannot create the fingerprint key", code="vault_unavailable")
+            return bytes.fromhex(found[0]["key"])
+
+        self._fingerprint_key = await self._call("kv_read", run)
+        return self._fingerprint_key

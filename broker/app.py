@@ -1,0 +1,205 @@
+"""The composition root: the only module that sees ``web``, ``core`` and ``adapters``.
+
+``create_app(settings)`` returns the ASGI app; its lifespan builds the asyncpg pool, the
+Redis coordinator, the Vault adapter and the HubSpot client, wires the use cases, and tears
+everything down in reverse order. Nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import TypedDict
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from broker.adapters.hubspot import HubSpotOAuth
+from broker.adapters.postgres.audit import PostgresAudit
+from broker.adapters.postgres.callers import PostgresCallers
+from broker.adapters.postgres.migrate import migrate, pending
+from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.portals import PostgresPortals
+from broker.adapters.redis import RedisCoordinator
+from broker.adapters.vault import VaultAdapter
+from broker.config import Settings
+from broker.core.admin import AdminService
+from broker.core.callers import CallerService
+from broker.core.install import InstallService
+from broker.core.refresh import RefreshEngine
+from broker.core.tokens import TokenService
+from broker.errors import BrokerError, FatalError
+from broker.web import api, health, oauth
+from broker.web.middleware import RequestIdMiddleware
+from broker.web.problems import HANDLERS
+from broker.web.services import Services
+
+
+class State(TypedDict):
+    services: Services
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Build every adapter and use case; close them in reverse order on exit."""
+    async with AsyncExitStack() as stack:
+        db = await Database.connect(
+            settings.database_url.get(),
+            min_size=settings.database_pool_min,
+            max_size=settings.database_pool_max,
+            timeout=settings.db_timeout,
+        )
+        stack.push_async_callback(db.close)
+        async with db.connection() as conn:
+            missing = await pending(conn)
+        if missing:
+            raise FatalError(
+                f"{len(missing)} database migration(s) pending: run `broker migrate` first",
+                code="migrations_pending",
+            )
+        vault = VaultAdapter(settings)
+        stack.push_async_callback(vault.close)
+        await vault.login()
+        coordinator = RedisCoordinator(settings)
+        stack.push_async_callback(coordinator.close)
+        coordinator.start()
+        oauth_client = HubSpotOAuth(settings)
+        stack.push_async_callback(oauth_client.close)
+
+        portals = PostgresPortals(db)
+        audit = PostgresAudit(db)
+        audit.start()
+        stack.push_async_callback(audit.close)
+        refresher = RefreshEngine(
+            settings,
+            portals=portals,
+            coordinator=coordinator,
+            cipher=vault,
+            secrets_store=vault,
+            oauth=oauth_client,
+            replica_id=replica_id(),
+        )
+        callers = CallerService(settings, callers=PostgresCallers(db), audit=audit)
+        callers.start()
+        stack.push_async_callback(callers.close)
+        yield Services(
+            settings=settings,
+            tokens=TokenService(
+                settings,
+                portals=portals,
+                cipher=vault,
+                refresher=refresher,
+                audit=audit,
+                fingerprint_key=await vault.fingerprint_key(),
+            ),
+            installs=InstallService(
+                settings,
+                portals=portals,
+                coordinator=coordinator,
+                cipher=vault,
+                secrets_store=vault,
+                oauth=oauth_client,
+                refresher=refresher,
+                audit=audit,
+            ),
+            callers=callers,
+            readiness={"postgres": portals.ping, "redis": coordinator.ping, "vault": vault.ping},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """What the CLI needs: no HubSpot client, no background tasks."""
+
+    admin: AdminService
+    callers: CallerService
+    audit: PostgresAudit
+
+
+async def run_migrations(settings: Settings) -> list[str]:
+    """Apply pending migrations; returns their names."""
+    db = await Database.connect(
+        settings.database_url.get(), min_size=1, max_size=1, timeout=settings.db_timeout
+    )
+    try:
+        async with db.connection() as conn:
+            return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+    finally:
+        await db.close()
+
+
+@asynccontextmanager
+async def open_admin(settings: Settings) -> AsyncIterator[Admin]:
+    db = await Database.connect(
+        settings.database_url.get(), min_size=1, max_size=2, timeout=settings.db_timeout
+    )
+    vault = VaultAdapter(settings)
+    audit = PostgresAudit(db)
+    try:
+        await vault.login()
+        yield Admin(
+            admin=AdminService(portals=PostgresPortals(db), secrets_store=vault, audit=audit),
+            callers=CallerService(settings, callers=PostgresCallers(db), audit=audit),
+            audit=audit,
+        )
+        await audit.flush()
+    finally:
+        await vault.close()
+        await db.close()
+
+
+async def probe_backends(settings: Settings) -> dict[str, str]:
+    """Reach every backend once (``broker check-config``): name -> "ok" or a problem code."""
+    report: dict[str, str] = {}
+    try:
+        db = await Database.connect(
+            settings.database_url.get(), min_size=1, max_size=1, timeout=settings.db_timeout
+        )
+        try:
+            async with db.connection() as conn:
+                missing = await pending(conn)
+            report["postgres"] = f"{len(missing)} migration(s) pending" if missing else "ok"
+        finally:
+            await db.close()
+    except BrokerError as exc:
+        report["postgres"] = exc.code
+    coordinator = RedisCoordinator(settings)
+    try:
+        await coordinator.ping()
+        report["redis"] = "ok"
+    except BrokerError as exc:
+        report["redis"] = exc.code
+    finally:
+        await coordinator.close()
+    vault = VaultAdapter(settings)
+    try:
+        await vault.login()
+        await vault.ping()
+        report["vault"] = "ok"
+    except BrokerError as exc:
+        report["vault"] = exc.code
+    finally:
+        await vault.close()
+    return report
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[State]:
+        async with open_services(settings) as services:
+            yield {"services": services}
+
+    return Starlette(
+        routes=[*api.routes, *oauth.routes, *health.routes],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=HANDLERS,
+        lifespan=lifespan,
+    )

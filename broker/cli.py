@@ -1,0 +1,287 @@
+"""``broker`` — the command line (also ``python -m broker``).
+
+Every command reads the same ``BROKER_*`` settings as the server. ``--json`` prints machine
+output for scripts. Exit codes: 0 ok, 1 the operation failed (backend down, not found...),
+2 bad arguments or configuration. Secrets are never taken as arguments (they would show in
+``ps`` and shell history): client secrets come from stdin or a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from broker.config import Secret, Settings, load_settings
+from broker.core.admin import app_view, portal_view
+from broker.core.models import DEFAULT_API_VERSION, App, PortalKey, Role
+from broker.errors import BrokerError, ConfigError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Out:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: Any, text: str) -> None:
+        print(json.dumps(data, indent=2, default=str) if self.as_json else text)
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _read_secret(args: argparse.Namespace) -> Secret:
+    if args.client_secret_file:
+        with open(args.client_secret_file) as handle:
+            return Secret(handle.read().strip())
+    if sys.stdin.isatty():
+        import getpass
+
+        return Secret(getpass.getpass("client secret: ").strip())
+    return Secret(sys.stdin.readline().strip())
+
+
+# --- commands ------------------------------------------------------------------------------
+async def cmd_migrate(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import run_migrations
+
+    applied = await run_migrations(settings)
+    out.emit({"applied": applied}, "applied: " + (", ".join(applied) if applied else "nothing"))
+
+
+async def cmd_apps_add(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    app = App(
+        slug=args.slug,
+        client_id=args.client_id,
+        redirect_uri=args.redirect_uri,
+        scopes=tuple(args.scope),
+        optional_scopes=tuple(args.optional_scope),
+        api_version=args.api_version,
+        allow_marketplace_installs=args.allow_marketplace_installs,
+        user_level=args.user_level,
+    )
+    secret = _read_secret(args)
+    async with open_admin(settings) as ctx:
+        saved = await ctx.admin.add_app(app, secret, actor="cli")
+    out.emit(app_view(saved), f"app {saved.slug} saved (client secret stored in Vault)")
+
+
+async def cmd_apps_list(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    async with open_admin(settings) as ctx:
+        apps = [app_view(a) for a in await ctx.admin.list_apps()]
+    out.emit(apps, _table(apps, ["slug", "client_id", "api_version", "redirect_uri"]))
+
+
+async def cmd_callers_create(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    expires = (
+        None if args.expires_days is None else datetime.now(UTC) + timedelta(days=args.expires_days)
+    )
+    async with open_admin(settings) as ctx:
+        new = await ctx.callers.create(
+            args.name,
+            roles=args.role or [Role.TOKENS_READ.value],
+            apps=args.app or None,
+            hub_ids=args.hub or None,
+            expires_at=expires,
+            actor="cli",
+        )
+    data = {"name": new.caller.name, "key": new.secret, "expires_at": new.expires_at}
+    out.emit(data, f"caller {new.caller.name} created. Its key (shown once):\n{new.secret}")
+
+
+async def cmd_callers_list(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    async with open_admin(settings) as ctx:
+        callers = await ctx.callers.list()
+    rows = [
+        {
+            "name": c.name,
+            "roles": ",".join(sorted(c.roles)),
+            "apps": "*" if c.apps is None else ",".join(sorted(c.apps)),
+            "hubs": "*" if c.hub_ids is None else ",".join(map(str, sorted(c.hub_ids))),
+            "expires_at": c.expires_at,
+            "disabled": c.disabled,
+        }
+        for c in callers
+    ]
+    out.emit(rows, _table(rows, ["name", "roles", "apps", "hubs", "expires_at", "disabled"]))
+
+
+async def cmd_callers_disable(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    async with open_admin(settings) as ctx:
+        await ctx.callers.disable(args.name, actor="cli")
+    out.emit({"name": args.name, "disabled": True}, f"caller {args.name} disabled")
+
+
+async def cmd_portals_list(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    async with open_admin(settings) as ctx:
+        records = await ctx.admin.list_portals(app=args.app, state=args.state, limit=args.limit)
+    rows = [portal_view(r) for r in records]
+    out.emit(
+        rows,
+        _table(rows, ["app", "hub_id", "user_id", "hub_domain", "state", "access_expires_at"]),
+    )
+
+
+async def cmd_portals_show(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    app = args.app or settings.default_app
+    if not app:
+        raise ConfigError(["--app is required (no BROKER_DEFAULT_APP)"])
+    async with open_admin(settings) as ctx:
+        record = await ctx.admin.show_portal(PortalKey(app, args.hub_id, args.user_id))
+    view = portal_view(record)
+    out.emit(view, "\n".join(f"{k:18} {'-' if v is None else v}" for k, v in view.items()))
+
+
+async def cmd_check_config(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import probe_backends
+
+    report = {"settings": "ok"}
+    if not args.offline:
+        report.update(await probe_backends(settings))
+    text = "\n".join(f"{k:10} {v}" for k, v in report.items())
+    out.emit(report, text)
+    if any(v != "ok" for v in report.values()):
+        raise SystemExit(EXIT_FAILED)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from broker import logs
+    from broker.app import create_app
+
+    logs.configure(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+
+
+# --- parser --------------------------------------------------------------------------------
+Command = Callable[[Settings, argparse.Namespace, _Out], Coroutine[Any, Any, None]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="broker", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the HTTP API (and the refresher)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    dev = sub.add_parser("dev", help="embedded stack + HubSpot simulator + broker (make run)")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--simulator-port", type=int, default=8090)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
+    check = sub.add_parser("check-config", help="validate settings and reach every backend")
+    check.add_argument("--offline", action="store_true", help="only validate the settings")
+    check.set_defaults(run=cmd_check_config)
+
+    apps = sub.add_parser("apps", help="HubSpot apps").add_subparsers(dest="sub", required=True)
+    add = apps.add_parser("add", help="register or update an app; reads the secret from stdin")
+    add.add_argument("slug")
+    add.add_argument("--client-id", required=True)
+    add.add_argument("--redirect-uri", required=True)
+    add.add_argument("--scope", action="append", default=[], help="repeatable")
+    add.add_argument("--optional-scope", action="append", default=[], help="repeatable")
+    add.add_argument("--api-version", default=DEFAULT_API_VERSION)
+    add.add_argument("--user-level", action="store_true")
+    add.add_argument("--allow-marketplace-installs", action="store_true")
+    add.add_argument("--client-secret-file", help="read the secret from this file, not stdin")
+    add.set_defaults(run=cmd_apps_add)
+    apps.add_parser("list", help="list apps").set_defaults(run=cmd_apps_list)
+
+    callers = sub.add_parser("callers", help="service identities").add_subparsers(
+        dest="sub", required=True
+    )
+    create = callers.add_parser("create", help="create a caller and print its key once")
+    create.add_argument("name")
+    create.add_argument("--app", action="append", help="allowed app (repeatable; default all)")
+    create.add_argument("--hub", action="append", type=int, help="allowed hub_id (default all)")
+    create.add_argument("--role", action="append", choices=[r.value for r in Role])
+    create.add_argument("--expires-days", type=float)
+    create.set_defaults(run=cmd_callers_create)
+    callers.add_parser("list", help="list callers").set_defaults(run=cmd_callers_list)
+    disable = callers.add_parser("disable", help="disable a caller")
+    disable.add_argument("name")
+    disable.set_defaults(run=cmd_callers_disable)
+
+    portals = sub.add_parser("portals", help="installed portals").add_subparsers(
+        dest="sub", required=True
+    )
+    plist = portals.add_parser("list", help="list portals")
+    plist.add_argument("--app")
+    plist.add_argument("--state")
+    plist.add_argument("--limit", type=int, default=100)
+    plist.set_defaults(run=cmd_portals_list)
+    show = portals.add_parser("show", help="show one portal (never its tokens)")
+    show.add_argument("hub_id", type=int)
+    show.add_argument("--app")
+    show.add_argument("--user-id", type=int)
+    show.set_defaults(run=cmd_portals_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = _Out(args.json)
+    if args.command == "dev":
+        from broker.dev.run import run_dev
+
+        code: int = run_dev(port=args.port, simulator_port=args.simulator_port)
+        return code
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print("configuration is invalid:", file=sys.stderr)
+        for item in exc.problems:
+            print(f"  - {item}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "serve":
+        cmd_serve(settings, args)
+        return 0
+    run: Command = args.run
+    try:
+        asyncio.run(run(settings, args, out))
+    except ConfigError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokerError as exc:
+        if out.as_json:
+            print(json.dumps({"error": exc.code, "detail": exc.detail}), file=sys.stderr)
+        else:
+            print(f"error ({exc.code}): {exc.detail}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0

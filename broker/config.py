@@ -1,0 +1,198 @@
+"""Settings, read once from the environment into a frozen object.
+
+Every key has the ``BROKER_`` prefix. :func:`load_settings` reports *every* missing or bad
+key at once (``broker check-config`` prints them without serving). Secrets are wrapped in
+:class:`Secret`, whose ``repr``/``str`` are masked, so a settings object can be logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from broker.errors import ConfigError
+
+PREFIX = "BROKER_"
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+VaultAuth = Literal["token", "approle", "kubernetes"]
+LogFormat = Literal["json", "console"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- backends -------------------------------------------------------------------------
+    database_url: Secret
+    redis_url: Secret
+    vault_addr: str
+    vault_auth: VaultAuth = "token"
+    vault_token: Secret = field(default_factory=lambda: Secret(""))
+    vault_role_id: str = ""
+    vault_secret_id: Secret = field(default_factory=lambda: Secret(""))
+    vault_k8s_role: str = ""
+    vault_k8s_jwt_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    vault_kv_mount: str = "secret"
+    vault_kv_prefix: str = "hubspot-token-broker"
+    vault_transit_mount: str = "transit"
+    vault_transit_key: str = "hubspot-tokens"
+    redis_prefix: str = "htb:"
+    database_pool_min: int = 2
+    database_pool_max: int = 10
+    # --- HubSpot --------------------------------------------------------------------------
+    hubspot_api_url: str = "https://api.hubapi.com"
+    hubspot_app_url: str = "https://app.hubspot.com"
+    # --- serving --------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8080
+    default_app: str = ""
+    min_ttl_default: int = 300
+    min_ttl_max: int = 1500
+    caller_cache_seconds: float = 10.0
+    install_state_ttl: int = 600
+    # --- timeouts (seconds); the lease must outlive all of them, see validate() ----------
+    db_timeout: float = 5.0
+    redis_timeout: float = 0.25
+    vault_timeout: float = 5.0
+    hubspot_timeout: float = 10.0
+    lease_seconds: float = 30.0
+    secret_cache_seconds: float = 300.0
+    # --- logs -----------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: LogFormat = "json"
+
+    def validate(self) -> list[str]:
+        """Cross-field checks; returns problems (empty when the settings are usable)."""
+        problems: list[str] = []
+        for name in ("vault_addr", "hubspot_api_url", "hubspot_app_url"):
+            parts = urlsplit(getattr(self, name))
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                problems.append(f"{PREFIX}{name.upper()}: must be an http(s) URL")
+        if urlsplit(self.database_url.get()).scheme not in ("postgres", "postgresql"):
+            problems.append(f"{PREFIX}DATABASE_URL: must be a postgresql:// URL")
+        if urlsplit(self.redis_url.get()).scheme not in ("redis", "rediss", "unix"):
+            problems.append(f"{PREFIX}REDIS_URL: must be a redis:// or rediss:// URL")
+        if self.vault_auth == "token" and not self.vault_token:
+            problems.append(f"{PREFIX}VAULT_TOKEN: required when {PREFIX}VAULT_AUTH=token")
+        if self.vault_auth == "approle" and not (self.vault_role_id and self.vault_secret_id):
+            problems.append(
+                f"{PREFIX}VAULT_ROLE_ID and {PREFIX}VAULT_SECRET_ID: required for approle"
+            )
+        if self.vault_auth == "kubernetes" and not self.vault_k8s_role:
+            problems.append(f"{PREFIX}VAULT_K8S_ROLE: required for kubernetes auth")
+        if not 0 < self.min_ttl_default <= self.min_ttl_max:
+            problems.append(f"{PREFIX}MIN_TTL_DEFAULT: must be > 0 and <= {PREFIX}MIN_TTL_MAX")
+        if self.database_pool_min > self.database_pool_max:
+            problems.append(f"{PREFIX}DATABASE_POOL_MIN: must be <= {PREFIX}DATABASE_POOL_MAX")
+        # Self-fencing (DESIGN.md): a lease must cover Vault + HubSpot + two DB round trips.
+        needed = self.refresh_budget_seconds + 1.0
+        if self.lease_seconds < needed:
+            problems.append(
+                f"{PREFIX}LEASE_SECONDS: {self.lease_seconds:g} is shorter than the refresh "
+                f"budget (vault + hubspot + 2 x db timeouts + 1 s margin = {needed:g})"
+            )
+        return problems
+
+    @property
+    def refresh_budget_seconds(self) -> float:
+        """Worst-case time one refresh holds its lease after taking it."""
+        return self.vault_timeout + self.hubspot_timeout + 2 * self.db_timeout
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return raw
+
+    return parse
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "vault_auth": _choice("token", "approle", "kubernetes"),
+    "log_format": _choice("json", "console"),
+    "log_level": lambda raw: _choice("DEBUG", "INFO", "WARNING", "ERROR")(raw.upper()),
+}
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+    "Secret": Secret,
+}
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``env`` (default: ``os.environ``).
+
+    Raises :class:`ConfigError` listing every missing or malformed key.
+    """
+    source = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for spec in fields(Settings):
+        key = PREFIX + spec.name.upper()
+        raw = source.get(key)
+        if raw is None or raw == "":
+            if spec.default is MISSING and spec.default_factory is MISSING:
+                problems.append(f"{key}: required")
+            continue
+        parse = _PARSERS.get(spec.name) or _TYPES.get(str(spec.type), str)
+        try:
+            values[spec.name] = parse(raw.strip())
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings(**values)
+    problems = settings.validate()
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def replace_settings(settings: Settings, **changes: object) -> Settings:
+    """A copy with ``changes`` applied and validated (used by tests and ``broker dev``)."""
+    merged = {spec.name: getattr(settings, spec.name) for spec in fields(Settings)}
+    merged.update(changes)
+    updated = Settings(**merged)
+    problems = updated.validate()
+    if problems:
+        raise ConfigError(problems)
+    return updated

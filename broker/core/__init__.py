@@ -1,0 +1,1 @@
+"""Use cases and ports. Nothing here imports a driver, a framework or an adapter."""

@@ -1,0 +1,100 @@
+"""Operator use cases: register apps (secret to Vault, the rest to Postgres), list and show
+portals. Views never contain a token, a ciphertext or a secret."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from broker.config import Secret
+from broker.core.models import API_VERSIONS, App, PortalKey, PortalRecord, PortalState
+from broker.core.ports import AuditSink, PortalRepository, SecretStore
+from broker.errors import InvalidRequest, NotFound
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def portal_view(record: PortalRecord) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return {
+        "app": record.key.app,
+        "hub_id": record.key.hub_id,
+        "user_id": record.key.user_id,
+        "hub_domain": record.hub_domain,
+        "state": record.state.value,
+        "scopes": list(record.scopes),
+        "installed_by": record.installed_by,
+        "installed_at": iso(record.installed_at),
+        "refreshed_at": iso(record.refreshed_at),
+        "access_expires_at": iso(record.access_expires_at),
+        "version": record.version,
+        "failure_count": record.failure_count,
+        "last_error": record.last_error,
+        "next_attempt_at": iso(record.next_attempt_at),
+        "revoked_at": iso(record.revoked_at),
+    }
+
+
+def app_view(app: App) -> dict[str, Any]:
+    return {
+        "slug": app.slug,
+        "client_id": app.client_id,
+        "redirect_uri": app.redirect_uri,
+        "scopes": list(app.scopes),
+        "optional_scopes": list(app.optional_scopes),
+        "api_version": app.api_version,
+        "allow_marketplace_installs": app.allow_marketplace_installs,
+        "user_level": app.user_level,
+    }
+
+
+class AdminService:
+    def __init__(
+        self, *, portals: PortalRepository, secrets_store: SecretStore, audit: AuditSink
+    ) -> None:
+        self._portals = portals
+        self._secrets = secrets_store
+        self._audit = audit
+
+    async def add_app(self, app: App, client_secret: Secret, *, actor: str) -> App:
+        problems = []
+        if not _SLUG.match(app.slug):
+            problems.append({"field": "slug", "message": "1-63 lowercase letters, digits, '-'"})
+        if not app.client_id.strip():
+            problems.append({"field": "client_id", "message": "required"})
+        redirect = urlsplit(app.redirect_uri)
+        if redirect.scheme not in ("http", "https") or not redirect.netloc or redirect.fragment:
+            problems.append({"field": "redirect_uri", "message": "an absolute http(s) URL"})
+        if app.api_version not in API_VERSIONS:
+            problems.append({"field": "api_version", "message": f"one of {API_VERSIONS}"})
+        if not client_secret:
+            problems.append({"field": "client_secret", "message": "required"})
+        if problems:
+            raise InvalidRequest("the app is not valid", errors=problems)
+        # Secret first: an app row without a secret would fail every install.
+        await self._secrets.add_client_secret(app.slug, client_secret)
+        await self._portals.save_app(app)
+        self._audit.record("app.saved", actor=actor, app=app.slug)
+        return app
+
+    async def list_apps(self) -> list[App]:
+        return await self._portals.list_apps()
+
+    async def list_portals(
+        self, *, app: str | None, state: str | None, limit: int
+    ) -> Sequence[PortalRecord]:
+        try:
+            wanted = None if state is None else PortalState(state)
+        except ValueError as exc:
+            raise InvalidRequest(f"unknown state {state!r}") from exc
+        return await self._portals.list_portals(app=app, state=wanted, limit=limit)
+
+    async def show_portal(self, key: PortalKey) -> PortalRecord:
+        record = await self._portals.get_portal(key)
+        if record is None:
+            raise NotFound(f"no portal {key}", code="portal_not_found")
+        return record

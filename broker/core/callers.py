@@ -1,0 +1,148 @@
+"""Caller identities and broker-issued keys (DESIGN.md, "Security: Callers").
+
+A key is ``hsb_<key_id>_<secret>``: the id finds the record, the secret is checked against
+its stored SHA-256 (keys are 256-bit random, so a plain hash is enough; no key is ever
+stored). Comparison is constant-time. Verified callers are cached in memory for
+``caller_cache_seconds`` so the hot path does no I/O; a disabled or expired caller is
+therefore refused within that many seconds on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import structlog
+
+from broker import metrics
+from broker.config import Settings
+from broker.core.models import Caller, NewCallerKey, Role
+from broker.core.ports import AuditSink, CallerRepository
+from broker.errors import InvalidRequest, NotFound, Unauthenticated, UpstreamError
+
+log = structlog.get_logger(__name__)
+
+KEY_PREFIX = "hsb_"
+_KEY_RE = re.compile(r"^hsb_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class CallerService:
+    def __init__(self, settings: Settings, *, callers: CallerRepository, audit: AuditSink) -> None:
+        self._settings = settings
+        self._callers = callers
+        self._audit = audit
+        # key_id -> (secret hash, caller, valid until on time.monotonic())
+        self._verified: dict[str, tuple[str, Caller, float]] = {}
+        self._used: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def authenticate(self, presented: str | None) -> Caller:
+        if not presented:
+            metrics.CALLER_AUTH_FAILURES.labels("missing").inc()
+            raise Unauthenticated("send an Authorization: Bearer <caller key> header")
+        match = _KEY_RE.match(presented)
+        if match is None:
+            metrics.CALLER_AUTH_FAILURES.labels("malformed").inc()
+            raise Unauthenticated("the caller key is malformed")
+        key_id, secret = match.groups()
+        digest = _hash(secret)
+        now = time.monotonic()
+        cached = self._verified.get(key_id)
+        if cached is not None and cached[2] > now:
+            if not hmac.compare_digest(digest, cached[0]):
+                metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
+                raise Unauthenticated("the caller key is not valid")
+            self._used.add(cached[1].id)
+            return cached[1]
+        found = await self._callers.by_key_id(key_id)
+        # Compare even when unknown, so both paths take the same time.
+        stored = found[1] if found is not None else _hash("")
+        if found is None or not hmac.compare_digest(digest, stored):
+            metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
+            raise Unauthenticated("the caller key is not valid")
+        caller = found[0]
+        if caller.disabled:
+            metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
+            raise Unauthenticated("the caller is disabled")
+        if caller.expires_at is not None and caller.expires_at <= datetime.now(UTC):
+            metrics.CALLER_AUTH_FAILURES.labels("expired").inc()
+            raise Unauthenticated("the caller key has expired")
+        ttl = self._settings.caller_cache_seconds
+        if caller.expires_at is not None:
+            ttl = min(ttl, (caller.expires_at - datetime.now(UTC)).total_seconds())
+        self._verified[key_id] = (stored, caller, now + ttl)
+        self._used.add(caller.id)
+        return caller
+
+    async def create(
+        self,
+        name: str,
+        *,
+        roles: Iterable[str] = (Role.TOKENS_READ.value,),
+        apps: Iterable[str] | None = None,
+        hub_ids: Iterable[int] | None = None,
+        expires_at: datetime | None = None,
+        actor: str,
+    ) -> NewCallerKey:
+        if not _NAME_RE.match(name):
+            raise InvalidRequest(
+                "caller names are 1-128 letters, digits, '.', '_', ':' or '-'",
+                errors=[{"field": "name", "message": "invalid"}],
+            )
+        role_set = frozenset(roles)
+        unknown = role_set - {r.value for r in Role}
+        if unknown:
+            raise InvalidRequest(f"unknown roles: {', '.join(sorted(unknown))}")
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        draft = Caller(
+            id=0,
+            name=name,
+            roles=role_set,
+            apps=None if apps is None else frozenset(apps),
+            hub_ids=None if hub_ids is None else frozenset(hub_ids),
+            expires_at=expires_at,
+        )
+        caller = await self._callers.create(draft, key_id, _hash(secret), expires_at)
+        self._audit.record("caller.created", actor=actor, caller=name, roles=sorted(role_set))
+        return NewCallerKey(caller, key_id, f"{KEY_PREFIX}{key_id}_{secret}", expires_at)
+
+    async def list(self) -> list[Caller]:
+        return await self._callers.list()
+
+    async def disable(self, name: str, *, actor: str) -> None:
+        if not await self._callers.disable(name):
+            raise NotFound(f"no enabled caller named {name!r}", code="caller_not_found")
+        self._verified = {k: v for k, v in self._verified.items() if v[1].name != name}
+        self._audit.record("caller.disabled", actor=actor, caller=name)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._touch_loop(), name="caller-last-used")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _touch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            if self._used:
+                used, self._used = self._used, set()
+                try:
+                    await self._callers.touch(sorted(used))
+                except UpstreamError:
+                    log.warning("callers.touch_failed", count=len(used))

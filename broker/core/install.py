@@ -1,0 +1,158 @@
+"""The install flow (DESIGN.md, "Security: Install flow").
+
+``begin`` creates a single-use ``state`` (in Redis, with a TTL) bound to the browser through
+a cookie nonce, and a PKCE S256 verifier; ``complete`` consumes the state exactly once,
+checks the browser binding in constant time, exchanges the code, and stores the grant.
+Any failure raises :class:`~broker.errors.InstallFailed` (or the app's error) and stores
+nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from broker import metrics
+from broker.config import Settings
+from broker.core.models import PortalKey, PortalRecord
+from broker.core.ports import (
+    AuditSink,
+    Cipher,
+    Coordinator,
+    EncryptedGrant,
+    OAuthProvider,
+    PortalRepository,
+    SecretStore,
+)
+from broker.core.refresh import RefreshEngine
+from broker.errors import InstallFailed
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class InstallStart:
+    authorize_url: str = field(repr=False)
+    #: Goes into an HttpOnly cookie; the callback must present it again.
+    browser_nonce: str = field(repr=False)
+
+
+class InstallService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        portals: PortalRepository,
+        coordinator: Coordinator,
+        cipher: Cipher,
+        secrets_store: SecretStore,
+        oauth: OAuthProvider,
+        refresher: RefreshEngine,
+        audit: AuditSink,
+    ) -> None:
+        self._settings = settings
+        self._portals = portals
+        self._coordinator = coordinator
+        self._cipher = cipher
+        self._secrets = secrets_store
+        self._oauth = oauth
+        self._refresher = refresher
+        self._audit = audit
+
+    async def begin(self, app_slug: str, *, actor: str) -> InstallStart:
+        app = await self._refresher.app(app_slug)
+        await self._secrets.client_secrets(app.slug)  # fail now, not after the consent page
+        state = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)
+        nonce = secrets.token_urlsafe(32)
+        await self._coordinator.put_state(
+            state,
+            {"app": app.slug, "verifier": verifier, "nonce": _hash(nonce), "actor": actor},
+            self._settings.install_state_ttl,
+        )
+        challenge = _b64url(hashlib.sha256(verifier.encode()).digest())
+        url = self._oauth.authorize_url(
+            app, state=state, code_challenge=challenge, redirect_uri=app.redirect_uri
+        )
+        return InstallStart(url, nonce)
+
+    async def complete(
+        self,
+        *,
+        state: str | None,
+        code: str | None,
+        error: str | None,
+        browser_nonce: str | None,
+    ) -> PortalRecord:
+        try:
+            record = await self._complete(state, code, error, browser_nonce)
+        except InstallFailed as exc:
+            metrics.INSTALLS.labels(exc.code).inc()
+            raise
+        metrics.INSTALLS.labels("installed").inc()
+        return record
+
+    async def _complete(
+        self, state: str | None, code: str | None, error: str | None, nonce: str | None
+    ) -> PortalRecord:
+        if not state:
+            raise InstallFailed("the callback has no state parameter", code="install_state_missing")
+        pending = await self._coordinator.take_state(state)  # single use, whatever follows
+        if pending is None:
+            raise InstallFailed(
+                "this install link is unknown, expired or was already used; start again",
+                code="install_state_invalid",
+            )
+        if not nonce or not hmac.compare_digest(_hash(nonce), pending["nonce"]):
+            raise InstallFailed(
+                "this install was started in another browser; start again from this one",
+                code="install_state_mismatch",
+            )
+        if error:
+            raise InstallFailed("the HubSpot user did not grant access", code="install_denied")
+        if not code:
+            raise InstallFailed(
+                "the callback has no authorization code", code="install_code_missing"
+            )
+        app = await self._refresher.app(pending["app"])
+        client_secret = (await self._secrets.client_secrets(app.slug))[0]
+        # Expiry on the database clock, taken before the exchange: never later than HubSpot's.
+        issued_at = await self._portals.db_now()
+        grant = await self._oauth.exchange_code(
+            app, client_secret, code=code, code_verifier=pending["verifier"]
+        )
+        info = await self._oauth.introspect(app, client_secret, grant.access_token)
+        key = PortalKey(app.slug, grant.hub_id, grant.user_id if app.user_level else None)
+        if app.user_level and key.user_id is None:
+            raise InstallFailed("HubSpot did not say which user installed", code="install_no_user")
+        refresh_ct, access_ct = await self._cipher.encrypt(
+            [
+                (grant.refresh_token, key.context("refresh")),
+                (grant.access_token, key.context("access")),
+            ]
+        )
+        record = await self._portals.install(
+            key,
+            EncryptedGrant(refresh_ct, access_ct, issued_at + timedelta(seconds=grant.expires_in)),
+            hub_domain=info.hub_domain,
+            scopes=grant.scopes or info.scopes,
+            actor=info.user or pending["actor"],
+        )
+        self._audit.record(
+            "portal.installed",
+            actor=pending["actor"],
+            key=key,
+            hub_domain=info.hub_domain,
+            scopes=list(record.scopes),
+        )
+        return record

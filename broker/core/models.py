@@ -1,0 +1,188 @@
+"""Domain values shared by the use cases and the adapters. No I/O here.
+
+Plaintext tokens live only in :class:`TokenGrant` and :class:`CachedToken`, both of which hide
+them from ``repr``; everything that is persisted carries ciphertext only.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+DEFAULT_API_VERSION = "2026-03"
+API_VERSIONS = ("2026-03", "2026-09", "v3", "v1")
+
+
+class PortalState(enum.StrEnum):
+    ACTIVE = "active"
+    REFRESH_FAILING = "refresh_failing"  # refreshes fail transiently; valid tokens still served
+    NEEDS_REAUTH = "needs_reauth"
+    QUARANTINED = "quarantined"
+    REVOKED = "revoked"
+
+    @property
+    def serves_tokens(self) -> bool:
+        return self in (PortalState.ACTIVE, PortalState.REFRESH_FAILING)
+
+
+class Role(enum.StrEnum):
+    TOKENS_READ = "tokens:read"
+    PORTALS_ADMIN = "portals:admin"
+    CALLERS_ADMIN = "callers:admin"
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """A HubSpot app registered with the broker. Its client secrets live in Vault only."""
+
+    slug: str
+    client_id: str
+    redirect_uri: str
+    scopes: tuple[str, ...] = ()
+    optional_scopes: tuple[str, ...] = ()
+    api_version: str = DEFAULT_API_VERSION
+    allow_marketplace_installs: bool = False
+    user_level: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PortalKey:
+    """Identity of one grant: (app, hub_id) and, for user-level apps only, user_id."""
+
+    app: str
+    hub_id: int
+    user_id: int | None = None
+
+    def context(self, kind: str) -> bytes:
+        """Transit derivation context: a ciphertext only decrypts for this grant and kind."""
+        user = "-" if self.user_id is None else str(self.user_id)
+        return f"portal/{self.app}/{self.hub_id}/{user}/{kind}".encode()
+
+    def __str__(self) -> str:
+        suffix = "" if self.user_id is None else f"/user/{self.user_id}"
+        return f"{self.app}/{self.hub_id}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class PortalRecord:
+    """A ``portals`` row as stored: ciphertext only, times on the database clock."""
+
+    id: int
+    key: PortalKey
+    hub_domain: str | None
+    scopes: tuple[str, ...]
+    state: PortalState
+    installed_by: str | None
+    refresh_ct: str | None = field(repr=False)
+    access_ct: str | None = field(repr=False)
+    access_expires_at: datetime | None
+    version: int
+    lease_epoch: int
+    failure_count: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    lease_until: datetime | None
+    installed_at: datetime
+    updated_at: datetime
+    refreshed_at: datetime | None
+    revoked_at: datetime | None
+    #: The database clock when this row was read; expiry decisions are made against it.
+    db_now: datetime
+
+    def remaining(self) -> float:
+        """Seconds the stored access token has left, on the database clock."""
+        if self.access_expires_at is None or self.access_ct is None:
+            return 0.0
+        return (self.access_expires_at - self.db_now).total_seconds()
+
+    def lease_held(self) -> bool:
+        return self.lease_until is not None and self.lease_until > self.db_now
+
+    def backoff_left(self) -> float:
+        if self.next_attempt_at is None:
+            return 0.0
+        return max(0.0, (self.next_attempt_at - self.db_now).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claimed Postgres refresh lease (DESIGN.md, "Refreshing", step 2)."""
+
+    portal_id: int
+    owner: str
+    epoch: int
+    version: int
+    refresh_ct: str = field(repr=False)
+    #: Consecutive failed refreshes before this lease (drives the backoff).
+    failures: int
+    #: Seconds of lease left when it was granted, measured on the database clock.
+    seconds: float
+    #: The database clock at the moment of the claim.
+    db_now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """One 200 answer of HubSpot's token endpoint. Plaintext: memory only."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_in: int
+    hub_id: int
+    user_id: int | None
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What introspection tells about an access token (no token inside)."""
+
+    hub_id: int
+    hub_domain: str | None
+    user: str | None
+    user_id: int | None
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """What a caller receives."""
+
+    access_token: str = field(repr=False)
+    expires_at: datetime
+    expires_in: int
+    key: PortalKey
+    scopes: tuple[str, ...]
+    refreshed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A service identity and what it may do. ``apps``/``hub_ids`` ``None`` means all."""
+
+    id: int
+    name: str
+    roles: frozenset[str]
+    apps: frozenset[str] | None
+    hub_ids: frozenset[int] | None
+    expires_at: datetime | None = None
+    disabled: bool = False
+
+    def may(self, role: Role) -> bool:
+        return role.value in self.roles
+
+    def may_access(self, app: str, hub_id: int) -> bool:
+        return (self.apps is None or app in self.apps) and (
+            self.hub_ids is None or hub_id in self.hub_ids
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewCallerKey:
+    """A freshly issued caller key: ``secret`` is shown once and then only its hash is kept."""
+
+    caller: Caller
+    key_id: str
+    secret: str = field(repr=False)
+    expires_at: datetime | None

@@ -1,0 +1,236 @@
+"""Ports: what the use cases need from the outside world, and the contract each must keep.
+
+Adapters in ``broker.adapters`` implement these; ``broker.app`` wires them. ``core`` never
+imports an adapter, a driver or a framework.
+
+The lease contract (Postgres is the authority, Redis only keeps replicas from piling up):
+
+* A :class:`Lease` is granted by :meth:`PortalRepository.claim_lease` on the *database clock*
+  for ``lease_seconds``. Its ``epoch`` is strictly greater than every epoch granted before for
+  that portal.
+* The holder must finish every step that depends on the lease (Vault, HubSpot, the journal,
+  the fenced write) before the lease runs out. It self-fences: it does not call HubSpot unless
+  the remaining lease covers the HubSpot timeout plus a database round trip.
+* A lease is *lost* when its time runs out or anything unexpected happens while holding it.
+  A lost lease is never extended or assumed: the holder's fenced write simply updates zero
+  rows, and the token response it got is kept in the journal.
+* The Redis lock (:meth:`Coordinator.try_lock`) is advisory only: it may expire under a
+  paused holder or vanish in a failover, so correctness never depends on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from broker.config import Secret
+from broker.core.models import (
+    App,
+    Caller,
+    Lease,
+    PortalKey,
+    PortalRecord,
+    PortalState,
+    TokenGrant,
+    TokenInfo,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedGrant:
+    """A token response encrypted for one portal; what the database stores."""
+
+    refresh_ct: str
+    access_ct: str
+    expires_at: datetime
+
+
+class Cipher(Protocol):
+    """Envelope encryption of tokens (Vault Transit, derived key).
+
+    ``context`` binds a ciphertext to one portal and token kind: decrypting with any other
+    context fails with :class:`~broker.errors.VaultError` (code ``decrypt_failed``).
+    """
+
+    async def encrypt(self, items: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Encrypt ``(plaintext, context)`` pairs in one round trip, in order."""
+        ...
+
+    async def decrypt(self, items: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Decrypt ``(ciphertext, context)`` pairs in one round trip, in order."""
+        ...
+
+
+class SecretStore(Protocol):
+    """App client secrets (Vault KV v2). Newest secret first; all are valid during rotation."""
+
+    async def client_secrets(self, app: str) -> list[Secret]:
+        """Raises :class:`~broker.errors.NotFound` (``app_secret_missing``) when unset."""
+        ...
+
+    async def add_client_secret(self, app: str, secret: Secret) -> None:
+        """Put ``secret`` first in the app's list (check-and-set, no lost update)."""
+        ...
+
+    async def fingerprint_key(self) -> bytes:
+        """The deployment's key for token fingerprints in audit events (created once)."""
+        ...
+
+    async def ping(self) -> None: ...
+
+
+class OAuthProvider(Protocol):
+    """HubSpot's OAuth endpoints.
+
+    Raises :class:`~broker.errors.GrantDead`, :class:`~broker.errors.AppMisconfigured`,
+    :class:`~broker.errors.HubSpotRateLimited`, :class:`~broker.errors.HubSpotUnavailable`,
+    or :class:`~broker.errors.InstallFailed` (code exchange only). Never retries
+    ``invalid_grant``.
+    """
+
+    def authorize_url(
+        self, app: App, *, state: str, code_challenge: str, redirect_uri: str
+    ) -> str: ...
+
+    async def exchange_code(
+        self, app: App, secret: Secret, *, code: str, code_verifier: str | None
+    ) -> TokenGrant: ...
+
+    async def refresh(self, app: App, secrets: Sequence[Secret], refresh_token: str) -> TokenGrant:
+        """Refresh with the first secret HubSpot accepts (secret rotation)."""
+        ...
+
+    async def introspect(self, app: App, secret: Secret, access_token: str) -> TokenInfo: ...
+
+
+class Coordinator(Protocol):
+    """Redis: advisory locks, notices between replicas, single-use install state.
+
+    Every method is bounded by a short timeout. Lock and notice methods report Redis being
+    down or slow by returning ``None``/``False`` rather than raising, so callers fall back to
+    Postgres; install-state methods raise :class:`~broker.errors.UpstreamError`.
+    """
+
+    async def try_lock(self, name: str, owner: str, ttl_seconds: float) -> bool | None:
+        """``SET NX PX``. True: acquired; False: held elsewhere; None: Redis unavailable."""
+        ...
+
+    async def unlock(self, name: str, owner: str) -> None:
+        """Compare-and-delete: only removes the lock while ``owner`` still holds it."""
+        ...
+
+    async def publish_refreshed(self, portal_id: int, version: int) -> None: ...
+
+    async def wait_refreshed(self, portal_id: int, timeout: float) -> bool:
+        """Wait for a "refreshed" notice; False on timeout or when Redis is unavailable."""
+        ...
+
+    async def put_state(self, state: str, payload: dict[str, Any], ttl_seconds: int) -> None: ...
+
+    async def take_state(self, state: str) -> dict[str, Any] | None:
+        """Atomically read and delete (single use)."""
+        ...
+
+    async def ping(self) -> None: ...
+
+
+class PortalRepository(Protocol):
+    """Apps and portals in Postgres. Every time comparison uses the database clock."""
+
+    async def get_app(self, slug: str) -> App | None: ...
+
+    async def list_apps(self) -> list[App]: ...
+
+    async def save_app(self, app: App) -> None: ...
+
+    async def get_portal(self, key: PortalKey) -> PortalRecord | None: ...
+
+    async def db_now(self) -> datetime:
+        """The database clock."""
+        ...
+
+    async def list_portals(
+        self, *, app: str | None = None, state: PortalState | None = None, limit: int = 100
+    ) -> list[PortalRecord]: ...
+
+    async def install(
+        self,
+        key: PortalKey,
+        grant: EncryptedGrant,
+        *,
+        hub_domain: str | None,
+        scopes: Sequence[str],
+        actor: str,
+    ) -> PortalRecord:
+        """Insert the grant or replace a previous one of the same identity (re-install),
+        making it ``active``; bumps ``version``; writes the audit and outbox events in the
+        same transaction."""
+        ...
+
+    async def claim_lease(
+        self,
+        portal_id: int,
+        owner: str,
+        *,
+        lease_seconds: float,
+        min_ttl: float,
+        ignore_backoff: bool,
+    ) -> Lease | None:
+        """Take the refresh lease if the portal serves tokens, no live lease exists and the
+        access token has less than ``min_ttl`` seconds left (and, unless
+        ``ignore_backoff``, its backoff has passed). ``None``: not granted, re-read."""
+        ...
+
+    async def journal(self, lease: Lease, grant: EncryptedGrant) -> int:
+        """Append the response to ``token_journal`` before the fenced commit."""
+        ...
+
+    async def commit_refresh(
+        self, lease: Lease, grant: EncryptedGrant, journal_id: int
+    ) -> PortalRecord | None:
+        """The fenced write. ``None`` when fenced out (the epoch or owner moved on)."""
+        ...
+
+    async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:
+        """An unapplied journal entry written after the version this lease read."""
+        ...
+
+    async def record_failure(
+        self, lease: Lease, *, failure_class: str, state: PortalState, retry_in: float
+    ) -> None:
+        """Fenced: note the failure, set the state and the next attempt, release the lease."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None: ...
+
+    async def ping(self) -> None: ...
+
+
+class CallerRepository(Protocol):
+    async def create(
+        self, caller: Caller, key_id: str, key_hash: str, expires_at: datetime | None
+    ) -> Caller: ...
+
+    async def by_key_id(self, key_id: str) -> tuple[Caller, str] | None:
+        """The caller and its key hash, or None. Disabled callers are returned too."""
+        ...
+
+    async def list(self) -> list[Caller]: ...
+
+    async def disable(self, name: str) -> bool: ...
+
+    async def touch(self, caller_ids: Sequence[int]) -> None:
+        """Record last use (batched, off the hot path)."""
+        ...
+
+
+class AuditSink(Protocol):
+    """Append-only audit trail. Never given a token or a secret: fingerprints only."""
+
+    def record(
+        self, action: str, *, actor: str, key: PortalKey | None = None, **detail: object
+    ) -> None:
+        """Queue an event; written in batches off the hot path."""
+        ...

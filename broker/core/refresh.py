@@ -1,0 +1,291 @@
+"""The refresh protocol (DESIGN.md, "Refreshing"): one upstream call per expiry, across all
+replicas, and never a lost refresh token.
+
+1. Redis fast path: ``SET NX PX`` with a random owner. Held elsewhere → wait for the
+   "refreshed" notice or poll the row. Redis down → straight to step 2.
+2. Postgres lease, taken on the database clock with a new epoch. Not granted → re-read.
+3. Self-fence: no HubSpot call unless the remaining lease covers it.
+4. HubSpot → journal the encrypted response → fenced write (epoch and owner must match) →
+   publish "refreshed" → release the Redis lock. Fenced out: the journal keeps the response.
+5. ``invalid_grant``: a newer unapplied journal entry is adopted; if the version moved on,
+   someone else refreshed; otherwise, after a grace re-check, the portal needs re-auth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from broker import metrics
+from broker.config import Settings
+from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState, TokenGrant
+from broker.core.ports import (
+    Cipher,
+    Coordinator,
+    EncryptedGrant,
+    OAuthProvider,
+    PortalRepository,
+    SecretStore,
+)
+from broker.errors import (
+    GrantDead,
+    HubSpotError,
+    HubSpotUnavailable,
+    LockUnavailable,
+    NeedsReauth,
+    NotFound,
+    Quarantined,
+    Revoked,
+    UpstreamError,
+)
+
+log = structlog.get_logger(__name__)
+
+_BACKOFF_BASE = 1.0
+_BACKOFF_CAP = 300.0
+_GRACE_SECONDS = 1.0  # re-check before declaring a grant dead: a racing commit may land
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """A portal row that satisfies the caller, and the plaintext access token when this
+    process just obtained it from HubSpot (saves a decrypt)."""
+
+    record: PortalRecord
+    access_token: str | None = None
+
+
+def raise_for_state(record: PortalRecord) -> None:
+    """Callers of a portal that does not serve tokens get its 4xx at once."""
+    if record.state is PortalState.NEEDS_REAUTH:
+        raise NeedsReauth(f"portal {record.key} must be re-authorized by an operator")
+    if record.state is PortalState.REVOKED:
+        raise Revoked(f"portal {record.key} was revoked")
+    if record.state is PortalState.QUARANTINED:
+        raise Quarantined(f"portal {record.key} is quarantined by an operator")
+
+
+def backoff_seconds(failures: int, retry_after: float | None) -> float:
+    """Full-jitter exponential backoff, never sooner than HubSpot's Retry-After."""
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(failures, 16))
+    delay = random.uniform(_BACKOFF_BASE / 2, ceiling)  # noqa: S311 - jitter, not crypto
+    return max(delay, retry_after or 0.0)
+
+
+class RefreshEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        portals: PortalRepository,
+        coordinator: Coordinator,
+        cipher: Cipher,
+        secrets_store: SecretStore,
+        oauth: OAuthProvider,
+        replica_id: str,
+    ) -> None:
+        self._settings = settings
+        self._portals = portals
+        self._coordinator = coordinator
+        self._cipher = cipher
+        self._secrets = secrets_store
+        self._oauth = oauth
+        self._replica = replica_id
+        self._apps: dict[str, tuple[float, App]] = {}
+
+    async def app(self, slug: str) -> App:
+        cached = self._apps.get(slug)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        app = await self._portals.get_app(slug)
+        if app is None:
+            raise NotFound(f"unknown app {slug!r}", code="app_not_found")
+        self._apps[slug] = (now + 30.0, app)
+        return app
+
+    async def ensure_fresh(self, record: PortalRecord, min_ttl: float) -> Fresh:
+        """Return a row whose access token has at least ``min_ttl`` seconds left, refreshing
+        through the protocol above. Raises the portal's state error, a HubSpot error class,
+        or :class:`LockUnavailable` when another holder did not finish within one lease."""
+        deadline = time.monotonic() + self._settings.lease_seconds
+        while True:
+            raise_for_state(record)
+            if record.remaining() >= min_ttl:
+                return Fresh(record)
+            owner = f"{self._replica}:{secrets.token_hex(8)}"
+            lock_name = f"portal:{record.id}"
+            locked = await self._coordinator.try_lock(
+                lock_name, owner, self._settings.lease_seconds
+            )
+            if locked is not False:  # acquired, or Redis is down: Postgres decides
+                try:
+                    lease = await self._portals.claim_lease(
+                        record.id,
+                        owner,
+                        lease_seconds=self._settings.lease_seconds,
+                        min_ttl=min_ttl,
+                        ignore_backoff=False,
+                    )
+                    if lease is not None:
+                        return await self._refresh_with_lease(record.key, lease)
+                except UpstreamError:
+                    if record.remaining() > 0:
+                        return Fresh(record)  # refreshing failed; the old token is still valid
+                    raise
+                finally:
+                    if locked:
+                        await self._coordinator.unlock(lock_name, owner)
+                record = await self._reread(record.key)
+                if record.remaining() >= min_ttl or not record.state.serves_tokens:
+                    continue
+                if not record.lease_held() and record.backoff_left() > 0:
+                    return self._while_backing_off(record)
+            record = await self._wait_for_other(record, min_ttl, deadline)
+
+    def _while_backing_off(self, record: PortalRecord) -> Fresh:
+        """Refreshes are paused for this portal: serve what is still valid, else 503."""
+        if record.remaining() > 0:
+            return Fresh(record)
+        raise HubSpotUnavailable(
+            f"refreshing portal {record.key} keeps failing ({record.last_error}); retrying",
+            retry_after=record.backoff_left(),
+        )
+
+    async def _reread(self, key: PortalKey) -> PortalRecord:
+        record = await self._portals.get_portal(key)
+        if record is None:
+            raise NotFound(f"no portal {key}", code="portal_not_found")
+        return record
+
+    async def _wait_for_other(
+        self, record: PortalRecord, min_ttl: float, deadline: float
+    ) -> PortalRecord:
+        """Another process holds the refresh: wait for its notice, or poll the row."""
+        started = time.monotonic()
+        poll = 0.1
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                metrics.LOCK_CONTENTION.inc()
+                if record.remaining() > 0:
+                    return record  # still valid: serving it beats failing
+                raise LockUnavailable(f"portal {record.key} is being refreshed elsewhere")
+            notified = await self._coordinator.wait_refreshed(record.id, min(0.5, remaining))
+            if not notified:
+                await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            current = await self._reread(record.key)
+            if (
+                current.version != record.version
+                or current.remaining() >= min_ttl
+                or not current.state.serves_tokens
+                or not current.lease_held()
+            ):
+                metrics.LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
+                return current
+            record = current
+
+    async def _refresh_with_lease(self, key: PortalKey, lease: Lease) -> Fresh:
+        started = time.monotonic()
+        lease_deadline = started + lease.seconds
+        try:
+            app = await self.app(key.app)
+            client_secrets = await self._secrets.client_secrets(key.app)
+            (refresh_token,) = await self._cipher.decrypt(
+                [(lease.refresh_ct, key.context("refresh"))]
+            )
+            # Self-fence: HubSpot's timeout plus the journal and commit must fit the lease.
+            budget = self._settings.hubspot_timeout + 2 * self._settings.db_timeout
+            if lease_deadline - time.monotonic() < budget:
+                raise LockUnavailable("lease too short to call HubSpot safely")
+            issued_at = lease.db_now + timedelta(seconds=time.monotonic() - started)
+            try:
+                grant = await self._oauth.refresh(app, client_secrets, refresh_token)
+            except GrantDead as exc:
+                return await self._grant_dead(key, lease, exc)
+            except HubSpotError as exc:
+                await self._failed(lease, exc)
+                raise
+            fresh = await self._store(key, lease, grant, issued_at)
+        except BaseException:
+            await asyncio.shield(self._portals.release_lease(lease))
+            raise
+        metrics.REFRESH_SECONDS.observe(time.monotonic() - started)
+        return fresh
+
+    async def _store(
+        self, key: PortalKey, lease: Lease, grant: TokenGrant, issued_at: datetime
+    ) -> Fresh:
+        # issued_at is the database clock when the HubSpot call started, so this expiry is
+        # never later than HubSpot's own.
+        expires_at = issued_at + timedelta(seconds=grant.expires_in)
+        refresh_ct, access_ct = await self._cipher.encrypt(
+            [
+                (grant.refresh_token, key.context("refresh")),
+                (grant.access_token, key.context("access")),
+            ]
+        )
+        encrypted = EncryptedGrant(refresh_ct, access_ct, expires_at)
+        journal_id = await self._portals.journal(lease, encrypted)
+        committed = await self._portals.commit_refresh(lease, encrypted, journal_id)
+        if committed is None:
+            metrics.FENCED_WRITES.inc()
+            metrics.REFRESHES.labels("fenced", "none").inc()
+            log.warning("refresh.fenced_out", portal=str(key), epoch=lease.epoch)
+            # Our access token is valid at HubSpot even though the row moved on.
+            return Fresh(await self._reread(key), grant.access_token)
+        metrics.REFRESHES.labels("success", "none").inc()
+        await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
+        log.info("refresh.committed", portal=str(key), version=committed.version)
+        return Fresh(committed, grant.access_token)
+
+    async def _failed(self, lease: Lease, exc: HubSpotError) -> None:
+        metrics.REFRESHES.labels("failed", exc.failure_class).inc()
+        if exc.failure_class == "app_misconfigured":
+            # Never the portal's fault: leave its state alone, only pause its refreshes.
+            log.error("refresh.app_misconfigured", portal_id=lease.portal_id)
+        else:
+            log.warning(
+                "refresh.failed", portal_id=lease.portal_id, failure_class=exc.failure_class
+            )
+        retry_in = backoff_seconds(lease.failures, exc.upstream_retry_after)
+        state = (
+            PortalState.ACTIVE
+            if exc.failure_class == "app_misconfigured"
+            else PortalState.REFRESH_FAILING
+        )
+        await self._portals.record_failure(
+            lease, failure_class=exc.failure_class, state=state, retry_in=retry_in
+        )
+
+    async def _grant_dead(self, key: PortalKey, lease: Lease, exc: GrantDead) -> Fresh:
+        """``invalid_grant``: adopt a journaled newer response, or accept that someone else
+        refreshed, or — after a grace re-check — mark the portal ``needs_reauth``."""
+        for attempt in (1, 2):
+            newer = await self._portals.newer_journal_entry(lease)
+            if newer is not None:
+                journal_id, encrypted = newer
+                committed = await self._portals.commit_refresh(lease, encrypted, journal_id)
+                if committed is not None:
+                    metrics.JOURNAL_ADOPTIONS.inc()
+                    metrics.REFRESHES.labels("adopted", "none").inc()
+                    await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
+                    return Fresh(committed)
+            current = await self._reread(key)
+            if current.version != lease.version:
+                await self._portals.release_lease(lease)
+                return Fresh(current)
+            if attempt == 1:
+                await asyncio.sleep(_GRACE_SECONDS)
+        metrics.REFRESHES.labels("failed", "grant_dead").inc()
+        log.warning("refresh.grant_dead", portal=str(key), hubspot_status=exc.hubspot_status)
+        await self._portals.record_failure(
+            lease, failure_class="grant_dead", state=PortalState.NEEDS_REAUTH, retry_in=0
+        )
+        raise NeedsReauth(f"HubSpot rejected the refresh token of portal {key}")

@@ -1,0 +1,184 @@
+"""Serving a token by Hub ID (DESIGN.md, "Serving a token").
+
+The hot path — a cached token with enough life left — does no network I/O at all: a dict
+lookup, a clock read and an audit append. A miss reads the row and decrypts; a stale token
+goes through :class:`~broker.core.refresh.RefreshEngine`, and callers of the same portal in
+this process share one in-flight attempt.
+
+Times: the database clock decides expiry. Each cache entry stores its expiry translated to
+this process's wall clock using the offset measured when the row was read (conservatively:
+the offset is taken against the local time *before* the query was sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from broker import metrics
+from broker.config import Settings
+from broker.core.models import Caller, IssuedToken, PortalKey, Role
+from broker.core.ports import AuditSink, Cipher, PortalRepository
+from broker.core.refresh import Fresh, RefreshEngine, raise_for_state
+from broker.errors import Forbidden, InvalidRequest, NotFound, UpstreamError
+
+
+@dataclass(slots=True)
+class CachedToken:
+    access_token: str = field(repr=False)
+    #: Expiry on this process's ``time.time()`` scale.
+    expires_local: float
+    scopes: tuple[str, ...]
+    version: int
+    fingerprint: str
+    #: True when this process obtained the token from HubSpot (for the audit trail).
+    refreshed: bool = False
+
+
+class TokenService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        portals: PortalRepository,
+        cipher: Cipher,
+        refresher: RefreshEngine,
+        audit: AuditSink,
+        fingerprint_key: bytes,
+    ) -> None:
+        self._settings = settings
+        self._portals = portals
+        self._cipher = cipher
+        self._refresher = refresher
+        self._audit = audit
+        self._fp_key = fingerprint_key
+        self._cache: dict[PortalKey, CachedToken] = {}
+        self._inflight: dict[PortalKey, asyncio.Task[CachedToken]] = {}
+
+    # --- the API --------------------------------------------------------------------------
+    def resolve_min_ttl(self, raw: int | None) -> int:
+        if raw is None:
+            return self._settings.min_ttl_default
+        if not 0 <= raw <= self._settings.min_ttl_max:
+            raise InvalidRequest(
+                f"min_ttl must be between 0 and {self._settings.min_ttl_max} seconds",
+                errors=[{"field": "min_ttl", "message": "out of range"}],
+            )
+        return raw
+
+    async def get_token(self, caller: Caller, key: PortalKey, min_ttl: int) -> IssuedToken:
+        if not caller.may(Role.TOKENS_READ) or not caller.may_access(key.app, key.hub_id):
+            raise Forbidden(f"caller {caller.name!r} may not read tokens of portal {key}")
+        entry = self._cache.get(key)
+        now = time.time()
+        if entry is not None and entry.expires_local - now >= min_ttl:
+            metrics.TOKEN_CACHE_HIT.inc()
+            return self._issue(caller, key, entry, now, min_ttl, refreshed=False)
+        entry, refreshed = await self._slow(key, min_ttl, stale=entry)
+        now = time.time()
+        return self._issue(caller, key, entry, now, min_ttl, refreshed=refreshed)
+
+    def invalidate(self, key: PortalKey | None = None) -> None:
+        """Drop a cached token (or all): the next request reads Postgres."""
+        if key is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key, None)
+
+    # --- internals ------------------------------------------------------------------------
+    def _issue(
+        self,
+        caller: Caller,
+        key: PortalKey,
+        entry: CachedToken,
+        now: float,
+        min_ttl: int,
+        *,
+        refreshed: bool,
+    ) -> IssuedToken:
+        remaining = entry.expires_local - now
+        metrics.REMAINING_TTL.observe(remaining)
+        self._audit.record(
+            "token.issued",
+            actor=caller.name,
+            key=key,
+            fingerprint=entry.fingerprint,
+            min_ttl=min_ttl,
+            remaining_ttl=int(remaining),
+            refreshed=refreshed,
+        )
+        return IssuedToken(
+            access_token=entry.access_token,
+            expires_at=datetime.fromtimestamp(entry.expires_local, UTC),
+            expires_in=max(0, int(remaining)),
+            key=key,
+            scopes=entry.scopes,
+            refreshed=refreshed,
+        )
+
+    async def _slow(
+        self, key: PortalKey, min_ttl: int, stale: CachedToken | None
+    ) -> tuple[CachedToken, bool]:
+        task = self._inflight.get(key)
+        joined = task is not None
+        if task is None:
+            task = asyncio.create_task(self._load(key, min_ttl), name=f"load {key}")
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        try:
+            entry = await asyncio.shield(task)
+            if joined and entry.expires_local - time.time() < min_ttl:
+                # The shared attempt was for a smaller min_ttl than ours: run our own.
+                entry = await self._load(key, min_ttl)
+        except UpstreamError:
+            if stale is not None and stale.expires_local > time.time():
+                # A backend is down, but a token that is still valid beats an error.
+                metrics.BACKEND_ERRORS.labels("any", "serve_cached").inc()
+                return stale, False
+            raise
+        return entry, entry.refreshed
+
+    def _forget(self, key: PortalKey, task: asyncio.Task[CachedToken]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+
+    async def _load(self, key: PortalKey, min_ttl: int) -> CachedToken:
+        sent_at = time.time()
+        record = await self._portals.get_portal(key)
+        if record is None:
+            raise NotFound(f"no portal {key}", code="portal_not_found")
+        raise_for_state(record)
+        fresh = await self._refresher.ensure_fresh(record, min_ttl)
+        entry = await self._entry(fresh, sent_at)
+        self._cache[key] = entry
+        return entry
+
+    async def _entry(self, fresh: Fresh, sent_at: float) -> CachedToken:
+        record = fresh.record
+        raise_for_state(record)
+        access_token = fresh.access_token
+        if access_token is None:
+            if record.access_ct is None:
+                raise NotFound(f"portal {record.key} has no token", code="portal_not_found")
+            (access_token,) = await self._cipher.decrypt(
+                [(record.access_ct, record.key.context("access"))]
+            )
+        offset = record.db_now.timestamp() - sent_at
+        assert record.access_expires_at is not None  # access_ct is set, so is its expiry
+        return CachedToken(
+            access_token=access_token,
+            expires_local=record.access_expires_at.timestamp() - offset,
+            scopes=record.scopes,
+            version=record.version,
+            fingerprint=fingerprint(self._fp_key, access_token),
+            refreshed=fresh.access_token is not None,
+        )
+
+
+def fingerprint(key: bytes, token: str) -> str:
+    """A short keyed fingerprint: lets the audit trail correlate tokens without holding them."""
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:16]

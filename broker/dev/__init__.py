@@ -1,0 +1,1 @@
+"""Development tools: the HubSpot simulator and the embedded dev stack."""

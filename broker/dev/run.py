@@ -1,0 +1,95 @@
+"""``broker dev`` (what ``make run`` calls): the whole system on this machine, no Docker and
+no internet — embedded PostgreSQL, Valkey and OpenBao, the HubSpot simulator, and the broker
+on 127.0.0.1 — seeded with a demo app, a demo portal at the simulator and a demo caller.
+Ctrl-C stops everything; the embedded servers die with this process even on a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shlex
+import sys
+
+import uvicorn
+
+from broker import logs
+from broker.app import create_app, open_admin, run_migrations
+from broker.config import Secret, Settings
+from broker.core.models import App, Role
+from broker.dev.simulator import Simulator, run_in_thread
+from broker.dev.stack import EmbeddedStack
+
+DEMO_APP = "demo"
+DEMO_HUB = 12345678
+DEMO_SCOPES = ("crm.objects.contacts.read", "oauth")
+
+
+async def _seed(settings: Settings, client_id: str, client_secret: str, redirect: str) -> str:
+    await run_migrations(settings)
+    async with open_admin(settings) as ctx:
+        await ctx.admin.add_app(
+            App(DEMO_APP, client_id, redirect, scopes=DEMO_SCOPES), Secret(client_secret),
+            actor="dev",
+        )
+        caller = await ctx.callers.create(
+            f"demo-service-{secrets.token_hex(2)}",
+            roles=[Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value],
+            actor="dev",
+        )
+    return caller.secret
+
+
+def _steps(broker_url: str, sim_url: str, key: str) -> str:
+    auth = shlex.quote(f"Authorization: Bearer {key}")
+    token_url = f"{broker_url}/v1/portals/{DEMO_HUB}/token"
+    extract = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+    return f"""
+hubspot-token-broker is running on {broker_url} (HubSpot simulator on {sim_url}).
+
+1. Install the demo portal {DEMO_HUB} (the simulator consents at once). Open in a browser:
+     {broker_url}/oauth/install?app={DEMO_APP}
+   or with curl (the cookie jar keeps the flow bound to one "browser"):
+     curl -sSL -c cookies.txt -b cookies.txt '{broker_url}/oauth/install?app={DEMO_APP}'
+
+2. Fetch the portal's access token as the demo service:
+     curl -s -H {auth} {token_url}
+
+3. Use the token at the simulator's HubSpot API:
+     TOKEN=$(curl -s -H {auth} {token_url} | {extract})
+     curl -s -H "Authorization: Bearer $TOKEN" {sim_url}/crm/v3/objects/contacts
+
+Also: {broker_url}/readyz  {broker_url}/metrics   Ctrl-C stops everything.
+"""
+
+
+def run_dev(*, port: int = 8080, simulator_port: int = 8090, host: str = "127.0.0.1") -> int:
+    broker_url = f"http://{host}:{port}"
+    client_id = f"demo-{secrets.token_hex(4)}"
+    client_secret = secrets.token_urlsafe(24)
+    redirect = f"{broker_url}/oauth/callback"
+    sim = Simulator()
+    sim.add_app(client_id, [client_secret], [redirect], scopes=list(DEMO_SCOPES))
+    sim.add_portal(DEMO_HUB, "demo-portal.example.com")
+    sim.configure(consent="auto", consent_hub_id=DEMO_HUB)
+    print("starting embedded PostgreSQL, Valkey and OpenBao ...", file=sys.stderr)
+    with EmbeddedStack() as stack, run_in_thread(sim, host, simulator_port) as sim_url:
+        urls = stack.urls
+        settings = Settings(
+            database_url=Secret(urls.database_url),
+            redis_url=Secret(urls.redis_url),
+            vault_addr=urls.vault_addr,
+            vault_token=Secret(urls.vault_token),
+            hubspot_api_url=sim_url,
+            hubspot_app_url=sim_url,
+            host=host,
+            port=port,
+            default_app=DEMO_APP,
+            log_format="console",
+        )
+        logs.configure(settings.log_level, settings.log_format)
+        key = asyncio.run(_seed(settings, client_id, client_secret, redirect))
+        print(_steps(broker_url, sim_url, key), flush=True)
+        uvicorn.run(
+            create_app(settings), host=host, port=port, access_log=False, log_config=None
+        )
+    return 0

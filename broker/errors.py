@@ -1,0 +1,240 @@
+"""The broker's one exception tree.
+
+Every error the broker raises on purpose is a :class:`BrokerError`. Each class carries the
+HTTP ``status`` it maps to and a stable machine-readable ``code``; one handler in
+``broker.web.problems`` renders it as ``application/problem+json`` (RFC 9457). Messages are
+written for the caller and never contain a token, a secret or a stack trace.
+
+    BrokerError
+    ├── ClientError                    the request is wrong; retrying it unchanged won't help
+    │   ├── InvalidRequest             422 invalid_request
+    │   ├── Unauthenticated            401 unauthenticated
+    │   ├── Forbidden                  403 forbidden
+    │   ├── RateLimitedCaller          429 rate_limited
+    │   ├── NotFound                   404 not_found (portal_not_found, app_not_found, ...)
+    │   ├── Conflict                   409 conflict
+    │   │   ├── NeedsReauth            409 needs_reauth
+    │   │   └── Quarantined            409 quarantined
+    │   ├── Revoked                    410 revoked
+    │   └── InstallFailed              400 install_* (state, code exchange, denial)
+    ├── UpstreamError                  a dependency failed; retrying later may help
+    │   ├── HubSpotError               HubSpot's token endpoint said no or did not answer
+    │   │   ├── GrantDead              the refresh token is dead (invalid_grant, BAD_HUB)
+    │   │   ├── AppMisconfigured       client id/secret rejected; never a portal's fault
+    │   │   ├── HubSpotRateLimited     429; ``retry_after`` when HubSpot sent one
+    │   │   └── HubSpotUnavailable     5xx, 423, 477, timeouts, connection errors
+    │   ├── VaultError                 Vault/OpenBao unreachable, sealed or refusing
+    │   │   └── Undecryptable          500 token_undecryptable: a stored ciphertext is bad
+    │   ├── DatabaseError              PostgreSQL unreachable or failing
+    │   └── LockUnavailable            could not get the refresh lease in time
+    └── FatalError                     configuration or programming error; do not retry
+        └── ConfigError                settings missing or invalid (names every bad key)
+
+Exceptions that are not ``BrokerError`` are bugs: they are logged with their traceback and
+answered as a bare 500 ``internal`` problem, never swallowed silently.
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base of every deliberate broker error."""
+
+    status: int = 500
+    code: str = "internal"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None) -> None:
+        self.detail = detail or self.title
+        if code is not None:
+            self.code = code
+        super().__init__(self.detail)
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (e.g. ``Retry-After``)."""
+        return {}
+
+
+class ClientError(BrokerError):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class InvalidRequest(ClientError):
+    status = 422
+    code = "invalid_request"
+    title = "Invalid request"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(detail)
+        self.errors = errors or []
+
+
+class Unauthenticated(ClientError):
+    status = 401
+    code = "unauthenticated"
+    title = "Authentication required"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="hubspot-token-broker"'}
+
+
+class Forbidden(ClientError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class RateLimitedCaller(ClientError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(ClientError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class NeedsReauth(Conflict):
+    code = "needs_reauth"
+    title = "Portal needs to be re-authorized"
+
+
+class Quarantined(Conflict):
+    code = "quarantined"
+    title = "Portal is quarantined"
+
+
+class Revoked(ClientError):
+    status = 410
+    code = "revoked"
+    title = "Portal was revoked"
+
+
+class InstallFailed(ClientError):
+    status = 400
+    code = "install_failed"
+    title = "Installation failed"
+
+
+class UpstreamError(BrokerError):
+    status = 503
+    code = "upstream_unavailable"
+    title = "A dependency is unavailable"
+
+    def __init__(
+        self, detail: str | None = None, *, code: str | None = None, retry_after: float = 5.0
+    ) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class HubSpotError(UpstreamError):
+    code = "hubspot_error"
+    title = "HubSpot refused the request"
+    #: The failure class of DESIGN.md ("Failure classes"), used for metrics and portal state.
+    failure_class: str = "upstream_unavailable"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        hubspot_status: str | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after if retry_after is not None else 5.0)
+        self.hubspot_status = hubspot_status
+        self.http_status = http_status
+        self.upstream_retry_after = retry_after
+
+
+class GrantDead(HubSpotError):
+    status = 409
+    code = "needs_reauth"
+    title = "HubSpot rejected the portal's refresh token"
+    failure_class = "grant_dead"
+
+
+class AppMisconfigured(HubSpotError):
+    status = 503
+    code = "app_misconfigured"
+    title = "HubSpot rejected the app's client credentials"
+    failure_class = "app_misconfigured"
+
+
+class HubSpotRateLimited(HubSpotError):
+    status = 503
+    code = "hubspot_rate_limited"
+    title = "HubSpot is rate limiting the broker"
+    failure_class = "rate_limited"
+
+
+class HubSpotUnavailable(HubSpotError):
+    status = 503
+    code = "hubspot_unavailable"
+    title = "HubSpot is unavailable"
+    failure_class = "upstream_unavailable"
+
+
+class VaultError(UpstreamError):
+    code = "vault_unavailable"
+    title = "Vault is unavailable"
+
+
+class Undecryptable(VaultError):
+    """A stored ciphertext does not decrypt in its portal's context: tampering, a row copied
+    from another portal, or a key version below ``min_decryption_version``. Not transient."""
+
+    status = 500
+    code = "token_undecryptable"
+    title = "A stored token cannot be decrypted"
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class DatabaseError(UpstreamError):
+    code = "database_unavailable"
+    title = "The database is unavailable"
+
+
+class LockUnavailable(UpstreamError):
+    code = "lock_contention"
+    title = "Another replica is refreshing this portal; try again shortly"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float = 1.0) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class FatalError(BrokerError):
+    code = "fatal"
+    title = "Fatal error"
+
+
+class ConfigError(FatalError):
+    code = "config_invalid"
+    title = "Invalid configuration"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))

@@ -1,0 +1,76 @@
+"""Every Prometheus metric of the broker, in one place.
+
+Names follow ``broker_*_total`` / ``*_seconds``. Labels are bounded sets (results, failure
+classes, endpoints, HTTP status classes): never a hub_id, a caller name or a token. Hot-path
+children are bound once at import so a request pays no label lookup.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_TTL_BUCKETS = (0, 60, 120, 300, 600, 900, 1200, 1500, 1800, 3600)
+
+TOKEN_REQUESTS = Counter(
+    "broker_token_requests_total",
+    "Token requests by how they were answered.",
+    ["result"],  # cache_hit | db_hit | refreshed | waited | error
+)
+TOKEN_CACHE_HIT = TOKEN_REQUESTS.labels("cache_hit")
+TOKEN_DB_HIT = TOKEN_REQUESTS.labels("db_hit")
+TOKEN_REFRESHED = TOKEN_REQUESTS.labels("refreshed")
+TOKEN_ERROR = TOKEN_REQUESTS.labels("error")
+
+REQUEST_ERRORS = Counter(
+    "broker_request_errors_total", "Requests answered with a problem, by stable code.", ["code"]
+)
+REMAINING_TTL = Histogram(
+    "broker_token_remaining_ttl_seconds",
+    "Remaining lifetime of access tokens at issuance.",
+    buckets=_TTL_BUCKETS,
+)
+
+REFRESHES = Counter(
+    "broker_refreshes_total",
+    "Upstream refresh attempts by outcome and failure class.",
+    ["outcome", "failure_class"],  # outcome: success | failed | fenced | adopted
+)
+REFRESH_SECONDS = Histogram(
+    "broker_refresh_seconds", "Duration of one refresh, lease to commit.", buckets=_LATENCY_BUCKETS
+)
+LOCK_WAIT_SECONDS = Histogram(
+    "broker_lock_wait_seconds",
+    "Time a caller waited for another process's refresh.",
+    buckets=_LATENCY_BUCKETS,
+)
+FENCED_WRITES = Counter(
+    "broker_fenced_writes_total", "Refresh commits rejected because the lease moved on."
+)
+JOURNAL_ADOPTIONS = Counter(
+    "broker_journal_adoptions_total", "Journaled token responses adopted after a fenced write."
+)
+LOCK_CONTENTION = Counter(
+    "broker_lock_contention_total", "Callers that gave up waiting for another refresh."
+)
+UPSTREAM_REQUESTS = Counter(
+    "broker_upstream_requests_total",
+    "Calls to HubSpot by endpoint and HTTP status (or 'error' for no answer).",
+    ["endpoint", "status"],
+)
+BACKEND_ERRORS = Counter(
+    "broker_backend_errors_total",
+    "Backend failures by backend and operation.",
+    ["backend", "operation"],  # backend: postgres | redis | vault
+)
+INSTALLS = Counter("broker_installs_total", "Install attempts by result.", ["result"])
+CALLER_AUTH_FAILURES = Counter(
+    "broker_caller_auth_failures_total", "Rejected caller credentials by reason.", ["reason"]
+)
+PORTALS = Gauge("broker_portals", "Portals by state (refreshed periodically).", ["state"])
+AUDIT_DROPPED = Counter(
+    "broker_audit_dropped_total", "Audit events dropped because the queue was full."
+)
+AUDIT_FLUSH_FAILURES = Counter(
+    "broker_audit_flush_failures_total", "Failed audit batch writes (retried)."
+)

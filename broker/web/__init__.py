@@ -1,0 +1,1 @@
+"""HTTP interface (Starlette): routes, authentication, problem+json rendering."""

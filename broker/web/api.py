@@ -1,0 +1,67 @@
+"""The internal API for services: ``GET /v1/portals/{hub_id}/token``."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from broker.core.models import PortalKey
+from broker.errors import InvalidRequest
+from broker.web.services import services
+
+_MAX_BIGINT = 2**63 - 1
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def parse_int(raw: str | None, name: str, *, minimum: int = 1) -> int | None:
+    """An integer in [minimum, 2**63-1], ``None`` when absent, else a 422 naming it."""
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 19 or not minimum <= int(raw) <= _MAX_BIGINT:
+        raise InvalidRequest(
+            f"{name} must be an integer >= {minimum}",
+            errors=[{"field": name, "message": f"not an integer >= {minimum}"}],
+        )
+    return int(raw)
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+async def get_token(request: Request) -> Response:
+    svc = services(request)
+    caller = await svc.callers.authenticate(bearer(request))
+    query = request.query_params
+    hub_id = parse_int(request.path_params["hub_id"], "hub_id") or 0
+    user_id = parse_int(query.get("user_id"), "user_id")
+    min_ttl = svc.tokens.resolve_min_ttl(parse_int(query.get("min_ttl"), "min_ttl", minimum=0))
+    app = query.get("app") or svc.settings.default_app
+    if not app:
+        raise InvalidRequest(
+            "app is required (no default app is configured)",
+            errors=[{"field": "app", "message": "required"}],
+        )
+    issued = await svc.tokens.get_token(caller, PortalKey(app, hub_id, user_id), min_ttl)
+    body = {
+        "access_token": issued.access_token,
+        "token_type": "bearer",
+        "expires_at": issued.expires_at.isoformat().replace("+00:00", "Z"),
+        "expires_in": issued.expires_in,
+        "hub_id": hub_id,
+        "app": app,
+        "scopes": list(issued.scopes),
+    }
+    if user_id is not None:
+        body["user_id"] = user_id
+    return Response(json.dumps(body), headers=_NO_STORE, media_type="application/json")
+
+
+routes = [Route("/v1/portals/{hub_id}/token", get_token, methods=["GET"])]

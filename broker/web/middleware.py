@@ -1,0 +1,58 @@
+"""A pure-ASGI middleware: a request id per request (from ``X-Request-ID`` when it is sane,
+else generated), echoed in the response and bound for log lines; errors are logged as
+events. Pure ASGI rather than ``BaseHTTPMiddleware``: it sits on the hot path."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker.logs import REQUEST_ID
+
+log = structlog.get_logger("broker.http")
+_SANE_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _SANE_ID.match(value):
+                request_id = value.decode()
+                break
+        if request_id is None:
+            request_id = secrets.token_hex(8)
+        token = REQUEST_ID.set(request_id)
+        header = (b"x-request-id", request_id.encode())
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if status >= 500:
+                log.warning(
+                    "http.request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            REQUEST_ID.reset(token)

@@ -1,0 +1,28 @@
+"""What the web layer needs from the composition root, as one typed bundle."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from broker.config import Settings
+from broker.core.callers import CallerService
+from broker.core.install import InstallService
+from broker.core.tokens import TokenService
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    tokens: TokenService
+    installs: InstallService
+    callers: CallerService
+    #: name -> async check raising on failure (``/readyz``).
+    readiness: dict[str, Callable[[], Awaitable[None]]]
+
+
+def services(request: Request) -> Services:
+    found: Services = request.state.services
+    return found

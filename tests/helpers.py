@@ -1,0 +1,98 @@
+"""Test helpers: serve an ASGI app on a loopback port, seed a deployment, install portals."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+
+from broker.app import open_admin
+from broker.config import Secret, Settings
+from broker.core.models import App, Role
+from broker.dev.simulator import Simulator
+
+
+@contextmanager
+def serve_app(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``app`` with uvicorn (lifespan on) in a thread; yields its base URL."""
+    config = uvicorn.Config(app, host=host, port=0, lifespan="on", log_config=None,
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="broker-under-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the app failed to start (see the log above)")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the app did not start in 20 s")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    sim: Simulator
+    sim_url: str
+    url: str
+    app: str
+    client_id: str
+    client_secret: str
+    caller_key: str
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def token(self, hub_id: int, **params: Any) -> httpx.Response:
+        with self.client() as client:
+            return client.get(
+                f"/v1/portals/{hub_id}/token",
+                params={"app": self.app, **params},
+                headers={"Authorization": f"Bearer {self.caller_key}"},
+            )
+
+    def install(self, hub_id: int, **sim_config: Any) -> httpx.Response:
+        """Run the browser flow against the simulator (auto consent) for ``hub_id``."""
+        self.sim.configure(consent="auto", consent_hub_id=hub_id, **sim_config)
+        with httpx.Client(timeout=30, follow_redirects=True) as browser:
+            return browser.get(f"{self.url}/oauth/install", params={"app": self.app})
+
+
+def register(settings: Settings, sim: Simulator, redirect_uri: str, *, slug: str,
+             scopes: tuple[str, ...] = ("crm.objects.contacts.read", "oauth"),
+             **app_fields: Any) -> tuple[str, str, str]:
+    """Register one app in the simulator and the broker, and a caller for it.
+
+    Returns (client_id, client_secret, caller_key)."""
+    client_id = f"client-{secrets.token_hex(4)}"
+    client_secret = f"secret-{secrets.token_hex(16)}"
+    sim.add_app(client_id, [client_secret], [redirect_uri], scopes=list(scopes))
+
+    async def seed() -> str:
+        async with open_admin(settings) as ctx:
+            await ctx.admin.add_app(
+                App(slug, client_id, redirect_uri, scopes=scopes, **app_fields),
+                Secret(client_secret),
+                actor="test",
+            )
+            new = await ctx.callers.create(
+                f"svc-{secrets.token_hex(3)}", roles=[Role.TOKENS_READ.value], apps=[slug],
+                actor="test",
+            )
+            return new.secret
+
+    return client_id, client_secret, asyncio.run(seed())
