@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 import schemathesis
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 import yaml
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
@@ -26,6 +27,19 @@ SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
 HUB = 5_500_001
 schema = schemathesis.openapi.from_path(SPEC_PATH)
+_CURRENT_KEY: dict[str, str] = {}
+
+
+@schema.auth(refresh_interval=None)  # a new key per deployment: never cache
+class CallerKeyAuth:
+    """Valid credentials for schemathesis, which then knows when it is testing without them."""
+
+    def get(self, case: schemathesis.Case, context: object) -> str:
+        # Collection asks before any deployment exists; a well-formed dud is fine then.
+        return _CURRENT_KEY.get("key", "hsb_" + "0" * 16 + "_" + "A" * 43)
+
+    def set(self, case: schemathesis.Case, data: str, context: object) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 
 def _documented() -> set[tuple[str, str]]:
@@ -59,6 +73,7 @@ def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Dep
     with serve_app(create_app(settings)) as url:
         client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
         sim.add_portal(HUB)
+        _CURRENT_KEY["key"] = key
         yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
 
 
@@ -125,9 +140,14 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
     if not getattr(deployment, "_installed", False):
         assert deployment.install(HUB).status_code == 200
         deployment._installed = True  # type: ignore[attr-defined]
-    headers = {"Authorization": f"Bearer {deployment.caller_key}"}
     if case.path == "/v1/portals/{hub_id}/token" and case.path_parameters is not None:
         # Half of the cases ask for the installed portal, so the 200 branch is exercised.
-        if case.path_parameters.get("hub_id", "").endswith(("0", "2", "4", "6", "8")):
-            case.path_parameters["hub_id"] = str(HUB)
-    case.call_and_validate(base_url=deployment.url, headers=headers)
+        hub_id = case.path_parameters.get("hub_id")
+        if isinstance(hub_id, int) and hub_id % 2 == 0:
+            case.path_parameters["hub_id"] = HUB
+    excluded = []
+    if case.path == "/oauth/callback":
+        # Any state schemathesis can invent is unknown to the broker, so a schema-valid
+        # callback is rightly refused (400 install_state_invalid): that check cannot apply.
+        excluded.append(positive_data_acceptance)
+    case.call_and_validate(base_url=deployment.url, excluded_checks=excluded)

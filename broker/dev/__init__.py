@@ -1,1 +1,2 @@
-"""Development tools: the HubSpot simulator and the embedded dev stack."""
+"""Development tooling: real backends from pip wheels (:mod:`broker.dev.stack`), the HubSpot
+simulator (:mod:`broker.dev.simulator`) and ``broker dev`` (:mod:`broker.dev.run`)."""

@@ -13,12 +13,13 @@ from broker.errors import InvalidRequest
 from broker.web.services import services
 
 _MAX_BIGINT = 2**63 - 1
+_TOKEN_PARAMS = frozenset({"app", "user_id", "min_ttl"})
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def parse_int(raw: str | None, name: str, *, minimum: int = 1) -> int | None:
     """An integer in [minimum, 2**63-1], ``None`` when absent, else a 422 naming it."""
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if not raw.isdigit() or len(raw) > 19 or not minimum <= int(raw) <= _MAX_BIGINT:
         raise InvalidRequest(
@@ -26,6 +27,27 @@ def parse_int(raw: str | None, name: str, *, minimum: int = 1) -> int | None:
             errors=[{"field": name, "message": f"not an integer >= {minimum}"}],
         )
     return int(raw)
+
+
+def reject_unknown(request: Request, allowed: frozenset[str]) -> None:
+    """Unknown query parameters are a 422: a typo like ``min_tll`` must not pass silently."""
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown query parameter(s): {', '.join(unknown)[:200]}",
+            errors=[{"field": name[:64], "message": "unknown parameter"} for name in unknown[:10]],
+        )
+
+
+def parse_app(raw: str | None, default: str) -> str:
+    """The ``app`` query parameter: absent means the default app; empty is an error."""
+    app = default if raw is None else raw
+    if not app or len(app) > 63:
+        raise InvalidRequest(
+            "app must be an app slug (and no default app is configured)",
+            errors=[{"field": "app", "message": "required, 1-63 characters"}],
+        )
+    return app
 
 
 def bearer(request: Request) -> str | None:
@@ -39,16 +61,12 @@ def bearer(request: Request) -> str | None:
 async def get_token(request: Request) -> Response:
     svc = services(request)
     caller = await svc.callers.authenticate(bearer(request))
+    reject_unknown(request, _TOKEN_PARAMS)
     query = request.query_params
     hub_id = parse_int(request.path_params["hub_id"], "hub_id") or 0
     user_id = parse_int(query.get("user_id"), "user_id")
     min_ttl = svc.tokens.resolve_min_ttl(parse_int(query.get("min_ttl"), "min_ttl", minimum=0))
-    app = query.get("app") or svc.settings.default_app
-    if not app:
-        raise InvalidRequest(
-            "app is required (no default app is configured)",
-            errors=[{"field": "app", "message": "required"}],
-        )
+    app = parse_app(query.get("app"), svc.settings.default_app)
     issued = await svc.tokens.get_token(caller, PortalKey(app, hub_id, user_id), min_ttl)
     body = {
         "access_token": issued.access_token,

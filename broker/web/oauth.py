@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.errors import BrokerError, InvalidRequest
+from broker.errors import BrokerError
+from broker.web.api import parse_app, reject_unknown
 from broker.web.problems import from_error
 from broker.web.services import services
 
@@ -60,12 +61,9 @@ def _error(request: Request, exc: BrokerError) -> Response:
 
 async def install(request: Request) -> Response:
     svc = services(request)
-    app = request.query_params.get("app") or svc.settings.default_app
     try:
-        if not app:
-            raise InvalidRequest(
-                "app is required", errors=[{"field": "app", "message": "required"}]
-            )
+        reject_unknown(request, frozenset({"app"}))
+        app = parse_app(request.query_params.get("app"), svc.settings.default_app)
         start = await svc.installs.begin(app, actor="browser")
     except BrokerError as exc:
         return _error(request, exc)
