@@ -84,7 +84,9 @@ def database_url(backends: BackendUrls) -> Iterator[str]:
     asyncio.run(_admin(backends.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
-def make_env(backends: BackendUrls, database_url: str, sim_url: str, **extra: str) -> dict[str, str]:
+def make_env(
+    backends: BackendUrls, database_url: str, sim_url: str, **extra: str
+) -> dict[str, str]:
     run = secrets.token_hex(4)
     env = {
         "BROKER_DATABASE_URL": database_url,

@@ -23,8 +23,9 @@ from broker.dev.simulator import Simulator
 @contextmanager
 def serve_app(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve ``app`` with uvicorn (lifespan on) in a thread; yields its base URL."""
-    config = uvicorn.Config(app, host=host, port=0, lifespan="on", log_config=None,
-                            access_log=False)
+    config = uvicorn.Config(
+        app, host=host, port=0, lifespan="on", log_config=None, access_log=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="broker-under-test", daemon=True)
     thread.start()
@@ -72,9 +73,15 @@ class Deployment:
             return browser.get(f"{self.url}/oauth/install", params={"app": self.app})
 
 
-def register(settings: Settings, sim: Simulator, redirect_uri: str, *, slug: str,
-             scopes: tuple[str, ...] = ("crm.objects.contacts.read", "oauth"),
-             **app_fields: Any) -> tuple[str, str, str]:
+def register(
+    settings: Settings,
+    sim: Simulator,
+    redirect_uri: str,
+    *,
+    slug: str,
+    scopes: tuple[str, ...] = ("crm.objects.contacts.read", "oauth"),
+    **app_fields: Any,
+) -> tuple[str, str, str]:
     """Register one app in the simulator and the broker, and a caller for it.
 
     Returns (client_id, client_secret, caller_key)."""
@@ -90,7 +97,9 @@ def register(settings: Settings, sim: Simulator, redirect_uri: str, *, slug: str
                 actor="test",
             )
             new = await ctx.callers.create(
-                f"svc-{secrets.token_hex(3)}", roles=[Role.TOKENS_READ.value], apps=[slug],
+                f"svc-{secrets.token_hex(3)}",
+                roles=[Role.TOKENS_READ.value],
+                apps=[slug],
                 actor="test",
             )
             return new.secret

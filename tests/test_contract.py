@@ -12,10 +12,10 @@ import asyncpg
 import httpx
 import pytest
 import schemathesis
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 import yaml
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.routing import Route
 
 from broker.app import create_app
@@ -100,7 +100,10 @@ def test_every_documented_token_status_is_produced(deployment: Deployment) -> No
     expire = "UPDATE portals SET access_expires_at = now() - interval '1 second' WHERE hub_id = "
     deployment.sim.kill_grant(hubs["dead"])
     _sql(deployment.settings, expire + str(hubs["dead"]))
-    _sql(deployment.settings, f"UPDATE portals SET state = 'revoked' WHERE hub_id = {hubs['revoked']}")
+    _sql(
+        deployment.settings,
+        f"UPDATE portals SET state = 'revoked' WHERE hub_id = {hubs['revoked']}",
+    )
     _sql(
         deployment.settings,
         f"UPDATE portals SET access_ct = 'vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAA' "

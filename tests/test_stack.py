@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,6 +276,21 @@ def test_restart_brings_a_killed_or_frozen_server_back_on_its_port() -> None:
 
         with pytest.raises(ValueError, match="openbao"):
             stack.restart("openbao")  # type: ignore[arg-type]
+
+
+def test_servers_outlive_the_short_lived_thread_that_started_them() -> None:
+    stack = EmbeddedStack()
+    starter = threading.Thread(target=stack.start)  # like asyncio.to_thread(stack.start)
+    starter.start()
+    starter.join()
+    try:
+        pids = stack.pids()
+        time.sleep(0.5)  # PDEATHSIG would have fired when the thread ended
+        assert all(alive(pid) for pid in pids.values())
+        with redis.Redis.from_url(stack.urls.redis_url) as client:
+            assert client.ping()
+    finally:
+        stack.stop()
 
 
 def test_failed_start_names_the_server_shows_its_log_and_stops_the_rest() -> None:

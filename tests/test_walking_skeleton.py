@@ -233,7 +233,9 @@ def test_portal_states_map_to_4xx(deployment: Deployment) -> None:
     deployment.install(HUB)
     deployment.install(OTHER_HUB)
     rows(deployment.settings, f"UPDATE portals SET state = 'revoked' WHERE hub_id = {HUB}")
-    rows(deployment.settings, f"UPDATE portals SET state = 'quarantined' WHERE hub_id = {OTHER_HUB}")
+    rows(
+        deployment.settings, f"UPDATE portals SET state = 'quarantined' WHERE hub_id = {OTHER_HUB}"
+    )
     revoked = deployment.token(HUB, min_ttl=0)
     assert revoked.status_code == 410, revoked.text
     assert revoked.json()["code"] == "revoked"

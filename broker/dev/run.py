@@ -28,7 +28,8 @@ async def _seed(settings: Settings, client_id: str, client_secret: str, redirect
     await run_migrations(settings)
     async with open_admin(settings) as ctx:
         await ctx.admin.add_app(
-            App(DEMO_APP, client_id, redirect, scopes=DEMO_SCOPES), Secret(client_secret),
+            App(DEMO_APP, client_id, redirect, scopes=DEMO_SCOPES),
+            Secret(client_secret),
             actor="dev",
         )
         caller = await ctx.callers.create(
@@ -89,7 +90,5 @@ def run_dev(*, port: int = 8080, simulator_port: int = 8090, host: str = "127.0.
         logs.configure(settings.log_level, settings.log_format)
         key = asyncio.run(_seed(settings, client_id, client_secret, redirect))
         print(_steps(broker_url, sim_url, key), flush=True)
-        uvicorn.run(
-            create_app(settings), host=host, port=port, access_log=False, log_config=None
-        )
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
     return 0
