@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Runs a stack in a child interpreter and reports its pids, then waits to be killed.
 OWNER = """
-import json, sys, time
+import json, os, sys, time
 from broker.dev.stack import EmbeddedStack
 
 stack = EmbeddedStack().start()
@@ -48,7 +48,7 @@ servers = stack.processes.values()
 report = {"pids": [s.pid for s in servers], "ports": [s.port for s in servers]}
 with open(sys.argv[1] + ".tmp", "w") as out:
     json.dump(report, out)
-import os; os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])  # the report appears whole or not at all
 time.sleep(120)
 """
 
@@ -97,8 +97,7 @@ def refuses(port: int) -> bool:
         return True
 
 
-def wait_until(predicate: object, seconds: float) -> bool:
-    assert callable(predicate)
+def wait_until(predicate: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():

@@ -78,7 +78,12 @@ class TokenService:
         if entry is not None and entry.expires_local - now >= min_ttl:
             metrics.TOKEN_CACHE_HIT.inc()
             return self._issue(caller, key, entry, now, min_ttl, refreshed=False)
-        entry, refreshed = await self._slow(key, min_ttl, stale=entry)
+        try:
+            entry, refreshed = await self._slow(key, min_ttl, stale=entry)
+        except BaseException:
+            metrics.TOKEN_ERROR.inc()
+            raise
+        (metrics.TOKEN_REFRESHED if refreshed else metrics.TOKEN_DB_HIT).inc()
         now = time.time()
         return self._issue(caller, key, entry, now, min_ttl, refreshed=refreshed)
 

@@ -1,0 +1,153 @@
+"""The install flow's failure paths: each gives a clear page with a 4xx (or 503 when HubSpot
+is down), and nothing is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from broker.app import create_app
+from broker.config import Settings, load_settings
+from broker.dev.simulator import Simulator
+from broker.web.oauth import COOKIE
+from tests.helpers import Deployment, register, serve_app
+
+HUB = 7_700_001
+
+
+@pytest.fixture
+def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
+    settings = load_settings({**env, "BROKER_INSTALL_STATE_TTL": "2"})
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        sim.add_portal(HUB)
+        sim.configure(consent="auto", consent_hub_id=HUB)
+        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+
+
+def portal_count(settings: Settings) -> int:
+    async def count() -> int:
+        conn = await asyncpg.connect(settings.database_url.get())
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM portals"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def start(deployment: Deployment, browser: httpx.Client) -> str:
+    """Run the flow up to HubSpot's redirect back; returns the callback URL (not visited)."""
+    install = browser.get(f"{deployment.url}/oauth/install", params={"app": "demo"})
+    assert install.status_code == 302
+    assert install.headers["cache-control"] == "no-store"
+    authorize = urlsplit(install.headers["location"])
+    query = parse_qs(authorize.query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert len(query["state"][0]) >= 32
+    assert query["redirect_uri"] == [f"{deployment.url}/oauth/callback"]
+    consent = browser.get(install.headers["location"])
+    assert consent.status_code == 302
+    return consent.headers["location"]
+
+
+def assert_failed(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Installation failed" in response.text
+    assert f"<code>{code}</code>" in response.text
+
+
+def test_state_is_single_use(deployment: Deployment) -> None:
+    with httpx.Client() as browser:
+        callback = start(deployment, browser)
+        assert browser.get(callback).status_code == 200
+        assert_failed(browser.get(callback), 400, "install_state_invalid")
+    assert portal_count(deployment.settings) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ({"code": "na1-aaaa-bbbb"}, "install_state_missing"),
+        ({"code": "na1-aaaa-bbbb", "state": "forged"}, "install_state_invalid"),
+    ],
+)
+def test_missing_or_unknown_state(deployment: Deployment, query: dict[str, str], code: str) -> None:
+    with httpx.Client() as browser:
+        assert_failed(browser.get(f"{deployment.url}/oauth/callback", params=query), 400, code)
+    assert portal_count(deployment.settings) == 0
+
+
+def test_state_is_bound_to_the_browser(deployment: Deployment) -> None:
+    with httpx.Client() as browser:
+        callback = start(deployment, browser)
+    with httpx.Client(cookies={COOKIE: "another-browser"}) as other:
+        assert_failed(other.get(callback), 400, "install_state_mismatch")
+    with httpx.Client() as no_cookie:  # and the state was burned by the attempt
+        assert_failed(no_cookie.get(callback), 400, "install_state_invalid")
+    assert portal_count(deployment.settings) == 0
+
+
+def test_expired_state(deployment: Deployment) -> None:
+    with httpx.Client() as browser:
+        callback = start(deployment, browser)
+        time.sleep(2.5)  # BROKER_INSTALL_STATE_TTL=2: Redis drops the state
+        assert_failed(browser.get(callback), 400, "install_state_invalid")
+    assert portal_count(deployment.settings) == 0
+
+
+def test_denial(deployment: Deployment) -> None:
+    deployment.sim.configure(consent="page")
+    with httpx.Client() as browser:
+        install = browser.get(f"{deployment.url}/oauth/install", params={"app": "demo"})
+        page = browser.get(install.headers["location"])
+        assert page.status_code == 200
+        state = parse_qs(urlsplit(install.headers["location"]).query)["state"][0]
+        callback = browser.get(
+            f"{deployment.url}/oauth/callback",
+            params={"error": "access_denied", "error_description": "no", "state": state},
+        )
+        assert_failed(callback, 400, "install_denied")
+    assert portal_count(deployment.settings) == 0
+
+
+def test_hubspot_rejects_the_code(deployment: Deployment) -> None:
+    with httpx.Client() as browser:
+        callback = start(deployment, browser)
+        query = parse_qs(urlsplit(callback).query)
+        forged = f"{deployment.url}/oauth/callback?state={query['state'][0]}&code=na1-0000-0000"
+        assert_failed(browser.get(forged), 400, "install_code_rejected")
+    assert portal_count(deployment.settings) == 0
+
+
+def test_hubspot_down_during_exchange(deployment: Deployment) -> None:
+    deployment.sim.add_fault("token", status=503)
+    with httpx.Client() as browser:
+        callback = start(deployment, browser)
+        response = browser.get(callback)
+        assert_failed(response, 503, "hubspot_unavailable")
+        assert "retry-after" in response.headers
+    assert portal_count(deployment.settings) == 0
+
+
+def test_json_clients_get_problem_json(deployment: Deployment) -> None:
+    response = httpx.get(
+        f"{deployment.url}/oauth/callback",
+        params={"state": "x", "code": "y"},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "install_state_invalid"
+
+
+def test_unknown_app(deployment: Deployment) -> None:
+    response = httpx.get(f"{deployment.url}/oauth/install", params={"app": "nope"})
+    assert_failed(response, 404, "app_not_found")
