@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test lint fmt typecheck clean
+.PHONY: help install run test fuzz lint fmt typecheck clean
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +25,9 @@ run: $(STAMP) ## Start embedded Postgres/Valkey/OpenBao, the HubSpot simulator a
 
 test: $(STAMP) ## Run the test suite on real backends (embedded unless BROKER_TEST_* URLs are set)
 	$(BIN)/python -m pytest
+
+fuzz: $(STAMP) ## Schemathesis with fresh random cases (FUZZ_EXAMPLES per operation, default 500)
+	BROKER_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/test_contract.py -k schemathesis
 
 lint: $(STAMP) ## Ruff lint + format check, mypy --strict on broker/
 	$(BIN)/ruff check .

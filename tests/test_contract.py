@@ -5,6 +5,7 @@ no 5xx and no response that breaks the schema."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tests.helpers import Deployment, register, serve_app
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
 HUB = 5_500_001
+FUZZ_EXAMPLES = int(os.environ.get("BROKER_FUZZ_EXAMPLES", "0"))
 schema = schemathesis.openapi.from_path(SPEC_PATH)
 _CURRENT_KEY: dict[str, str] = {}
 
@@ -133,8 +135,9 @@ def test_every_documented_token_status_is_produced(deployment: Deployment) -> No
 
 @schema.parametrize()
 @hsettings(
-    max_examples=30,
+    max_examples=FUZZ_EXAMPLES or 50,
     deadline=None,
+    derandomize=not FUZZ_EXAMPLES,  # `make test`: the same cases every run; `make fuzz`: new ones
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(

@@ -171,6 +171,11 @@ def test_errors_are_problem_json(deployment: Deployment) -> None:
                 "forbidden",
             ),
             "bad hub": (client.get("/v1/portals/abc/token"), 422, "invalid_request"),
+            "NUL in app": (
+                client.get(f"/v1/portals/{HUB}/token", params={"app": "a\x00b"}),
+                422,
+                "invalid_request",
+            ),
             "zero hub": (client.get("/v1/portals/0/token"), 422, "invalid_request"),
             "huge hub": (client.get(f"/v1/portals/{2**64}/token"), 422, "invalid_request"),
             "min_ttl cap": (

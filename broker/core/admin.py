@@ -3,17 +3,14 @@ portals. Views never contain a token, a ciphertext or a secret."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from broker.config import Secret
-from broker.core.models import API_VERSIONS, App, PortalKey, PortalRecord, PortalState
+from broker.core.models import API_VERSIONS, APP_SLUG, App, PortalKey, PortalRecord, PortalState
 from broker.core.ports import AuditSink, PortalRepository, SecretStore
 from broker.errors import InvalidRequest, NotFound
-
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 def portal_view(record: PortalRecord) -> dict[str, Any]:
@@ -62,7 +59,7 @@ class AdminService:
 
     async def add_app(self, app: App, client_secret: Secret, *, actor: str) -> App:
         problems = []
-        if not _SLUG.match(app.slug):
+        if not APP_SLUG.match(app.slug):
             problems.append({"field": "slug", "message": "1-63 lowercase letters, digits, '-'"})
         if not app.client_id.strip():
             problems.append({"field": "client_id", "message": "required"})

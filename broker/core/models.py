@@ -7,9 +7,12 @@ them from ``repr``; everything that is persisted carries ciphertext only.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+#: An app's slug: also the shape every interface accepts for an ``app`` parameter.
+APP_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 DEFAULT_API_VERSION = "2026-03"
 API_VERSIONS = ("2026-03", "2026-09", "v3", "v1")
 

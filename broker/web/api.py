@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from broker.core.models import PortalKey
+from broker.core.models import APP_SLUG, PortalKey
 from broker.errors import InvalidRequest
 from broker.web.services import services
 
@@ -42,10 +42,10 @@ def reject_unknown(request: Request, allowed: frozenset[str]) -> None:
 def parse_app(raw: str | None, default: str) -> str:
     """The ``app`` query parameter: absent means the default app; empty is an error."""
     app = default if raw is None else raw
-    if not app or len(app) > 63:
+    if not APP_SLUG.match(app):
         raise InvalidRequest(
-            "app must be an app slug (and no default app is configured)",
-            errors=[{"field": "app", "message": "required, 1-63 characters"}],
+            "app must be an app slug: 1-63 lowercase letters, digits or '-'",
+            errors=[{"field": "app", "message": "not an app slug"}],
         )
     return app
 
