@@ -31,6 +31,7 @@ from broker.core.admin import AdminService
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
 from broker.core.refresh import RefreshEngine
+from broker.core.refresher import ProactiveRefresher
 from broker.core.tokens import TokenService
 from broker.errors import BrokerError, FatalError
 from broker.web import api, health, oauth
@@ -78,15 +79,23 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         audit = PostgresAudit(db)
         audit.start()
         stack.push_async_callback(audit.close)
-        refresher = RefreshEngine(
+        replica = replica_id()
+        engine = RefreshEngine(
             settings,
             portals=portals,
             coordinator=coordinator,
             cipher=vault,
             secrets_store=vault,
             oauth=oauth_client,
-            replica_id=replica_id(),
+            limiter=coordinator,
+            replica_id=replica,
         )
+        if settings.refresher_enabled:
+            refresher = ProactiveRefresher(
+                settings, portals=portals, engine=engine, limiter=coordinator, replica_id=replica
+            )
+            refresher.start()
+            stack.push_async_callback(refresher.stop)
         callers = CallerService(settings, callers=PostgresCallers(db), audit=audit)
         callers.start()
         stack.push_async_callback(callers.close)
@@ -96,7 +105,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 settings,
                 portals=portals,
                 cipher=vault,
-                refresher=refresher,
+                refresher=engine,
                 audit=audit,
                 fingerprint_key=await vault.fingerprint_key(),
             ),
@@ -107,7 +116,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 cipher=vault,
                 secrets_store=vault,
                 oauth=oauth_client,
-                refresher=refresher,
+                refresher=engine,
                 audit=audit,
             ),
             callers=callers,

@@ -85,6 +85,12 @@ class Settings:
     hubspot_timeout: float = 10.0
     lease_seconds: float = 30.0
     secret_cache_seconds: float = 300.0
+    # --- proactive refresher --------------------------------------------------------------
+    refresher_enabled: bool = True
+    refresher_batch: int = 32
+    refresher_concurrency: int = 8
+    refresher_interval: float = 1.0
+    refresh_rate_per_app: float = 20.0
     # --- logs -----------------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: LogFormat = "json"

@@ -100,6 +100,8 @@ def make_env(
         "BROKER_DEFAULT_APP": "demo",
         "BROKER_MIN_TTL_DEFAULT": "60",
         "BROKER_LOG_LEVEL": "DEBUG",
+        # Interactive-path tests count upstream calls; refresher tests turn it back on.
+        "BROKER_REFRESHER_ENABLED": "false",
     }
     env.update(extra)
     return env

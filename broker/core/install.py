@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from broker import metrics
 from broker.config import Settings
@@ -28,7 +27,7 @@ from broker.core.ports import (
     PortalRepository,
     SecretStore,
 )
-from broker.core.refresh import RefreshEngine
+from broker.core.refresh import RefreshEngine, schedule
 from broker.errors import InstallFailed
 
 
@@ -143,7 +142,7 @@ class InstallService:
         )
         record = await self._portals.install(
             key,
-            EncryptedGrant(refresh_ct, access_ct, issued_at + timedelta(seconds=grant.expires_in)),
+            EncryptedGrant(refresh_ct, access_ct, *schedule(issued_at, grant.expires_in)),
             hub_domain=info.hub_domain,
             scopes=grant.scopes or info.scopes,
             actor=info.user or pending["actor"],

@@ -45,6 +45,8 @@ class EncryptedGrant:
     refresh_ct: str
     access_ct: str
     expires_at: datetime
+    #: When the proactive refresher should renew it (about 2/3 of the lifetime, jittered).
+    refresh_after: datetime
 
 
 class Cipher(Protocol):
@@ -136,6 +138,20 @@ class Coordinator(Protocol):
     async def ping(self) -> None: ...
 
 
+class RateLimiter(Protocol):
+    """Refreshes per app, shared by every replica (token bucket in Redis).
+
+    Interactive refreshes (a caller is waiting) always proceed and are counted; proactive
+    ones wait for a token, so callers take priority. ``pause`` stops an app's proactive
+    refreshes on every replica (HubSpot said 429 with Retry-After)."""
+
+    async def acquire(self, app: str, *, interactive: bool) -> float:
+        """0 when allowed now; otherwise the seconds to wait before asking again."""
+        ...
+
+    async def pause(self, app: str, seconds: float) -> None: ...
+
+
 class PortalRepository(Protocol):
     """Apps and portals in Postgres. Every time comparison uses the database clock."""
 
@@ -182,6 +198,18 @@ class PortalRepository(Protocol):
         access token has less than ``min_ttl`` seconds left (and, unless
         ``ignore_backoff``, its backoff has passed). ``None``: not granted, re-read."""
         ...
+
+    async def claim_due(
+        self, owner: str, *, limit: int, lease_seconds: float
+    ) -> list[tuple[PortalKey, Lease]]:
+        """Leases for portals whose proactive refresh time has come (``SKIP LOCKED``)."""
+        ...
+
+    async def pause_app(self, slug: str, seconds: float, reason: str) -> None:
+        """Pause proactive refreshes of an app's portals; portals themselves are untouched."""
+        ...
+
+    async def count_by_state(self) -> dict[str, int]: ...
 
     async def journal(self, lease: Lease, grant: EncryptedGrant) -> int:
         """Append the response to ``token_journal`` before the fenced commit."""

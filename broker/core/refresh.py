@@ -31,9 +31,11 @@ from broker.core.ports import (
     EncryptedGrant,
     OAuthProvider,
     PortalRepository,
+    RateLimiter,
     SecretStore,
 )
 from broker.errors import (
+    DatabaseError,
     GrantDead,
     HubSpotError,
     HubSpotUnavailable,
@@ -43,13 +45,48 @@ from broker.errors import (
     Quarantined,
     Revoked,
     UpstreamError,
+    VaultError,
 )
 
 log = structlog.get_logger(__name__)
 
 _BACKOFF_BASE = 1.0
-_BACKOFF_CAP = 300.0
+_BACKOFF_CAP = 60.0  # a recovered HubSpot is retried within a minute
 _GRACE_SECONDS = 1.0  # re-check before declaring a grant dead: a racing commit may land
+#: A token with less left than this is not worth serving in place of an error.
+USEFUL_SECONDS = 5.0
+_APP_PAUSE_SECONDS = 60.0  # how long a misconfigured app's proactive refreshes pause
+
+
+class CircuitBreaker:
+    """One per process for HubSpot's token host. After ``threshold`` consecutive
+    unavailable answers it opens for ``cooldown`` seconds: refreshes fail fast instead of
+    piling onto a host that is down; the first call after the cooldown is the probe."""
+
+    def __init__(self, threshold: int = 5, cooldown: float = 15.0) -> None:
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._failures = 0
+        self._open_until = 0.0
+
+    def check(self) -> None:
+        left = self._open_until - time.monotonic()
+        if left > 0:
+            metrics.REFRESHES.labels("skipped", "upstream_unavailable").inc()
+            raise HubSpotUnavailable("HubSpot keeps failing; pausing calls", retry_after=left)
+
+    def failed(self) -> None:
+        self._failures += 1
+        if self._failures >= self._threshold:
+            self._open_until = time.monotonic() + self._cooldown
+            self._failures = 0
+            log.warning("hubspot.circuit_open", seconds=self._cooldown)
+
+    def succeeded(self) -> None:
+        self._failures = 0
+
+    def open_for(self) -> float:
+        return max(0.0, self._open_until - time.monotonic())
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +96,18 @@ class Fresh:
 
     record: PortalRecord
     access_token: str | None = None
+
+
+def schedule(issued_at: datetime, expires_in: int) -> tuple[datetime, datetime]:
+    """(expires_at, refresh_after) for a token issued no earlier than ``issued_at``.
+
+    The refresh point is jittered between 60 and 72% of the lifetime so that portals
+    installed or refreshed together drift apart instead of refreshing in lockstep."""
+    share = random.uniform(0.60, 0.72)  # noqa: S311 - jitter, not crypto
+    return (
+        issued_at + timedelta(seconds=expires_in),
+        issued_at + timedelta(seconds=expires_in * share),
+    )
 
 
 def raise_for_state(record: PortalRecord) -> None:
@@ -88,6 +137,7 @@ class RefreshEngine:
         cipher: Cipher,
         secrets_store: SecretStore,
         oauth: OAuthProvider,
+        limiter: RateLimiter,
         replica_id: str,
     ) -> None:
         self._settings = settings
@@ -96,8 +146,14 @@ class RefreshEngine:
         self._cipher = cipher
         self._secrets = secrets_store
         self._oauth = oauth
+        self._limiter = limiter
+        self._breaker = CircuitBreaker()
         self._replica = replica_id
         self._apps: dict[str, tuple[float, App]] = {}
+
+    def hubspot_paused_for(self) -> float:
+        """Seconds the circuit breaker keeps HubSpot calls off (0 when closed)."""
+        return self._breaker.open_for()
 
     async def app(self, slug: str) -> App:
         cached = self._apps.get(slug)
@@ -134,9 +190,9 @@ class RefreshEngine:
                         ignore_backoff=False,
                     )
                     if lease is not None:
-                        return await self._refresh_with_lease(record.key, lease)
+                        return await self.refresh_with_lease(record.key, lease, interactive=True)
                 except UpstreamError:
-                    if record.remaining() > 0:
+                    if record.remaining() >= USEFUL_SECONDS:
                         return Fresh(record)  # refreshing failed; the old token is still valid
                     raise
                 finally:
@@ -151,7 +207,7 @@ class RefreshEngine:
 
     def _while_backing_off(self, record: PortalRecord) -> Fresh:
         """Refreshes are paused for this portal: serve what is still valid, else 503."""
-        if record.remaining() > 0:
+        if record.remaining() >= USEFUL_SECONDS:
             return Fresh(record)
         raise HubSpotUnavailable(
             f"refreshing portal {record.key} keeps failing ({record.last_error}); retrying",
@@ -174,7 +230,7 @@ class RefreshEngine:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 metrics.LOCK_CONTENTION.inc()
-                if record.remaining() > 0:
+                if record.remaining() >= USEFUL_SECONDS:
                     return record  # still valid: serving it beats failing
                 raise LockUnavailable(f"portal {record.key} is being refreshed elsewhere")
             notified = await self._coordinator.wait_refreshed(record.id, min(0.5, remaining))
@@ -191,7 +247,11 @@ class RefreshEngine:
                 return current
             record = current
 
-    async def _refresh_with_lease(self, key: PortalKey, lease: Lease) -> Fresh:
+    async def refresh_with_lease(
+        self, key: PortalKey, lease: Lease, *, interactive: bool = False
+    ) -> Fresh:
+        """Steps 3-5 of the protocol for a lease already granted. Releases the lease on any
+        failure; a lease that runs out meanwhile is simply fenced at the write."""
         started = time.monotonic()
         lease_deadline = started + lease.seconds
         try:
@@ -203,16 +263,22 @@ class RefreshEngine:
             # Self-fence: HubSpot's timeout plus the journal and commit must fit the lease.
             budget = self._settings.hubspot_timeout + 2 * self._settings.db_timeout
             if lease_deadline - time.monotonic() < budget:
+                metrics.REFRESHES.labels("failed", "lock_contention").inc()
                 raise LockUnavailable("lease too short to call HubSpot safely")
+            self._breaker.check()
+            if interactive:
+                await self._limiter.acquire(key.app, interactive=True)  # counted, never waits
             issued_at = lease.db_now + timedelta(seconds=time.monotonic() - started)
             try:
                 grant = await self._oauth.refresh(app, client_secrets, refresh_token)
             except GrantDead as exc:
+                self._breaker.succeeded()  # HubSpot answered: the host is fine
                 return await self._grant_dead(key, lease, exc)
             except HubSpotError as exc:
-                await self._failed(lease, exc)
+                await self._failed(key, lease, exc)
                 raise
-            fresh = await self._store(key, lease, grant, issued_at)
+            self._breaker.succeeded()
+            fresh = await self._store(key, lease, grant, issued_at, lease_deadline)
         except BaseException:
             await asyncio.shield(self._portals.release_lease(lease))
             raise
@@ -220,19 +286,38 @@ class RefreshEngine:
         return fresh
 
     async def _store(
-        self, key: PortalKey, lease: Lease, grant: TokenGrant, issued_at: datetime
+        self,
+        key: PortalKey,
+        lease: Lease,
+        grant: TokenGrant,
+        issued_at: datetime,
+        lease_deadline: float,
     ) -> Fresh:
+        """Encrypt, journal, commit. HubSpot has answered: the new refresh token exists only
+        in memory until the journal row lands, so Vault or Postgres hiccups are retried for
+        as long as the lease lasts (DESIGN.md's residual risk "(b)")."""
         # issued_at is the database clock when the HubSpot call started, so this expiry is
         # never later than HubSpot's own.
-        expires_at = issued_at + timedelta(seconds=grant.expires_in)
-        refresh_ct, access_ct = await self._cipher.encrypt(
-            [
-                (grant.refresh_token, key.context("refresh")),
-                (grant.access_token, key.context("access")),
-            ]
-        )
-        encrypted = EncryptedGrant(refresh_ct, access_ct, expires_at)
-        journal_id = await self._portals.journal(lease, encrypted)
+        expires_at, refresh_after = schedule(issued_at, grant.expires_in)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                refresh_ct, access_ct = await self._cipher.encrypt(
+                    [
+                        (grant.refresh_token, key.context("refresh")),
+                        (grant.access_token, key.context("access")),
+                    ]
+                )
+                encrypted = EncryptedGrant(refresh_ct, access_ct, expires_at, refresh_after)
+                journal_id = await self._portals.journal(lease, encrypted)
+                break
+            except (VaultError, DatabaseError):
+                if time.monotonic() + 0.2 * attempt >= lease_deadline:
+                    metrics.REFRESHES.labels("lost", "internal").inc()
+                    log.error("refresh.response_lost", portal=str(key), attempts=attempt)
+                    raise
+                await asyncio.sleep(0.2 * attempt)
         committed = await self._portals.commit_refresh(lease, encrypted, journal_id)
         if committed is None:
             metrics.FENCED_WRITES.inc()
@@ -245,23 +330,26 @@ class RefreshEngine:
         log.info("refresh.committed", portal=str(key), version=committed.version)
         return Fresh(committed, grant.access_token)
 
-    async def _failed(self, lease: Lease, exc: HubSpotError) -> None:
+    async def _failed(self, key: PortalKey, lease: Lease, exc: HubSpotError) -> None:
         metrics.REFRESHES.labels("failed", exc.failure_class).inc()
-        if exc.failure_class == "app_misconfigured":
-            # Never the portal's fault: leave its state alone, only pause its refreshes.
-            log.error("refresh.app_misconfigured", portal_id=lease.portal_id)
-        else:
-            log.warning(
-                "refresh.failed", portal_id=lease.portal_id, failure_class=exc.failure_class
-            )
         retry_in = backoff_seconds(lease.failures, exc.upstream_retry_after)
-        state = (
-            PortalState.ACTIVE
-            if exc.failure_class == "app_misconfigured"
-            else PortalState.REFRESH_FAILING
-        )
+        if exc.failure_class == "app_misconfigured":
+            # Never the portal's fault: flag and pause the app, leave every portal alone.
+            log.error("refresh.app_misconfigured", app=key.app, status=exc.hubspot_status)
+            await self._portals.pause_app(key.app, _APP_PAUSE_SECONDS, exc.failure_class)
+            await self._portals.release_lease(lease)
+            return
+        if exc.failure_class == "rate_limited":
+            # Tighten the app's throttle on every replica, not just this portal's schedule.
+            await self._limiter.pause(key.app, max(retry_in, exc.upstream_retry_after or 0))
+        else:
+            self._breaker.failed()
+        log.warning("refresh.failed", portal=str(key), failure_class=exc.failure_class)
         await self._portals.record_failure(
-            lease, failure_class=exc.failure_class, state=state, retry_in=retry_in
+            lease,
+            failure_class=exc.failure_class,
+            state=PortalState.REFRESH_FAILING,
+            retry_in=retry_in,
         )
 
     async def _grant_dead(self, key: PortalKey, lease: Lease, exc: GrantDead) -> Fresh:

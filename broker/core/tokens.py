@@ -23,7 +23,7 @@ from broker import metrics
 from broker.config import Settings
 from broker.core.models import Caller, IssuedToken, PortalKey, Role
 from broker.core.ports import AuditSink, Cipher, PortalRepository
-from broker.core.refresh import Fresh, RefreshEngine, raise_for_state
+from broker.core.refresh import USEFUL_SECONDS, Fresh, RefreshEngine, raise_for_state
 from broker.errors import Forbidden, InvalidRequest, NotFound, UpstreamError
 
 
@@ -140,7 +140,7 @@ class TokenService:
                 # The shared attempt was for a smaller min_ttl than ours: run our own.
                 entry = await self._load(key, min_ttl)
         except UpstreamError:
-            if stale is not None and stale.expires_local > time.time():
+            if stale is not None and stale.expires_local - time.time() >= USEFUL_SECONDS:
                 # A backend is down, but a token that is still valid beats an error.
                 metrics.BACKEND_ERRORS.labels("any", "serve_cached").inc()
                 return stale, False

@@ -149,13 +149,14 @@ class PostgresPortals:
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
                 f"""INSERT INTO portals (app, hub_id, user_id, hub_domain, installed_by, scopes,
-                                         refresh_ct, access_ct, access_expires_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                         refresh_ct, access_ct, access_expires_at, refresh_after)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                     ON CONFLICT (app, hub_id, COALESCE(user_id, 0)) DO UPDATE SET
                         hub_domain = EXCLUDED.hub_domain, installed_by = EXCLUDED.installed_by,
                         scopes = EXCLUDED.scopes, state = 'active',
                         refresh_ct = EXCLUDED.refresh_ct, access_ct = EXCLUDED.access_ct,
                         access_expires_at = EXCLUDED.access_expires_at,
+                        refresh_after = EXCLUDED.refresh_after,
                         version = portals.version + 1,
                         lease_owner = NULL, lease_until = NULL,
                         failure_count = 0, last_error = NULL, next_attempt_at = NULL,
@@ -169,6 +170,7 @@ class PostgresPortals:
                 grant.refresh_ct,
                 grant.access_ct,
                 grant.expires_at,
+                grant.refresh_after,
             )
             assert row is not None  # INSERT .. ON CONFLICT DO UPDATE always returns the row
             await _event(conn, "portal.installed", key, {"scopes": list(scopes)})
@@ -215,11 +217,82 @@ class PostgresPortals:
             db_now=row["now"],
         )
 
+    async def claim_due(
+        self, owner: str, *, limit: int, lease_seconds: float
+    ) -> list[tuple[PortalKey, Lease]]:
+        """Leases for up to ``limit`` portals whose refresh time has come, oldest first.
+        ``SKIP LOCKED``: replicas scanning at once split the work instead of queueing."""
+        rows = await self._db.fetch(
+            f"""WITH due AS (
+                    SELECT id FROM portals
+                    WHERE {_SERVING} AND refresh_ct IS NOT NULL
+                      AND refresh_after <= clock_timestamp()
+                      AND (lease_until IS NULL OR lease_until <= clock_timestamp())
+                      AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())
+                      AND app NOT IN (SELECT slug FROM apps
+                                      WHERE paused_until > clock_timestamp())
+                    ORDER BY refresh_after
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED)
+                UPDATE portals p SET
+                    lease_owner = $1, lease_epoch = p.lease_epoch + 1,
+                    lease_until = clock_timestamp() + make_interval(secs => $3)
+                FROM due WHERE p.id = due.id
+                RETURNING p.id, p.app, p.hub_id, p.user_id, p.lease_epoch, p.version,
+                          p.refresh_ct, p.failure_count, p.lease_until,
+                          clock_timestamp() AS now""",
+            owner,
+            limit,
+            lease_seconds,
+        )
+        return [
+            (
+                PortalKey(r["app"], r["hub_id"], r["user_id"]),
+                Lease(
+                    portal_id=r["id"],
+                    owner=owner,
+                    epoch=r["lease_epoch"],
+                    version=r["version"],
+                    refresh_ct=r["refresh_ct"],
+                    failures=r["failure_count"],
+                    seconds=(r["lease_until"] - r["now"]).total_seconds(),
+                    db_now=r["now"],
+                ),
+            )
+            for r in rows
+        ]
+
+    async def pause_app(self, slug: str, seconds: float, reason: str) -> None:
+        """Stop proactive refreshes of every portal of an app for a while (portals untouched)."""
+        async with self._db.transaction() as conn:
+            before = await conn.fetchval(
+                "SELECT paused_until > clock_timestamp() FROM apps WHERE slug = $1", slug
+            )
+            await conn.execute(
+                """UPDATE apps SET paused_until = clock_timestamp() + make_interval(secs => $2),
+                                   misconfigured_at = CASE WHEN $3 = 'app_misconfigured'
+                                       THEN clock_timestamp() ELSE misconfigured_at END
+                   WHERE slug = $1""",
+                slug,
+                seconds,
+                reason,
+            )
+            if not before and reason == "app_misconfigured":
+                await conn.execute(
+                    "INSERT INTO events (type, app, payload) VALUES ('app.misconfigured', $1, $2)",
+                    slug,
+                    {"reason": reason},
+                )
+
+    async def count_by_state(self) -> dict[str, int]:
+        rows = await self._db.fetch("SELECT state, count(*) AS n FROM portals GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
     async def journal(self, lease: Lease, grant: EncryptedGrant) -> int:
         journal_id: int = await self._db.fetchval(
             """INSERT INTO token_journal (portal_id, lease_epoch, lease_owner, base_version,
-                                          refresh_ct, access_ct, access_expires_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+                                          refresh_ct, access_ct, access_expires_at, refresh_after)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
             lease.portal_id,
             lease.epoch,
             lease.owner,
@@ -227,6 +300,7 @@ class PostgresPortals:
             grant.refresh_ct,
             grant.access_ct,
             grant.expires_at,
+            grant.refresh_after,
         )
         return journal_id
 
@@ -240,7 +314,8 @@ class PostgresPortals:
                         SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE)
                     UPDATE portals SET
                         refresh_ct = $4, access_ct = $5, access_expires_at = $6,
-                        version = version + 1, lease_owner = NULL, lease_until = NULL,
+                        refresh_after = $7, version = version + 1,
+                        lease_owner = NULL, lease_until = NULL,
                         state = 'active', failure_count = 0, last_error = NULL,
                         next_attempt_at = NULL, refreshed_at = clock_timestamp(),
                         updated_at = clock_timestamp()
@@ -254,6 +329,7 @@ class PostgresPortals:
                 grant.refresh_ct,
                 grant.access_ct,
                 grant.expires_at,
+                grant.refresh_after,
             )
             if row is None:
                 return None
@@ -268,7 +344,9 @@ class PostgresPortals:
 
     async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:
         row = await self._db.fetchrow(
-            """SELECT id, refresh_ct, access_ct, access_expires_at FROM token_journal
+            """SELECT id, refresh_ct, access_ct, access_expires_at,
+                      COALESCE(refresh_after, access_expires_at) AS refresh_after
+               FROM token_journal
                WHERE portal_id = $1 AND applied_at IS NULL AND base_version >= $2
                ORDER BY id DESC LIMIT 1""",
             lease.portal_id,
@@ -277,7 +355,7 @@ class PostgresPortals:
         if row is None:
             return None
         return row["id"], EncryptedGrant(
-            row["refresh_ct"], row["access_ct"], row["access_expires_at"]
+            row["refresh_ct"], row["access_ct"], row["access_expires_at"], row["refresh_after"]
         )
 
     async def record_failure(

@@ -1,0 +1,136 @@
+"""The proactive refresher: every replica renews tokens ahead of expiry (DESIGN.md,
+"Proactive refresh"), so callers almost never wait for HubSpot.
+
+Each pass claims Postgres leases for a batch of portals whose ``refresh_after`` has come
+(``FOR UPDATE SKIP LOCKED``: replicas split the work), then refreshes them through the same
+protocol as interactive callers, at most ``refresher_concurrency`` at a time and within the
+per-app rate shared by all replicas (interactive refreshes take priority). A failing pass
+never stops the loop; ``stop()`` lets in-flight refreshes finish and releases the leases
+that were claimed but not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+
+import structlog
+
+from broker import metrics
+from broker.config import Settings
+from broker.core.models import Lease, PortalKey, PortalState
+from broker.core.ports import PortalRepository, RateLimiter
+from broker.core.refresh import RefreshEngine
+from broker.errors import BrokerError
+
+log = structlog.get_logger(__name__)
+
+
+class ProactiveRefresher:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        portals: PortalRepository,
+        engine: RefreshEngine,
+        limiter: RateLimiter,
+        replica_id: str,
+    ) -> None:
+        self._settings = settings
+        self._portals = portals
+        self._engine = engine
+        self._limiter = limiter
+        self._owner = f"{replica_id}:refresher:{secrets.token_hex(4)}"
+        self._slots = asyncio.Semaphore(settings.refresher_concurrency)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="proactive-refresher")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=self._settings.lease_seconds)
+
+    async def _run(self) -> None:
+        gauges = asyncio.create_task(self._update_gauges(), name="portal-state-gauges")
+        try:
+            await self._loop()
+        finally:
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
+
+    async def _update_gauges(self) -> None:
+        """Portals by state, every 15 s: a scrape never scans the table."""
+        while True:
+            try:
+                counts = await self._portals.count_by_state()
+                for state in PortalState:
+                    metrics.PORTALS.labels(state.value).set(counts.get(state.value, 0))
+            except BrokerError:
+                metrics.BACKEND_ERRORS.labels("postgres", "portal_gauges").inc()
+            await asyncio.sleep(15.0)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            claimed = 0
+            paused = self._engine.hubspot_paused_for()
+            if paused > 0:  # the circuit is open: claiming leases now would only churn
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=paused)
+                continue
+            try:
+                claimed = await self.run_once()
+            except BrokerError as exc:
+                metrics.BACKEND_ERRORS.labels("any", "refresher_pass").inc()
+                log.warning("refresher.pass_failed", code=exc.code)
+            except Exception:  # a bug must not stop proactive refreshing for good
+                metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
+                log.exception("refresher.pass_crashed")
+            if claimed < self._settings.refresher_batch:
+                # Jittered so replicas started together do not scan in lockstep.
+                delay = self._settings.refresher_interval * random.uniform(0.5, 1.5)  # noqa: S311
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    async def run_once(self) -> int:
+        """Claim one batch and start refreshing it; returns how many portals were claimed."""
+        free = self._settings.refresher_batch - len(self._inflight)
+        if free <= 0:
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            return 0
+        batch = await self._portals.claim_due(
+            self._owner, limit=free, lease_seconds=self._settings.lease_seconds
+        )
+        for key, lease in batch:
+            task = asyncio.create_task(self._refresh(key, lease), name=f"refresh {key}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(batch)
+
+    async def _refresh(self, key: PortalKey, lease: Lease) -> None:
+        async with self._slots:
+            try:
+                if self._stopping.is_set():
+                    await self._portals.release_lease(lease)
+                    return
+                wait = await self._limiter.acquire(key.app, interactive=False)
+                if wait > 0:
+                    # Over the app's rate: give the portal back for a later pass.
+                    await self._portals.release_lease(lease)
+                    await asyncio.sleep(min(wait, 1.0))
+                    return
+                await self._engine.refresh_with_lease(key, lease)
+            except BrokerError as exc:
+                log.info("refresher.portal_failed", portal=str(key), code=exc.code)
+            except Exception:
+                metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
+                log.exception("refresher.portal_crashed", portal=str(key))

@@ -1,0 +1,36 @@
+# hubspot-token-broker: runtime policy (every replica, `broker serve`).
+#
+# Written for the default settings: BROKER_VAULT_KV_MOUNT=secret,
+# BROKER_VAULT_KV_PREFIX=hubspot-token-broker, BROKER_VAULT_TRANSIT_MOUNT=transit,
+# BROKER_VAULT_TRANSIT_KEY=hubspot-tokens. Change the paths below if you change those.
+# KV v2 puts secret data under <mount>/data/<path>.
+
+# HubSpot app client secrets: read only. They are written by `broker apps add`, which runs
+# under broker-admin.hcl.
+path "secret/data/hubspot-token-broker/apps/*" {
+  capabilities = ["read"]
+}
+
+# The key behind the audit log's token fingerprints: read it, and create it once (the first
+# replica writes it with check-and-set cas=0). No update and no delete: a running broker can
+# never replace it.
+path "secret/data/hubspot-token-broker/broker/fingerprint" {
+  capabilities = ["create", "read"]
+}
+
+# Tokens at rest: encrypt and decrypt with the one Transit key, nothing else. No key reads,
+# no rotation, no export: key management stays with operators.
+path "transit/encrypt/hubspot-tokens" {
+  capabilities = ["update"]
+}
+path "transit/decrypt/hubspot-tokens" {
+  capabilities = ["update"]
+}
+
+# Keep its own login alive (token, AppRole and Kubernetes auth all yield a renewable token).
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}

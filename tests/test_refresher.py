@@ -1,0 +1,124 @@
+"""The proactive refresher on two replicas: tokens are renewed ahead of expiry with no caller
+asking, each upstream refresh lands as exactly one committed version (no duplicates across
+replicas), a misconfigured app is paused without touching its portals, and a 429's
+Retry-After is honoured."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import asyncpg
+import httpx
+import pytest
+
+from broker.app import create_app
+from broker.config import Settings, load_settings
+from broker.dev.simulator import Simulator
+from tests.helpers import register, serve_app
+
+HUBS = list(range(8_800_001, 8_800_021))
+
+
+async def _fetch(settings: Settings, query: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(settings.database_url.get())
+    try:
+        return await conn.fetch(query)
+    finally:
+        await conn.close()
+
+
+def fetch(settings: Settings, query: str) -> list[asyncpg.Record]:
+    return asyncio.run(_fetch(settings, query))
+
+
+@pytest.fixture
+def replicas(env: dict[str, str], sim: Simulator) -> Iterator[tuple[Settings, list[str]]]:
+    settings = load_settings(
+        {**env, "BROKER_REFRESHER_ENABLED": "true", "BROKER_REFRESHER_INTERVAL": "0.2"}
+    )
+    with ExitStack() as stack:
+        urls = [stack.enter_context(serve_app(create_app(settings))) for _ in range(2)]
+        register(settings, sim, f"{urls[0]}/oauth/callback", slug="demo")
+        for hub in HUBS:
+            sim.add_portal(hub)
+        yield settings, urls
+
+
+def install_all(sim: Simulator, url: str, hubs: list[int]) -> None:
+    with httpx.Client(follow_redirects=True, timeout=30) as browser:
+        for hub in hubs:
+            sim.configure(consent="auto", consent_hub_id=hub)
+            page = browser.get(f"{url}/oauth/install", params={"app": "demo"})
+            assert page.status_code == 200, page.text
+
+
+def test_two_replicas_refresh_ahead_of_expiry_without_duplicates(
+    replicas: tuple[Settings, list[str]], sim: Simulator
+) -> None:
+    settings, urls = replicas
+    sim.configure(access_token_ttl=6)  # refresh_after falls at 3.6-4.3 s
+    install_all(sim, urls[0], HUBS)
+    time.sleep(9)
+    by_hub = sim.refreshes_by_hub()
+    rows = fetch(
+        settings,
+        "SELECT hub_id, version, access_expires_at > now() AS valid, "
+        "(SELECT count(*) FROM token_journal j WHERE j.portal_id = p.id "
+        " AND j.applied_at IS NULL) AS unapplied FROM portals p",
+    )
+    assert len(rows) == len(HUBS)
+    for row in rows:
+        refreshes = by_hub.get(row["hub_id"], 0)
+        assert refreshes >= 1, row  # renewed with nobody asking
+        assert row["version"] == refreshes + 1, row  # every upstream call -> one commit
+        assert row["unapplied"] == 0
+        assert row["valid"], row  # never left to expire
+
+
+def test_misconfigured_app_is_paused_and_portals_untouched(
+    replicas: tuple[Settings, list[str]], sim: Simulator
+) -> None:
+    settings, urls = replicas
+    sim.configure(access_token_ttl=4)
+    install_all(sim, urls[0], HUBS[:3])
+    # HubSpot no longer accepts the broker's client secret (rotated at HubSpot only).
+    app_client = fetch(settings, "SELECT client_id, redirect_uri FROM apps")[0]
+    sim.add_app(
+        app_client["client_id"], ["a-secret-the-broker-does-not-have"], [app_client["redirect_uri"]]
+    )
+    time.sleep(5)
+    calls = sim.counters()["token.refresh_token"]
+    assert calls >= 1
+    portals = fetch(settings, "SELECT state, failure_count, last_error FROM portals")
+    assert {(r["state"], r["failure_count"], r["last_error"]) for r in portals} == {
+        ("active", 0, None)
+    }
+    app = fetch(settings, "SELECT paused_until > now() AS paused, misconfigured_at FROM apps")[0]
+    assert app["paused"]
+    assert app["misconfigured_at"] is not None
+    events = fetch(settings, "SELECT type FROM events WHERE type = 'app.misconfigured'")
+    assert len(events) == 1
+    time.sleep(2)
+    assert sim.counters()["token.refresh_token"] == calls  # paused: no more attempts
+
+
+def test_retry_after_is_honoured(replicas: tuple[Settings, list[str]], sim: Simulator) -> None:
+    settings, urls = replicas
+    sim.configure(access_token_ttl=3)
+    install_all(sim, urls[0], HUBS[:2])
+    sim.add_fault("token", status=429, retry_after=7)
+    deadline = time.monotonic() + 5
+    while sim.counters().get("token.refresh_token", 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = time.monotonic()
+    calls = sim.counters()["token.refresh_token"]
+    assert calls >= 1
+    time.sleep(4)
+    # Within the 7 s window no replica calls HubSpot again for this app.
+    assert sim.counters()["token.refresh_token"] == calls, time.monotonic() - first
+    failing = fetch(settings, "SELECT state, last_error FROM portals WHERE last_error IS NOT NULL")
+    assert failing
+    assert {(r["state"], r["last_error"]) for r in failing} == {("refresh_failing", "rate_limited")}
