@@ -4,7 +4,8 @@ A key is ``hsb_<key_id>_<secret>``: the id finds the record, the secret is check
 its stored SHA-256 (keys are 256-bit random, so a plain hash is enough; no key is ever
 stored). Comparison is constant-time. Verified callers are cached in memory for
 ``caller_cache_seconds`` so the hot path does no I/O; a disabled or expired caller is
-therefore refused within that many seconds on every replica.
+therefore refused within that many seconds on every replica. While Postgres is unreachable,
+a caller verified earlier stays accepted (stale-if-error).
 """
 
 from __future__ import annotations
@@ -66,7 +67,15 @@ class CallerService:
                 raise Unauthenticated("the caller key is not valid")
             self._used.add(cached[1].id)
             return cached[1]
-        found = await self._callers.by_key_id(key_id)
+        try:
+            found = await self._callers.by_key_id(key_id)
+        except UpstreamError:
+            # Postgres is down: a caller verified before keeps working (stale-if-error), so
+            # an outage does not stop services that were being served a moment ago.
+            if cached is not None and hmac.compare_digest(digest, cached[0]):
+                metrics.BACKEND_ERRORS.labels("postgres", "caller_stale").inc()
+                return cached[1]
+            raise
         # Compare even when unknown, so both paths take the same time.
         stored = found[1] if found is not None else _hash("")
         if found is None or not hmac.compare_digest(digest, stored):

@@ -123,6 +123,9 @@ class Lease:
     seconds: float
     #: The database clock at the moment of the claim.
     db_now: datetime
+    #: The previous holder never released its (expired) lease: it crashed or was paused
+    #: and may still hold, or later write, a newer token response.
+    stolen: bool = False
 
 
 @dataclass(frozen=True, slots=True)

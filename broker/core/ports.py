@@ -221,6 +221,13 @@ class PortalRepository(Protocol):
         """The fenced write. ``None`` when fenced out (the epoch or owner moved on)."""
         ...
 
+    async def heal(
+        self, lease: Lease, grant: EncryptedGrant, journal_id: int
+    ) -> PortalRecord | None:
+        """A fenced-out holder whose response is the newest: restore a portal that was
+        marked ``needs_reauth`` at ``lease.version`` (no other write since) to ``active``."""
+        ...
+
     async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:
         """An unapplied journal entry written after the version this lease read."""
         ...

@@ -255,6 +255,12 @@ class RefreshEngine:
         started = time.monotonic()
         lease_deadline = started + lease.seconds
         try:
+            if lease.stolen:
+                # A previous holder died or stalled; it may have journaled a response that
+                # carries the only live refresh token (rotation). Adopt it before anything.
+                adopted = await self._adopt(lease)
+                if adopted is not None:
+                    return adopted
             app = await self.app(key.app)
             client_secrets = await self._secrets.client_secrets(key.app)
             (refresh_token,) = await self._cipher.decrypt(
@@ -323,8 +329,18 @@ class RefreshEngine:
             metrics.FENCED_WRITES.inc()
             metrics.REFRESHES.labels("fenced", "none").inc()
             log.warning("refresh.fenced_out", portal=str(key), epoch=lease.epoch)
+            current = await self._reread(key)
+            if current.state is PortalState.NEEDS_REAUTH and current.version == lease.version:
+                # We stalled past our lease; meanwhile another holder met invalid_grant (our
+                # call had rotated the token) and gave up. Our response is the live one.
+                healed = await self._portals.heal(lease, encrypted, journal_id)
+                if healed is not None:
+                    metrics.REFRESHES.labels("healed", "none").inc()
+                    log.warning("refresh.healed", portal=str(key))
+                    await self._coordinator.publish_refreshed(lease.portal_id, healed.version)
+                    return Fresh(healed, grant.access_token)
             # Our access token is valid at HubSpot even though the row moved on.
-            return Fresh(await self._reread(key), grant.access_token)
+            return Fresh(current, grant.access_token)
         metrics.REFRESHES.labels("success", "none").inc()
         await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
         log.info("refresh.committed", portal=str(key), version=committed.version)
@@ -352,25 +368,44 @@ class RefreshEngine:
             retry_in=retry_in,
         )
 
+    async def _adopt(self, lease: Lease) -> Fresh | None:
+        """Commit an unapplied journal entry written since ``lease.version``, if any."""
+        newer = await self._portals.newer_journal_entry(lease)
+        if newer is None:
+            return None
+        journal_id, encrypted = newer
+        committed = await self._portals.commit_refresh(lease, encrypted, journal_id)
+        if committed is None:
+            return None
+        metrics.JOURNAL_ADOPTIONS.inc()
+        metrics.REFRESHES.labels("adopted", "none").inc()
+        log.info("refresh.adopted_journal", portal_id=lease.portal_id, journal_id=journal_id)
+        await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
+        return Fresh(committed)
+
     async def _grant_dead(self, key: PortalKey, lease: Lease, exc: GrantDead) -> Fresh:
         """``invalid_grant``: adopt a journaled newer response, or accept that someone else
-        refreshed, or — after a grace re-check — mark the portal ``needs_reauth``."""
-        for attempt in (1, 2):
-            newer = await self._portals.newer_journal_entry(lease)
-            if newer is not None:
-                journal_id, encrypted = newer
-                committed = await self._portals.commit_refresh(lease, encrypted, journal_id)
-                if committed is not None:
-                    metrics.JOURNAL_ADOPTIONS.inc()
-                    metrics.REFRESHES.labels("adopted", "none").inc()
-                    await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
-                    return Fresh(committed)
+        refreshed, or — after a grace re-check — mark the portal ``needs_reauth``.
+
+        The grace is short, unless this lease was taken over from a holder that never
+        released: that holder may be paused with a rotated token in hand, so we wait for its
+        journal row for as long as our own lease allows. If it resumes even later, its
+        fenced-out write heals the portal (see ``_store``)."""
+        started = time.monotonic()
+        grace = _GRACE_SECONDS
+        if lease.stolen:
+            grace = max(grace, lease.seconds - self._settings.db_timeout * 2 - 1.0)
+        while True:
+            adopted = await self._adopt(lease)
+            if adopted is not None:
+                return adopted
             current = await self._reread(key)
             if current.version != lease.version:
                 await self._portals.release_lease(lease)
                 return Fresh(current)
-            if attempt == 1:
-                await asyncio.sleep(_GRACE_SECONDS)
+            if time.monotonic() - started >= grace:
+                break
+            await asyncio.sleep(min(0.25, grace))
         metrics.REFRESHES.labels("failed", "grant_dead").inc()
         log.warning("refresh.grant_dead", portal=str(key), hubspot_status=exc.hubspot_status)
         await self._portals.record_failure(

@@ -186,17 +186,23 @@ class PostgresPortals:
         min_ttl: float,
         ignore_backoff: bool,
     ) -> Lease | None:
+        # The CTE reads the row before the claim: a lease_owner still recorded means an
+        # earlier holder never released (crashed, or paused past its lease).
         row = await self._db.fetchrow(
-            f"""UPDATE portals SET
+            f"""WITH before AS (
+                    SELECT lease_owner IS NOT NULL AS stolen FROM portals
+                    WHERE id = $1 FOR UPDATE)
+                UPDATE portals SET
                     lease_owner = $2, lease_epoch = lease_epoch + 1,
                     lease_until = clock_timestamp() + make_interval(secs => $3)
+                FROM before
                 WHERE id = $1 AND {_SERVING}
                   AND refresh_ct IS NOT NULL
                   AND (lease_until IS NULL OR lease_until <= clock_timestamp())
                   AND (access_expires_at IS NULL
                        OR access_expires_at < clock_timestamp() + make_interval(secs => $4))
                   AND ($5 OR next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())
-                RETURNING lease_epoch, version, refresh_ct, failure_count, lease_until,
+                RETURNING lease_epoch, version, refresh_ct, failure_count, lease_until, stolen,
                           clock_timestamp() AS now""",
             portal_id,
             owner,
@@ -215,6 +221,7 @@ class PostgresPortals:
             failures=row["failure_count"],
             seconds=(row["lease_until"] - row["now"]).total_seconds(),
             db_now=row["now"],
+            stolen=row["stolen"],
         )
 
     async def claim_due(
@@ -224,7 +231,7 @@ class PostgresPortals:
         ``SKIP LOCKED``: replicas scanning at once split the work instead of queueing."""
         rows = await self._db.fetch(
             f"""WITH due AS (
-                    SELECT id FROM portals
+                    SELECT id, lease_owner IS NOT NULL AS stolen FROM portals
                     WHERE {_SERVING} AND refresh_ct IS NOT NULL
                       AND refresh_after <= clock_timestamp()
                       AND (lease_until IS NULL OR lease_until <= clock_timestamp())
@@ -239,7 +246,7 @@ class PostgresPortals:
                     lease_until = clock_timestamp() + make_interval(secs => $3)
                 FROM due WHERE p.id = due.id
                 RETURNING p.id, p.app, p.hub_id, p.user_id, p.lease_epoch, p.version,
-                          p.refresh_ct, p.failure_count, p.lease_until,
+                          p.refresh_ct, p.failure_count, p.lease_until, due.stolen,
                           clock_timestamp() AS now""",
             owner,
             limit,
@@ -257,6 +264,7 @@ class PostgresPortals:
                     failures=r["failure_count"],
                     seconds=(r["lease_until"] - r["now"]).total_seconds(),
                     db_now=r["now"],
+                    stolen=r["stolen"],
                 ),
             )
             for r in rows
@@ -265,14 +273,18 @@ class PostgresPortals:
     async def pause_app(self, slug: str, seconds: float, reason: str) -> None:
         """Stop proactive refreshes of every portal of an app for a while (portals untouched)."""
         async with self._db.transaction() as conn:
+            # FOR UPDATE serializes concurrent pauses, so exactly one of them sees the app
+            # unpaused and emits the event.
             before = await conn.fetchval(
-                "SELECT paused_until > clock_timestamp() FROM apps WHERE slug = $1", slug
-            )
-            await conn.execute(
-                """UPDATE apps SET paused_until = clock_timestamp() + make_interval(secs => $2),
-                                   misconfigured_at = CASE WHEN $3 = 'app_misconfigured'
-                                       THEN clock_timestamp() ELSE misconfigured_at END
-                   WHERE slug = $1""",
+                """WITH before AS (
+                       SELECT slug, COALESCE(paused_until > clock_timestamp(), false) AS paused
+                       FROM apps WHERE slug = $1 FOR UPDATE)
+                   UPDATE apps SET
+                       paused_until = clock_timestamp() + make_interval(secs => $2),
+                       misconfigured_at = CASE WHEN $3 = 'app_misconfigured'
+                           THEN clock_timestamp() ELSE misconfigured_at END
+                   FROM before WHERE apps.slug = before.slug
+                   RETURNING before.paused""",
                 slug,
                 seconds,
                 reason,
@@ -340,6 +352,35 @@ class PostgresPortals:
             record = _portal(row)
             if row["prev_state"] == PortalState.REFRESH_FAILING:
                 await _event(conn, "portal.recovered", record.key, {})
+            return record
+
+    async def heal(
+        self, lease: Lease, grant: EncryptedGrant, journal_id: int
+    ) -> PortalRecord | None:
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(
+                f"""UPDATE portals SET
+                        refresh_ct = $3, access_ct = $4, access_expires_at = $5,
+                        refresh_after = $6, version = version + 1, state = 'active',
+                        failure_count = 0, last_error = NULL, next_attempt_at = NULL,
+                        refreshed_at = clock_timestamp(), updated_at = clock_timestamp()
+                    WHERE id = $1 AND version = $2 AND state = 'needs_reauth'
+                    RETURNING {_PORTAL_COLUMNS}""",
+                lease.portal_id,
+                lease.version,
+                grant.refresh_ct,
+                grant.access_ct,
+                grant.expires_at,
+                grant.refresh_after,
+            )
+            if row is None:
+                return None
+            await conn.execute(
+                "UPDATE token_journal SET applied_at = clock_timestamp() WHERE id = $1",
+                journal_id,
+            )
+            record = _portal(row)
+            await _event(conn, "portal.recovered", record.key, {"healed": True})
             return record
 
     async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:
