@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test fuzz lint fmt typecheck clean
+.PHONY: help install run test fuzz chaos lint fmt typecheck clean
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ test: $(STAMP) ## Run the test suite on real backends (embedded unless BROKER_TE
 
 fuzz: $(STAMP) ## Schemathesis with fresh random cases (FUZZ_EXAMPLES per operation, default 500)
 	BROKER_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/test_contract.py -k schemathesis
+
+chaos: $(STAMP) ## Fault scenarios on real processes at full size (PORTALS=N to shrink), one line each
+	$(BIN)/python -m tests.chaos $${PORTALS:+--portals $$PORTALS}
 
 lint: $(STAMP) ## Ruff lint + format check, mypy --strict on broker/
 	$(BIN)/ruff check .

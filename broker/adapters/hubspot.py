@@ -11,9 +11,12 @@ for that reason), and httpx's own loggers are kept at WARNING (they log full URL
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -30,6 +33,8 @@ from broker.errors import (
     InstallFailed,
 )
 
+T = TypeVar("T")
+
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
@@ -42,6 +47,25 @@ _INSTALL_BAD = {
     "BAD_REDIRECT_URI",
     "BAD_CODE_VERIFIER",
 }
+
+
+async def pause_tolerant(call: Awaitable[T], seconds: float, tick: float = 0.1) -> T:
+    """Await ``call`` for about ``seconds`` of *running* time, else cancel it and raise
+    TimeoutError.
+
+    A plain timeout measures wall time, so a process paused (SIGSTOP, a VM freeze, a long GC)
+    while HubSpot answers wakes up to an expired timer and throws away a response that is
+    already in its socket buffer — with refresh-token rotation, the only live token. This
+    watchdog counts ticks instead: a pause costs one tick, and the buffered answer is read."""
+    task = asyncio.ensure_future(call)
+    for _ in range(max(1, math.ceil(seconds / tick))):
+        done, _ = await asyncio.wait({task}, timeout=tick)
+        if done:
+            return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise TimeoutError(f"no answer within {seconds:g} s")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -107,12 +131,15 @@ def _grant(body: dict[str, Any]) -> TokenGrant:
 
 class HubSpotOAuth:
     def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
+        self._timeout = settings.hubspot_timeout
         self._api = settings.hubspot_api_url.rstrip("/")
         self._app_host = settings.hubspot_app_url.rstrip("/")
         self._client = httpx.AsyncClient(
             base_url=self._api,
+            # httpx's own timeouts are only a backstop: the real bound is the pause-tolerant
+            # watchdog in _post (see pause_tolerant).
             timeout=httpx.Timeout(
-                settings.hubspot_timeout, connect=min(3.0, settings.hubspot_timeout)
+                settings.hubspot_timeout * 4, connect=min(3.0, settings.hubspot_timeout)
             ),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             transport=transport,
@@ -140,13 +167,13 @@ class HubSpotOAuth:
     async def _post(self, endpoint: str, path: str, form: dict[str, str]) -> httpx.Response:
         for attempt in (1, 2):
             try:
-                response = await self._client.post(path, data=form)
+                response = await pause_tolerant(self._client.post(path, data=form), self._timeout)
             except httpx.ConnectError as exc:
                 metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
                 if attempt == 1:
                     continue  # never reached HubSpot: safe to send once more
                 raise HubSpotUnavailable("cannot connect to HubSpot") from exc
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, TimeoutError) as exc:
                 metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
                 raise HubSpotUnavailable(f"no answer from HubSpot ({type(exc).__name__})") from exc
             metrics.UPSTREAM_REQUESTS.labels(endpoint, str(response.status_code)).inc()

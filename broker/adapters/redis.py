@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from broker import metrics
@@ -107,6 +108,11 @@ class RedisCoordinator:
         except _UNAVAILABLE:
             metrics.BACKEND_ERRORS.labels("redis", operation).inc()
             raise
+        except RuntimeError as exc:
+            # redis-py on uvloop reports a connection the server dropped as RuntimeError
+            # ("unable to perform operation on <TCPTransport closed=True>").
+            metrics.BACKEND_ERRORS.labels("redis", operation).inc()
+            raise RedisConnectionError(f"connection lost ({exc})") from exc
 
     # --- locks ----------------------------------------------------------------------------
     async def try_lock(self, name: str, owner: str, ttl_seconds: float) -> bool | None:
@@ -168,11 +174,11 @@ class RedisCoordinator:
                 async for message in pubsub.listen():
                     portal, _, _version = message["data"].decode().partition(":")
                     self._wake(int(portal))
-            except _UNAVAILABLE:
+            except (*_UNAVAILABLE, RuntimeError):  # RuntimeError: see _bounded
                 metrics.BACKEND_ERRORS.labels("redis", "subscribe").inc()
             finally:
                 self._subscribed.clear()
-                with contextlib.suppress(*_UNAVAILABLE):
+                with contextlib.suppress(*_UNAVAILABLE, RuntimeError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
             # Waiters registered on the dead subscription fall back to polling.
             for portal_id in list(self._waiters):

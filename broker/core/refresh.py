@@ -14,8 +14,10 @@ replicas, and never a lost refresh token.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import secrets
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -151,6 +153,12 @@ class RefreshEngine:
         self._replica = replica_id
         self._apps: dict[str, tuple[float, App]] = {}
 
+    def _crash_point(self, name: str) -> None:
+        """Fault tests kill the process at exact protocol steps (``BROKER_CRASH_POINT``)."""
+        if self._settings.crash_point == name:
+            log.warning("refresh.crash_point", point=name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def hubspot_paused_for(self) -> float:
         """Seconds the circuit breaker keeps HubSpot calls off (0 when closed)."""
         return self._breaker.open_for()
@@ -170,7 +178,8 @@ class RefreshEngine:
         """Return a row whose access token has at least ``min_ttl`` seconds left, refreshing
         through the protocol above. Raises the portal's state error, a HubSpot error class,
         or :class:`LockUnavailable` when another holder did not finish within one lease."""
-        deadline = time.monotonic() + self._settings.lease_seconds
+        # Long enough to outlast one stalled holder's lease and take over from it.
+        deadline = time.monotonic() + self._settings.lease_seconds * 1.5 + 1.0
         while True:
             raise_for_state(record)
             if record.remaining() >= min_ttl:
@@ -204,6 +213,10 @@ class RefreshEngine:
                 if not record.lease_held() and record.backoff_left() > 0:
                     return self._while_backing_off(record)
             record = await self._wait_for_other(record, min_ttl, deadline)
+            if time.monotonic() >= deadline and record.remaining() < min_ttl:
+                if record.remaining() >= USEFUL_SECONDS:
+                    return Fresh(record)  # still valid: serving it beats failing
+                raise LockUnavailable(f"portal {record.key} is being refreshed elsewhere")
 
     def _while_backing_off(self, record: PortalRecord) -> Fresh:
         """Refreshes are paused for this portal: serve what is still valid, else 503."""
@@ -254,6 +267,7 @@ class RefreshEngine:
         failure; a lease that runs out meanwhile is simply fenced at the write."""
         started = time.monotonic()
         lease_deadline = started + lease.seconds
+        self._crash_point("after_claim")
         try:
             if lease.stolen:
                 # A previous holder died or stalled; it may have journaled a response that
@@ -284,6 +298,7 @@ class RefreshEngine:
                 await self._failed(key, lease, exc)
                 raise
             self._breaker.succeeded()
+            self._crash_point("after_hubspot")
             fresh = await self._store(key, lease, grant, issued_at, lease_deadline)
         except BaseException:
             await asyncio.shield(self._portals.release_lease(lease))
@@ -317,6 +332,7 @@ class RefreshEngine:
                 )
                 encrypted = EncryptedGrant(refresh_ct, access_ct, expires_at, refresh_after)
                 journal_id = await self._portals.journal(lease, encrypted)
+                self._crash_point("after_journal")
                 break
             except (VaultError, DatabaseError):
                 if time.monotonic() + 0.2 * attempt >= lease_deadline:

@@ -1,0 +1,62 @@
+"""``make chaos``: every fault scenario at full size, one line each, then a summary line
+``chaos: N passed, M failed``. Starts its own backends (like the test session)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+
+from broker.adapters.postgres.migrate import migrate
+from broker.dev.simulator import Simulator, run_in_thread
+from tests.backends import provide_backends
+from tests.chaos.scenarios import FULL, SCENARIOS, SMALL, Size
+from tests.conftest import _admin, _with_db, make_env
+
+
+async def _fresh_database(admin_url: str) -> str:
+    import asyncpg
+
+    name = f"chaos_{secrets.token_hex(5)}"
+    await _admin(admin_url, f"CREATE DATABASE {name}")
+    url = _with_db(admin_url, name)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos")
+    parser.add_argument("--small", action="store_true", help="the reduced size of make test")
+    parser.add_argument("--portals", type=int, help="portals per scenario (default 1000)")
+    parser.add_argument("--only", action="append", choices=list(SCENARIOS))
+    args = parser.parse_args()
+    size = SMALL if args.small else FULL
+    if args.portals:
+        size = Size(portals=args.portals, callers=size.callers)
+    passed = failed = 0
+    with provide_backends() as backends:
+        sim = Simulator()
+        with run_in_thread(sim) as sim_url:
+            for name in args.only or list(SCENARIOS):
+                sim.reset()
+                database = asyncio.run(_fresh_database(backends.database_url))
+                env = make_env(backends, database, sim_url, BROKER_LOG_LEVEL="INFO")
+                try:
+                    result = SCENARIOS[name](env, sim, sim_url, size)
+                    line = result.line()
+                    ok = result.passed
+                except Exception as exc:  # a scenario that crashes is a failed scenario
+                    line, ok = f"{name}: FAILED: crashed: {exc!r}", False
+                print(line, flush=True)
+                passed, failed = passed + ok, failed + (not ok)
+    print(f"chaos: {passed} passed, {failed} failed", flush=True)
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""A cluster of real broker processes for fault scenarios: ``python -m broker serve``
+replicas on one database, with a fault proxy between them and Redis, the HubSpot simulator
+in this process, and helpers to install portals and fire concurrent callers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from broker.config import Settings, load_settings
+from broker.dev.simulator import Simulator
+from tests.faultproxy import FaultProxy
+from tests.helpers import register
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Replica:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.process.kill()
+        self.process.wait(10)
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_replica(env: dict[str, str], log: Path) -> Replica:
+    """Start ``broker serve`` on a free port and wait until ``/readyz`` answers 200."""
+    port = free_port()
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "broker", "serve", "--port", str(port)],
+            env={**os.environ, **env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return Replica(url, process, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"broker did not become ready: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class Answer:
+    status: int
+    token: str | None
+    seconds: float
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    sim: Simulator
+    sim_url: str
+    redis_proxy: FaultProxy
+    workdir: Path
+    replicas: list[Replica] = field(default_factory=list)
+    key: str = ""
+    app: str = "demo"
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.env)
+
+    def add_replica(self, **extra: str) -> Replica:
+        index = len(self.replicas)
+        replica = start_replica({**self.env, **extra}, self.workdir / f"replica-{index}.log")
+        self.replicas.append(replica)
+        return replica
+
+    def register(self) -> None:
+        _, _, self.key = register(
+            self.settings, self.sim, f"{self.replicas[0].url}/oauth/callback", slug=self.app
+        )
+
+    def install(self, hubs: list[int], *, via: Replica | None = None) -> None:
+        url = (via or self.replicas[0]).url
+        with httpx.Client(follow_redirects=True, timeout=30) as browser:
+            for hub in hubs:
+                self.sim.add_portal(hub)
+                self.sim.configure(consent="auto", consent_hub_id=hub)
+                page = browser.get(f"{url}/oauth/install", params={"app": self.app})
+                if page.status_code != 200:
+                    raise RuntimeError(f"install of {hub} failed: {page.status_code}")
+
+    def ask(self, replica: Replica, hub: int, min_ttl: int = 0, timeout: float = 30) -> Answer:
+        started = time.monotonic()
+        try:
+            response = httpx.get(
+                f"{replica.url}/v1/portals/{hub}/token",
+                params={"app": self.app, "min_ttl": min_ttl},
+                headers={"Authorization": f"Bearer {self.key}"},
+                timeout=timeout,
+            )
+        except httpx.TransportError:
+            return Answer(0, None, time.monotonic() - started)
+        body = response.json()
+        return Answer(
+            response.status_code, body.get("access_token"), time.monotonic() - started, body
+        )
+
+    def herd(self, hub: int, callers: int, min_ttl: int) -> list[Answer]:
+        return asyncio.run(self._herd(hub, callers, min_ttl))
+
+    async def _herd(self, hub: int, callers: int, min_ttl: int) -> list[Answer]:
+        limits = httpx.Limits(max_connections=callers)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+            async def one(i: int) -> Answer:
+                url = self.replicas[i % len(self.replicas)].url
+                started = time.monotonic()
+                try:
+                    response = await client.get(
+                        f"{url}/v1/portals/{hub}/token",
+                        params={"app": self.app, "min_ttl": min_ttl},
+                        headers={"Authorization": f"Bearer {self.key}"},
+                    )
+                except httpx.TransportError:
+                    return Answer(0, None, time.monotonic() - started)
+                body = response.json()
+                return Answer(
+                    response.status_code,
+                    body.get("access_token"),
+                    time.monotonic() - started,
+                    body,
+                )
+
+            return await asyncio.gather(*(one(i) for i in range(callers)))
+
+    def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async def run() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(self.settings.database_url.get())
+            try:
+                return await conn.fetch(query, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def close(self) -> None:
+        for replica in self.replicas:
+            replica.terminate()
+        self.redis_proxy.close()
+
+
+def open_cluster(
+    env: dict[str, str], sim: Simulator, sim_url: str, *, replicas: int, **extra: str
+) -> Cluster:
+    redis = httpx.URL(env["BROKER_REDIS_URL"])
+    proxy = FaultProxy(redis.host, redis.port or 6379)
+    cluster_env = {
+        **env,
+        **extra,
+        "BROKER_REDIS_URL": f"redis://127.0.0.1:{proxy.port}{redis.path or '/0'}",
+        "BROKER_LOG_LEVEL": "INFO",
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="htb-chaos-"))
+    cluster = Cluster(cluster_env, sim, sim_url, proxy, workdir)
+    try:
+        for _ in range(replicas):
+            cluster.add_replica()
+        cluster.register()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
