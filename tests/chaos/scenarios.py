@@ -4,6 +4,7 @@ the promises (counts, states, bounds) are asserted."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -234,7 +235,76 @@ def crash_points(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
     return result
 
 
+def hubspot_outage(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """HubSpot answers 503 for a window while callers keep asking and the refresher keeps
+    trying: no token is ever served past its expiry, calls back off, and every portal is
+    refreshed again within 60 s of HubSpot coming back."""
+    result = Result("hubspot_outage")
+    window = 12.0 if size.portals <= SMALL.portals else 60.0
+    c = open_cluster(
+        env,
+        sim,
+        sim_url,
+        replicas=1,
+        BROKER_REFRESHER_ENABLED="true",
+        BROKER_REFRESHER_INTERVAL="0.2",
+    )
+    replica = c.replicas[0]
+    try:
+        hubs = [HUB_BASE + i for i in range(min(size.portals, 20))]
+        sim.configure(access_token_ttl=8)
+        c.install(hubs)
+        sim.add_fault("token", status=503)
+        before = dict(sim.refreshes_by_hub())
+        served_dead = served = unavailable = 0
+        end = time.monotonic() + window
+        while time.monotonic() < end:
+            for hub in hubs:
+                answer = c.ask(replica, hub, min_ttl=0)
+                if answer.status == 200:
+                    served += 1
+                    info = sim.access_token_info(answer.token or "")
+                    if info is None or not info.active:
+                        served_dead += 1
+                elif answer.status == 503:
+                    unavailable += 1
+            time.sleep(0.5)
+        calls = [sim.refreshes_by_hub().get(h, 0) - before.get(h, 0) for h in hubs]
+        sim.clear_faults()
+        recovered_at = time.monotonic()
+        pending = set(hubs)
+        while pending and time.monotonic() - recovered_at < 70:
+            rows = c.sql(
+                "SELECT hub_id FROM portals WHERE state = 'active' AND access_expires_at > now()"
+            )
+            pending -= {r["hub_id"] for r in rows}
+            time.sleep(0.5)
+        recovery = time.monotonic() - recovered_at
+        ceiling = int(math.log2(window)) + 3  # exponential backoff from ~1 s, capped
+        result.figures.update(
+            portals=len(hubs),
+            window_s=window,
+            served=served,
+            served_expired=served_dead,
+            answered_503=unavailable,
+            max_calls_per_portal=max(calls),
+            recovery_s=round(recovery, 1),
+        )
+        if served_dead:
+            result.problems.append(f"{served_dead} tokens served past expiry")
+        if max(calls) > ceiling:
+            result.problems.append(f"{max(calls)} calls for one portal in {window:g} s")
+        if pending:
+            result.problems.append(f"{len(pending)} portals not recovered after 70 s")
+        elif recovery > 60:
+            result.problems.append(f"recovery took {recovery:.0f} s")
+    finally:
+        c.close()
+    return result
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "hubspot_outage": hubspot_outage,
     "herd": herd,
     "redis_down": _redis_fault("down"),
     "redis_blackhole": _redis_fault("blackhole"),
