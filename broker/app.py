@@ -30,6 +30,7 @@ from broker.config import Settings
 from broker.core.admin import AdminService
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
+from broker.core.invalidation import Invalidations
 from broker.core.refresh import RefreshEngine
 from broker.core.refresher import ProactiveRefresher
 from broker.core.tokens import TokenService
@@ -99,16 +100,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         callers = CallerService(settings, callers=PostgresCallers(db), audit=audit)
         callers.start()
         stack.push_async_callback(callers.close)
+        tokens = TokenService(
+            settings,
+            portals=portals,
+            cipher=vault,
+            refresher=engine,
+            audit=audit,
+            fingerprint_key=await vault.fingerprint_key(),
+        )
+        invalidations = Invalidations(
+            settings, coordinator=coordinator, portals=portals, tokens=tokens
+        )
+        invalidations.start()
+        stack.push_async_callback(invalidations.close)
         yield Services(
             settings=settings,
-            tokens=TokenService(
-                settings,
-                portals=portals,
-                cipher=vault,
-                refresher=engine,
-                audit=audit,
-                fingerprint_key=await vault.fingerprint_key(),
-            ),
+            tokens=tokens,
             installs=InstallService(
                 settings,
                 portals=portals,

@@ -91,6 +91,8 @@ class Settings:
     refresher_concurrency: int = 8
     refresher_interval: float = 1.0
     refresh_rate_per_app: float = 20.0
+    # Replicas that missed a Redis invalidation learn it from Postgres within this period.
+    invalidation_poll_seconds: float = 5.0
     # --- fault tests only: SIGKILL this process at a named point of the refresh protocol
     # ("after_claim", "after_hubspot", "after_journal"); empty (the default) disables it.
     crash_point: str = ""

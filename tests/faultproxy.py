@@ -41,6 +41,7 @@ class FaultProxy:
         self._call(self._set("down", 0.0))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     async def _set(self, mode: Mode, latency: float) -> None:
         self.mode, self.latency = mode, latency

@@ -17,6 +17,7 @@ import contextlib
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -87,6 +88,8 @@ class RedisCoordinator:
         # Used only while Redis is unreachable: this replica alone, at a quarter of the rate.
         self._local: dict[str, tuple[float, float]] = {}
         self._channel = f"{self._prefix}refreshed"
+        self._invalidate_channel = f"{self._prefix}invalidate"
+        self._on_invalidate: list[Callable[[str], None]] = []
         self._waiters: defaultdict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -140,6 +143,16 @@ class RedisCoordinator:
                 "publish", self._client.publish(self._channel, f"{portal_id}:{version}")
             )
 
+    async def publish_invalidation(self, portal: str) -> bool:
+        try:
+            await self._bounded("publish", self._client.publish(self._invalidate_channel, portal))
+        except _UNAVAILABLE:
+            return False
+        return True
+
+    def on_invalidation(self, callback: Callable[[str], None]) -> None:
+        self._on_invalidate.append(callback)
+
     async def wait_refreshed(self, portal_id: int, timeout: float) -> bool:
         if not self._subscribed.is_set():
             return False  # no live subscription: the caller polls instead
@@ -168,12 +181,17 @@ class RedisCoordinator:
         while True:
             pubsub = self._sub_client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._channel)
+                await pubsub.subscribe(self._channel, self._invalidate_channel)
                 self._subscribed.set()
                 delay = 0.1
                 async for message in pubsub.listen():
-                    portal, _, _version = message["data"].decode().partition(":")
-                    self._wake(int(portal))
+                    data = message["data"].decode()
+                    if message["channel"].decode() == self._invalidate_channel:
+                        for callback in self._on_invalidate:
+                            callback(data)
+                    else:
+                        portal, _, _version = data.partition(":")
+                        self._wake(int(portal))
             except (*_UNAVAILABLE, RuntimeError):  # RuntimeError: see _bounded
                 metrics.BACKEND_ERRORS.labels("redis", "subscribe").inc()
             finally:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import httpx
 
 from broker.client._cache import CacheKey, Entry, TokenCache
-from broker.client._errors import error_from_response
+from broker.client._errors import BrokerClientError, error_from_response
 from broker.client._retry import RetryPolicy
 from broker.client._token import AccessToken, Credentials, parse_token, read_credentials
 
@@ -145,6 +145,14 @@ class BaseClient:
         if response.status_code != 200:
             raise error_from_response(response)
         token, expires_in = parse_token(response, sent[0])
+        if token.hub_id != key.hub_id:
+            # Never cache (or hand out) one portal's token under another portal's key.
+            raise BrokerClientError(
+                "the broker's answer is for another portal",
+                status=response.status_code,
+                code="invalid_response",
+                request_id=response.headers.get("x-request-id"),
+            )
         entry = Entry(token, sent[1] + expires_in)
         self._cache.put(key, entry)
         return entry

@@ -155,3 +155,5 @@ class CallerService:
                     await self._callers.touch(sorted(used))
                 except UpstreamError:
                     log.warning("callers.touch_failed", count=len(used))
+                except Exception:  # never let a bug end the loop
+                    log.exception("callers.touch_crashed")

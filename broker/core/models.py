@@ -66,6 +66,16 @@ class PortalKey:
         suffix = "" if self.user_id is None else f"/user/{self.user_id}"
         return f"{self.app}/{self.hub_id}{suffix}"
 
+    @classmethod
+    def parse(cls, text: str) -> PortalKey:
+        """The inverse of ``str()``; raises ValueError on anything else."""
+        parts = text.split("/")
+        if len(parts) == 2:
+            return cls(parts[0], int(parts[1]))
+        if len(parts) == 4 and parts[2] == "user":
+            return cls(parts[0], int(parts[1]), int(parts[3]))
+        raise ValueError(f"not a portal key: {text!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class PortalRecord:

@@ -20,7 +20,7 @@ The lease contract (Postgres is the authority, Redis only keeps replicas from pi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -125,6 +125,15 @@ class Coordinator(Protocol):
 
     async def publish_refreshed(self, portal_id: int, version: int) -> None: ...
 
+    async def publish_invalidation(self, portal: str) -> bool:
+        """Tell every replica to drop its cached token of ``portal`` (``str(PortalKey)``).
+        False when Redis is unavailable (replicas then learn it from Postgres)."""
+        ...
+
+    def on_invalidation(self, callback: Callable[[str], None]) -> None:
+        """Register a callback for invalidations published by any replica."""
+        ...
+
     async def wait_refreshed(self, portal_id: int, timeout: float) -> bool:
         """Wait for a "refreshed" notice; False on timeout or when Redis is unavailable."""
         ...
@@ -210,6 +219,11 @@ class PortalRepository(Protocol):
         ...
 
     async def count_by_state(self) -> dict[str, int]: ...
+
+    async def stopped_since(self, since: datetime | None) -> tuple[list[PortalKey], datetime]:
+        """Portals that stopped serving tokens (any non-serving state) after ``since``, and
+        the database time to pass next; the fallback when invalidations are missed."""
+        ...
 
     async def journal(self, lease: Lease, grant: EncryptedGrant) -> int:
         """Append the response to ``token_journal`` before the fenced commit."""

@@ -427,4 +427,6 @@ class RefreshEngine:
         await self._portals.record_failure(
             lease, failure_class="grant_dead", state=PortalState.NEEDS_REAUTH, retry_in=0
         )
+        # Every replica must stop serving its cached token of this portal now.
+        await self._coordinator.publish_invalidation(str(key))
         raise NeedsReauth(f"HubSpot rejected the refresh token of portal {key}")

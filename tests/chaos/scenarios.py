@@ -303,7 +303,53 @@ def hubspot_outage(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result
     return result
 
 
+def _dead_grant(redis_mode: str, bound: float) -> Scenario:
+    def scenario(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+        """HubSpot kills a grant: the replica that meets invalid_grant marks the portal
+        needs_reauth, every replica answers 409 within ``bound`` s, and no replica calls
+        HubSpot for that portal again."""
+        result = Result(f"invalid_grant_redis_{redis_mode}")
+        c = open_cluster(env, sim, sim_url, replicas=3)
+        try:
+            hubs = [HUB_BASE + i for i in range(max(1, size.portals // 3))]
+            _stale_portals(c, hubs)  # 300 s tokens: min_ttl=600 forces a refresh
+            worst = 0.0
+            for hub in hubs:
+                for replica in c.replicas:  # every replica caches a token
+                    assert c.ask(replica, hub).status == 200
+                c.redis_proxy.set(redis_mode)  # type: ignore[arg-type]
+                sim.kill_grant(hub)
+                first = c.ask(c.replicas[0], hub, min_ttl=600)
+                if first.status != 409:
+                    result.problems.append(f"hub {hub}: first caller got {first.status}")
+                marked = time.monotonic()
+                calls = sim.refreshes_by_hub().get(hub, 0)
+                waiting = set(range(1, len(c.replicas)))
+                while waiting and time.monotonic() - marked < bound + 5:
+                    for i in list(waiting):
+                        if c.ask(c.replicas[i], hub).status == 409:
+                            waiting.discard(i)
+                    time.sleep(0.05)
+                took = time.monotonic() - marked
+                worst = max(worst, took)
+                if waiting or took > bound:
+                    result.problems.append(f"hub {hub}: replicas served it {took:.1f} s on")
+                for replica in c.replicas:
+                    c.ask(replica, hub, min_ttl=600)
+                if sim.refreshes_by_hub().get(hub, 0) != calls:
+                    result.problems.append(f"hub {hub}: HubSpot called after needs_reauth")
+                c.redis_proxy.set("pass")
+            result.figures.update(portals=len(hubs), replicas=3, worst_409_s=round(worst, 2))
+        finally:
+            c.close()
+        return result
+
+    return scenario
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "invalid_grant": _dead_grant("pass", 1.0),
+    "invalid_grant_redis_down": _dead_grant("down", 10.0),
     "hubspot_outage": hubspot_outage,
     "herd": herd,
     "redis_down": _redis_fault("down"),

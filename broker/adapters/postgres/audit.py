@@ -94,3 +94,6 @@ class PostgresAudit:
             except DatabaseError:
                 metrics.AUDIT_FLUSH_FAILURES.inc()
                 log.warning("audit.flush_failed", queued=len(self._queue))
+            except Exception:  # a bug must not end auditing for the life of the process
+                metrics.AUDIT_FLUSH_FAILURES.inc()
+                log.exception("audit.flush_crashed", queued=len(self._queue))

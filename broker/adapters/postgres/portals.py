@@ -296,6 +296,21 @@ class PostgresPortals:
                     {"reason": reason},
                 )
 
+    async def stopped_since(self, since: datetime | None) -> tuple[list[PortalKey], datetime]:
+        now: datetime = await self._db.fetchval("SELECT clock_timestamp()")
+        if since is None:
+            return [], now
+        # The window overlaps the previous one by 5 s: a row stamped just before the last
+        # poll but committed after it is still seen (invalidating twice is harmless).
+        rows = await self._db.fetch(
+            f"""SELECT app, hub_id, user_id FROM portals
+                WHERE updated_at > $1::timestamptz - interval '5 seconds' AND updated_at <= $2
+                  AND NOT ({_SERVING})""",
+            since,
+            now,
+        )
+        return [PortalKey(r["app"], r["hub_id"], r["user_id"]) for r in rows], now
+
     async def count_by_state(self) -> dict[str, int]:
         rows = await self._db.fetch("SELECT state, count(*) AS n FROM portals GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
