@@ -11,8 +11,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TypedDict
 
 from starlette.applications import Starlette
@@ -31,11 +30,12 @@ from broker.core.admin import AdminService
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
 from broker.core.invalidation import Invalidations
+from broker.core.operations import PortalOperations, RevocationRetrier
 from broker.core.refresh import RefreshEngine
 from broker.core.refresher import ProactiveRefresher
 from broker.core.tokens import TokenService
 from broker.errors import BrokerError, FatalError
-from broker.web import api, health, oauth
+from broker.web import admin, api, health, oauth
 from broker.web.middleware import RequestIdMiddleware
 from broker.web.problems import HANDLERS
 from broker.web.services import Services
@@ -50,13 +50,16 @@ def replica_id() -> str:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Build every adapter and use case; close them in reverse order on exit."""
+async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIterator[Services]:
+    """Build every adapter and use case; close them in reverse order on exit.
+
+    ``serving=False`` (the CLI) builds the same use cases without the background work of a
+    replica: no refresher, no subscription, no invalidation poll, no retry loops."""
     async with AsyncExitStack() as stack:
         db = await Database.connect(
             settings.database_url.get(),
-            min_size=settings.database_pool_min,
-            max_size=settings.database_pool_max,
+            min_size=settings.database_pool_min if serving else 1,
+            max_size=settings.database_pool_max if serving else 2,
             timeout=settings.db_timeout,
         )
         stack.push_async_callback(db.close)
@@ -72,14 +75,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await vault.login()
         coordinator = RedisCoordinator(settings)
         stack.push_async_callback(coordinator.close)
-        coordinator.start()
         oauth_client = HubSpotOAuth(settings)
         stack.push_async_callback(oauth_client.close)
-
         portals = PostgresPortals(db)
         audit = PostgresAudit(db)
-        audit.start()
-        stack.push_async_callback(audit.close)
+        stack.push_async_callback(audit.close)  # flushes what is queued
+
         replica = replica_id()
         engine = RefreshEngine(
             settings,
@@ -91,14 +92,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             limiter=coordinator,
             replica_id=replica,
         )
-        if settings.refresher_enabled:
-            refresher = ProactiveRefresher(
-                settings, portals=portals, engine=engine, limiter=coordinator, replica_id=replica
-            )
-            refresher.start()
-            stack.push_async_callback(refresher.stop)
         callers = CallerService(settings, callers=PostgresCallers(db), audit=audit)
-        callers.start()
         stack.push_async_callback(callers.close)
         tokens = TokenService(
             settings,
@@ -111,8 +105,35 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         invalidations = Invalidations(
             settings, coordinator=coordinator, portals=portals, tokens=tokens
         )
-        invalidations.start()
         stack.push_async_callback(invalidations.close)
+        operations = PortalOperations(
+            settings,
+            portals=portals,
+            engine=engine,
+            cipher=vault,
+            secrets_store=vault,
+            oauth=oauth_client,
+            invalidations=invalidations,
+            audit=audit,
+        )
+        if serving:
+            coordinator.start()
+            audit.start()
+            callers.start()
+            invalidations.start()
+            retrier = RevocationRetrier(operations)
+            retrier.start()
+            stack.push_async_callback(retrier.close)
+            if settings.refresher_enabled:
+                refresher = ProactiveRefresher(
+                    settings,
+                    portals=portals,
+                    engine=engine,
+                    limiter=coordinator,
+                    replica_id=replica,
+                )
+                refresher.start()
+                stack.push_async_callback(refresher.stop)
         yield Services(
             settings=settings,
             tokens=tokens,
@@ -127,17 +148,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 audit=audit,
             ),
             callers=callers,
+            admin=AdminService(portals=portals, secrets_store=vault, audit=audit),
+            operations=operations,
             readiness={"postgres": portals.ping, "redis": coordinator.ping, "vault": vault.ping},
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Admin:
-    """What the CLI needs: no HubSpot client, no background tasks."""
-
-    admin: AdminService
-    callers: CallerService
-    audit: PostgresAudit
+def open_admin(settings: Settings) -> AbstractAsyncContextManager[Services]:
+    """The use cases for the CLI and scripts, without a replica's background work."""
+    return open_services(settings, serving=False)
 
 
 async def run_migrations(settings: Settings) -> list[str]:
@@ -149,26 +168,6 @@ async def run_migrations(settings: Settings) -> list[str]:
         async with db.connection() as conn:
             return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
     finally:
-        await db.close()
-
-
-@asynccontextmanager
-async def open_admin(settings: Settings) -> AsyncIterator[Admin]:
-    db = await Database.connect(
-        settings.database_url.get(), min_size=1, max_size=2, timeout=settings.db_timeout
-    )
-    vault = VaultAdapter(settings)
-    audit = PostgresAudit(db)
-    try:
-        await vault.login()
-        yield Admin(
-            admin=AdminService(portals=PostgresPortals(db), secrets_store=vault, audit=audit),
-            callers=CallerService(settings, callers=PostgresCallers(db), audit=audit),
-            audit=audit,
-        )
-        await audit.flush()
-    finally:
-        await vault.close()
         await db.close()
 
 
@@ -214,7 +213,7 @@ def create_app(settings: Settings) -> Starlette:
             yield {"services": services}
 
     return Starlette(
-        routes=[*api.routes, *oauth.routes, *health.routes],
+        routes=[*api.routes, *admin.routes, *oauth.routes, *health.routes],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,

@@ -150,13 +150,63 @@ async def cmd_portals_list(settings: Settings, args: argparse.Namespace, out: _O
 async def cmd_portals_show(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
     from broker.app import open_admin
 
+    async with open_admin(settings) as ctx:
+        record = await ctx.admin.show_portal(_portal_key(settings, args))
+    view = portal_view(record)
+    out.emit(view, "\n".join(f"{k:18} {'-' if v is None else v}" for k, v in view.items()))
+
+
+def _portal_key(settings: Settings, args: argparse.Namespace) -> PortalKey:
     app = args.app or settings.default_app
     if not app:
         raise ConfigError(["--app is required (no BROKER_DEFAULT_APP)"])
-    async with open_admin(settings) as ctx:
-        record = await ctx.admin.show_portal(PortalKey(app, args.hub_id, args.user_id))
-    view = portal_view(record)
-    out.emit(view, "\n".join(f"{k:18} {'-' if v is None else v}" for k, v in view.items()))
+    return PortalKey(app, args.hub_id, args.user_id)
+
+
+async def cmd_portals_action(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    key = _portal_key(settings, args)
+    async with open_admin(settings) as svc:
+        ops = svc.operations
+        if args.sub == "revoke":
+            done = await ops.revoke(key, reason=args.reason, actor="cli")
+            view = {**portal_view(done.record), "upstream": done.upstream}
+            text = f"portal {key} revoked (upstream: {done.upstream})"
+        elif args.sub == "quarantine":
+            view = portal_view(await ops.quarantine(key, actor="cli", reason=args.reason))
+            text = f"portal {key} quarantined"
+        elif args.sub == "release":
+            view = portal_view(await ops.release(key, actor="cli"))
+            text = f"portal {key} released"
+        elif args.sub == "refresh":
+            view = portal_view(await ops.force_refresh(key, actor="cli"))
+            text = f"portal {key} refreshed (version {view['version']})"
+        else:
+            url = await ops.install_link(key)
+            view, text = {"url": url}, url
+    out.emit(view, text)
+
+
+async def cmd_audit(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError as exc:
+            raise ConfigError(
+                ["--since: an ISO 8601 time, e.g. 2026-11-29T08:00:00+00:00"]
+            ) from exc
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+    async with open_admin(settings) as svc:
+        events = await svc.admin.audit(
+            hub_id=args.hub, actor=args.caller, action=args.action, since=since, limit=args.limit
+        )
+    rows = [{**e, "detail": json.dumps(e["detail"], sort_keys=True)} for e in events]
+    out.emit(events, _table(rows, ["at", "actor", "action", "app", "hub_id", "detail"]))
 
 
 async def cmd_check_config(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
@@ -251,6 +301,28 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--app")
     show.add_argument("--user-id", type=int)
     show.set_defaults(run=cmd_portals_show)
+    for name, text in (
+        ("revoke", "revoke at HubSpot and locally; every replica stops serving it"),
+        ("quarantine", "hold a portal: no token served until released"),
+        ("release", "release a quarantined portal"),
+        ("refresh", "refresh its token now"),
+        ("install-link", "a fresh install link for the portal's admin"),
+    ):
+        action = portals.add_parser(name, help=text)
+        action.add_argument("hub_id", type=int)
+        action.add_argument("--app")
+        action.add_argument("--user-id", type=int)
+        if name in ("revoke", "quarantine"):
+            action.add_argument("--reason", required=True)
+        action.set_defaults(run=cmd_portals_action)
+
+    audit = sub.add_parser("audit", help="query the audit trail (newest first)")
+    audit.add_argument("--hub", type=int)
+    audit.add_argument("--caller", help="the actor: a caller name, cli, browser, ...")
+    audit.add_argument("--action", help="e.g. token.issued, portal.revoked")
+    audit.add_argument("--since", help="ISO 8601 time")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.set_defaults(run=cmd_audit)
     return parser
 
 

@@ -58,6 +58,11 @@ UPSTREAM_REQUESTS = Counter(
     "Calls to HubSpot by endpoint and HTTP status (or 'error' for no answer).",
     ["endpoint", "status"],
 )
+UPSTREAM_REVOKES = Counter(
+    "broker_upstream_revokes_total",
+    "Revocations at HubSpot by result (revoked, or retry: queued for another attempt).",
+    ["result"],
+)
 BACKEND_ERRORS = Counter(
     "broker_backend_errors_total",
     "Backend failures by backend and operation.",

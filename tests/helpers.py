@@ -80,6 +80,7 @@ def register(
     *,
     slug: str,
     scopes: tuple[str, ...] = ("crm.objects.contacts.read", "oauth"),
+    roles: tuple[str, ...] = (Role.TOKENS_READ.value,),
     **app_fields: Any,
 ) -> tuple[str, str, str]:
     """Register one app in the simulator and the broker, and a caller for it.
@@ -98,7 +99,7 @@ def register(
             )
             new = await ctx.callers.create(
                 f"svc-{secrets.token_hex(3)}",
-                roles=[Role.TOKENS_READ.value],
+                roles=list(roles),
                 apps=[slug],
                 actor="test",
             )

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from broker.app import create_app
 from broker.config import Settings
+from broker.core.models import Role
 from broker.dev.simulator import Simulator
 from tests.helpers import Deployment, register, serve_app
 
@@ -73,7 +74,13 @@ def test_every_route_is_documented_and_every_documented_path_is_served(
 @pytest.fixture
 def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
     with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        client_id, secret, key = register(
+            settings,
+            sim,
+            f"{url}/oauth/callback",
+            slug="demo",
+            roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value),
+        )
         sim.add_portal(HUB)
         _CURRENT_KEY["key"] = key
         yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)

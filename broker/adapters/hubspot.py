@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -26,6 +26,7 @@ from broker.config import Secret, Settings
 from broker.core.models import App, TokenGrant, TokenInfo
 from broker.errors import (
     AppMisconfigured,
+    BrokerError,
     GrantDead,
     HubSpotError,
     HubSpotRateLimited,
@@ -66,6 +67,15 @@ async def pause_tolerant(call: Awaitable[T], seconds: float, tick: float = 0.1) 
     with contextlib.suppress(asyncio.CancelledError):
         await task
     raise TimeoutError(f"no answer within {seconds:g} s")
+
+
+@contextlib.contextmanager
+def _upstream_errors(endpoint: str) -> Iterator[None]:
+    try:
+        yield
+    except (httpx.TransportError, TimeoutError) as exc:
+        metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
+        raise HubSpotUnavailable(f"no answer from HubSpot ({type(exc).__name__})") from exc
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -214,6 +224,37 @@ class HubSpotOAuth:
                 raise error
             last = error  # a rotated-out secret: try the next one
         raise last or AppMisconfigured("the app has no client secret")
+
+    async def revoke(self, app: App, secrets: Sequence[Secret], refresh_token: str) -> None:
+        if app.api_version == "v1":
+            # Legacy apps: HubSpot's v1 API takes the token in the path (the only place a
+            # token goes into a URL; httpx's loggers stay at WARNING, ours never log URLs).
+            with _upstream_errors("revoke"):
+                response = await pause_tolerant(
+                    self._client.delete(f"/oauth/v1/refresh-tokens/{quote(refresh_token)}"),
+                    self._timeout,
+                )
+            metrics.UPSTREAM_REQUESTS.labels("revoke", str(response.status_code)).inc()
+            if response.status_code in (200, 204, 404):
+                return
+            error = _classify(response, grant_type="revoke")
+            raise error
+        last: BrokerError | None = None
+        for secret in secrets:
+            form = {
+                "client_id": app.client_id,
+                "client_secret": secret.get(),
+                "token": refresh_token,
+                "token_type_hint": "refresh_token",
+            }
+            response = await self._post("revoke", f"/oauth/{app.api_version}/token/revoke", form)
+            if response.status_code in (200, 204):
+                return
+            last = _classify(response, grant_type="revoke")
+            if not isinstance(last, AppMisconfigured):
+                break
+        assert last is not None
+        raise last
 
     async def introspect(self, app: App, secret: Secret, access_token: str) -> TokenInfo:
         version = "2026-03" if app.api_version == "v1" else app.api_version

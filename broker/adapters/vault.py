@@ -188,8 +188,9 @@ class VaultAdapter:
         def run() -> bytes:
             found = self._read_kv(path)
             if found is None:
-                # Check-and-set: if another replica created it first, read theirs.
-                with contextlib.suppress(hvac.exceptions.InvalidRequest):
+                # Check-and-set: if another replica created it first, read theirs. Under the
+                # least-privilege policy (create, no update) losing that race is a 403.
+                with contextlib.suppress(hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
                     self._write_kv(path, {"key": secrets.token_hex(32)}, 0)
                 found = self._read_kv(path)
             if found is None:

@@ -4,6 +4,7 @@ portals. Views never contain a token, a ciphertext or a secret."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,6 +90,19 @@ class AdminService:
         except ValueError as exc:
             raise InvalidRequest(f"unknown state {state!r}") from exc
         return await self._portals.list_portals(app=app, state=wanted, limit=limit)
+
+    async def audit(
+        self,
+        *,
+        hub_id: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        return await self._audit.query(
+            hub_id=hub_id, actor=actor, action=action, since=since, limit=limit
+        )
 
     async def show_portal(self, key: PortalKey) -> PortalRecord:
         record = await self._portals.get_portal(key)

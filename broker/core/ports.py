@@ -106,6 +106,11 @@ class OAuthProvider(Protocol):
 
     async def introspect(self, app: App, secret: Secret, access_token: str) -> TokenInfo: ...
 
+    async def revoke(self, app: App, secrets: Sequence[Secret], refresh_token: str) -> None:
+        """Revoke a refresh token at HubSpot (the app's API version). Succeeds whether or
+        not HubSpot knew the token; raises the HubSpot error classes otherwise."""
+        ...
+
 
 class Coordinator(Protocol):
     """Redis: advisory locks, notices between replicas, single-use install state.
@@ -220,6 +225,25 @@ class PortalRepository(Protocol):
 
     async def count_by_state(self) -> dict[str, int]: ...
 
+    async def revoke(
+        self, key: PortalKey, *, reason: str, actor: str
+    ) -> tuple[PortalRecord, tuple[int, str] | None] | None:
+        """Local revocation in one transaction (idempotent): state ``revoked``, tokens
+        shredded, the refresh token's ciphertext queued for the upstream revoke."""
+        ...
+
+    async def set_state(
+        self, key: PortalKey, state: PortalState, *, allowed_from: Sequence[PortalState]
+    ) -> PortalRecord | None: ...
+
+    async def due_revocations(self, limit: int) -> list[tuple[int, PortalKey, str, int]]:
+        """(pending id, portal, refresh ciphertext, attempts), claimed for 60 s."""
+        ...
+
+    async def revocation_done(self, pending_id: int) -> None: ...
+
+    async def revocation_failed(self, pending_id: int, error: str, retry_in: float) -> None: ...
+
     async def stopped_since(self, since: datetime | None) -> tuple[list[PortalKey], datetime]:
         """Portals that stopped serving tokens (any non-serving state) after ``since``, and
         the database time to pass next; the fallback when invalidations are missed."""
@@ -282,4 +306,16 @@ class AuditSink(Protocol):
         self, action: str, *, actor: str, key: PortalKey | None = None, **detail: object
     ) -> None:
         """Queue an event; written in batches off the hot path."""
+        ...
+
+    async def query(
+        self,
+        *,
+        hub_id: int | None,
+        actor: str | None,
+        action: str | None,
+        since: datetime | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
         ...

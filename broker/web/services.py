@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from broker.config import Settings
+from broker.core.admin import AdminService
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
+from broker.core.operations import PortalOperations
 from broker.core.tokens import TokenService
 
 
@@ -19,6 +21,8 @@ class Services:
     tokens: TokenService
     installs: InstallService
     callers: CallerService
+    admin: AdminService
+    operations: PortalOperations
     #: name -> async check raising on failure (``/readyz``).
     readiness: dict[str, Callable[[], Awaitable[None]]]
 

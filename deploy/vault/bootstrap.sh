@@ -4,6 +4,7 @@
 # key of the wrong type, it stops with an error instead.
 #
 #   BAO_ADDR, BAO_TOKEN   where, and a token allowed to manage mounts, policies and auth
+#                         (VAULT_ADDR, VAULT_TOKEN with BAO=vault)
 #   KV_MOUNT              KV v2 mount for client secrets            (default: secret)
 #   KV_CAS_REQUIRED       "true": require check-and-set on the whole KV mount (only for a
 #                         mount dedicated to the broker, as in deploy/compose.yaml)
@@ -32,7 +33,7 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 tries=0
 until "$BAO" status >/dev/null 2>&1; do
   tries=$((tries + 1))
-  [ "$tries" -lt 60 ] || die "no answer from $BAO_ADDR"
+  [ "$tries" -lt 60 ] || die "no answer from ${BAO_ADDR:-${VAULT_ADDR:-the server}}"
   sleep 1
 done
 

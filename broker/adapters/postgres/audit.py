@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -55,6 +56,29 @@ class PostgresAudit:
         )
         if len(self._queue) >= self._batch:
             self._wake.set()
+
+    async def query(
+        self,
+        *,
+        hub_id: int | None,
+        actor: str | None,
+        action: str | None,
+        since: datetime | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        rows = await self._db.fetch(
+            """SELECT id, at, actor, action, app, hub_id, user_id, detail FROM audit_events
+               WHERE ($1::bigint IS NULL OR hub_id = $1) AND ($2::text IS NULL OR actor = $2)
+                 AND ($3::text IS NULL OR action = $3)
+                 AND ($4::timestamptz IS NULL OR at >= $4)
+               ORDER BY at DESC, id DESC LIMIT $5""",
+            hub_id,
+            actor,
+            action,
+            since,
+            limit,
+        )
+        return [dict(r) for r in rows]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-flusher")

@@ -311,6 +311,99 @@ class PostgresPortals:
         )
         return [PortalKey(r["app"], r["hub_id"], r["user_id"]) for r in rows], now
 
+    async def revoke(
+        self, key: PortalKey, *, reason: str, actor: str
+    ) -> tuple[PortalRecord, tuple[int, str] | None] | None:
+        """Revoke locally in one transaction: shred the ciphertexts, keep the refresh token's
+        ciphertext in ``pending_revocations`` for the upstream revoke. Returns the record and
+        the pending (id, ciphertext) — None when already revoked — or None when the portal
+        does not exist. The pending row starts claimed for 60 s: the caller tries at once."""
+        async with self._db.transaction() as conn:
+            current = await conn.fetchrow(
+                f"SELECT state, refresh_ct FROM portals WHERE {_IDENTITY} FOR UPDATE",
+                *_key_args(key),
+            )
+            if current is None:
+                return None
+            pending: tuple[int, str] | None = None
+            if current["state"] != PortalState.REVOKED and current["refresh_ct"] is not None:
+                pending_id = await conn.fetchval(
+                    """INSERT INTO pending_revocations
+                           (app, hub_id, user_id, refresh_ct, next_attempt_at)
+                       VALUES ($1, $2, $3, $4, clock_timestamp() + interval '60 seconds')
+                       RETURNING id""",
+                    *_key_args(key),
+                    current["refresh_ct"],
+                )
+                pending = (pending_id, current["refresh_ct"])
+            row = await conn.fetchrow(
+                f"""UPDATE portals SET
+                        state = 'revoked', refresh_ct = NULL, access_ct = NULL,
+                        access_expires_at = NULL, refresh_after = NULL,
+                        version = version + CASE WHEN state = 'revoked' THEN 0 ELSE 1 END,
+                        revoked_at = COALESCE(revoked_at, clock_timestamp()),
+                        lease_owner = NULL, lease_until = NULL,
+                        updated_at = clock_timestamp()
+                    WHERE {_IDENTITY}
+                    RETURNING {_PORTAL_COLUMNS}""",
+                *_key_args(key),
+            )
+            assert row is not None  # locked above
+            if current["state"] != PortalState.REVOKED:
+                await _event(conn, "portal.revoked", key, {"reason": reason, "actor": actor})
+            return _portal(row), pending
+
+    async def set_state(
+        self, key: PortalKey, state: PortalState, *, allowed_from: Sequence[PortalState]
+    ) -> PortalRecord | None:
+        """Move a portal between operator states; None when its state does not allow it."""
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(
+                f"""UPDATE portals SET state = $4, updated_at = clock_timestamp()
+                    WHERE {_IDENTITY} AND state = ANY($5::text[])
+                    RETURNING {_PORTAL_COLUMNS}""",
+                *_key_args(key),
+                state.value,
+                [s.value for s in allowed_from],
+            )
+            if row is None:
+                return None
+            await _event(conn, f"portal.{state.value}", key, {})
+            return _portal(row)
+
+    async def due_revocations(self, limit: int) -> list[tuple[int, PortalKey, str, int]]:
+        rows = await self._db.fetch(
+            """UPDATE pending_revocations SET
+                   next_attempt_at = clock_timestamp() + interval '60 seconds'
+               WHERE id IN (SELECT id FROM pending_revocations
+                            WHERE next_attempt_at <= clock_timestamp()
+                            ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+               RETURNING id, app, hub_id, user_id, refresh_ct, attempts""",
+            limit,
+        )
+        return [
+            (
+                r["id"],
+                PortalKey(r["app"], r["hub_id"], r["user_id"]),
+                r["refresh_ct"],
+                r["attempts"],
+            )
+            for r in rows
+        ]
+
+    async def revocation_done(self, pending_id: int) -> None:
+        await self._db.execute("DELETE FROM pending_revocations WHERE id = $1", pending_id)
+
+    async def revocation_failed(self, pending_id: int, error: str, retry_in: float) -> None:
+        await self._db.execute(
+            """UPDATE pending_revocations SET attempts = attempts + 1, last_error = $2,
+                   next_attempt_at = clock_timestamp() + make_interval(secs => $3)
+               WHERE id = $1""",
+            pending_id,
+            error,
+            retry_in,
+        )
+
     async def count_by_state(self) -> dict[str, int]:
         rows = await self._db.fetch("SELECT state, count(*) AS n FROM portals GROUP BY state")
         return {r["state"]: r["n"] for r in rows}

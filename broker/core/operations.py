@@ -1,0 +1,198 @@
+"""Operator actions on portals: revoke, quarantine and release, force a refresh, a fresh
+install link. Every action is audited; none ever returns or logs a token.
+
+Revoke (DESIGN.md, "Operators"): the local revocation commits first — state ``revoked``,
+ciphertexts shredded, an outbox event — and every replica is told to drop its cached token
+(Redis pub/sub, with the Postgres poll as the fallback). Then HubSpot is asked to revoke the
+refresh token; if it cannot be reached, ``pending_revocations`` keeps the ciphertext and
+:class:`RevocationRetrier` retries until HubSpot confirms. Revoking twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+import structlog
+
+from broker import metrics
+from broker.config import Settings
+from broker.core.invalidation import Invalidations
+from broker.core.models import PortalKey, PortalRecord, PortalState
+from broker.core.ports import AuditSink, Cipher, OAuthProvider, PortalRepository, SecretStore
+from broker.core.refresh import RefreshEngine, raise_for_state
+from broker.errors import BrokerError, Conflict, HubSpotError, NotFound, UpstreamError
+
+log = structlog.get_logger(__name__)
+
+_FORCE_REFRESH_SPACING = 10.0  # seconds between forced refreshes of one portal
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    record: PortalRecord
+    #: "revoked" (HubSpot confirmed), "pending" (retried in the background), or
+    #: "already_revoked".
+    upstream: str
+
+
+class PortalOperations:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        portals: PortalRepository,
+        engine: RefreshEngine,
+        cipher: Cipher,
+        secrets_store: SecretStore,
+        oauth: OAuthProvider,
+        invalidations: Invalidations,
+        audit: AuditSink,
+    ) -> None:
+        self._settings = settings
+        self._portals = portals
+        self._engine = engine
+        self._cipher = cipher
+        self._secrets = secrets_store
+        self._oauth = oauth
+        self._invalidations = invalidations
+        self._audit = audit
+
+    async def revoke(self, key: PortalKey, *, reason: str, actor: str) -> Revocation:
+        outcome = await self._portals.revoke(key, reason=reason, actor=actor)
+        if outcome is None:
+            raise NotFound(f"no portal {key}", code="portal_not_found")
+        record, pending = outcome
+        await self._invalidations.publish(key)
+        self._audit.record("portal.revoked", actor=actor, key=key, reason=reason)
+        if pending is None:
+            return Revocation(record, "already_revoked")
+        try:
+            await self._attempt(pending[0], key, pending[1], attempts=0)
+        except UpstreamError as exc:
+            log.warning("revoke.upstream_pending", portal=str(key), code=exc.code)
+            return Revocation(record, "pending")
+        return Revocation(record, "revoked")
+
+    async def _attempt(
+        self, pending_id: int, key: PortalKey, refresh_ct: str, *, attempts: int
+    ) -> None:
+        try:
+            app = await self._engine.app(key.app)
+            (refresh_token,) = await self._cipher.decrypt([(refresh_ct, key.context("refresh"))])
+            await self._oauth.revoke(
+                app, await self._secrets.client_secrets(key.app), refresh_token
+            )
+        except (HubSpotError, UpstreamError) as exc:
+            retry_in = min(300.0, random.uniform(1.0, 2.0 ** min(attempts + 1, 9)))  # noqa: S311
+            await self._portals.revocation_failed(pending_id, exc.code, retry_in)
+            metrics.UPSTREAM_REVOKES.labels("retry").inc()
+            raise
+        await self._portals.revocation_done(pending_id)
+        metrics.UPSTREAM_REVOKES.labels("revoked").inc()
+        log.info("revoke.upstream_done", portal=str(key))
+
+    async def retry_due(self, limit: int = 50) -> int:
+        done = 0
+        for pending_id, key, refresh_ct, attempts in await self._portals.due_revocations(limit):
+            with contextlib.suppress(BrokerError):
+                await self._attempt(pending_id, key, refresh_ct, attempts=attempts)
+                done += 1
+        return done
+
+    async def quarantine(self, key: PortalKey, *, actor: str, reason: str) -> PortalRecord:
+        record = await self._portals.set_state(
+            key,
+            PortalState.QUARANTINED,
+            allowed_from=(PortalState.ACTIVE, PortalState.REFRESH_FAILING, PortalState.QUARANTINED),
+        )
+        if record is None:
+            raise await self._state_conflict(key, "quarantine")
+        await self._invalidations.publish(key)
+        self._audit.record("portal.quarantined", actor=actor, key=key, reason=reason)
+        return record
+
+    async def release(self, key: PortalKey, *, actor: str) -> PortalRecord:
+        record = await self._portals.set_state(
+            key, PortalState.ACTIVE, allowed_from=(PortalState.QUARANTINED, PortalState.ACTIVE)
+        )
+        if record is None:
+            raise await self._state_conflict(key, "release")
+        self._audit.record("portal.released", actor=actor, key=key)
+        return record
+
+    async def force_refresh(self, key: PortalKey, *, actor: str) -> PortalRecord:
+        record = await self._portals.get_portal(key)
+        if record is None:
+            raise NotFound(f"no portal {key}", code="portal_not_found")
+        raise_for_state(record)
+        if (
+            record.refreshed_at is not None
+            and (record.db_now - record.refreshed_at).total_seconds() < _FORCE_REFRESH_SPACING
+        ):
+            raise Conflict(
+                f"portal {key} was refreshed less than {_FORCE_REFRESH_SPACING:g} s ago",
+                code="refreshed_recently",
+            )
+        lease = await self._portals.claim_lease(
+            record.id,
+            f"operator:{secrets.token_hex(8)}",
+            lease_seconds=self._settings.lease_seconds,
+            min_ttl=10**9,  # more life than any token has: due now, whatever it has left
+            ignore_backoff=True,
+        )
+        if lease is None:
+            raise Conflict(f"portal {key} is being refreshed right now", code="refresh_in_progress")
+        fresh = await self._engine.refresh_with_lease(key, lease, interactive=True)
+        await self._invalidations.publish(key)  # replicas pick up the new token
+        self._audit.record("portal.force_refreshed", actor=actor, key=key)
+        return fresh.record
+
+    async def install_link(self, key: PortalKey) -> str:
+        """A link to send to the portal's admin: a fresh install flow in their browser."""
+        app = await self._engine.app(key.app)
+        if await self._portals.get_portal(key) is None:
+            raise NotFound(f"no portal {key}", code="portal_not_found")
+        origin = urlsplit(app.redirect_uri)
+        return f"{origin.scheme}://{origin.netloc}/oauth/install?{urlencode({'app': app.slug})}"
+
+    async def _state_conflict(self, key: PortalKey, action: str) -> BrokerError:
+        record = await self._portals.get_portal(key)
+        if record is None:
+            return NotFound(f"no portal {key}", code="portal_not_found")
+        return Conflict(
+            f"cannot {action} portal {key} while it is {record.state.value}",
+            code="invalid_state",
+        )
+
+
+class RevocationRetrier:
+    """Background loop: retries owed upstream revocations until HubSpot confirms."""
+
+    def __init__(self, operations: PortalOperations, *, interval: float = 5.0) -> None:
+        self._operations = operations
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="revocation-retrier")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._operations.retry_due()
+            except BrokerError:
+                metrics.BACKEND_ERRORS.labels("any", "revocation_retry").inc()
+            except Exception:  # never let a bug end the retries
+                log.exception("revoke.retry_crashed")
+            await asyncio.sleep(self._interval)

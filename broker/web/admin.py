@@ -1,0 +1,135 @@
+"""The operator API under ``/v1/admin`` (role ``portals:admin``): list and show portals,
+revoke, force a refresh, quarantine and release, a fresh install link. Views never carry a
+token, a ciphertext or a secret."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from broker.core.admin import portal_view
+from broker.core.models import Caller, PortalKey, Role
+from broker.errors import Forbidden, InvalidRequest
+from broker.web.api import bearer, parse_app, parse_int, reject_unknown
+from broker.web.services import Services, services
+
+_NO_STORE = {"Cache-Control": "no-store"}
+_KEY_PARAMS = frozenset({"app", "user_id"})
+
+
+async def _admin(request: Request) -> tuple[Services, Caller]:
+    svc = services(request)
+    caller = await svc.callers.authenticate(bearer(request))
+    if not caller.may(Role.PORTALS_ADMIN):
+        raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
+    return svc, caller
+
+
+def _key(request: Request, svc: Services, caller: Caller) -> PortalKey:
+    reject_unknown(request, _KEY_PARAMS)
+    query = request.query_params
+    key = PortalKey(
+        parse_app(query.get("app"), svc.settings.default_app),
+        parse_int(request.path_params["hub_id"], "hub_id") or 0,
+        parse_int(query.get("user_id"), "user_id"),
+    )
+    if not caller.may_access(key.app, key.hub_id):
+        raise Forbidden(f"caller {caller.name!r} may not manage portal {key}")
+    return key
+
+
+async def _reason(request: Request, *, required: bool) -> str:
+    raw = await request.body()
+    if not raw:
+        if required:
+            raise InvalidRequest(
+                "a JSON body with a reason is required",
+                errors=[{"field": "reason", "message": "required"}],
+            )
+        return ""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest("the body is not JSON") from exc
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if not isinstance(reason, str) or not 0 < len(reason.strip()) <= 500:
+        raise InvalidRequest(
+            "reason must be a string of 1-500 characters",
+            errors=[{"field": "reason", "message": "1-500 characters"}],
+        )
+    if set(body) - {"reason"}:
+        raise InvalidRequest("unknown fields in the body")
+    return reason.strip()
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return JSONResponse(data, status_code=status, headers=_NO_STORE)
+
+
+async def list_portals(request: Request) -> Response:
+    svc, caller = await _admin(request)
+    reject_unknown(request, frozenset({"app", "state", "limit"}))
+    query = request.query_params
+    app = parse_app(query["app"], "") if "app" in query else None
+    limit = parse_int(query.get("limit"), "limit") or 100
+    if limit > 1000:
+        raise InvalidRequest("limit must be at most 1000")
+    records = await svc.admin.list_portals(app=app, state=query.get("state"), limit=limit)
+    visible = [r for r in records if caller.may_access(r.key.app, r.key.hub_id)]
+    return _json({"portals": [portal_view(r) for r in visible]})
+
+
+async def show_portal(request: Request) -> Response:
+    svc, caller = await _admin(request)
+    record = await svc.admin.show_portal(_key(request, svc, caller))
+    return _json(portal_view(record))
+
+
+async def revoke(request: Request) -> Response:
+    svc, caller = await _admin(request)
+    key = _key(request, svc, caller)
+    reason = await _reason(request, required=True)
+    done = await svc.operations.revoke(key, reason=reason, actor=caller.name)
+    return _json({**portal_view(done.record), "upstream": done.upstream})
+
+
+async def refresh(request: Request) -> Response:
+    svc, caller = await _admin(request)
+    record = await svc.operations.force_refresh(_key(request, svc, caller), actor=caller.name)
+    return _json(portal_view(record))
+
+
+async def quarantine(request: Request) -> Response:
+    svc, caller = await _admin(request)
+    key = _key(request, svc, caller)
+    reason = await _reason(request, required=True)
+    record = await svc.operations.quarantine(key, actor=caller.name, reason=reason)
+    return _json(portal_view(record))
+
+
+async def release(request: Request) -> Response:
+    svc, caller = await _admin(request)
+    record = await svc.operations.release(_key(request, svc, caller), actor=caller.name)
+    return _json(portal_view(record))
+
+
+async def install_link(request: Request) -> Response:
+    svc, caller = await _admin(request)
+    key = _key(request, svc, caller)
+    return _json({"url": await svc.operations.install_link(key)})
+
+
+_PORTAL = "/v1/admin/portals/{hub_id}"
+routes = [
+    Route("/v1/admin/portals", list_portals, methods=["GET"]),
+    Route(_PORTAL, show_portal, methods=["GET"]),
+    Route(f"{_PORTAL}/revoke", revoke, methods=["POST"]),
+    Route(f"{_PORTAL}/refresh", refresh, methods=["POST"]),
+    Route(f"{_PORTAL}/quarantine", quarantine, methods=["POST"]),
+    Route(f"{_PORTAL}/release", release, methods=["POST"]),
+    Route(f"{_PORTAL}/install-link", install_link, methods=["POST"]),
+]

@@ -1,0 +1,481 @@
+"""The Helm chart is an API (STYLE.md 14): rendered offline with helm-python-sdk (Helm's Go SDK
+through ctypes, no cluster, no helm binary) for the default values and every
+``ci/*-values.yaml``, linted strictly, every manifest validated against the Kubernetes schema,
+and its contract with the app checked: probes on the routes the app serves, on the port it
+listens on, settings the app accepts, no secret in a ConfigMap, hardened pods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no type information
+import pytest
+import yaml
+
+from broker.config import Settings as BrokerSettings
+from broker.config import load_settings
+from broker.web import health
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "hubspot-token-broker"
+SCENARIOS = [
+    "default",
+    *sorted(p.name.removesuffix("-values.yaml") for p in CHART.glob("ci/*-values.yaml")),
+]
+KUBE_VERSION = kubernetes_validate.latest_version()
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # no schema in kubernetes-validate
+RELEASE, NAMESPACE = "htb", "tokens"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what a container must listen on; nothing binds here
+TMP = "/tmp"  # noqa: S108 - the container's /tmp mount point, not a file this test writes
+# Settings the app wraps in Secret: they may only ever come from a Kubernetes Secret.
+SECRET_SETTINGS = {
+    f"BROKER_{f.name.upper()}" for f in dataclasses.fields(BrokerSettings) if f.type == "Secret"
+}
+# Syntactically valid stand-ins for secret settings the scenario leaves to an existing Secret.
+PLACEHOLDERS = {
+    "BROKER_DATABASE_URL": "postgresql://broker@db/broker",
+    "BROKER_REDIS_URL": "redis://redis:6379/0",
+    "BROKER_VAULT_TOKEN": "placeholder",
+    "BROKER_VAULT_SECRET_ID": "placeholder",
+}
+
+
+def scenario_values(name: str) -> dict[str, Any]:
+    if name == "default":
+        return {}
+    loaded: dict[str, Any] = yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: list[dict[str, Any]] = []
+    for path, text in manifests.items():
+        if path.endswith(".txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+class Rendered:
+    """One scenario's manifests, with lookups by kind."""
+
+    def __init__(self, name: str, values: dict[str, Any], docs: list[dict[str, Any]]) -> None:
+        self.name, self.values, self.docs = name, values, docs
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = self.all(kind)
+        assert len(found) == 1, f"{self.name}: {len(found)} {kind}s"
+        return found[0]
+
+    @property
+    def merged(self) -> dict[str, Any]:
+        return _merged(self.name)
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.deployment["spec"]["template"]["spec"]
+        return spec
+
+    @property
+    def container(self) -> dict[str, Any]:
+        containers: list[dict[str, Any]] = self.pod["containers"]
+        (container,) = containers
+        return container
+
+    @property
+    def config(self) -> dict[str, str]:
+        data: dict[str, str] = self.one("ConfigMap")["data"]
+        return data
+
+    @property
+    def job(self) -> dict[str, Any]:
+        return self.one("Job")
+
+
+@functools.cache
+def _merged(name: str) -> dict[str, Any]:
+    with helm.Chart.load(CHART) as loaded:
+        merged: dict[str, Any] = loaded.merge_values(scenario_values(name))
+    return merged
+
+
+@functools.cache
+def _rendered(name: str) -> Rendered:
+    with helm.Chart.load(CHART) as loaded:
+        return Rendered(name, scenario_values(name), render(loaded, scenario_values(name)))
+
+
+@pytest.fixture(params=SCENARIOS)
+def rendered(request: pytest.FixtureRequest) -> Rendered:
+    return _rendered(request.param)
+
+
+def test_scenarios_exist() -> None:
+    assert {"minimal", "kubernetes-auth", "existing-secret", "approle"} <= set(SCENARIOS)
+
+
+# --- lint and schema validation ---------------------------------------------------------------
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_helm_lint_strict(name: str) -> None:
+    report = helm.lint(CHART, scenario_values(name), strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # warnings and errors
+    assert problems == []
+
+
+def test_manifests_are_valid_kubernetes(rendered: Rendered) -> None:
+    kinds = {doc["kind"] for doc in rendered.docs}
+    assert {"Deployment", "Service", "ConfigMap", "Job"} <= kinds
+    for doc in rendered.docs:
+        if doc["kind"] in CRD_KINDS:
+            continue  # structure checked in test_monitoring_resources
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_validation_catches_a_broken_manifest(rendered: Rendered) -> None:
+    broken = json.loads(json.dumps(rendered.deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["pth"] = "/"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBE_VERSION, strict=True)
+
+
+# --- the pods ---------------------------------------------------------------------------------
+def _dockerfile_user() -> int:
+    (user,) = re.findall(r"^USER\s+(\d+)", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+    return int(user)
+
+
+def test_pods_are_hardened(rendered: Rendered) -> None:
+    job_pod = rendered.job["spec"]["template"]["spec"]
+    for pod in (rendered.pod, job_pod):
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] == _dockerfile_user() != 0
+        assert context["fsGroup"] == context["runAsGroup"] == 10001
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        (container,) = pod["containers"]
+        hardened = container["securityContext"]
+        assert hardened["readOnlyRootFilesystem"] is True
+        assert hardened["allowPrivilegeEscalation"] is False
+        assert hardened["capabilities"] == {"drop": ["ALL"]}
+        # The root filesystem is read-only: /tmp must be a writable emptyDir.
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts[TMP]]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+
+
+def test_rollout_never_drops_below_the_replica_count(rendered: Rendered) -> None:
+    spec = rendered.deployment["spec"]
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    constraints = rendered.pod["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    }
+    for constraint in constraints:
+        assert constraint["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def _replicas(rendered: Rendered) -> int:
+    hpas = rendered.all("HorizontalPodAutoscaler")
+    if hpas:
+        assert "replicas" not in rendered.deployment["spec"], "the HPA owns the replica count"
+        return int(hpas[0]["spec"]["minReplicas"])
+    return int(rendered.deployment["spec"]["replicas"])
+
+
+def test_replicas_and_disruption_budget(rendered: Rendered) -> None:
+    replicas = _replicas(rendered)
+    assert replicas >= 2
+    (pdb,) = rendered.all("PodDisruptionBudget")
+    assert 0 < pdb["spec"]["minAvailable"] < replicas
+    assert pdb["spec"]["selector"] == rendered.deployment["spec"]["selector"]
+
+
+def test_probes_hit_the_routes_the_app_serves(rendered: Rendered) -> None:
+    by_endpoint = {route.endpoint: route.path for route in health.routes}
+    container = rendered.container
+    probes = {
+        kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "liveness", "readiness")
+    }
+    assert probes["liveness"]["path"] == by_endpoint[health.livez]
+    assert probes["startup"]["path"] == by_endpoint[health.livez]
+    assert probes["readiness"]["path"] == by_endpoint[health.readyz]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in probes.values():
+        assert ports[probe["port"]] == int(rendered.config["BROKER_PORT"])
+    assert rendered.config["BROKER_HOST"] == ALL_INTERFACES
+    service = rendered.one("Service")
+    (service_port,) = service["spec"]["ports"]
+    assert ports[service_port["targetPort"]] == int(rendered.config["BROKER_PORT"])
+
+
+def test_selectors_match_and_never_include_the_version(rendered: Rendered) -> None:
+    deployment = rendered.deployment
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    service = rendered.one("Service")
+    assert service["spec"]["selector"] == selector
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert {k: pod_labels.get(k) for k in selector} == selector
+    assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(selector)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert not {chart["version"], chart["appVersion"]} & set(selector.values())
+    # The migration job's pod must never receive the Service's traffic.
+    job_labels = rendered.job["spec"]["template"]["metadata"]["labels"]
+    assert {k: job_labels.get(k) for k in selector} != selector
+
+
+def test_service_account_token_only_for_kubernetes_auth(rendered: Rendered) -> None:
+    kubernetes_auth = rendered.merged["vault"]["auth"]["method"] == "kubernetes"
+    assert rendered.pod["automountServiceAccountToken"] is kubernetes_auth
+    for account in rendered.all("ServiceAccount"):
+        assert account["automountServiceAccountToken"] is kubernetes_auth
+        assert rendered.pod["serviceAccountName"] == account["metadata"]["name"]
+    assert bool(rendered.all("ServiceAccount")) is rendered.merged["serviceAccount"]["create"]
+    assert rendered.job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+# --- settings ---------------------------------------------------------------------------------
+def _secret_refs(env: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def test_no_secret_in_any_configmap(rendered: Rendered) -> None:
+    secret_values = [v for v in rendered.merged["secrets"].values() if v]
+    secret_values = [v for v in secret_values if v != rendered.merged["secrets"]["existingSecret"]]
+    for configmap in rendered.all("ConfigMap"):
+        data = configmap["data"]
+        assert not SECRET_SETTINGS & set(data), "secret settings belong in a Secret"
+        for value in secret_values:
+            assert all(value not in v for v in data.values()), "a secret leaked into a ConfigMap"
+    job_env = rendered.job["spec"]["template"]["spec"]["containers"][0]["env"]
+    for env in (rendered.container["env"], job_env):
+        for entry in env:
+            if entry["name"] in SECRET_SETTINGS:
+                assert "secretKeyRef" in entry["valueFrom"], entry["name"]
+
+
+def test_secrets_come_from_the_right_secret(rendered: Rendered) -> None:
+    existing = rendered.merged["secrets"]["existingSecret"]
+    refs = _secret_refs(rendered.container["env"])
+    assert {"BROKER_DATABASE_URL", "BROKER_REDIS_URL"} <= set(refs)
+    assert set(refs) <= SECRET_SETTINGS
+    assert all(key == name for name, (_, key) in refs.items())
+    chart_secrets = {s["metadata"]["name"]: s for s in rendered.all("Secret")}
+    if existing:
+        assert not chart_secrets, "existingSecret set: the chart must not render a Secret"
+        assert {secret for secret, _ in refs.values()} == {existing}
+    else:
+        (secret_name,) = {secret for secret, _ in refs.values()}
+        assert set(chart_secrets[secret_name]["stringData"]) == set(refs)
+
+
+def test_rendered_settings_are_accepted_by_the_app(rendered: Rendered) -> None:
+    """The ConfigMap plus the Secret keys form settings that load_settings accepts."""
+    secrets = {s["metadata"]["name"]: s.get("stringData", {}) for s in rendered.all("Secret")}
+    env = dict(rendered.config)
+    for name, (secret, key) in _secret_refs(rendered.container["env"]).items():
+        env[name] = secrets.get(secret, {}).get(key) or PLACEHOLDERS[name]
+    settings = load_settings(env)
+    assert settings.port == rendered.container["ports"][0]["containerPort"]
+    assert settings.vault_auth == rendered.merged["vault"]["auth"]["method"]
+    assert settings.vault_transit_key == rendered.merged["vault"]["transitKey"]
+
+
+def test_migration_job_is_a_hook_with_the_same_pod(rendered: Rendered) -> None:
+    job = rendered.job
+    annotations = job["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["migrate"]
+    assert container["image"] == rendered.container["image"]
+    assert container["securityContext"] == rendered.container["securityContext"]
+    assert pod["securityContext"] == rendered.pod["securityContext"]
+    # The ConfigMap does not exist yet when a pre-install hook runs: the same data, inline.
+    inline = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    extra = {e["name"]: e["value"] for e in rendered.merged["extraEnv"]}
+    assert inline == {**rendered.config, **extra}
+    job_refs = _secret_refs(container["env"])
+    assert {n: key for n, (_, key) in job_refs.items()} == {
+        n: key for n, (_, key) in _secret_refs(rendered.container["env"]).items()
+    }
+    (secret_name,) = {secret for secret, _ in job_refs.values()}
+    existing = rendered.merged["secrets"]["existingSecret"]
+    if existing:
+        assert secret_name == existing
+    else:
+        hook_secret = next(
+            s for s in rendered.all("Secret") if s["metadata"]["name"] == secret_name
+        )
+        hook = hook_secret["metadata"]["annotations"]
+        assert "pre-install" in hook["helm.sh/hook"]
+        assert int(hook["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
+
+
+# --- optional resources -----------------------------------------------------------------------
+def test_monitoring_resources(rendered: Rendered) -> None:
+    monitors = rendered.all("ServiceMonitor")
+    rules = rendered.all("PrometheusRule")
+    assert bool(monitors) is rendered.merged["serviceMonitor"]["enabled"]
+    assert bool(rules) is rendered.merged["prometheusRule"]["enabled"]
+    service = rendered.one("Service")
+    route_paths = {route.path for route in health.routes}
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        labels = service["metadata"]["labels"]
+        assert {k: labels.get(k) for k in selector} == selector
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+        assert endpoint["path"] == "/metrics"
+        assert endpoint["path"] in route_paths
+        assert (
+            rendered.merged["serviceMonitor"]["labels"].items()
+            <= monitor["metadata"]["labels"].items()
+        )
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    for rule in rules:
+        assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+        assert rule["spec"] == {"groups": alerts["groups"]}
+
+
+def test_chart_alerts_are_a_copy_of_deploy_alerts() -> None:
+    copy = CHART / "files" / "alerts.yaml"
+    assert copy.read_bytes() == (ROOT / "deploy" / "prometheus" / "alerts.yaml").read_bytes()
+
+
+def test_network_policy(rendered: Rendered) -> None:
+    policies = rendered.all("NetworkPolicy")
+    assert bool(policies) is rendered.merged["networkPolicy"]["enabled"]
+    for policy in policies:
+        spec = policy["spec"]
+        selector = spec["podSelector"]["matchLabels"]
+        for pod_labels in (
+            rendered.deployment["spec"]["template"]["metadata"]["labels"],
+            rendered.job["spec"]["template"]["metadata"]["labels"],
+        ):
+            assert {k: pod_labels.get(k) for k in selector} == selector
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+        for rule in spec["ingress"]:
+            assert rule["from"], "an ingress rule without `from` would admit everyone"
+            assert rule["ports"] == [
+                {"port": int(rendered.config["BROKER_PORT"]), "protocol": "TCP"}
+            ]
+        egress = {(p["port"], p["protocol"]) for rule in spec["egress"] for p in rule["ports"]}
+        backends = rendered.merged["networkPolicy"]["egress"]
+        for backend in ("postgres", "redis", "vault", "hubspot"):
+            assert (backends[backend]["port"], "TCP") in egress
+        assert {(53, "UDP"), (53, "TCP")} <= egress
+
+
+def test_network_policy_refuses_to_cut_off_a_backend(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmError, match=r"networkPolicy\.egress\.postgres"):
+        render(chart, {"networkPolicy": {"enabled": True}})
+
+
+def test_disruption_budget_must_stay_below_replicas(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmError, match="minAvailable"):
+        render(chart, {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}})
+
+
+# --- values and schema ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCuont": 3},
+        {"image": {"tga": "1.0"}},
+        {"networkPolicy": {"egress": {"vault": {"cidr": ["10.0.0.0/8"]}}}},
+        {"securityContext": {"readOnlyRootFilesystem": False}},
+        {"vault": {"auth": {"method": "userpass"}}},
+        {"replicaCount": 1},
+    ],
+    ids=["unknown-top-level", "unknown-nested", "unknown-deep", "weakened", "bad-enum", "one"],
+)
+def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError, match="schema"):
+        render(chart, values)
+
+
+def _closed(schema: dict[str, Any], definitions: dict[str, Any], where: str) -> Iterator[str]:
+    """Paths of object schemas that do not close their keys."""
+    if "$ref" in schema:
+        return
+    if schema.get("type") == "object":
+        extra = schema.get("additionalProperties")
+        if "properties" in schema and extra is not False:
+            yield where
+        if "properties" not in schema and not isinstance(extra, dict):
+            yield where  # a free-form map must still say what its values are
+    for key, sub in schema.get("properties", {}).items():
+        yield from _closed(sub, definitions, f"{where}.{key}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from _closed(schema[key], definitions, f"{where}[]")
+
+
+def test_schema_closes_every_object() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    definitions = schema["definitions"]
+    open_objects = list(_closed(schema, definitions, "$"))
+    for name, definition in definitions.items():
+        open_objects += _closed(definition, definitions, f"#/definitions/{name}")
+    assert open_objects == []
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(schema["properties"]) == set(values)
+
+
+def _undocumented(
+    node: yaml.Node, schema: dict[str, Any], definitions: dict[str, Any], lines: list[str]
+) -> Iterator[str]:
+    """Keys of values.yaml that the schema defines and no comment explains."""
+    if "$ref" in schema:
+        schema = definitions[schema["$ref"].rsplit("/", 1)[1]]
+    if not isinstance(node, yaml.MappingNode) or "properties" not in schema:
+        return  # a scalar, a list, or a free-form map (its entries are data, not settings)
+    for key, value in node.value:
+        line = key.start_mark.line
+        above = lines[line - 1].strip() if line else ""
+        if not (above.startswith("#") or " # " in lines[line]):
+            yield key.value
+        yield from _undocumented(value, schema["properties"][key.value], definitions, lines)
+
+
+def test_every_value_is_documented() -> None:
+    text = (CHART / "values.yaml").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    root = yaml.compose(text)
+    assert root is not None
+    found = list(_undocumented(root, schema, schema["definitions"], text.splitlines()))
+    assert found == [], f"values.yaml keys without a comment: {found}"
