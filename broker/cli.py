@@ -344,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         cmd_serve(settings, args)
         return 0
+    from broker import logs
+
+    logs.configure(settings.log_level, settings.log_format)  # stderr: stdout is the output
     run: Command = args.run
     try:
         asyncio.run(run(settings, args, out))

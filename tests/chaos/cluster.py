@@ -115,7 +115,11 @@ class Cluster:
 
     def register(self) -> None:
         _, _, self.key = register(
-            self.settings, self.sim, f"{self.replicas[0].url}/oauth/callback", slug=self.app
+            self.settings,
+            self.sim,
+            f"{self.replicas[0].url}/oauth/callback",
+            slug=self.app,
+            roles=("tokens:read", "portals:admin"),
         )
 
     def install(self, hubs: list[int], *, via: Replica | None = None) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
 import redis
 
 from broker.core.models import PortalKey
@@ -347,7 +348,62 @@ def _dead_grant(redis_mode: str, bound: float) -> Scenario:
     return scenario
 
 
+def _revoke(redis_mode: str, bound: float) -> Scenario:
+    def scenario(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+        """An operator revokes a portal on one replica: every replica stops serving it
+        within ``bound`` s of the call returning, and HubSpot no longer honours the token."""
+        result = Result(f"revoke_redis_{redis_mode}")
+        c = open_cluster(env, sim, sim_url, replicas=3)
+        try:
+            hubs = [HUB_BASE + i for i in range(max(1, size.portals // 3))]
+            c.install(hubs)
+            worst = 0.0
+            for hub in hubs:
+                for replica in c.replicas:
+                    assert c.ask(replica, hub).status == 200
+                [row] = c.sql("SELECT refresh_ct FROM portals WHERE hub_id = $1", hub)
+                refresh = _refresh_token(c, hub, row["refresh_ct"])
+                c.redis_proxy.set(redis_mode)  # type: ignore[arg-type]
+                response = httpx.post(
+                    f"{c.replicas[0].url}/v1/admin/portals/{hub}/revoke",
+                    params={"app": c.app},
+                    json={"reason": "chaos drill"},
+                    headers={"Authorization": f"Bearer {c.key}"},
+                    timeout=30,
+                )
+                returned = time.monotonic()
+                if response.status_code != 200 or response.json()["upstream"] != "revoked":
+                    result.problems.append(f"hub {hub}: revoke answered {response.text[:200]}")
+                last_served = returned
+                serving = set(range(len(c.replicas)))
+                while serving and time.monotonic() - returned < bound + 5:
+                    for i in list(serving):
+                        answer = c.ask(c.replicas[i], hub)
+                        if answer.status == 200:
+                            last_served = time.monotonic()
+                        elif answer.status == 410:
+                            serving.discard(i)
+                    time.sleep(0.05)
+                late = last_served - returned
+                worst = max(worst, late)
+                if serving or late > bound:
+                    result.problems.append(f"hub {hub}: served {late:.2f} s after the revoke")
+                if sim.is_refresh_token_valid(refresh):
+                    result.problems.append(f"hub {hub}: HubSpot still honours the refresh token")
+                c.redis_proxy.set("pass")
+            result.figures.update(
+                portals=len(hubs), replicas=3, worst_served_after_revoke_s=round(worst, 2)
+            )
+        finally:
+            c.close()
+        return result
+
+    return scenario
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "revoke": _revoke("pass", 1.0),
+    "revoke_redis_down": _revoke("down", 10.0),
     "invalid_grant": _dead_grant("pass", 1.0),
     "invalid_grant_redis_down": _dead_grant("down", 10.0),
     "hubspot_outage": hubspot_outage,

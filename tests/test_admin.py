@@ -1,0 +1,162 @@
+"""The operator API on a real broker: roles, revoke (idempotent; HubSpot down → retried until
+confirmed), quarantine and release, forced refresh, install links, and the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from broker.app import create_app
+from broker.config import Settings, load_settings
+from broker.core.models import Role
+from broker.dev.simulator import Simulator
+from tests.helpers import Deployment, register, serve_app
+from tests.test_cli import broker
+
+HUB = 3_300_001
+ADMIN = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
+
+
+@pytest.fixture
+def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
+    settings = load_settings(env)
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, key = register(
+            settings, sim, f"{url}/oauth/callback", slug="demo", roles=ADMIN
+        )
+        sim.add_portal(HUB)
+        assert (
+            Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+            .install(HUB)
+            .status_code
+            == 200
+        )
+        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+
+
+def admin(d: Deployment, method: str, path: str, **kwargs: object) -> httpx.Response:
+    with d.client(headers={"Authorization": f"Bearer {d.caller_key}"}) as client:
+        return client.request(method, f"/v1/admin/portals{path}", **kwargs)  # type: ignore[arg-type]
+
+
+def fetch(settings: Settings, query: str) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(settings.database_url.get())
+        try:
+            return await conn.fetch(query)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_a_token_reader_cannot_administer(deployment: Deployment, sim: Simulator) -> None:
+    _, _, reader = register(
+        deployment.settings, sim, f"{deployment.url}/oauth/callback", slug="demo"
+    )
+    with deployment.client(headers={"Authorization": f"Bearer {reader}"}) as client:
+        for method, path in [("GET", ""), ("GET", f"/{HUB}"), ("POST", f"/{HUB}/release")]:
+            response = client.request(method, f"/v1/admin/portals{path}")
+            assert response.status_code == 403, (path, response.text)
+            assert response.json()["code"] == "forbidden"
+
+
+def test_list_and_show_never_carry_tokens(deployment: Deployment) -> None:
+    token = deployment.token(HUB).json()["access_token"]
+    listed = admin(deployment, "GET", "")
+    shown = admin(deployment, "GET", f"/{HUB}", params={"app": "demo"})
+    assert listed.status_code == shown.status_code == 200
+    assert [p["hub_id"] for p in listed.json()["portals"]] == [HUB]
+    assert shown.json()["state"] == "active"
+    for text in (listed.text, shown.text):
+        assert token not in text
+        assert "vault:v" not in text
+
+
+def test_revoke_is_immediate_idempotent_and_reaches_hubspot(deployment: Deployment) -> None:
+    assert deployment.token(HUB).status_code == 200  # cached in the replica
+    first = admin(deployment, "POST", f"/{HUB}/revoke", json={"reason": "customer left"})
+    assert first.status_code == 200, first.text
+    assert (first.json()["state"], first.json()["upstream"]) == ("revoked", "revoked")
+    assert deployment.sim.counters()["revoke"] == 1
+    gone = deployment.token(HUB)
+    assert gone.status_code == 410
+    assert gone.json()["code"] == "revoked"
+    again = admin(deployment, "POST", f"/{HUB}/revoke", json={"reason": "twice"})
+    assert again.json()["upstream"] == "already_revoked"
+    assert deployment.sim.counters()["revoke"] == 1
+    [row] = fetch(deployment.settings, "SELECT refresh_ct, access_ct FROM portals")
+    assert (row["refresh_ct"], row["access_ct"]) == (None, None)  # crypto-shredded
+    events = fetch(deployment.settings, "SELECT type FROM events WHERE type = 'portal.revoked'")
+    assert len(events) == 1
+
+
+def test_revoke_with_hubspot_down_is_retried_until_confirmed(deployment: Deployment) -> None:
+    deployment.sim.add_fault("revoke", status=503)
+    response = admin(deployment, "POST", f"/{HUB}/revoke", json={"reason": "incident"})
+    assert response.status_code == 200, response.text
+    assert response.json()["upstream"] == "pending"
+    assert deployment.token(HUB).status_code == 410  # locally revoked at once
+    assert len(fetch(deployment.settings, "SELECT id FROM pending_revocations")) == 1
+    deployment.sim.clear_faults()
+    fetch(deployment.settings, "UPDATE pending_revocations SET next_attempt_at = now()")
+    deadline = time.monotonic() + 15  # the retrier runs every 5 s
+    while fetch(deployment.settings, "SELECT id FROM pending_revocations"):
+        assert time.monotonic() < deadline, "the upstream revoke was never retried"
+        time.sleep(0.2)
+    assert deployment.sim.counters()["revoke"] >= 2
+
+
+def test_quarantine_and_release(deployment: Deployment) -> None:
+    assert deployment.token(HUB).status_code == 200
+    held = admin(deployment, "POST", f"/{HUB}/quarantine", json={"reason": "suspicious"})
+    assert held.json()["state"] == "quarantined"
+    blocked = deployment.token(HUB)
+    assert (blocked.status_code, blocked.json()["code"]) == (409, "quarantined")
+    released = admin(deployment, "POST", f"/{HUB}/release")
+    assert released.json()["state"] == "active"
+    assert deployment.token(HUB).status_code == 200
+    no_reason = admin(deployment, "POST", f"/{HUB}/quarantine", json={"why": "x"})
+    assert no_reason.status_code == 422
+
+
+def test_forced_refresh_is_rate_limited(deployment: Deployment) -> None:
+    before = deployment.token(HUB).json()["access_token"]
+    first = admin(deployment, "POST", f"/{HUB}/refresh")
+    assert first.status_code == 200, first.text
+    assert first.json()["version"] == 2
+    assert deployment.sim.counters()["token.refresh_token"] == 1
+    assert deployment.token(HUB).json()["access_token"] != before  # cache was dropped
+    second = admin(deployment, "POST", f"/{HUB}/refresh")
+    assert (second.status_code, second.json()["code"]) == (409, "refreshed_recently")
+    assert deployment.sim.counters()["token.refresh_token"] == 1
+
+
+def test_install_link_and_unknown_portal(deployment: Deployment) -> None:
+    link = admin(deployment, "POST", f"/{HUB}/install-link")
+    assert link.json()["url"] == f"{deployment.url}/oauth/install?app=demo"
+    assert httpx.get(link.json()["url"]).status_code == 302
+    missing = admin(deployment, "POST", "/999/install-link")
+    assert (missing.status_code, missing.json()["code"]) == (404, "portal_not_found")
+
+
+def test_audit_trail_via_cli(deployment: Deployment, env: dict[str, str]) -> None:
+    token = deployment.token(HUB, min_ttl=0).json()["access_token"]
+    admin(deployment, "POST", f"/{HUB}/quarantine", json={"reason": "audit me"})
+    time.sleep(1.0)  # the audit writer flushes every 0.5 s
+    result = broker(env, "--json", "audit", "--hub", str(HUB))
+    assert result.returncode == 0, result.stderr
+    actions = [e["action"] for e in json.loads(result.stdout)]
+    assert {"token.issued", "portal.installed", "portal.quarantined"} <= set(actions)
+    issued = next(e for e in json.loads(result.stdout) if e["action"] == "token.issued")
+    assert len(issued["detail"]["fingerprint"]) == 16
+    assert token not in result.stdout
+    revoke = broker(env, "--json", "portals", "revoke", str(HUB), "--reason", "cli drill")
+    assert revoke.returncode == 0, revoke.stderr
+    assert json.loads(revoke.stdout)["state"] == "revoked"
