@@ -102,6 +102,7 @@ async def cmd_callers_create(settings: Settings, args: argparse.Namespace, out: 
             apps=args.app or None,
             hub_ids=args.hub or None,
             expires_at=expires,
+            rate_limit=args.rate,
             actor="cli",
         )
     data = {"name": new.caller.name, "key": new.secret, "expires_at": new.expires_at}
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--hub", action="append", type=int, help="allowed hub_id (default all)")
     create.add_argument("--role", action="append", choices=[r.value for r in Role])
     create.add_argument("--expires-days", type=float)
+    create.add_argument("--rate", type=float, help="requests/s per replica (default: broker's)")
     create.set_defaults(run=cmd_callers_create)
     callers.add_parser("list", help="list callers").set_defaults(run=cmd_callers_list)
     disable = callers.add_parser("disable", help="disable a caller")

@@ -77,6 +77,8 @@ class Settings:
     min_ttl_default: int = 300
     min_ttl_max: int = 1500
     caller_cache_seconds: float = 10.0
+    # Per caller and replica: a token bucket of this rate with two seconds of burst.
+    caller_rate: float = 200.0
     install_state_ttl: int = 600
     # --- timeouts (seconds); the lease must outlive all of them, see validate() ----------
     db_timeout: float = 5.0

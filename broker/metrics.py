@@ -72,10 +72,37 @@ INSTALLS = Counter("broker_installs_total", "Install attempts by result.", ["res
 CALLER_AUTH_FAILURES = Counter(
     "broker_caller_auth_failures_total", "Rejected caller credentials by reason.", ["reason"]
 )
+CALLER_RATE_LIMITED = Counter(
+    "broker_caller_rate_limited_total", "Requests refused because a caller was over its rate."
+)
 PORTALS = Gauge("broker_portals", "Portals by state (refreshed periodically).", ["state"])
 AUDIT_DROPPED = Counter(
     "broker_audit_dropped_total", "Audit events dropped because the queue was full."
 )
 AUDIT_FLUSH_FAILURES = Counter(
     "broker_audit_flush_failures_total", "Failed audit batch writes (retried)."
+)
+
+# --- webhooks (the events outbox) ------------------------------------------------------
+WEBHOOK_DELIVERIES = Counter(
+    "broker_webhook_deliveries_total",
+    "Webhook delivery attempts by result.",
+    ["result"],  # delivered | failed (5xx, 408, 429, no answer) | rejected (other 3xx/4xx)
+)
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "broker_webhook_delivery_seconds",
+    "Duration of one webhook POST, answered or not.",
+    buckets=_LATENCY_BUCKETS,
+)
+WEBHOOK_PENDING = Gauge(
+    "broker_webhook_pending",
+    "Webhook deliveries not acknowledged yet, plus events not fanned out yet.",
+)
+WEBHOOK_STUCK = Gauge(
+    "broker_webhook_stuck",
+    "Unacknowledged webhook deliveries past the attempt threshold (retrying at the cap).",
+)
+WEBHOOK_OLDEST_PENDING_SECONDS = Gauge(
+    "broker_webhook_oldest_pending_seconds",
+    "Age of the oldest event not yet acknowledged by every webhook receiver.",
 )

@@ -19,7 +19,7 @@ from hypothesis import settings as hsettings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.routing import Route
 
-from broker.app import create_app
+from broker.app import create_app, open_admin
 from broker.config import Settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
@@ -132,6 +132,19 @@ def test_every_documented_token_status_is_produced(deployment: Deployment) -> No
     answers[500] = deployment.token(hubs["corrupt"], min_ttl=0)
     deployment.sim.add_fault("token", status=503)
     answers[503] = deployment.token(hubs["down"], min_ttl=0)
+
+    async def slow_caller() -> str:
+        async with open_admin(deployment.settings) as svc:
+            new = await svc.callers.create("slow", apps=["demo"], rate_limit=0.5, actor="test")
+            return new.secret
+
+    slow = asyncio.run(slow_caller())
+    with deployment.client(headers={"Authorization": f"Bearer {slow}"}) as client:
+        path = f"/v1/portals/{hubs['ok']}/token"
+        limited = [client.get(path, params={"min_ttl": 0}) for _ in range(3)]
+    assert [r.status_code for r in limited[:1]] == [200]
+    answers[429] = limited[-1]
+    assert int(answers[429].headers["retry-after"]) >= 1
 
     for status, response in answers.items():
         assert response.status_code == status, (status, response.text)

@@ -26,7 +26,13 @@ from broker import metrics
 from broker.config import Settings
 from broker.core.models import Caller, NewCallerKey, Role
 from broker.core.ports import AuditSink, CallerRepository
-from broker.errors import InvalidRequest, NotFound, Unauthenticated, UpstreamError
+from broker.errors import (
+    InvalidRequest,
+    NotFound,
+    RateLimitedCaller,
+    Unauthenticated,
+    UpstreamError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +53,7 @@ class CallerService:
         # key_id -> (secret hash, caller, valid until on time.monotonic())
         self._verified: dict[str, tuple[str, Caller, float]] = {}
         self._used: set[int] = set()
+        self._buckets: dict[int, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def authenticate(self, presented: str | None) -> Caller:
@@ -95,6 +102,23 @@ class CallerService:
         self._used.add(caller.id)
         return caller
 
+    def admit(self, caller: Caller) -> None:
+        """Per-caller token bucket on this replica: one caller cannot starve the others.
+        Raises :class:`RateLimitedCaller` (429 with Retry-After)."""
+        rate = caller.rate_limit or self._settings.caller_rate
+        burst = rate * 2
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(caller.id, (burst, now))
+        tokens = min(burst, tokens + (now - stamp) * rate)
+        if tokens < 1:
+            self._buckets[caller.id] = (tokens, now)
+            metrics.CALLER_RATE_LIMITED.inc()
+            raise RateLimitedCaller(
+                f"caller {caller.name!r} is over its rate of {rate:g} requests/s",
+                retry_after=(1 - tokens) / rate,
+            )
+        self._buckets[caller.id] = (tokens - 1, now)
+
     async def create(
         self,
         name: str,
@@ -103,6 +127,7 @@ class CallerService:
         apps: Iterable[str] | None = None,
         hub_ids: Iterable[int] | None = None,
         expires_at: datetime | None = None,
+        rate_limit: float | None = None,
         actor: str,
     ) -> NewCallerKey:
         if not _NAME_RE.match(name):
@@ -123,6 +148,7 @@ class CallerService:
             apps=None if apps is None else frozenset(apps),
             hub_ids=None if hub_ids is None else frozenset(hub_ids),
             expires_at=expires_at,
+            rate_limit=rate_limit,
         )
         caller = await self._callers.create(draft, key_id, _hash(secret), expires_at)
         self._audit.record("caller.created", actor=actor, caller=name, roles=sorted(role_set))

@@ -184,6 +184,8 @@ class Caller:
     hub_ids: frozenset[int] | None
     expires_at: datetime | None = None
     disabled: bool = False
+    #: Requests per second on each replica; None: the broker's default.
+    rate_limit: float | None = None
 
     def may(self, role: Role) -> bool:
         return role.value in self.roles

@@ -24,6 +24,7 @@ _KEY_PARAMS = frozenset({"app", "user_id"})
 async def _admin(request: Request) -> tuple[Services, Caller]:
     svc = services(request)
     caller = await svc.callers.authenticate(bearer(request))
+    svc.callers.admit(caller)
     if not caller.may(Role.PORTALS_ADMIN):
         raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
     return svc, caller

@@ -61,6 +61,7 @@ def bearer(request: Request) -> str | None:
 async def get_token(request: Request) -> Response:
     svc = services(request)
     caller = await svc.callers.authenticate(bearer(request))
+    svc.callers.admit(caller)
     reject_unknown(request, _TOKEN_PARAMS)
     query = request.query_params
     hub_id = parse_int(request.path_params["hub_id"], "hub_id") or 0

@@ -21,6 +21,7 @@ def _caller(row: asyncpg.Record) -> Caller:
         hub_ids=None if row["hub_ids"] is None else frozenset(row["hub_ids"]),
         expires_at=row["expires_at"],
         disabled=row["disabled_at"] is not None,
+        rate_limit=row["rate_limit"],
     )
 
 
@@ -33,8 +34,9 @@ class PostgresCallers:
     ) -> Caller:
         try:
             row = await self._db.fetchrow(
-                """INSERT INTO callers (name, key_id, key_hash, roles, apps, hub_ids, expires_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
+                """INSERT INTO callers
+                       (name, key_id, key_hash, roles, apps, hub_ids, expires_at, rate_limit)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
                 caller.name,
                 key_id,
                 key_hash,
@@ -42,6 +44,7 @@ class PostgresCallers:
                 None if caller.apps is None else sorted(caller.apps),
                 None if caller.hub_ids is None else sorted(caller.hub_ids),
                 expires_at,
+                caller.rate_limit,
             )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"a caller named {caller.name!r} exists", code="caller_exists") from exc

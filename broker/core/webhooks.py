@@ -1,0 +1,425 @@
+"""Webhooks: the ``events`` outbox delivered to HTTP receivers, signed, at least once.
+
+What a receiver gets
+--------------------
+Every event is POSTed to every configured URL, as one JSON object::
+
+    {"id": "42", "type": "portal.needs_reauth", "occurred_at": "2026-05-04T09:30:12.345678Z",
+     "app": "demo", "hub_id": 12345678, "user_id": null, "data": {"class": "grant_dead"}}
+
+with these headers::
+
+    Content-Type: application/json
+    Webhook-Id: evt_42               the idempotency key: the same on every retry
+    Webhook-Timestamp: 1777887012    unix seconds when this attempt was signed
+    Webhook-Signature: v1=<hex>      HMAC-SHA256 with the shared secret, see below
+
+The signed content is ``f"{webhook_id}.{timestamp}.".encode() + body``: the Webhook-Id
+header value, a dot, the Webhook-Timestamp header value, a dot, and the raw request body
+bytes exactly as received (never a re-serialized JSON). To verify::
+
+    expected = "v1=" + hmac.new(secret, f"{wid}.{ts}.".encode() + body, "sha256").hexdigest()
+    ok = any(hmac.compare_digest(expected, s) for s in signature_header.split())
+    ok = ok and abs(time.time() - int(ts)) <= 300      # refuse replays of old requests
+
+Accept any one of several space-separated signatures (room for a secret rotation). The
+scheme is Standard Webhooks' (``webhook-id``/``-timestamp``/``-signature``, the same signed
+content) with a hex digest after ``v1=`` instead of base64 after ``v1,``.
+
+Delivery is **at least once**: answer 2xx only once the event is stored, and deduplicate by
+Webhook-Id (a retry after a lost answer, or a replica that lost its claim, sends it again).
+There is no ordering between events; use ``occurred_at``. Any 2xx acknowledges; everything
+else is retried, forever, with full-jitter exponential backoff (``backoff_base`` doubling up
+to ``backoff_cap``): 5xx, 408, 429, timeouts and connection errors count as ``failed``; any
+other 3xx/4xx as ``rejected`` (the receiver is misconfigured; redirects are never followed).
+Bodies carry the event's own fields and payload only: never a token or a secret.
+
+How it runs
+-----------
+Each replica runs one :class:`WebhookDispatcher`. A pass fans new events out into one
+delivery per endpoint (:meth:`Outbox.fan_out`), then claims due deliveries endpoint by
+endpoint (``SKIP LOCKED``: replicas split the work, and a delivery is never claimed twice
+at once) and posts them concurrently, at most ``batch`` in flight per endpoint, so a slow
+or dead receiver never holds back another. A failing pass never stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import structlog
+
+from broker import metrics
+from broker.config import Secret
+from broker.errors import BrokerError, FatalError, UpstreamError
+
+log = structlog.get_logger(__name__)
+
+# Events fanned out per statement; more are taken on the next pass at once.
+_FAN_OUT_BATCH = 500
+# Headroom between the end of a POST (timeout + this backstop) and the end of its claim.
+_MARGIN = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One claimed delivery: an outbox event on its way to one receiver endpoint."""
+
+    id: int  # the event's id (``Webhook-Id: evt_<id>``)
+    type: str
+    app: str | None
+    hub_id: int | None
+    user_id: int | None
+    payload: dict[str, Any]
+    at: datetime
+    #: This claim's number (1 on the first attempt). It fences the claim: a report of an
+    #: older claim (:meth:`Outbox.failed`, :meth:`Outbox.release`) changes nothing.
+    attempts: int
+    delivery_id: int
+    endpoint: str  # :func:`endpoint_key` of the receiver URL
+
+    @property
+    def webhook_id(self) -> str:
+        return f"evt_{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int  # deliveries not acknowledged yet, plus events not fanned out yet
+    stuck: int  # unacknowledged deliveries past ``stuck_after`` attempts
+    oldest_seconds: float  # age of the oldest unacknowledged event; 0 when none
+
+
+class Outbox(Protocol):
+    """The ``events`` outbox and one delivery per (event, endpoint), on the database clock.
+
+    * :meth:`fan_out` gives each event, once, one delivery per endpoint configured at that
+      moment; several replicas may run it at once.
+    * :meth:`claim` grants due deliveries of one endpoint to ``owner`` for
+      ``lease_seconds``. While a claim lasts nobody else can claim that delivery (replicas
+      skip each other's rows); each claim increments ``attempts``. A claim that is never
+      reported (its holder crashed or paused past it) simply makes the delivery due again
+      when it runs out: deliveries are retried, never lost.
+    * :meth:`delivered` is final and unfenced (the receiver has the event, whoever sent it);
+      the event itself is marked delivered once every endpoint acknowledged it.
+    * :meth:`failed` and :meth:`release` are fenced by ``attempt``.
+    """
+
+    async def fan_out(self, endpoints: Sequence[str], *, limit: int) -> int:
+        """Fan out up to ``limit`` new events; returns how many."""
+        ...
+
+    async def claim(
+        self, endpoint: str, *, owner: str, limit: int, lease_seconds: float
+    ) -> list[OutboxEvent]:
+        """Up to ``limit`` due deliveries of ``endpoint``, longest-waiting first."""
+        ...
+
+    async def delivered(self, delivery_id: int) -> None: ...
+
+    async def failed(
+        self, delivery_id: int, attempt: int, *, error_code: str, retry_in: float
+    ) -> None:
+        """Record ``error_code`` (never a response body) and retry ``retry_in`` s from now."""
+        ...
+
+    async def release(self, delivery_id: int, attempt: int) -> None:
+        """Give back a claim that sent nothing: due again at once."""
+        ...
+
+    async def stats(self, endpoints: Sequence[str], *, stuck_after: int) -> OutboxStats: ...
+
+
+class WebhookUnreachable(UpstreamError):
+    """No HTTP status came back from a receiver. ``reason``: timeout, connect, transport or
+    invalid_url (bounded: used as the delivery's error code)."""
+
+    code = "webhook_unreachable"
+    title = "A webhook receiver did not answer"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"webhook receiver unreachable ({reason})")
+        self.reason = reason
+
+
+class WebhookSender(Protocol):
+    """Sends one signed webhook.
+
+    Returns the HTTP status of the answer: redirects are not followed and the answer's body
+    is not kept. Raises :class:`WebhookUnreachable` when there is no status (timeout,
+    connection or transport error). Bounded by its own timeout. Never logs the body or the
+    headers (the signature)."""
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int: ...
+
+
+def endpoint_key(url: str) -> str:
+    """How deliveries name a receiver: URLs may carry credentials, so they are not stored."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def render(event: OutboxEvent) -> bytes:
+    """The JSON body of ``event``: its own fields and payload, nothing else."""
+    document = {
+        "id": str(event.id),
+        "type": event.type,
+        "occurred_at": event.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "app": event.app,
+        "hub_id": event.hub_id,
+        "user_id": event.user_id,
+        "data": event.payload,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def sign(secret: Secret, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The ``Webhook-Signature`` value (see the module docstring)."""
+    content = f"{webhook_id}.{timestamp}.".encode() + body
+    return "v1=" + hmac.new(secret.get().encode(), content, hashlib.sha256).hexdigest()
+
+
+def classify(status: int) -> str:
+    """``delivered``, ``rejected`` (receiver misconfigured: 3xx, most 4xx) or ``failed``."""
+    if 200 <= status < 300:
+        return "delivered"
+    if 300 <= status < 500 and status not in (408, 429):
+        return "rejected"
+    return "failed"
+
+
+def full_jitter(ceiling: float) -> float:
+    """Uniform in ``[0, ceiling]``: retries of many deliveries spread out instead of aligning."""
+    return random.uniform(0.0, ceiling)  # noqa: S311 -- spreading retries is not cryptography
+
+
+class WebhookDispatcher:
+    """Delivers the outbox to ``urls`` from a background task (:meth:`start`/:meth:`close`).
+
+    ``jitter`` maps a backoff ceiling to the actual delay (default :func:`full_jitter`);
+    tests pass ``lambda ceiling: ceiling`` to get exact delays instead of patching sleep.
+    """
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        sender: WebhookSender,
+        urls: Sequence[str],
+        secret: Secret,
+        timeout: float = 10.0,
+        batch: int = 32,
+        interval: float = 1.0,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        stuck_after: int = 20,
+        replica_id: str = "replica",
+        jitter: Callable[[float], float] = full_jitter,
+    ) -> None:
+        if not urls or not secret:
+            raise FatalError("webhooks need at least one URL and a secret", code="config_invalid")
+        self._outbox = outbox
+        self._sender = sender
+        self._urls = {endpoint_key(url): url for url in dict.fromkeys(urls)}
+        self._secret = secret
+        self._timeout = timeout
+        self._batch = batch
+        self._interval = interval
+        self._base = backoff_base
+        self._cap = backoff_cap
+        self._stuck_after = stuck_after
+        self._jitter = jitter
+        # A claim outlives its POST (timeout + backstop) and the write after it by far.
+        self._lease = 2 * timeout + 10.0
+        self._owner = f"{replica_id}:webhooks:{secrets.token_hex(4)}"
+        self._inflight: dict[str, set[asyncio.Task[None]]] = {key: set() for key in self._urls}
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is not None or self._stopping.is_set():
+            raise RuntimeError("a webhook dispatcher starts once and cannot be reopened")
+        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+
+    async def close(self) -> None:
+        """Stop claiming; let deliveries in flight finish (each is bounded by the timeout)."""
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        inflight = self._all_inflight()
+        if inflight:
+            _, late = await asyncio.wait(inflight, timeout=self._timeout + 2 * _MARGIN)
+            for task in late:  # only a sender breaking its own timeout gets here
+                task.cancel()
+
+    # --- the loop ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        gauges = asyncio.create_task(self._gauge_loop(), name="webhook-gauges")
+        try:
+            await self._loop()
+        finally:
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            more = False
+            try:
+                _, more = await self._pass()
+            except BrokerError as exc:
+                metrics.BACKEND_ERRORS.labels("postgres", "webhook_pass").inc()
+                log.warning("webhooks.pass_failed", code=exc.code)
+            except Exception:  # a bug must not stop webhook delivery for good
+                metrics.BACKEND_ERRORS.labels("any", "webhook_bug").inc()
+                log.exception("webhooks.pass_crashed")
+            inflight = self._all_inflight()
+            if more and inflight:
+                # A backlog: claim again as soon as a slot frees up.
+                await asyncio.wait(
+                    inflight, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED
+                )
+            elif not more:
+                # Jittered so replicas started together do not poll in lockstep.
+                delay = self._interval * random.uniform(0.5, 1.5)  # noqa: S311
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    async def run_once(self) -> int:
+        """One pass, waiting for its deliveries to finish; returns how many were attempted."""
+        started, _ = await self._pass()
+        if started:
+            await asyncio.wait(started)
+        return len(started)
+
+    async def _pass(self) -> tuple[list[asyncio.Task[None]], bool]:
+        """Fan out, then claim and start what is due. Returns the started deliveries and
+        whether more work may be waiting (a full fan-out or claim, or no free slot)."""
+        fanned_out = await self._outbox.fan_out(list(self._urls), limit=_FAN_OUT_BATCH)
+        more = fanned_out >= _FAN_OUT_BATCH
+        loop = asyncio.get_running_loop()
+        started: list[asyncio.Task[None]] = []
+        for endpoint, inflight in self._inflight.items():
+            free = self._batch - len(inflight)
+            if free <= 0:
+                more = True
+                continue
+            # Taken before the claim: the claim ends no sooner than this deadline.
+            deadline = loop.time() + self._lease
+            claimed = await self._outbox.claim(
+                endpoint, owner=self._owner, limit=free, lease_seconds=self._lease
+            )
+            more = more or len(claimed) == free
+            for item in claimed:
+                task = asyncio.create_task(self._deliver(item, deadline), name="webhook-delivery")
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                started.append(task)
+        return started, more
+
+    # --- one delivery -----------------------------------------------------------------------
+    def backoff(self, attempts: int) -> float:
+        """Delay before the next attempt after ``attempts`` failed ones."""
+        ceiling = min(self._cap, self._base * 2.0 ** min(attempts - 1, 40))
+        return max(0.0, self._jitter(ceiling))
+
+    async def _deliver(self, item: OutboxEvent, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        url = self._urls[item.endpoint]
+        where = {"event_id": item.id, "endpoint": item.endpoint, "host": urlsplit(url).hostname}
+        try:
+            if loop.time() + self._timeout + 2 * _MARGIN > deadline:
+                # Self-fence: the claim could run out mid-request and another replica send
+                # the same delivery at the same time. Hand it back unsent.
+                await self._outbox.release(item.delivery_id, item.attempts)
+                return
+            result, error = await self._post(url, item)
+            if result == "delivered":
+                await self._outbox.delivered(item.delivery_id)
+                log.info("webhooks.delivered", type=item.type, attempt=item.attempts, **where)
+                return
+            retry_in = self.backoff(item.attempts)
+            await self._outbox.failed(
+                item.delivery_id, item.attempts, error_code=error, retry_in=retry_in
+            )
+            log.warning(
+                "webhooks.attempt_failed",
+                result=result,
+                error=error,
+                attempt=item.attempts,
+                retry_in=round(retry_in, 3),
+                **where,
+            )
+            if item.attempts == self._stuck_after:
+                log.error("webhooks.delivery_stuck", attempt=item.attempts, **where)
+        except BrokerError as exc:
+            # The claim runs out and the delivery is attempted again: at least once.
+            metrics.BACKEND_ERRORS.labels("postgres", "webhook_record").inc()
+            log.warning("webhooks.record_failed", code=exc.code, **where)
+        except Exception:  # a bug in one delivery must not take the others down
+            metrics.BACKEND_ERRORS.labels("any", "webhook_bug").inc()
+            log.exception("webhooks.delivery_crashed", **where)
+
+    async def _post(self, url: str, item: OutboxEvent) -> tuple[str, str]:
+        """POST ``item`` once: (result, error code), result as in :func:`classify`."""
+        body = render(item)
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "Webhook-Id": item.webhook_id,
+            "Webhook-Timestamp": str(timestamp),
+            "Webhook-Signature": sign(self._secret, item.webhook_id, timestamp, body),
+        }
+        started = time.perf_counter()
+        try:
+            # A backstop: the sender bounds itself, but the claim must never be outlived.
+            async with asyncio.timeout(self._timeout + _MARGIN):
+                status = await self._sender.post(url, body, headers)
+        except WebhookUnreachable as exc:
+            result, error = "failed", exc.reason
+        except TimeoutError:
+            result, error = "failed", "timeout"
+        else:
+            result, error = classify(status), f"http_{status}"
+        metrics.WEBHOOK_DELIVERY_SECONDS.observe(time.perf_counter() - started)
+        metrics.WEBHOOK_DELIVERIES.labels(result).inc()
+        return result, error
+
+    # --- gauges -----------------------------------------------------------------------------
+    async def update_gauges(self) -> OutboxStats:
+        stats = await self._outbox.stats(list(self._urls), stuck_after=self._stuck_after)
+        metrics.WEBHOOK_PENDING.set(stats.pending)
+        metrics.WEBHOOK_STUCK.set(stats.stuck)
+        metrics.WEBHOOK_OLDEST_PENDING_SECONDS.set(stats.oldest_seconds)
+        return stats
+
+    async def _gauge_loop(self) -> None:
+        """Every 15 s, so a scrape never scans the outbox."""
+        while True:
+            try:
+                await self.update_gauges()
+            except BrokerError:
+                metrics.BACKEND_ERRORS.labels("postgres", "webhook_gauges").inc()
+            except Exception:
+                metrics.BACKEND_ERRORS.labels("any", "webhook_bug").inc()
+                log.exception("webhooks.gauges_crashed")
+            await asyncio.sleep(15.0)
+
+    def _all_inflight(self) -> set[asyncio.Task[None]]:
+        everything: set[asyncio.Task[None]] = set()
+        for tasks in self._inflight.values():
+            everything |= tasks
+        return everything
