@@ -117,6 +117,7 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             audit=audit,
         )
         if serving:
+            vault.start_renewal()
             coordinator.start()
             audit.start()
             callers.start()

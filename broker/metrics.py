@@ -72,6 +72,9 @@ INSTALLS = Counter("broker_installs_total", "Install attempts by result.", ["res
 CALLER_AUTH_FAILURES = Counter(
     "broker_caller_auth_failures_total", "Rejected caller credentials by reason.", ["reason"]
 )
+VAULT_RENEWALS = Counter(
+    "broker_vault_token_renewals_total", "Vault token renewals by result.", ["result"]
+)
 CALLER_RATE_LIMITED = Counter(
     "broker_caller_rate_limited_total", "Requests refused because a caller was over its rate."
 )

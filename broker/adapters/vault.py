@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -24,12 +25,14 @@ from typing import Any, TypeVar
 import hvac
 import hvac.exceptions
 import requests
+import structlog
 
 from broker import metrics
 from broker.config import Secret, Settings
 from broker.errors import NotFound, Undecryptable, VaultError
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 # Transport failures and Vault answering "not now" (sealed, standby, 5xx).
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -54,6 +57,7 @@ class VaultAdapter:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vault")
         self._secret_cache: dict[str, tuple[float, list[Secret]]] = {}
         self._fingerprint_key: bytes | None = None
+        self._renewal: asyncio.Task[None] | None = None
 
     # --- plumbing -------------------------------------------------------------------------
     async def _call(self, operation: str, fn: Callable[[], T]) -> T:
@@ -91,7 +95,41 @@ class VaultAdapter:
 
         await self._call("login", do_login)
 
+    def start_renewal(self) -> None:
+        """Keep the Vault token alive: renew at about 2/3 of its TTL (jittered); when renewal
+        fails, log in again with the configured method. Non-expiring tokens need nothing."""
+        self._renewal = asyncio.create_task(self._renew_loop(), name="vault-token-renewal")
+
+    async def _renew_loop(self) -> None:
+        while True:
+            try:
+                info = await self._call("lookup_self", self._client.auth.token.lookup_self)
+                ttl = float(info["data"].get("ttl") or 0)
+            except VaultError:
+                ttl = 10.0  # unknown: look again soon
+            if ttl <= 0:
+                return  # a root or non-expiring token
+            await asyncio.sleep(max(0.5, ttl * random.uniform(0.6, 0.72)))  # noqa: S311
+            try:
+                await self._call("renew_self", self._client.auth.token.renew_self)
+                metrics.VAULT_RENEWALS.labels("renewed").inc()
+            except (VaultError, hvac.exceptions.VaultError):
+                metrics.VAULT_RENEWALS.labels("failed").inc()
+                log.warning("vault.renew_failed", auth=self._settings.vault_auth)
+                if self._settings.vault_auth != "token":
+                    try:
+                        await self.login()
+                        metrics.VAULT_RENEWALS.labels("relogin").inc()
+                    except (VaultError, hvac.exceptions.VaultError, OSError):
+                        log.error("vault.relogin_failed", auth=self._settings.vault_auth)
+            except Exception:  # the loop must outlive bugs
+                log.exception("vault.renew_crashed")
+
     async def close(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.adapter.close()
 
@@ -156,10 +194,10 @@ class VaultAdapter:
             path=path, secret=data, cas=cas, mount_point=self._settings.vault_kv_mount
         )
 
-    async def client_secrets(self, app: str) -> list[Secret]:
+    async def client_secrets(self, app: str, *, fresh: bool = False) -> list[Secret]:
         cached = self._secret_cache.get(app)
         now = time.monotonic()
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and not fresh:
             return cached[1]
         found = await self._call("kv_read", lambda: self._read_kv(self._kv_path("apps", app)))
         if found is None or not found[0].get("client_secrets"):

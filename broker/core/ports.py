@@ -68,8 +68,9 @@ class Cipher(Protocol):
 class SecretStore(Protocol):
     """App client secrets (Vault KV v2). Newest secret first; all are valid during rotation."""
 
-    async def client_secrets(self, app: str) -> list[Secret]:
-        """Raises :class:`~broker.errors.NotFound` (``app_secret_missing``) when unset."""
+    async def client_secrets(self, app: str, *, fresh: bool = False) -> list[Secret]:
+        """Raises :class:`~broker.errors.NotFound` (``app_secret_missing``) when unset.
+        Cached for minutes; ``fresh`` reads Vault now (after HubSpot rejected a secret)."""
         ...
 
     async def add_client_secret(self, app: str, secret: Secret) -> None:

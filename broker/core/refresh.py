@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from broker import metrics
-from broker.config import Settings
+from broker.config import Secret, Settings
 from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState, TokenGrant
 from broker.core.ports import (
     Cipher,
@@ -37,6 +37,7 @@ from broker.core.ports import (
     SecretStore,
 )
 from broker.errors import (
+    AppMisconfigured,
     DatabaseError,
     GrantDead,
     HubSpotError,
@@ -290,7 +291,7 @@ class RefreshEngine:
                 await self._limiter.acquire(key.app, interactive=True)  # counted, never waits
             issued_at = lease.db_now + timedelta(seconds=time.monotonic() - started)
             try:
-                grant = await self._oauth.refresh(app, client_secrets, refresh_token)
+                grant = await self._refresh_upstream(app, client_secrets, refresh_token)
             except GrantDead as exc:
                 self._breaker.succeeded()  # HubSpot answered: the host is fine
                 return await self._grant_dead(key, lease, exc)
@@ -305,6 +306,19 @@ class RefreshEngine:
             raise
         metrics.REFRESH_SECONDS.observe(time.monotonic() - started)
         return fresh
+
+    async def _refresh_upstream(
+        self, app: App, client_secrets: list[Secret], refresh_token: str
+    ) -> TokenGrant:
+        """HubSpot refresh; when it rejects every cached client secret, re-read them from
+        Vault once: an operator may have just rotated the secret (cache is minutes long)."""
+        try:
+            return await self._oauth.refresh(app, client_secrets, refresh_token)
+        except AppMisconfigured:
+            current = await self._secrets.client_secrets(app.slug, fresh=True)
+            if current == client_secrets:
+                raise
+            return await self._oauth.refresh(app, current, refresh_token)
 
     async def _store(
         self,

@@ -1,0 +1,118 @@
+"""Vault on the real OpenBao: a short-lived broker token is renewed before it expires, an
+unreachable Vault does not stop cached tokens, and an app's client secret rotates with no
+failed refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import hvac
+from prometheus_client import REGISTRY
+
+from broker.app import create_app, open_admin
+from broker.config import Secret, load_settings
+from broker.dev.simulator import Simulator
+from broker.dev.stack import BackendUrls
+from tests.faultproxy import FaultProxy
+from tests.helpers import Deployment, register, serve_app
+
+HUB = 1_100_001
+
+
+def _renewals() -> float:
+    return (
+        REGISTRY.get_sample_value("broker_vault_token_renewals_total", {"result": "renewed"}) or 0
+    )
+
+
+def test_short_lived_token_is_renewed(
+    env: dict[str, str], backends: BackendUrls, sim: Simulator
+) -> None:
+    root = hvac.Client(url=backends.vault_addr, token=backends.vault_token)
+    child = root.auth.token.create(policies=["root"], ttl="3s", explicit_max_ttl="120s")
+    token = child["auth"]["client_token"]
+    settings = load_settings({**env, "BROKER_VAULT_TOKEN": token})
+    before = _renewals()
+    with serve_app(create_app(settings)) as url:
+        register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        time.sleep(7)  # more than two lifetimes of the token
+        assert _renewals() - before >= 2
+        assert root.auth.token.lookup(token)["data"]["ttl"] > 0
+        ready = httpx.get(f"{url}/readyz").json()
+        assert ready["checks"]["vault"] == "ok"
+
+
+def test_vault_unreachable_keeps_serving_cached_tokens(
+    env: dict[str, str], backends: BackendUrls, sim: Simulator, sim_url: str
+) -> None:
+    vault = httpx.URL(backends.vault_addr)
+    proxy = FaultProxy(vault.host, vault.port or 8200)
+    try:
+        settings = load_settings(
+            {
+                **env,
+                "BROKER_VAULT_ADDR": f"http://127.0.0.1:{proxy.port}",
+                "BROKER_VAULT_TIMEOUT": "1",
+            }
+        )
+        with serve_app(create_app(settings)) as url:
+            client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+            d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+            sim.add_portal(HUB)
+            assert d.install(HUB).status_code == 200
+            first = d.token(HUB)
+            assert first.status_code == 200
+            proxy.set("down")
+            for _ in range(20):
+                again = d.token(HUB)
+                assert again.status_code == 200, again.text
+                assert again.json()["access_token"] == first.json()["access_token"]
+            ready = httpx.get(f"{url}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["vault"] == "vault_unavailable"
+    finally:
+        proxy.close()
+
+
+def test_client_secret_rotation_has_no_failed_refresh(
+    env: dict[str, str], sim: Simulator, sim_url: str
+) -> None:
+    settings = load_settings(env)
+    with serve_app(create_app(settings)) as url:
+        client_id, old, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        d = Deployment(settings, sim, sim_url, url, "demo", client_id, old, key)
+        sim.add_portal(HUB)
+        assert d.install(HUB, access_token_ttl=60).status_code == 200
+        redirect = f"{url}/oauth/callback"
+        failed_before = _misconfigured()
+        new = "rotated-secret-value-0123456789"
+
+        async def add_new_secret() -> list[str]:
+            async with open_admin(settings) as svc:
+                await svc.admin.add_app((await svc.admin.list_apps())[0], Secret(new), actor="test")
+            from broker.adapters.vault import VaultAdapter
+
+            vault = VaultAdapter(settings)
+            await vault.login()
+            try:
+                return [s.get() for s in await vault.client_secrets("demo")]
+            finally:
+                await vault.close()
+
+        # 1. The broker learns the new secret before HubSpot does: the old one still works.
+        assert asyncio.run(add_new_secret()) == [new, old]
+        assert d.token(HUB, min_ttl=100).status_code == 200  # forces a refresh
+        # 2. HubSpot accepts both, then only the new one.
+        sim.add_app(client_id, [new, old], [redirect])
+        assert d.token(HUB, min_ttl=100).status_code == 200
+        sim.add_app(client_id, [new], [redirect])
+        assert d.token(HUB, min_ttl=100).status_code == 200
+        assert sim.counters()["token.refresh_token"] >= 3
+        assert _misconfigured() == failed_before
+
+
+def _misconfigured() -> float:
+    labels = {"outcome": "failed", "failure_class": "app_misconfigured"}
+    return REGISTRY.get_sample_value("broker_refreshes_total", labels) or 0
