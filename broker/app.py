@@ -30,6 +30,7 @@ from broker.core.admin import AdminService
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
 from broker.core.invalidation import Invalidations
+from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations, RevocationRetrier
 from broker.core.refresh import RefreshEngine
 from broker.core.refresher import ProactiveRefresher
@@ -151,6 +152,7 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             callers=callers,
             admin=AdminService(portals=portals, secrets_store=vault, audit=audit),
             operations=operations,
+            keys=KeyRotation(keys=vault, store=portals),
             readiness={"postgres": portals.ping, "redis": coordinator.ping, "vault": vault.ping},
         )
 

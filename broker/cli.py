@@ -18,6 +18,7 @@ from typing import Any
 
 from broker.config import Secret, Settings, load_settings
 from broker.core.admin import app_view, portal_view
+from broker.core.keys import RewrapReport
 from broker.core.models import DEFAULT_API_VERSION, App, PortalKey, Role
 from broker.errors import BrokerError, ConfigError
 
@@ -210,6 +211,35 @@ async def cmd_audit(settings: Settings, args: argparse.Namespace, out: _Out) -> 
     out.emit(events, _table(rows, ["at", "actor", "action", "app", "hub_id", "detail"]))
 
 
+async def cmd_keys(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    def progress(report: RewrapReport) -> None:
+        if not out.as_json:
+            done = report.rewrapped + report.skipped
+            print(
+                f"\r  rewrapped {done} ciphertexts ({report.failed} failed)",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async with open_admin(settings) as svc:
+        if args.sub == "rewrap":
+            report = await svc.keys.rewrap(batch=args.batch, limit=args.limit, progress=progress)
+            if not out.as_json:
+                print(file=sys.stderr)
+            if args.retire and report.remaining == 0 and report.failed == 0:
+                report.min_decryption_version = await svc.keys.retire_old_versions()
+        else:
+            report = await svc.keys.rewrap(limit=0)
+    data = vars(report)
+    text = "\n".join(f"{k:24} {v}" for k, v in data.items())
+    out.emit(data, text)
+    if report.failed:
+        raise SystemExit(EXIT_FAILED)
+
+
 async def cmd_check_config(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
     from broker.app import probe_backends
 
@@ -317,6 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("revoke", "quarantine"):
             action.add_argument("--reason", required=True)
         action.set_defaults(run=cmd_portals_action)
+
+    keys = sub.add_parser("keys", help="Transit key rotation").add_subparsers(
+        dest="sub", required=True
+    )
+    rewrap = keys.add_parser(
+        "rewrap", help="re-encrypt stored tokens under the latest key version (resumable)"
+    )
+    rewrap.add_argument("--batch", type=int, default=200)
+    rewrap.add_argument("--limit", type=int, help="stop after this many (resume later)")
+    rewrap.add_argument(
+        "--retire",
+        action="store_true",
+        help="then raise min_decryption_version, only if nothing old is left",
+    )
+    rewrap.set_defaults(run=cmd_keys)
+    keys.add_parser("status", help="key versions and what still needs a rewrap").set_defaults(
+        run=cmd_keys
+    )
 
     audit = sub.add_parser("audit", help="query the audit trail (newest first)")
     audit.add_argument("--hub", type=int)

@@ -178,6 +178,49 @@ class VaultAdapter:
             raise Undecryptable("a stored token does not decrypt")
         return [base64.b64decode(r["plaintext"]).decode() for r in results]
 
+    async def rewrap(self, items: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Re-encrypt ciphertexts under the key's latest version, in one round trip."""
+        batch = [{"ciphertext": ct, "context": _b64(c)} for ct, c in items]
+
+        def run() -> Any:
+            return self._client.secrets.transit.rewrap_data(  # type: ignore[no-untyped-call]
+                name=self._settings.vault_transit_key,
+                ciphertext=None,
+                batch_input=batch,
+                mount_point=self._settings.vault_transit_mount,
+            )
+
+        try:
+            response = await self._call("rewrap", run)
+        except hvac.exceptions.InvalidRequest as exc:
+            raise Undecryptable("a stored token cannot be rewrapped") from exc
+        results = response["data"]["batch_results"]
+        if any("error" in r and r["error"] for r in results):
+            raise Undecryptable("a stored token cannot be rewrapped")
+        return [str(r["ciphertext"]) for r in results]
+
+    async def key_versions(self) -> tuple[int, int]:
+        """(latest version, min_decryption_version) of the Transit key."""
+        response = await self._call(
+            "read_key",
+            lambda: self._client.secrets.transit.read_key(  # type: ignore[no-untyped-call]
+                name=self._settings.vault_transit_key,
+                mount_point=self._settings.vault_transit_mount,
+            ),
+        )
+        data = response["data"]
+        return int(data["latest_version"]), int(data["min_decryption_version"])
+
+    async def set_min_decryption_version(self, version: int) -> None:
+        await self._call(
+            "key_config",
+            lambda: self._client.secrets.transit.update_key_configuration(  # type: ignore[no-untyped-call]
+                name=self._settings.vault_transit_key,
+                min_decryption_version=version,
+                mount_point=self._settings.vault_transit_mount,
+            ),
+        )
+
     # --- KV v2 ----------------------------------------------------------------------------
     def _read_kv(self, path: str) -> tuple[dict[str, Any], int] | None:
         try:

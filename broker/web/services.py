@@ -11,6 +11,7 @@ from broker.config import Settings
 from broker.core.admin import AdminService
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
+from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations
 from broker.core.tokens import TokenService
 
@@ -23,6 +24,7 @@ class Services:
     callers: CallerService
     admin: AdminService
     operations: PortalOperations
+    keys: KeyRotation
     #: name -> async check raising on failure (``/readyz``).
     readiness: dict[str, Callable[[], Awaitable[None]]]
 

@@ -1,0 +1,109 @@
+"""Transit key rotation (DESIGN.md, "Encryption at rest"): after ``rotate`` in Vault,
+``broker keys rewrap`` re-encrypts every stored ciphertext under the latest key version —
+batched, resumable (it only ever looks for what is still old), idempotent — and only when
+none is left does it raise ``min_decryption_version``, retiring the old versions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from broker.core.models import PortalKey
+from broker.errors import Conflict, Undecryptable
+
+
+class KeyStore(Protocol):
+    async def rewrap(self, items: list[tuple[str, bytes]]) -> list[str]: ...
+
+    async def key_versions(self) -> tuple[int, int]: ...
+
+    async def set_min_decryption_version(self, version: int) -> None: ...
+
+
+class CiphertextStore(Protocol):
+    async def ciphertexts_below(
+        self, version: int, *, after_id: int, limit: int
+    ) -> list[tuple[str, int, PortalKey, str, str]]: ...
+
+    async def swap_ciphertext(
+        self, table: str, row_id: int, column: str, old: str, new: str
+    ) -> bool: ...
+
+
+@dataclass
+class RewrapReport:
+    latest_version: int
+    rewrapped: int = 0
+    skipped: int = 0  # rewritten by a refresh meanwhile (already at the latest version)
+    failed: int = 0
+    remaining: int = 0
+    min_decryption_version: int = 1
+
+
+class KeyRotation:
+    def __init__(self, *, keys: KeyStore, store: CiphertextStore) -> None:
+        self._keys = keys
+        self._store = store
+
+    async def rewrap(
+        self,
+        *,
+        batch: int = 200,
+        limit: int | None = None,
+        progress: Callable[[RewrapReport], None] | None = None,
+    ) -> RewrapReport:
+        latest, minimum = await self._keys.key_versions()
+        report = RewrapReport(latest, min_decryption_version=minimum)
+        bad: set[tuple[str, int, str]] = set()
+        while limit is None or report.rewrapped + report.skipped < limit:
+            size = batch if limit is None else min(batch, limit - report.rewrapped - report.skipped)
+            rows = [
+                r
+                for r in await self._store.ciphertexts_below(
+                    latest, after_id=0, limit=size + len(bad)
+                )
+                if (r[0], r[1], r[3]) not in bad
+            ][:size]
+            if not rows:
+                break
+            try:
+                fresh = await self._keys.rewrap([(r[4], r[2].context(_kind(r[3]))) for r in rows])
+            except Undecryptable:
+                fresh = []
+                for row in rows:  # find the bad ones; rewrap the rest
+                    try:
+                        (one,) = await self._keys.rewrap([(row[4], row[2].context(_kind(row[3])))])
+                    except Undecryptable:
+                        bad.add((row[0], row[1], row[3]))
+                        report.failed += 1
+                        one = ""
+                    fresh.append(one)
+            for row, new in zip(rows, fresh, strict=True):
+                if not new:
+                    continue
+                if await self._store.swap_ciphertext(row[0], row[1], row[3], row[4], new):
+                    report.rewrapped += 1
+                else:
+                    report.skipped += 1
+            if progress is not None:
+                progress(report)
+        report.remaining = len(
+            await self._store.ciphertexts_below(latest, after_id=0, limit=1_000_000)
+        )
+        return report
+
+    async def retire_old_versions(self) -> int:
+        """Raise ``min_decryption_version`` to the latest version — only at 100% coverage."""
+        latest, _ = await self._keys.key_versions()
+        if await self._store.ciphertexts_below(latest, after_id=0, limit=1):
+            raise Conflict(
+                "ciphertexts under older key versions remain: run `broker keys rewrap` first",
+                code="rewrap_incomplete",
+            )
+        await self._keys.set_min_decryption_version(latest)
+        return latest
+
+
+def _kind(column: str) -> str:
+    return "refresh" if column == "refresh_ct" else "access"
