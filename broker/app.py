@@ -21,10 +21,12 @@ from broker.adapters.hubspot import HubSpotOAuth
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.callers import PostgresCallers
 from broker.adapters.postgres.migrate import migrate, pending
+from broker.adapters.postgres.outbox import PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.postgres.portals import PostgresPortals
 from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
+from broker.adapters.webhook_http import HttpWebhookSender
 from broker.config import Settings
 from broker.core.admin import AdminService
 from broker.core.callers import CallerService
@@ -35,6 +37,7 @@ from broker.core.operations import PortalOperations, RevocationRetrier
 from broker.core.refresh import RefreshEngine
 from broker.core.refresher import ProactiveRefresher
 from broker.core.tokens import TokenService
+from broker.core.webhooks import WebhookDispatcher
 from broker.errors import BrokerError, FatalError
 from broker.web import admin, api, health, oauth
 from broker.web.middleware import RequestIdMiddleware
@@ -136,6 +139,24 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
                 )
                 refresher.start()
                 stack.push_async_callback(refresher.stop)
+            if settings.webhook_url_list:
+                sender = HttpWebhookSender(timeout=settings.webhook_timeout)
+                stack.push_async_callback(sender.close)
+                webhooks = WebhookDispatcher(
+                    outbox=PostgresOutbox(db),
+                    sender=sender,
+                    urls=settings.webhook_url_list,
+                    secret=settings.webhook_secret,
+                    timeout=settings.webhook_timeout,
+                    batch=settings.webhook_batch,
+                    interval=settings.webhook_interval,
+                    backoff_base=settings.webhook_backoff_base,
+                    backoff_cap=settings.webhook_backoff_cap,
+                    stuck_after=settings.webhook_stuck_after,
+                    replica_id=replica,
+                )
+                webhooks.start()
+                stack.push_async_callback(webhooks.close)  # LIFO: closed before the sender
         yield Services(
             settings=settings,
             tokens=tokens,

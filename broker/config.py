@@ -95,6 +95,16 @@ class Settings:
     refresh_rate_per_app: float = 20.0
     # Replicas that missed a Redis invalidation learn it from Postgres within this period.
     invalidation_poll_seconds: float = 5.0
+    # --- webhooks: the events outbox, signed and POSTed (broker.core.webhooks); off while
+    # webhook_urls is empty. A Secret because receiver URLs may carry credentials.
+    webhook_urls: Secret = field(default_factory=lambda: Secret(""))  # comma-separated
+    webhook_secret: Secret = field(default_factory=lambda: Secret(""))
+    webhook_timeout: float = 10.0
+    webhook_batch: int = 32  # deliveries in flight per receiver and replica
+    webhook_interval: float = 1.0
+    webhook_backoff_base: float = 1.0
+    webhook_backoff_cap: float = 300.0
+    webhook_stuck_after: int = 20  # attempts after which a delivery counts as stuck
     # --- fault tests only: SIGKILL this process at a named point of the refresh protocol
     # ("after_claim", "after_hubspot", "after_journal"); empty (the default) disables it.
     crash_point: str = ""
@@ -125,6 +135,22 @@ class Settings:
             problems.append(f"{PREFIX}MIN_TTL_DEFAULT: must be > 0 and <= {PREFIX}MIN_TTL_MAX")
         if self.database_pool_min > self.database_pool_max:
             problems.append(f"{PREFIX}DATABASE_POOL_MIN: must be <= {PREFIX}DATABASE_POOL_MAX")
+        if any(
+            urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc
+            for url in self.webhook_url_list
+        ):
+            # The URL itself is not echoed: it may carry credentials.
+            problems.append(f"{PREFIX}WEBHOOK_URLS: every URL must be an http(s) URL")
+        if self.webhook_url_list and len(self.webhook_secret.get()) < 32:
+            problems.append(
+                f"{PREFIX}WEBHOOK_SECRET: 32+ characters required with {PREFIX}WEBHOOK_URLS"
+            )
+        if min(self.webhook_timeout, self.webhook_batch, self.webhook_interval) <= 0:
+            problems.append(f"{PREFIX}WEBHOOK_TIMEOUT, _BATCH and _INTERVAL: must be > 0")
+        if not 0 < self.webhook_backoff_base <= self.webhook_backoff_cap:
+            problems.append(
+                f"{PREFIX}WEBHOOK_BACKOFF_BASE: must be > 0 and <= {PREFIX}WEBHOOK_BACKOFF_CAP"
+            )
         # Self-fencing (DESIGN.md): a lease must cover Vault + HubSpot + two DB round trips.
         needed = self.refresh_budget_seconds + 1.0
         if self.lease_seconds < needed:
@@ -133,6 +159,11 @@ class Settings:
                 f"budget (vault + hubspot + 2 x db timeouts + 1 s margin = {needed:g})"
             )
         return problems
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        """``webhook_urls`` split on commas, blanks dropped."""
+        return [url.strip() for url in self.webhook_urls.get().split(",") if url.strip()]
 
     @property
     def refresh_budget_seconds(self) -> float:

@@ -294,7 +294,7 @@ class WebhookDispatcher:
                 )
             elif not more:
                 # Jittered so replicas started together do not poll in lockstep.
-                delay = self._interval * random.uniform(0.5, 1.5)  # noqa: S311
+                delay = self._interval * random.uniform(0.5, 1.5)  # noqa: S311 -- not cryptography
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
