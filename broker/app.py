@@ -39,7 +39,7 @@ from broker.core.refresher import ProactiveRefresher
 from broker.core.tokens import TokenService
 from broker.core.webhooks import WebhookDispatcher
 from broker.errors import BrokerError, FatalError
-from broker.web import admin, api, health, oauth
+from broker.web import admin, admin_page, api, health, oauth
 from broker.web.middleware import RequestIdMiddleware
 from broker.web.problems import HANDLERS
 from broker.web.services import Services
@@ -94,17 +94,21 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             secrets_store=vault,
             oauth=oauth_client,
             limiter=coordinator,
+            audit=audit,
             replica_id=replica,
         )
         callers = CallerService(settings, callers=PostgresCallers(db), audit=audit)
         stack.push_async_callback(callers.close)
+        # A random per-deployment key kept in Vault, the same on every replica: it keys
+        # token fingerprints and (derived) the operator page's session and CSRF signatures.
+        deployment_key = await vault.fingerprint_key()
         tokens = TokenService(
             settings,
             portals=portals,
             cipher=vault,
             refresher=engine,
             audit=audit,
-            fingerprint_key=await vault.fingerprint_key(),
+            fingerprint_key=deployment_key,
         )
         invalidations = Invalidations(
             settings, coordinator=coordinator, portals=portals, tokens=tokens
@@ -174,6 +178,7 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             admin=AdminService(portals=portals, secrets_store=vault, audit=audit),
             operations=operations,
             keys=KeyRotation(keys=vault, store=portals),
+            web_secret=deployment_key,
             readiness={"postgres": portals.ping, "redis": coordinator.ping, "vault": vault.ping},
         )
 
@@ -237,7 +242,7 @@ def create_app(settings: Settings) -> Starlette:
             yield {"services": services}
 
     return Starlette(
-        routes=[*api.routes, *admin.routes, *oauth.routes, *health.routes],
+        routes=[*api.routes, *admin.routes, *admin_page.routes, *oauth.routes, *health.routes],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,

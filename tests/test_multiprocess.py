@@ -109,7 +109,13 @@ def test_herd_over_two_processes_refreshes_once_and_logs_no_secret(
     replicas: list[Replica], settings: Settings, sim: Simulator
 ) -> None:
     urls = [r.url for r in replicas]
-    _, client_secret, key = register(settings, sim, f"{urls[0]}/oauth/callback", slug="demo")
+    _, client_secret, key = register(
+        settings,
+        sim,
+        f"{urls[0]}/oauth/callback",
+        slug="demo",
+        roles=("tokens:read", "portals:admin"),
+    )
     sim.configure(access_token_ttl=300)  # installed tokens are already "stale" for min_ttl=600
     for hub in HUBS:
         sim.add_portal(hub)
@@ -137,11 +143,19 @@ def test_herd_over_two_processes_refreshes_once_and_logs_no_secret(
         refresh_tokens.append(
             asyncio.run(decrypt(settings, refresh_ct, PortalKey("demo", hub), "refresh"))
         )
+    revoked = httpx.post(
+        f"{urls[1]}/v1/admin/portals/{HUBS[0]}/revoke",
+        params={"app": "demo"},
+        json={"reason": "canary"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert revoked.status_code == 200, revoked.text
     for replica in replicas:
         replica.process.terminate()
         replica.process.wait(15)
     output = "".join(r.log.read_text() for r in replicas)
     assert "refresh.committed" in output  # the logs are there, and at DEBUG
+    assert "revoke.upstream_done" in output
     canaries = [*served, *refresh_tokens, client_secret, key, settings.vault_token.get()]
     leaked = [c[:8] for c in canaries if c in output]
     assert leaked == []

@@ -28,6 +28,7 @@ from broker import metrics
 from broker.config import Secret, Settings
 from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState, TokenGrant
 from broker.core.ports import (
+    AuditSink,
     Cipher,
     Coordinator,
     EncryptedGrant,
@@ -141,6 +142,7 @@ class RefreshEngine:
         secrets_store: SecretStore,
         oauth: OAuthProvider,
         limiter: RateLimiter,
+        audit: AuditSink,
         replica_id: str,
     ) -> None:
         self._settings = settings
@@ -150,6 +152,7 @@ class RefreshEngine:
         self._secrets = secrets_store
         self._oauth = oauth
         self._limiter = limiter
+        self._audit = audit
         self._breaker = CircuitBreaker()
         self._replica = replica_id
         self._apps: dict[str, tuple[float, App]] = {}
@@ -372,6 +375,13 @@ class RefreshEngine:
             # Our access token is valid at HubSpot even though the row moved on.
             return Fresh(current, grant.access_token)
         metrics.REFRESHES.labels("success", "none").inc()
+        self._audit.record(
+            "portal.refreshed",
+            actor=self._replica,
+            key=key,
+            version=committed.version,
+            expires_at=expires_at.isoformat(),
+        )
         await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
         log.info("refresh.committed", portal=str(key), version=committed.version)
         return Fresh(committed, grant.access_token)
@@ -441,6 +451,7 @@ class RefreshEngine:
         await self._portals.record_failure(
             lease, failure_class="grant_dead", state=PortalState.NEEDS_REAUTH, retry_in=0
         )
+        self._audit.record("portal.needs_reauth", actor=self._replica, key=key)
         # Every replica must stop serving its cached token of this portal now.
         await self._coordinator.publish_invalidation(str(key))
         raise NeedsReauth(f"HubSpot rejected the refresh token of portal {key}")

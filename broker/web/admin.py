@@ -5,6 +5,7 @@ token, a ciphertext or a secret."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -18,6 +19,9 @@ from broker.web.api import bearer, parse_app, parse_int, reject_unknown
 from broker.web.services import Services, services
 
 _NO_STORE = {"Cache-Control": "no-store"}
+# openapi.yaml says the reason matches \S, as JSON Schema (ECMAScript) reads it: one
+# character outside ECMAScript's whitespace set.
+_VISIBLE = re.compile("[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]")
 _KEY_PARAMS = frozenset({"app", "user_id"})
 
 
@@ -57,14 +61,14 @@ async def _reason(request: Request, *, required: bool) -> str:
     except ValueError as exc:
         raise InvalidRequest("the body is not JSON") from exc
     reason = body.get("reason") if isinstance(body, dict) else None
-    if not isinstance(reason, str) or not 0 < len(reason.strip()) <= 500:
+    if not isinstance(reason, str) or len(reason) > 500 or not _VISIBLE.search(reason):
         raise InvalidRequest(
             "reason must be a string of 1-500 characters",
             errors=[{"field": "reason", "message": "1-500 characters"}],
         )
     if set(body) - {"reason"}:
         raise InvalidRequest("unknown fields in the body")
-    return reason.strip()
+    return reason.strip(" \t\r\n")
 
 
 def _json(data: Any, status: int = 200) -> Response:

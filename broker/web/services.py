@@ -25,6 +25,8 @@ class Services:
     admin: AdminService
     operations: PortalOperations
     keys: KeyRotation
+    #: Root key for the web layer's own signatures (sessions, CSRF); never sent anywhere.
+    web_secret: bytes
     #: name -> async check raising on failure (``/readyz``).
     readiness: dict[str, Callable[[], Awaitable[None]]]
 

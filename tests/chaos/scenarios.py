@@ -401,7 +401,44 @@ def _revoke(redis_mode: str, bound: float) -> Scenario:
     return scenario
 
 
+def audit_loss(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """kill -9 a replica that is serving tokens: audit events are written in batches every
+    0.5 s, so what may be lost is bounded by that window; everything answered earlier than
+    one second before the kill must be in the trail."""
+    result = Result("audit_loss_on_kill9")
+    c = open_cluster(env, sim, sim_url, replicas=1)
+    replica = c.replicas[0]
+    try:
+        hub = HUB_BASE
+        c.install([hub])
+        answered: list[float] = []
+        stop = time.monotonic() + (3.0 if size.portals <= SMALL.portals else 10.0)
+        while time.monotonic() < stop:
+            for answer in c.herd(hub, 20, min_ttl=0):
+                if answer.status == 200:
+                    answered.append(time.monotonic())
+        replica.kill()
+        killed = time.monotonic()
+        audited = c.sql(
+            "SELECT count(*) AS n FROM audit_events WHERE action = 'token.issued' AND hub_id = $1",
+            hub,
+        )[0]["n"]
+        must_have = sum(1 for t in answered if t < killed - 1.0)
+        lost = len(answered) - audited
+        result.figures.update(
+            served=len(answered), audited=audited, lost=lost, flush_interval_s=0.5
+        )
+        if audited < must_have:
+            result.problems.append(
+                f"{must_have - audited} events older than 1 s before the kill are missing"
+            )
+    finally:
+        c.close()
+    return result
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "audit_loss": audit_loss,
     "revoke": _revoke("pass", 1.0),
     "revoke_redis_down": _revoke("down", 10.0),
     "invalid_grant": _dead_grant("pass", 1.0),

@@ -1,0 +1,90 @@
+"""``make bench`` (``python -m bench``): start the embedded backends and the HubSpot simulator,
+run every section, print one table and write it to ``bench/results.md``."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench import hot, scenarios
+from bench.load import wrk_path, wrk_version
+from bench.procs import cpu_plan
+from bench.report import FULL, SMOKE, Bench, Size, render
+from broker import logs
+from broker.dev.simulator import Simulator, run_in_thread
+from broker.dev.stack import BackendUrls, EmbeddedStack
+
+RESULTS = Path(__file__).with_name("results.md")
+
+
+def run_bench(
+    urls: BackendUrls,
+    sim: Simulator,
+    sim_url: str,
+    size: Size,
+    *,
+    output: Path,
+    use_wrk: bool = True,
+    bao_pid: int | None = None,
+) -> str:
+    """Run every section against these backends; returns the report (also written)."""
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="htb-bench-"))
+    use_wrk = use_wrk and wrk_path() is not None
+    target_cpus, load_cpus = cpu_plan()
+    bench = Bench(urls, sim, sim_url, size, workdir, use_wrk, target_cpus, load_cpus, bao_pid)
+    if target_cpus is not None:
+        bench.notes.append(
+            f"hot path: each server on CPU {sorted(target_cpus)}, load on {sorted(load_cpus or ())}"
+        )
+    try:
+        for section in (hot.run, scenarios.herd, scenarios.scale):
+            print(f"{section.__module__}.{section.__name__} ...", flush=True)
+            section(bench)
+    except BaseException:
+        print(f"bench failed; process logs kept in {workdir}", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    tool = f"{wrk_version()} for closed loops" if use_wrk else "python client (wrk not found)"
+    tool += "; bench.client (Python, separate process) for cold path, herd, scale, abuse"
+    report = render(bench, load_tool=tool, elapsed=time.monotonic() - started)
+    output.write_text(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="trivial sizes, seconds")
+    parser.add_argument("--scale", help="portal counts, comma-separated (1000,10000,100000)")
+    parser.add_argument("--no-wrk", action="store_true", help="use the Python load client")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    size = SMOKE if args.smoke else FULL
+    if args.scale:
+        size = replace(size, scale=tuple(int(n) for n in args.scale.split(",")))
+    logs.configure("WARNING", "console")
+    sim = Simulator()
+    print("starting embedded PostgreSQL, Valkey, OpenBao and the simulator ...", flush=True)
+    # fsync stays on (fast=False): refresh commits cost what they cost in production.
+    with EmbeddedStack(fast=False) as stack, run_in_thread(sim) as sim_url:
+        report = run_bench(
+            stack.urls,
+            sim,
+            sim_url,
+            size,
+            output=args.output,
+            use_wrk=not args.no_wrk,
+            bao_pid=stack.pids()["openbao"],
+        )
+    print()
+    print(report, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Sections 1, 2 and 5 on one broker process: the hot path against three baselines, the cold
+path, and one abusive caller among normal ones.
+
+The server under test runs alone on one core and the load generator on another
+(:func:`bench.procs.cpu_plan`), so every target gets the same single core. The broker runs
+exactly as in production (``python -m broker serve``, JSON logs at INFO, metrics, audit),
+with only the background refresher off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+from typing import Any
+
+import httpx
+import hvac
+
+from bench.load import ClientProcess, LoadResult, closed_loop
+from bench.procs import Server, free_port, pin_threads, serving
+from bench.report import Bench, count, ms
+from bench.seed import APP, Deployment, deploy, drop, seed_portals, start_broker
+
+HOT_HUB = 1
+NORMAL_HUBS = range(100, 110)
+COLD_FIRST = 10_000
+NORMAL_CALLERS = (
+    4  # callers 1-4 (the i % 4 below); caller 5 is the abuser; caller 0 is not rate limited
+)
+ABUSER = 1 + NORMAL_CALLERS
+
+
+def _line(result: LoadResult) -> str:
+    return f"{count(result.rps)} req/s · p50 {ms(result.p50_ms)} · p99 {ms(result.p99_ms)}"
+
+
+def _checked(result: LoadResult, name: str) -> LoadResult:
+    bad = result.errors + sum(v for k, v in result.statuses.items() if k != "200")
+    if bad or result.requests == 0:
+        raise RuntimeError(f"{name}: {bad} failed answers of {result.requests}: {result}")
+    return result
+
+
+def _measure(
+    b: Bench, server_port: int, path: str, headers: dict[str, str], name: str
+) -> LoadResult:
+    """A warm-up, then the measured closed loop."""
+    size = b.size
+    for seconds in (size.warmup, size.seconds):
+        result = closed_loop(
+            ("127.0.0.1", server_port),
+            path,
+            headers=headers,
+            connections=size.connections,
+            seconds=seconds,
+            cpus=b.load_cpus,
+            use_wrk=b.use_wrk,
+        )
+    return _checked(result, name)
+
+
+def run(b: Bench) -> None:
+    size = b.size
+    d = deploy(b.urls, b.sim, b.sim_url, callers=2 + NORMAL_CALLERS)
+    cold = list(range(COLD_FIRST, COLD_FIRST + size.cold_serial + size.cold_concurrent))
+    try:
+        asyncio.run(seed_portals(d, b.sim, [HOT_HUB, *NORMAL_HUBS, *cold], lifetime=1800))
+        log = b.workdir / "broker-hot.log"
+        with serving(start_broker(d, log, cpus=b.target_cpus)) as broker:
+            path = f"/v1/portals/{HOT_HUB}/token?app={APP}"
+            first = httpx.get(broker.url + path, headers=d.auth(), timeout=30)
+            first.raise_for_status()
+            body = first.text
+            hot = _measure(b, broker.port, path, d.auth(), "broker")
+            b.add(
+                "1 hot path",
+                "broker GET /v1/portals/{id}/token, cached",
+                _line(hot),
+                f"{hot.tool}, {size.connections} conns, {size.seconds:g} s; {len(body)} B body",
+            )
+            _cold(b, d, broker, cold)
+            _abuse(b, d, broker)
+        _baselines(b, body, hot)
+    finally:
+        drop(d)
+
+
+def _baselines(b: Bench, body: str, hot: LoadResult) -> None:
+    size = b.size
+    for kind, label, ratio in (
+        ("starlette", "bare Starlette JSON route", "hot_path_vs_starlette"),
+        ("raw", "raw ASGI callable", "hot_path_vs_raw_asgi"),
+    ):
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.targets", kind, "--port", str(port)]
+        argv += ["--size", str(len(body))]
+        log = b.workdir / f"{kind}.log"
+        server = Server(kind, argv, port=port, log=log, cpus=b.target_cpus, ready_path="/livez")
+        with serving(server):
+            path = f"/v1/portals/{HOT_HUB}/token"
+            result = _measure(b, port, path, {}, kind)
+        b.add("1 hot path", label, _line(result), f"{result.tool}, same uvicorn options")
+        b.ratios[ratio] = hot.rps / result.rps
+    result = _openbao_kv(b, body)
+    detail = f"{result.tool}, X-Vault-Token, {len(body)} B secret"
+    pinned = b.bao_pid is not None and b.target_cpus is not None
+    detail += ", pinned to the same core" if pinned else ", not pinned (pid unknown)"
+    b.add("1 hot path", "OpenBao KV v2 read (GET /v1/secret/data/...)", _line(result), detail)
+    b.ratios["hot_path_vs_openbao_kv"] = hot.rps / result.rps
+    if size.seconds < 5:
+        b.notes.append("smoke size: numbers are not meaningful")
+
+
+def _openbao_kv(b: Bench, body: str) -> LoadResult:
+    path = f"bench-{secrets.token_hex(4)}/token"
+    client = hvac.Client(url=b.urls.vault_addr, token=b.urls.vault_token, timeout=10)
+    try:
+        client.secrets.kv.v2.create_or_update_secret(
+            path=path, secret={"token_response": body}, mount_point="secret"
+        )
+    finally:
+        client.adapter.close()
+    port = int(httpx.URL(b.urls.vault_addr).port or 8200)
+    if b.bao_pid is not None:
+        pin_threads(b.bao_pid, b.target_cpus)
+    try:
+        return _measure(
+            b, port, f"/v1/secret/data/{path}", {"X-Vault-Token": b.urls.vault_token}, "openbao"
+        )
+    finally:
+        if b.bao_pid is not None:
+            pin_threads(b.bao_pid, None)
+
+
+def _cold(b: Bench, d: Deployment, broker: Server, hubs: list[int]) -> None:
+    size = b.size
+    template = {"path": "/v1/portals/{hub}/token?app=" + APP, "headers": d.auth()}
+    serial = hubs[: size.cold_serial]
+    concurrent = hubs[size.cold_serial :]
+    for chunk, conns in ((serial, 1), (concurrent, size.connections)):
+        spec: dict[str, Any] = {
+            "mode": "once",
+            "hosts": [["127.0.0.1", broker.port]],
+            "template": {**template, "hubs": [chunk[0], chunk[-1] + 1], "min_ttls": [300]},
+            "connections": conns,
+            "check": True,
+        }
+        result = _checked(ClientProcess(spec, cpus=b.load_cpus).result(), "cold path")
+        b.add(
+            "2 cold path",
+            f"first request per portal (Postgres read + Transit decrypt), {conns} conns",
+            f"p50 {ms(result.p50_ms)} · p99 {ms(result.p99_ms)}",
+            f"{count(result.requests)} distinct portals, {count(result.rps)} req/s, python client",
+        )
+
+
+def _abuse(b: Bench, d: Deployment, broker: Server) -> None:
+    size = b.size
+    normal = {
+        "mode": "rate",
+        "hosts": [["127.0.0.1", broker.port]],
+        "targets": [
+            {
+                "path": f"/v1/portals/{hub}/token?app={APP}",
+                "headers": d.auth(1 + i % NORMAL_CALLERS),
+            }
+            for i, hub in enumerate(NORMAL_HUBS)
+        ],
+        "rate": size.normal_rate,
+        "connections": 16,
+        "duration": size.abuse_seconds,
+    }
+    abuser = {
+        **normal,
+        "targets": [{"path": f"/v1/portals/{HOT_HUB}/token?app={APP}", "headers": d.auth(ABUSER)}],
+        "rate": size.abuse_rate,
+        "connections": 64,
+        "duration": size.abuse_seconds + 1.0,
+    }
+    before = ClientProcess(normal, cpus=b.load_cpus).result()
+    noisy = ClientProcess(abuser, cpus=b.load_cpus)
+    time.sleep(0.5)  # the abuser is at full rate before the normal callers start
+    during = ClientProcess(normal, cpus=b.load_cpus).result()
+    loud = noisy.result()
+    shape = f"{NORMAL_CALLERS} callers, {count(size.normal_rate)} req/s in all, open loop"
+    b.add(
+        "5 abuse",
+        "normal callers' latency, alone",
+        f"p50 {ms(before.p50_ms)} · p99 {ms(before.p99_ms)}",
+        f"{shape}; statuses {before.statuses}",
+    )
+    b.add(
+        "5 abuse",
+        f"normal callers' latency, one caller at {count(size.abuse_rate)} req/s",
+        f"p50 {ms(during.p50_ms)} · p99 {ms(during.p99_ms)}",
+        f"{shape}; statuses {during.statuses}",
+    )
+    b.add(
+        "5 abuse",
+        "the abusive caller",
+        f"{count(loud.rps)} req/s sent · p99 {ms(loud.p99_ms)}",
+        f"statuses {loud.statuses} (429 = per-caller limit)",
+    )

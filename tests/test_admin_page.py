@@ -1,0 +1,316 @@
+"""The operator page on a real broker and the simulator: login (admin keys only, cookie
+flags), the portal list (never a token), CSRF and Origin checks, forged sessions, revoke,
+quarantine and release, and the whole flow in a real headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from broker.app import create_app, open_admin
+from broker.config import Settings, load_settings
+from broker.core.models import Role
+from broker.dev.simulator import Simulator
+from broker.web import admin_page
+from tests.helpers import Deployment, register, serve_app
+
+HUB = 3_400_001
+ADMIN = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+CHROMIUM_FLAGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
+    settings = load_settings(env)
+    app = create_app(settings)
+    with serve_app(app) as url:
+        client_id, secret, key = register(
+            settings, sim, f"{url}/oauth/callback", slug="demo", roles=ADMIN
+        )
+        sim.add_portal(HUB)
+        found = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+        assert found.install(HUB).status_code == 200
+        yield found
+
+
+@contextmanager
+def login(d: Deployment) -> Iterator[httpx.Client]:
+    """A client holding an operator session (the caller key is sent once, in the form)."""
+    with d.client() as client:
+        response = client.post("/admin/login", data={"key": d.caller_key})
+        assert response.status_code == 303, response.text
+        yield client
+
+
+def csrf(client: httpx.Client) -> str:
+    page = client.get("/admin")
+    assert page.status_code == 200, page.text
+    match = CSRF.search(page.text)
+    assert match is not None
+    return match.group(1)
+
+
+def state(client: httpx.Client) -> str:
+    match = re.search(rf'id="portal-demo-{HUB}">.*?class="state (\w+)"', client.get("/admin").text)
+    assert match is not None
+    return match.group(1)
+
+
+def error_code(response: httpx.Response) -> str:
+    assert response.headers["content-type"].startswith("text/html")
+    match = re.search(r"<code>([a-z_]+)</code>", response.text)
+    assert match is not None, response.text
+    return match.group(1)
+
+
+def test_login_admits_only_admin_keys_and_sets_a_strict_cookie(
+    deployment: Deployment, sim: Simulator
+) -> None:
+    _, _, reader = register(
+        deployment.settings, sim, f"{deployment.url}/oauth/callback", slug="demo"
+    )
+    with deployment.client() as client:
+        form = client.get("/admin/login")
+        assert form.status_code == 200
+        assert form.headers["content-security-policy"] == admin_page.CSP
+        assert form.headers["x-frame-options"] == "DENY"
+        assert form.headers["referrer-policy"] == "same-origin"
+        assert form.headers["cache-control"] == "no-store"
+        assert "default-src 'none'" in admin_page.CSP
+        assert "frame-ancestors 'none'" in admin_page.CSP
+        assert "<script" not in form.text
+
+        refused = client.post("/admin/login", data={"key": reader})
+        assert (refused.status_code, error_code(refused)) == (403, "forbidden")
+        assert "set-cookie" not in refused.headers
+        wrong = client.post("/admin/login", data={"key": reader[:-4] + "AAAA"})
+        assert (wrong.status_code, error_code(wrong)) == (401, "unauthenticated")
+
+        ok = client.post("/admin/login", data={"key": deployment.caller_key})
+    assert (ok.status_code, ok.headers["location"]) == (303, "/admin")
+    cookie = ok.headers["set-cookie"]
+    flags = {part.strip().split("=")[0].lower(): part for part in cookie.split(";")}
+    assert cookie.startswith(f"{admin_page.COOKIE}=")
+    assert {"httponly", "samesite", "path", "max-age"} <= set(flags)
+    assert flags["samesite"].strip().lower() == "samesite=strict"
+    assert flags["path"].strip() == "Path=/admin"
+    assert flags["max-age"].strip() == "Max-Age=1800"
+    assert "secure" not in flags  # plain http here; set over https
+    secret = deployment.caller_key.rsplit("_", 1)[1]
+    assert secret not in cookie
+    assert (
+        deployment.caller_key.split("_")[1]
+        not in base64.urlsafe_b64decode(cookie.split("=", 1)[1].split(".")[0] + "==").decode()
+    )  # not even the key id: name, expiry and a random session id only
+
+
+def test_the_list_shows_portals_and_never_a_token(deployment: Deployment) -> None:
+    token = deployment.token(HUB).json()["access_token"]
+    with login(deployment) as client:
+        page = client.get("/admin")
+        assert page.status_code == 200
+        assert page.headers["content-security-policy"] == admin_page.CSP
+        assert page.headers["cache-control"] == "no-store"
+        assert f"<strong>{HUB}</strong>" in page.text
+        assert state(client) == "active"
+        assert "crm.objects.contacts.read" in page.text
+        for secret in (token, "vault:v", deployment.caller_key, deployment.client_secret):
+            assert secret not in page.text
+        assert f'id="portal-demo-{HUB}"' not in client.get("/admin?state=revoked").text
+        assert client.get("/admin?state=active").text.count(f"<strong>{HUB}</strong>") == 1
+        bogus = client.get("/admin?state=gone")
+        assert (bogus.status_code, error_code(bogus)) == (422, "invalid_request")
+
+
+def test_revoke_needs_this_sessions_csrf_token(deployment: Deployment) -> None:
+    url = f"/admin/portals/{HUB}/revoke"
+    form = {"app": "demo", "reason": "customer left"}
+    with login(deployment) as other:
+        foreign = csrf(other)  # valid, but bound to another session
+    with login(deployment) as client:
+        for token in (None, "", foreign, "x" * 43, "é"):
+            data = form if token is None else {**form, "csrf": token}
+            refused = client.post(url, data=data)
+            assert (refused.status_code, error_code(refused)) == (403, "csrf_invalid")
+        assert state(client) == "active"
+        assert deployment.token(HUB).status_code == 200
+
+        done = client.post(url, data={**form, "csrf": csrf(client)})
+        assert done.status_code == 303, done.text
+        assert done.headers["location"] == f"/admin?done=revoked&portal=demo%2F{HUB}"
+        after = client.get(done.headers["location"])
+        assert f"Portal <code>demo/{HUB}</code> is revoked" in after.text
+        assert state(client) == "revoked"
+    gone = deployment.token(HUB)
+    assert (gone.status_code, gone.json()["code"]) == (410, "revoked")
+
+
+def test_a_forged_session_goes_back_to_login(deployment: Deployment) -> None:
+    with login(deployment) as client:
+        real = client.cookies[admin_page.COOKIE]
+        token = csrf(client)
+    body, mac = real.split(".")
+    payload = base64.urlsafe_b64decode(body + "==").decode().split("|")
+    payload[1] = str(int(payload[1]) + 86_400)  # a longer life, under the old MAC
+    longer = base64.urlsafe_b64encode("|".join(payload).encode()).decode().rstrip("=")
+    forgeries = [f"{longer}.{mac}", f"{body}.{mac[:-2]}AA", "garbage", "\xe9.\xe9", ""]
+    for forged in forgeries:
+        cookie = f"{admin_page.COOKIE}={forged}".encode("latin-1")
+        with deployment.client(headers={"Cookie": cookie}) as client:
+            page = client.get("/admin")
+            assert (page.status_code, page.headers["location"]) == (303, "/admin/login")
+            refused = client.post(
+                f"/admin/portals/{HUB}/revoke",
+                data={"app": "demo", "reason": "forged", "csrf": token},
+            )
+            assert (refused.status_code, error_code(refused)) == (401, "session_required")
+    with deployment.client() as anonymous:
+        assert anonymous.get("/admin").headers["location"] == "/admin/login"
+    assert deployment.token(HUB).status_code == 200
+
+
+def test_a_post_from_another_origin_is_refused(deployment: Deployment) -> None:
+    with login(deployment) as client:
+        data = {"app": "demo", "reason": "csrf attempt", "csrf": csrf(client)}
+        url = f"/admin/portals/{HUB}/revoke"
+        for headers in (
+            {"Origin": "https://evil.example"},
+            {"Origin": "null"},
+            {"Sec-Fetch-Site": "cross-site"},
+        ):
+            refused = client.post(url, data=data, headers=headers)
+            assert (refused.status_code, error_code(refused)) == (403, "origin_mismatch")
+        relogin = client.post(
+            "/admin/login",
+            data={"key": deployment.caller_key},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert relogin.status_code == 403
+        assert state(client) == "active"
+        same = client.post(url, data=data, headers={"Origin": deployment.url})
+        assert same.status_code == 303
+    assert deployment.token(HUB).status_code == 410
+
+
+def test_quarantine_release_and_errors_as_pages(deployment: Deployment) -> None:
+    with login(deployment) as client:
+        token = csrf(client)
+        base = f"/admin/portals/{HUB}"
+        held = client.post(f"{base}/quarantine", data={"app": "demo", "reason": "x", "csrf": token})
+        assert held.headers["location"] == f"/admin?done=quarantined&portal=demo%2F{HUB}"
+        assert state(client) == "quarantined"
+        assert deployment.token(HUB).json()["code"] == "quarantined"
+        released = client.post(f"{base}/release", data={"app": "demo", "csrf": token})
+        assert released.status_code == 303
+        assert state(client) == "active"
+        assert deployment.token(HUB).status_code == 200
+
+        no_reason = client.post(f"{base}/revoke", data={"app": "demo", "csrf": token})
+        assert (no_reason.status_code, error_code(no_reason)) == (422, "invalid_request")
+        missing = client.post(
+            "/admin/portals/999/revoke", data={"app": "demo", "reason": "x", "csrf": token}
+        )
+        assert (missing.status_code, error_code(missing)) == (404, "portal_not_found")
+        elsewhere = client.post(
+            f"{base}/release", data={"app": "other", "csrf": token}
+        )  # the caller is limited to the demo app
+        assert (elsewhere.status_code, error_code(elsewhere)) == (403, "forbidden")
+        for query in ("done=<script>", "done=revoked&portal=<b>x</b>", "flash=hello"):
+            spoof = client.get(f"/admin?{query}")
+            assert spoof.status_code == 422
+            assert "<script>" not in spoof.text
+            assert "<b>x" not in spoof.text
+
+        deployment.sim.add_fault("revoke", status=503)
+        form = {"app": "demo", "reason": "incident", "csrf": token}
+        pending = client.post(f"{base}/revoke", data=form)
+        assert pending.headers["location"].startswith("/admin?done=revoke_pending&")
+        assert "retrying the revoke" in client.get(pending.headers["location"]).text
+        again = client.post(f"{base}/revoke", data=form)
+        assert again.headers["location"].startswith("/admin?done=already_revoked&")
+        assert state(client) == "revoked"
+
+
+def test_disabling_the_caller_or_logging_out_ends_the_session(deployment: Deployment) -> None:
+    with login(deployment) as client:
+        token = csrf(client)
+        out = client.post("/admin/logout", data={"csrf": token})
+        assert (out.status_code, out.headers["location"]) == (303, "/admin/login")
+        assert admin_page.COOKIE not in client.cookies
+        assert client.get("/admin").status_code == 303
+    with login(deployment) as client:
+        name = re.search(r"Signed in as <strong>([^<]+)</strong>", client.get("/admin").text)
+        assert name is not None
+        disable(deployment.settings, name.group(1))
+        assert client.get("/admin").headers["location"] == "/admin/login"
+
+
+def disable(settings: Settings, name: str) -> None:
+    async def run() -> None:
+        async with open_admin(settings) as ctx:
+            await ctx.callers.disable(name, actor="test")
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def chromium() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing under CI: .ci/run installs Debian's chromium")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return found
+
+
+def test_an_operator_revokes_a_portal_in_a_real_browser(
+    deployment: Deployment, chromium: str, tmp_path: Path
+) -> None:
+    row = f"#portal-demo-{HUB}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 700})
+            page.set_default_timeout(10_000)
+            problems: list[str] = []  # CSP violations are reported as console errors
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(f"{deployment.url}/admin/login")
+            page.screenshot(path=tmp_path / "login.png")
+            page.fill("#key", deployment.caller_key)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{deployment.url}/admin")
+            assert page.inner_text(f"{row} .state") == "active"
+            page.fill(f"{row} input[name=reason]", "browser drill")
+            page.screenshot(path=tmp_path / "portals.png", full_page=True)
+            page.click(f"{row} button.danger")
+            page.wait_for_url(f"{deployment.url}/admin?done=revoked*")
+            assert page.inner_text(f"{row} .state") == "revoked"
+            assert f"Portal demo/{HUB} is revoked" in page.inner_text(".flash")
+            # The stylesheet applied, so the CSP's hash matches it.
+            badge = page.eval_on_selector(
+                f"{row} .state", "e => getComputedStyle(e).backgroundColor"
+            )
+            assert badge == "rgb(229, 231, 235)"
+            page.screenshot(path=tmp_path / "revoked.png", full_page=True)
+            assert problems == []
+        finally:
+            browser.close()
+    assert deployment.token(HUB).status_code == 410

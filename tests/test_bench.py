@@ -1,0 +1,48 @@
+"""``make bench`` at a trivial size, so the harness does not rot: every section runs on real
+processes against the session's backends and the simulator, and the report has its table
+and ratio lines with sane numbers. Speed is not asserted."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bench.__main__ import run_bench
+from bench.report import RATIOS, SMOKE
+from broker.dev.simulator import Simulator
+from broker.dev.stack import BackendUrls
+
+
+def _result(report: str, section: str, measurement: str) -> str:
+    for line in report.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        if len(cells) == 4 and cells[0] == section and measurement in cells[1]:
+            return cells[2]
+    raise AssertionError(f"no row {section!r} / {measurement!r} in:\n{report}")
+
+
+def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "results.md"
+    report = run_bench(backends, sim, sim_url, SMOKE, output=output)
+
+    assert output.read_text() == report
+    for key in ("cpu", "cores", "memory", "python", "date", "load generator"):
+        assert f"- {key}: " in report
+    ratios = dict(re.findall(r"^(hot_path_vs_\w+): ([0-9.]+)$", report, re.MULTILINE))
+    assert list(ratios) == list(RATIOS)
+    assert report.rstrip().splitlines()[-3:] == [f"{k}: {ratios[k]}" for k in RATIOS]
+    assert all(0.01 < float(r) < 100 for r in ratios.values()), ratios
+
+    for measurement in ("cached", "Starlette", "raw ASGI", "OpenBao"):
+        line = _result(report, "1 hot path", measurement)
+        found = re.fullmatch(r"([0-9,]+) req/s · p50 ([0-9.]+) ms · p99 ([0-9.]+) ms", line)
+        assert found, line
+        rps, p50, p99 = (float(group.replace(",", "")) for group in found.groups())
+        assert rps > 0
+        assert 0 < p50 <= p99
+    assert re.fullmatch(r"p50 [0-9.]+ ms · p99 [0-9.]+ ms", _result(report, "2 cold path", "1 "))
+    assert _result(report, "3 herd", "upstream refresh calls") == "1"
+    assert _result(report, "4 scale", "expires_in < min_ttl") == "0"
+    assert re.fullmatch(r"[0-9]+ → [0-9]+ MiB", _result(report, "4 scale", "RSS"))
+    assert re.match(r"[0-9,]+ req/s sent", _result(report, "5 abuse", "abusive"))
+    assert "FAILURE" not in report
