@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from broker.adapters.hubspot import HubSpotOAuth
+from broker.adapters.jwks import IssuerConfig, JwksVerifier
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.callers import PostgresCallers
 from broker.adapters.postgres.migrate import migrate, pending
@@ -97,7 +98,14 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             audit=audit,
             replica_id=replica,
         )
-        callers = CallerService(settings, callers=PostgresCallers(db), audit=audit)
+        verifier = (
+            JwksVerifier([IssuerConfig.from_dict(i) for i in settings.jwt_issuer_list])
+            if settings.jwt_issuer_list
+            else None
+        )
+        callers = CallerService(
+            settings, callers=PostgresCallers(db), audit=audit, verifier=verifier
+        )
         stack.push_async_callback(callers.close)
         # A random per-deployment key kept in Vault, the same on every replica: it keys
         # token fingerprints and (derived) the operator page's session and CSRF signatures.

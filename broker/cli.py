@@ -104,10 +104,14 @@ async def cmd_callers_create(settings: Settings, args: argparse.Namespace, out: 
             hub_ids=args.hub or None,
             expires_at=expires,
             rate_limit=args.rate,
+            identity=None if not args.jwt_subject else (args.jwt_issuer, args.jwt_subject),
+            with_key=not args.no_key,
             actor="cli",
         )
-    data = {"name": new.caller.name, "key": new.secret, "expires_at": new.expires_at}
-    out.emit(data, f"caller {new.caller.name} created. Its key (shown once):\n{new.secret}")
+    data = {"name": new.caller.name, "key": new.secret or None, "expires_at": new.expires_at}
+    text = f"caller {new.caller.name} created"
+    text += f". Its key (shown once):\n{new.secret}" if new.secret else " (workload identity only)"
+    out.emit(data, text)
 
 
 async def cmd_callers_list(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
@@ -314,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", action="append", choices=[r.value for r in Role])
     create.add_argument("--expires-days", type=float)
     create.add_argument("--rate", type=float, help="requests/s per replica (default: broker's)")
+    create.add_argument("--jwt-issuer", help="workload identity: the JWT issuer (iss)")
+    create.add_argument(
+        "--jwt-subject",
+        help="workload identity: the subject (sub), e.g. system:serviceaccount:NAMESPACE:NAME",
+    )
+    create.add_argument("--no-key", action="store_true", help="identity only: issue no key")
     create.set_defaults(run=cmd_callers_create)
     callers.add_parser("list", help="list callers").set_defaults(run=cmd_callers_list)
     disable = callers.add_parser("disable", help="disable a caller")
@@ -390,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("configuration is invalid:", file=sys.stderr)
         for item in exc.problems:
             print(f"  - {item}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "jwt_subject", None) and not args.jwt_issuer:
+        print("error: --jwt-subject needs --jwt-issuer", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
         cmd_serve(settings, args)

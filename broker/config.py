@@ -7,6 +7,7 @@ key at once (``broker check-config`` prints them without serving). Secrets are w
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -77,6 +78,9 @@ class Settings:
     min_ttl_default: int = 300
     min_ttl_max: int = 1500
     caller_cache_seconds: float = 10.0
+    # Workload identity: a JSON list of {"issuer", "jwks_url", "audience"[, "ca_file",
+    # "token_file"]}; callers then authenticate with the issuer's JWTs. Empty: keys only.
+    jwt_issuers: str = ""
     # Per caller and replica: a token bucket of this rate with two seconds of burst.
     caller_rate: float = 200.0
     install_state_ttl: int = 600
@@ -151,6 +155,10 @@ class Settings:
             problems.append(
                 f"{PREFIX}WEBHOOK_BACKOFF_BASE: must be > 0 and <= {PREFIX}WEBHOOK_BACKOFF_CAP"
             )
+        try:
+            self.jwt_issuer_list  # noqa: B018 - parsed for its errors
+        except ValueError as exc:
+            problems.append(f"{PREFIX}JWT_ISSUERS: {exc}")
         # Self-fencing (DESIGN.md): a lease must cover Vault + HubSpot + two DB round trips.
         needed = self.refresh_budget_seconds + 1.0
         if self.lease_seconds < needed:
@@ -159,6 +167,24 @@ class Settings:
                 f"budget (vault + hubspot + 2 x db timeouts + 1 s margin = {needed:g})"
             )
         return problems
+
+    @property
+    def jwt_issuer_list(self) -> list[dict[str, str]]:
+        """``jwt_issuers`` parsed; raises ValueError naming what is wrong."""
+        if not self.jwt_issuers.strip():
+            return []
+        try:
+            parsed = json.loads(self.jwt_issuers)
+        except ValueError as exc:
+            raise ValueError("not valid JSON") from exc
+        if not isinstance(parsed, list):
+            raise ValueError("must be a JSON list of issuers")
+        for entry in parsed:
+            if not isinstance(entry, dict) or not {"issuer", "jwks_url", "audience"} <= set(entry):
+                raise ValueError("each issuer needs issuer, jwks_url and audience")
+            if urlsplit(str(entry["jwks_url"])).scheme not in ("http", "https"):
+                raise ValueError("jwks_url must be an http(s) URL")
+        return parsed
 
     @property
     def webhook_url_list(self) -> list[str]:

@@ -75,6 +75,7 @@ CALLER_AUTH_FAILURES = Counter(
 VAULT_RENEWALS = Counter(
     "broker_vault_token_renewals_total", "Vault token renewals by result.", ["result"]
 )
+JWKS_FETCHES = Counter("broker_jwks_fetches_total", "JWKS documents fetched from issuers.")
 CALLER_RATE_LIMITED = Counter(
     "broker_caller_rate_limited_total", "Requests refused because a caller was over its rate."
 )

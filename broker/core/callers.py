@@ -25,7 +25,7 @@ import structlog
 from broker import metrics
 from broker.config import Settings
 from broker.core.models import Caller, NewCallerKey, Role
-from broker.core.ports import AuditSink, CallerRepository
+from broker.core.ports import AuditSink, CallerRepository, IdentityVerifier
 from broker.errors import (
     InvalidRequest,
     NotFound,
@@ -46,10 +46,20 @@ def _hash(secret: str) -> str:
 
 
 class CallerService:
-    def __init__(self, settings: Settings, *, callers: CallerRepository, audit: AuditSink) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        callers: CallerRepository,
+        audit: AuditSink,
+        verifier: IdentityVerifier | None = None,
+    ) -> None:
         self._settings = settings
         self._callers = callers
         self._audit = audit
+        self._verifier = verifier
+        # sha256(JWT) -> (caller, valid until on time.monotonic()); bounded, see _jwt
+        self._verified_jwts: dict[str, tuple[Caller, float]] = {}
         # key_id -> (secret hash, caller, valid until on time.monotonic())
         self._verified: dict[str, tuple[str, Caller, float]] = {}
         self._used: set[int] = set()
@@ -60,6 +70,8 @@ class CallerService:
         if not presented:
             metrics.CALLER_AUTH_FAILURES.labels("missing").inc()
             raise Unauthenticated("send an Authorization: Bearer <caller key> header")
+        if self._verifier is not None and not presented.startswith(KEY_PREFIX):
+            return await self._jwt(presented)
         match = _KEY_RE.match(presented)
         if match is None:
             metrics.CALLER_AUTH_FAILURES.labels("malformed").inc()
@@ -102,6 +114,32 @@ class CallerService:
         self._used.add(caller.id)
         return caller
 
+    async def _jwt(self, token: str) -> Caller:
+        """Workload identity: a JWT from a configured issuer names (issuer, subject), which
+        maps to a caller record. Verified tokens are cached until their expiry (at most
+        ``caller_cache_seconds``), so the hot path does no I/O."""
+        assert self._verifier is not None
+        digest = _hash(token)
+        now = time.monotonic()
+        cached = self._verified_jwts.get(digest)
+        if cached is not None and cached[1] > now:
+            self._used.add(cached[0].id)
+            return cached[0]
+        identity = await self._verifier.verify(token)
+        caller = await self._callers.by_identity(identity.issuer, identity.subject)
+        if caller is None:
+            metrics.CALLER_AUTH_FAILURES.labels("jwt_unknown_subject").inc()
+            raise Unauthenticated("no caller is registered for this workload identity")
+        if caller.disabled:
+            metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
+            raise Unauthenticated("the caller is disabled")
+        left = (identity.expires_at - datetime.now(UTC)).total_seconds()
+        if len(self._verified_jwts) > 10_000:  # tokens rotate: drop the lot, not memory
+            self._verified_jwts.clear()
+        self._verified_jwts[digest] = (caller, now + min(left, self._settings.caller_cache_seconds))
+        self._used.add(caller.id)
+        return caller
+
     def admit(self, caller: Caller) -> None:
         """Per-caller token bucket on this replica: one caller cannot starve the others.
         Raises :class:`RateLimitedCaller` (429 with Retry-After)."""
@@ -128,6 +166,8 @@ class CallerService:
         hub_ids: Iterable[int] | None = None,
         expires_at: datetime | None = None,
         rate_limit: float | None = None,
+        identity: tuple[str, str] | None = None,
+        with_key: bool = True,
         actor: str,
     ) -> NewCallerKey:
         if not _NAME_RE.match(name):
@@ -150,9 +190,18 @@ class CallerService:
             expires_at=expires_at,
             rate_limit=rate_limit,
         )
-        caller = await self._callers.create(draft, key_id, _hash(secret), expires_at)
+        if not with_key and identity is None:
+            raise InvalidRequest("a caller needs a key or a workload identity")
+        caller = await self._callers.create(
+            draft,
+            key_id if with_key else None,
+            _hash(secret) if with_key else None,
+            expires_at,
+            identity,
+        )
         self._audit.record("caller.created", actor=actor, caller=name, roles=sorted(role_set))
-        return NewCallerKey(caller, key_id, f"{KEY_PREFIX}{key_id}_{secret}", expires_at)
+        shown = f"{KEY_PREFIX}{key_id}_{secret}" if with_key else ""
+        return NewCallerKey(caller, key_id, shown, expires_at)
 
     async def list(self) -> list[Caller]:
         return await self._callers.list()

@@ -49,6 +49,21 @@ class EncryptedGrant:
     refresh_after: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified workload identity: who the issuer says the caller is, until when."""
+
+    issuer: str
+    subject: str
+    expires_at: datetime
+
+
+class IdentityVerifier(Protocol):
+    async def verify(self, token: str) -> Identity:
+        """Raises :class:`~broker.errors.Unauthenticated` for any token it cannot trust."""
+        ...
+
+
 class Cipher(Protocol):
     """Envelope encryption of tokens (Vault Transit, derived key).
 
@@ -284,8 +299,17 @@ class PortalRepository(Protocol):
 
 class CallerRepository(Protocol):
     async def create(
-        self, caller: Caller, key_id: str, key_hash: str, expires_at: datetime | None
-    ) -> Caller: ...
+        self,
+        caller: Caller,
+        key_id: str | None,
+        key_hash: str | None,
+        expires_at: datetime | None,
+        identity: tuple[str, str] | None = None,
+    ) -> Caller:
+        """Raises :class:`~broker.errors.Conflict` when the name or identity is taken."""
+        ...
+
+    async def by_identity(self, issuer: str, subject: str) -> Caller | None: ...
 
     async def by_key_id(self, key_id: str) -> tuple[Caller, str] | None:
         """The caller and its key hash, or None. Disabled callers are returned too."""

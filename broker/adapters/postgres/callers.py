@@ -30,13 +30,18 @@ class PostgresCallers:
         self._db = db
 
     async def create(
-        self, caller: Caller, key_id: str, key_hash: str, expires_at: datetime | None
+        self,
+        caller: Caller,
+        key_id: str | None,
+        key_hash: str | None,
+        expires_at: datetime | None,
+        identity: tuple[str, str] | None = None,
     ) -> Caller:
         try:
             row = await self._db.fetchrow(
-                """INSERT INTO callers
-                       (name, key_id, key_hash, roles, apps, hub_ids, expires_at, rate_limit)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
+                """INSERT INTO callers (name, key_id, key_hash, roles, apps, hub_ids,
+                                        expires_at, rate_limit, jwt_issuer, jwt_subject)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *""",
                 caller.name,
                 key_id,
                 key_hash,
@@ -45,11 +50,22 @@ class PostgresCallers:
                 None if caller.hub_ids is None else sorted(caller.hub_ids),
                 expires_at,
                 caller.rate_limit,
+                None if identity is None else identity[0],
+                None if identity is None else identity[1],
             )
         except asyncpg.UniqueViolationError as exc:
-            raise Conflict(f"a caller named {caller.name!r} exists", code="caller_exists") from exc
+            raise Conflict(
+                f"a caller named {caller.name!r} (or with that identity) exists",
+                code="caller_exists",
+            ) from exc
         assert row is not None  # INSERT .. RETURNING returns the row or raises
         return _caller(row)
+
+    async def by_identity(self, issuer: str, subject: str) -> Caller | None:
+        row = await self._db.fetchrow(
+            "SELECT * FROM callers WHERE jwt_issuer = $1 AND jwt_subject = $2", issuer, subject
+        )
+        return None if row is None else _caller(row)
 
     async def by_key_id(self, key_id: str) -> tuple[Caller, str] | None:
         row = await self._db.fetchrow("SELECT * FROM callers WHERE key_id = $1", key_id)

@@ -1,0 +1,151 @@
+"""Workload identity: verify a caller's JWT — a Kubernetes projected service-account token or
+any OIDC issuer's — against that issuer's JWKS (implements ``IdentityVerifier``).
+
+Security properties:
+* only configured issuers, matched exactly; the audience is required;
+* an algorithm allow-list of asymmetric algorithms: never ``none``, never HMAC (so a public
+  key can never be used as an HMAC secret);
+* ``exp``, ``iss``, ``sub`` and ``aud`` required; ``exp``/``nbf`` checked with a small
+  leeway;
+* each JWKS is cached; an unknown ``kid`` triggers a refetch (key rotation), at most once
+  per ``refetch_seconds`` per issuer, so forged kids cannot hammer the issuer.
+Every failure is :class:`~broker.errors.Unauthenticated` with a reason that names no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+from broker import metrics
+from broker.core.ports import Identity
+from broker.errors import Unauthenticated
+
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    issuer: str
+    jwks_url: str
+    audience: str
+    #: For the Kubernetes API server's JWKS: a CA bundle and a bearer token file.
+    ca_file: str | None = None
+    token_file: str | None = None
+    #: At most one JWKS fetch per this many seconds (unknown kids trigger one).
+    refetch_seconds: float = 10.0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> IssuerConfig:
+        return cls(
+            issuer=str(raw["issuer"]),
+            jwks_url=str(raw["jwks_url"]),
+            audience=str(raw["audience"]),
+            ca_file=raw.get("ca_file"),
+            token_file=raw.get("token_file"),
+            refetch_seconds=float(raw.get("refetch_seconds", 10.0)),
+        )
+
+
+class _Keys:
+    def __init__(self) -> None:
+        self.by_kid: dict[str | None, jwt.PyJWK] = {}
+        self.fetched_at = 0.0
+        self.lock = asyncio.Lock()
+
+
+class JwksVerifier:
+    def __init__(
+        self,
+        issuers: list[IssuerConfig],
+        *,
+        leeway: float = 30.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self._issuers = {cfg.issuer: cfg for cfg in issuers}
+        self._keys = {cfg.issuer: _Keys() for cfg in issuers}
+        self._leeway = leeway
+        self._timeout = timeout
+
+    def _reject(self, reason: str) -> Unauthenticated:
+        metrics.CALLER_AUTH_FAILURES.labels(f"jwt_{reason}").inc()
+        return Unauthenticated(f"the workload token was rejected ({reason.replace('_', ' ')})")
+
+    async def verify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise self._reject("malformed") from None
+        algorithm = header.get("alg")
+        if algorithm not in ALLOWED_ALGORITHMS:
+            raise self._reject("algorithm_not_allowed")
+        config = self._issuers.get(str(unverified.get("iss")))
+        if config is None:
+            raise self._reject("unknown_issuer")
+        key = await self._key(config, header.get("kid"))
+        try:
+            claims = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[algorithm],
+                audience=config.audience,
+                issuer=config.issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "sub", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise self._reject("expired") from None
+        except jwt.ImmatureSignatureError:
+            raise self._reject("not_yet_valid") from None
+        except jwt.InvalidAudienceError:
+            raise self._reject("wrong_audience") from None
+        except jwt.PyJWTError:
+            raise self._reject("invalid") from None
+        return Identity(
+            issuer=config.issuer,
+            subject=str(claims["sub"]),
+            expires_at=datetime.fromtimestamp(float(claims["exp"]), UTC),
+        )
+
+    async def _key(self, config: IssuerConfig, kid: str | None) -> jwt.PyJWK:
+        keys = self._keys[config.issuer]
+        found = keys.by_kid.get(kid)
+        if found is not None:
+            return found
+        async with keys.lock:
+            found = keys.by_kid.get(kid)
+            if found is None and time.monotonic() - keys.fetched_at >= config.refetch_seconds:
+                await self._fetch(config, keys)
+                found = keys.by_kid.get(kid)
+        if found is None:
+            raise self._reject("unknown_key")
+        return found
+
+    async def _fetch(self, config: IssuerConfig, keys: _Keys) -> None:
+        keys.fetched_at = time.monotonic()
+        headers = {}
+        if config.token_file:
+            # Projected tokens rotate on disk: read it each time (tiny, local file).
+            token = await asyncio.to_thread(Path(config.token_file).read_text)
+            headers["Authorization"] = f"Bearer {token.strip()}"
+        verify: Any = config.ca_file or True
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout, verify=verify) as client:
+                response = await client.get(config.jwks_url, headers=headers)
+                response.raise_for_status()
+                jwks = jwt.PyJWKSet.from_dict(response.json())
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError):
+            metrics.BACKEND_ERRORS.labels("jwks", "fetch").inc()
+            return  # keep the keys we had
+        keys.by_kid = {k.key_id: k for k in jwks.keys}
+        metrics.JWKS_FETCHES.inc()

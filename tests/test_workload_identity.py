@@ -1,0 +1,194 @@
+"""Workload identity on a real broker: callers present a JWT from a configured issuer
+(Kubernetes service-account tokens or OIDC), verified against the issuer's JWKS served over
+HTTP — with every way a token can be wrong refused, and key rotation handled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from broker.app import create_app, open_admin
+from broker.config import load_settings
+from broker.dev.simulator import Simulator
+from tests.helpers import Deployment, register, serve_app
+
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+AUDIENCE = "hubspot-token-broker"
+SUBJECT = "system:serviceaccount:payments:api"
+HUB = 6_100_001
+
+
+@dataclass
+class Issuer:
+    keys: dict[str, Any] = field(default_factory=dict)  # kid -> private key
+    published: list[str] = field(default_factory=list)
+    fetches: int = 0
+
+    def add_key(self, kid: str) -> None:
+        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.published.append(kid)
+
+    def jwks(self) -> dict[str, Any]:
+        out = []
+        for kid in self.published:
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.keys[kid].public_key()))
+            out.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+        return {"keys": out}
+
+    def mint(self, kid: str = "k1", **overrides: Any) -> str:
+        now = int(time.time())
+        claims = {"iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE, "iat": now, "exp": now + 600}
+        claims.update(overrides)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return jwt.encode(claims, self.keys[kid], algorithm="RS256", headers={"kid": kid})
+
+
+@pytest.fixture
+def issuer() -> Iterator[tuple[Issuer, str]]:
+    state = Issuer()
+    state.add_key("k1")
+
+    async def jwks(_: Request) -> JSONResponse:
+        state.fetches += 1
+        return JSONResponse(state.jwks())
+
+    with serve_app(Starlette(routes=[Route("/openid/v1/jwks", jwks)])) as url:
+        yield state, f"{url}/openid/v1/jwks"
+
+
+@pytest.fixture
+def deployment(
+    env: dict[str, str], sim: Simulator, sim_url: str, issuer: tuple[Issuer, str]
+) -> Iterator[Deployment]:
+    issuers = [
+        {"issuer": ISSUER, "jwks_url": issuer[1], "audience": AUDIENCE, "refetch_seconds": 1}
+    ]
+    settings = load_settings({**env, "BROKER_JWT_ISSUERS": json.dumps(issuers)})
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+        sim.add_portal(HUB)
+        assert d.install(HUB).status_code == 200
+
+        async def workload() -> None:
+            async with open_admin(settings) as svc:
+                await svc.callers.create(
+                    "payments-api",
+                    apps=["demo"],
+                    identity=(ISSUER, SUBJECT),
+                    with_key=False,
+                    actor="test",
+                )
+
+        asyncio.run(workload())
+        yield d
+
+
+def ask(d: Deployment, credential: str) -> httpx.Response:
+    return httpx.get(
+        f"{d.url}/v1/portals/{HUB}/token",
+        params={"app": "demo"},
+        headers={"Authorization": f"Bearer {credential}"},
+    )
+
+
+def test_a_valid_workload_token_gets_an_access_token(
+    deployment: Deployment, issuer: tuple[Issuer, str]
+) -> None:
+    response = ask(deployment, issuer[0].mint())
+    assert response.status_code == 200, response.text
+    assert response.json()["hub_id"] == HUB
+    assert ask(deployment, deployment.caller_key).status_code == 200  # keys still work
+
+
+def test_every_bad_token_is_refused(deployment: Deployment, issuer: tuple[Issuer, str]) -> None:
+    state = issuer[0]
+    now = int(time.time())
+    public_pem = (
+        state.keys["k1"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    cases = {
+        "wrong audience": state.mint(aud="someone-else"),
+        "expired": state.mint(exp=now - 120),
+        "not yet valid": state.mint(nbf=now + 600),
+        "unknown issuer": state.mint(iss="https://evil.example"),
+        "no subject": state.mint(sub=None),
+        "no expiry": state.mint(exp=None),
+        "unmapped subject": state.mint(sub="system:serviceaccount:other:app"),
+        "alg none": jwt.encode(
+            {"iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE, "exp": now + 600},
+            None,
+            algorithm="none",
+        ),
+        "HMAC with the public key": _hs256_with(public_pem, now),
+        "tampered payload": _tamper(state.mint()),
+        "garbage": "not.a.jwt",
+    }
+    for name, token in cases.items():
+        response = ask(deployment, token)
+        assert response.status_code == 401, (name, response.text)
+        assert response.json()["code"] == "unauthenticated"
+        assert token not in response.text
+
+
+def test_key_rotation_and_refetch_rate_limit(
+    deployment: Deployment, issuer: tuple[Issuer, str]
+) -> None:
+    state = issuer[0]
+    assert ask(deployment, state.mint()).status_code == 200
+    fetched = state.fetches
+    state.add_key("k2")  # the issuer rotates: a kid the broker has never seen
+    time.sleep(1.1)  # past the refetch interval (1 s here, 10 s by default)
+    assert ask(deployment, state.mint(kid="k2")).status_code == 200
+    assert state.fetches == fetched + 1
+    for i in range(5):  # forged kids cannot make the broker hammer the issuer
+        forged = jwt.encode(
+            {"iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE, "exp": int(time.time()) + 60},
+            state.keys["k1"],
+            algorithm="RS256",
+            headers={"kid": f"made-up-{i}"},
+        )
+        assert ask(deployment, forged).status_code == 401
+    assert state.fetches == fetched + 1  # no refetch inside the interval
+
+
+def _hs256_with(public_pem: bytes, now: int) -> str:
+    """The classic confusion attack: HS256 with the RSA public key as the secret."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode())
+    claims = {"iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE, "exp": now + 600}
+    payload = b64(json.dumps(claims).encode())
+    signature = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(signature)}"
+
+
+def _tamper(token: str) -> str:
+    import base64
+
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "system:serviceaccount:payments:admin"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
