@@ -84,6 +84,9 @@ class Settings:
     # Per caller and replica: a token bucket of this rate with two seconds of burst.
     caller_rate: float = 200.0
     install_state_ttl: int = 600
+    # Origins an install may return the browser to (``/oauth/install?return_to=``), comma-
+    # separated, e.g. "https://admin.example.com". Empty: no return_to accepted.
+    return_to_origins: str = ""
     # --- timeouts (seconds); the lease must outlive all of them, see validate() ----------
     db_timeout: float = 5.0
     redis_timeout: float = 0.25
@@ -185,6 +188,10 @@ class Settings:
             if urlsplit(str(entry["jwks_url"])).scheme not in ("http", "https"):
                 raise ValueError("jwks_url must be an http(s) URL")
         return parsed
+
+    @property
+    def return_to_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.return_to_origins.split(",") if o.strip()]
 
     @property
     def webhook_url_list(self) -> list[str]:

@@ -151,3 +151,49 @@ def test_json_clients_get_problem_json(deployment: Deployment) -> None:
 def test_unknown_app(deployment: Deployment) -> None:
     response = httpx.get(f"{deployment.url}/oauth/install", params={"app": "nope"})
     assert_failed(response, 404, "app_not_found")
+
+
+def test_return_to_only_to_allowed_origins(env: dict[str, str], sim: Simulator) -> None:
+    settings = load_settings({**env, "BROKER_RETURN_TO_ORIGINS": "https://admin.example.com"})
+    with serve_app(create_app(settings)) as url:
+        register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        sim.add_portal(HUB)
+        sim.configure(consent="auto", consent_hub_id=HUB)
+        with httpx.Client() as browser:
+            evil = browser.get(
+                f"{url}/oauth/install",
+                params={"app": "demo", "return_to": "https://evil.example/steal"},
+            )
+            assert_failed(evil, 422, "invalid_request")
+            good = browser.get(
+                f"{url}/oauth/install",
+                params={"app": "demo", "return_to": "https://admin.example.com/portals"},
+            )
+            assert good.status_code == 302
+            back = browser.get(browser.get(good.headers["location"]).headers["location"])
+            assert back.status_code == 303
+            assert back.headers["location"] == "https://admin.example.com/portals"
+        assert portal_count(settings) == 1
+
+
+@pytest.mark.parametrize("opted_in", [True, False], ids=["opted-in", "not-opted-in"])
+def test_marketplace_install_without_state(
+    env: dict[str, str], sim: Simulator, opted_in: bool
+) -> None:
+    settings = load_settings(env)
+    with serve_app(create_app(settings)) as url:
+        redirect = f"{url}/oauth/callback"
+        client_id, _, _ = register(
+            settings, sim, redirect, slug="demo", allow_marketplace_installs=opted_in
+        )
+        sim.add_portal(HUB)
+        code = sim.issue_code(client_id, redirect, HUB)  # HubSpot's marketplace flow
+        response = httpx.get(redirect, params={"code": code})
+        if opted_in:
+            assert response.status_code == 200, response.text
+            assert "Portal connected" in response.text
+            assert portal_count(settings) == 1
+        else:
+            assert_failed(response, 400, "install_state_missing")
+            assert portal_count(settings) == 0
+            assert sim.counters().get("token.authorization_code", 0) == 0

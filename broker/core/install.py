@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 from broker import metrics
 from broker.config import Settings
@@ -28,7 +30,7 @@ from broker.core.ports import (
     SecretStore,
 )
 from broker.core.refresh import RefreshEngine, schedule
-from broker.errors import InstallFailed
+from broker.errors import InstallFailed, InvalidRequest
 
 
 def _b64url(data: bytes) -> str:
@@ -37,6 +39,18 @@ def _b64url(data: bytes) -> str:
 
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    record: PortalRecord
+    #: Where to send the browser afterwards (an allowed origin), or None for the page.
+    return_to: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +82,15 @@ class InstallService:
         self._refresher = refresher
         self._audit = audit
 
-    async def begin(self, app_slug: str, *, actor: str) -> InstallStart:
+    async def begin(
+        self, app_slug: str, *, actor: str, return_to: str | None = None
+    ) -> InstallStart:
+        if return_to is not None and _origin(return_to) not in self._settings.return_to_origin_list:
+            # Only configured origins: the broker is never an open redirect.
+            raise InvalidRequest(
+                "return_to must be on an origin listed in BROKER_RETURN_TO_ORIGINS",
+                errors=[{"field": "return_to", "message": "origin not allowed"}],
+            )
         app = await self._refresher.app(app_slug)
         await self._secrets.client_secrets(app.slug)  # fail now, not after the consent page
         state = secrets.token_urlsafe(32)
@@ -76,7 +98,13 @@ class InstallService:
         nonce = secrets.token_urlsafe(32)
         await self._coordinator.put_state(
             state,
-            {"app": app.slug, "verifier": verifier, "nonce": _hash(nonce), "actor": actor},
+            {
+                "app": app.slug,
+                "verifier": verifier,
+                "nonce": _hash(nonce),
+                "actor": actor,
+                "return_to": return_to,
+            },
             self._settings.install_state_ttl,
         )
         challenge = _b64url(hashlib.sha256(verifier.encode()).digest())
@@ -92,18 +120,40 @@ class InstallService:
         code: str | None,
         error: str | None,
         browser_nonce: str | None,
-    ) -> PortalRecord:
+        callback_url: str,
+    ) -> Installed:
         try:
-            record = await self._complete(state, code, error, browser_nonce)
+            if not state and code and not error:
+                pending = await self._marketplace(callback_url)
+            else:
+                pending = await self._pending(state, error, browser_nonce)
+            if not code:
+                raise InstallFailed(
+                    "the callback has no authorization code", code="install_code_missing"
+                )
+            record = await self._exchange(pending, code)
         except InstallFailed as exc:
             metrics.INSTALLS.labels(exc.code).inc()
             raise
         metrics.INSTALLS.labels("installed").inc()
-        return record
+        return Installed(record, pending.get("return_to"))
 
-    async def _complete(
-        self, state: str | None, code: str | None, error: str | None, nonce: str | None
-    ) -> PortalRecord:
+    async def _marketplace(self, callback_url: str) -> dict[str, Any]:
+        """HubSpot's marketplace sends the user here with a code and no state. Accepted only
+        for an app that opted in (``allow_marketplace_installs``) and whose registered
+        redirect URI is exactly this callback; there is no PKCE for such a code."""
+        candidates = [
+            app
+            for app in await self._portals.list_apps()
+            if app.allow_marketplace_installs and app.redirect_uri == callback_url
+        ]
+        if len(candidates) != 1:
+            raise InstallFailed("the callback has no state parameter", code="install_state_missing")
+        return {"app": candidates[0].slug, "verifier": None, "actor": "marketplace"}
+
+    async def _pending(
+        self, state: str | None, error: str | None, nonce: str | None
+    ) -> dict[str, Any]:
         if not state:
             raise InstallFailed("the callback has no state parameter", code="install_state_missing")
         pending = await self._coordinator.take_state(state)  # single use, whatever follows
@@ -119,10 +169,9 @@ class InstallService:
             )
         if error:
             raise InstallFailed("the HubSpot user did not grant access", code="install_denied")
-        if not code:
-            raise InstallFailed(
-                "the callback has no authorization code", code="install_code_missing"
-            )
+        return pending
+
+    async def _exchange(self, pending: dict[str, Any], code: str) -> PortalRecord:
         app = await self._refresher.app(pending["app"])
         client_secret = (await self._secrets.client_secrets(app.slug))[0]
         # Expiry on the database clock, taken before the exchange: never later than HubSpot's.

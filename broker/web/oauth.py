@@ -62,9 +62,11 @@ def _error(request: Request, exc: BrokerError) -> Response:
 async def install(request: Request) -> Response:
     svc = services(request)
     try:
-        reject_unknown(request, frozenset({"app"}))
+        reject_unknown(request, frozenset({"app", "return_to"}))
         app = parse_app(request.query_params.get("app"), svc.settings.default_app)
-        start = await svc.installs.begin(app, actor="browser")
+        start = await svc.installs.begin(
+            app, actor="browser", return_to=request.query_params.get("return_to")
+        )
     except BrokerError as exc:
         return _error(request, exc)
     response = RedirectResponse(start.authorize_url, status_code=302)
@@ -86,14 +88,20 @@ async def callback(request: Request) -> Response:
     svc = services(request)
     query = request.query_params
     try:
-        record = await svc.installs.complete(
+        installed = await svc.installs.complete(
             state=query.get("state"),
             code=query.get("code"),
             error=query.get("error"),
             browser_nonce=request.cookies.get(COOKIE),
+            callback_url=str(request.url.replace(query="", fragment="")),
         )
     except BrokerError as exc:
         return _error(request, exc)
+    record = installed.record
+    if installed.return_to:
+        redirect = RedirectResponse(installed.return_to, status_code=303)
+        redirect.delete_cookie(COOKIE, path="/oauth")
+        return redirect
     key = record.key
     scopes = ", ".join(f"<code>{html.escape(s)}</code>" for s in record.scopes)
     body = (
