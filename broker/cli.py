@@ -133,6 +133,21 @@ async def cmd_callers_list(settings: Settings, args: argparse.Namespace, out: _O
     out.emit(rows, _table(rows, ["name", "roles", "apps", "hubs", "expires_at", "disabled"]))
 
 
+async def cmd_callers_rotate(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    async with open_admin(settings) as ctx:
+        new = await ctx.callers.rotate(
+            args.name, overlap_seconds=args.overlap_hours * 3600, actor="cli"
+        )
+    data = {"name": new.caller.name, "key": new.secret, "old_key_valid_hours": args.overlap_hours}
+    out.emit(
+        data,
+        f"caller {new.caller.name}: new key (shown once), the old one works for "
+        f"{args.overlap_hours:g} more hours:\n{new.secret}",
+    )
+
+
 async def cmd_callers_disable(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
     from broker.app import open_admin
 
@@ -326,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--no-key", action="store_true", help="identity only: issue no key")
     create.set_defaults(run=cmd_callers_create)
     callers.add_parser("list", help="list callers").set_defaults(run=cmd_callers_list)
+    rotate = callers.add_parser("rotate", help="issue a new key; the old one works a while")
+    rotate.add_argument("name")
+    rotate.add_argument("--overlap-hours", type=float, default=24.0)
+    rotate.set_defaults(run=cmd_callers_rotate)
     disable = callers.add_parser("disable", help="disable a caller")
     disable.add_argument("name")
     disable.set_defaults(run=cmd_callers_disable)

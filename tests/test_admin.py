@@ -160,3 +160,35 @@ def test_audit_trail_via_cli(deployment: Deployment, env: dict[str, str]) -> Non
     revoke = broker(env, "--json", "portals", "revoke", str(HUB), "--reason", "cli drill")
     assert revoke.returncode == 0, revoke.stderr
     assert json.loads(revoke.stdout)["state"] == "revoked"
+
+
+def test_caller_key_rotation_with_overlap(env: dict[str, str], sim: Simulator) -> None:
+    settings = load_settings({**env, "BROKER_CALLER_CACHE_SECONDS": "0.5"})
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, old = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        d = Deployment(
+            settings,
+            sim,
+            sim_url="",
+            url=url,
+            app="demo",
+            client_id=client_id,
+            client_secret=secret,
+            caller_key=old,
+        )
+        sim.add_portal(HUB)
+        assert d.install(HUB).status_code == 200
+        name = json.loads(broker(env, "--json", "callers", "list").stdout)[0]["name"]
+        rotated = broker(env, "--json", "callers", "rotate", name, "--overlap-hours", "0.0008")
+        assert rotated.returncode == 0, rotated.stderr
+        new = json.loads(rotated.stdout)["key"]
+        assert new != old
+        for key in (old, new):  # both work during the ~3 s overlap
+            with d.client(headers={"Authorization": f"Bearer {key}"}) as client:
+                assert client.get(f"/v1/portals/{HUB}/token").status_code == 200
+        time.sleep(3.5)  # overlap over (and the 0.5 s caller cache expired)
+        with d.client(headers={"Authorization": f"Bearer {old}"}) as client:
+            refused = client.get(f"/v1/portals/{HUB}/token")
+        assert (refused.status_code, refused.json()["code"]) == (401, "unauthenticated")
+        with d.client(headers={"Authorization": f"Bearer {new}"}) as client:
+            assert client.get(f"/v1/portals/{HUB}/token").status_code == 200

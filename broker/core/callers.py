@@ -203,6 +203,21 @@ class CallerService:
         shown = f"{KEY_PREFIX}{key_id}_{secret}" if with_key else ""
         return NewCallerKey(caller, key_id, shown, expires_at)
 
+    async def rotate(self, name: str, *, overlap_seconds: float, actor: str) -> NewCallerKey:
+        """A new key for ``name``; the old one keeps working for ``overlap_seconds``."""
+        if not 0 <= overlap_seconds <= 30 * 86400:
+            raise InvalidRequest("the overlap must be between 0 and 30 days")
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        caller = await self._callers.rotate_key(name, key_id, _hash(secret), overlap_seconds)
+        if caller is None:
+            raise NotFound(f"no enabled caller named {name!r}", code="caller_not_found")
+        self._verified = {k: v for k, v in self._verified.items() if v[1].name != name}
+        self._audit.record(
+            "caller.key_rotated", actor=actor, caller=name, overlap_seconds=overlap_seconds
+        )
+        return NewCallerKey(caller, key_id, f"{KEY_PREFIX}{key_id}_{secret}", caller.expires_at)
+
     async def list(self) -> list[Caller]:
         return await self._callers.list()
 

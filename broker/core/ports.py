@@ -311,6 +311,12 @@ class CallerRepository(Protocol):
 
     async def by_identity(self, issuer: str, subject: str) -> Caller | None: ...
 
+    async def rotate_key(
+        self, name: str, key_id: str, key_hash: str, overlap_seconds: float
+    ) -> Caller | None:
+        """Install a new key; the current one stays valid for ``overlap_seconds``."""
+        ...
+
     async def by_key_id(self, key_id: str) -> tuple[Caller, str] | None:
         """The caller and its key hash, or None. Disabled callers are returned too."""
         ...

@@ -68,8 +68,31 @@ class PostgresCallers:
         return None if row is None else _caller(row)
 
     async def by_key_id(self, key_id: str) -> tuple[Caller, str] | None:
-        row = await self._db.fetchrow("SELECT * FROM callers WHERE key_id = $1", key_id)
-        return None if row is None else (_caller(row), row["key_hash"])
+        row = await self._db.fetchrow(
+            """SELECT *, CASE WHEN key_id = $1 THEN key_hash ELSE previous_key_hash END AS hash
+               FROM callers
+               WHERE key_id = $1
+                  OR (previous_key_id = $1 AND previous_key_expires_at > clock_timestamp())""",
+            key_id,
+        )
+        return None if row is None else (_caller(row), row["hash"])
+
+    async def rotate_key(
+        self, name: str, key_id: str, key_hash: str, overlap_seconds: float
+    ) -> Caller | None:
+        row = await self._db.fetchrow(
+            """UPDATE callers SET
+                   previous_key_id = key_id, previous_key_hash = key_hash,
+                   previous_key_expires_at = clock_timestamp() + make_interval(secs => $4),
+                   key_id = $2, key_hash = $3
+               WHERE name = $1 AND disabled_at IS NULL
+               RETURNING *""",
+            name,
+            key_id,
+            key_hash,
+            overlap_seconds,
+        )
+        return None if row is None else _caller(row)
 
     async def by_name(self, name: str) -> Caller | None:
         row = await self._db.fetchrow("SELECT * FROM callers WHERE name = $1", name)
