@@ -260,6 +260,11 @@ class PortalRepository(Protocol):
 
     async def revocation_failed(self, pending_id: int, error: str, retry_in: float) -> None: ...
 
+    async def flag(self, key: PortalKey, error_code: str) -> None:
+        """Record a problem with the stored data (e.g. a ciphertext that does not decrypt)
+        as the portal's last error, with a ``portal.flagged`` event the first time."""
+        ...
+
     async def stopped_since(self, since: datetime | None) -> tuple[list[PortalKey], datetime]:
         """Portals that stopped serving tokens (any non-serving state) after ``since``, and
         the database time to pass next; the fallback when invalidations are missed."""

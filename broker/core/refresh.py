@@ -48,6 +48,7 @@ from broker.errors import (
     NotFound,
     Quarantined,
     Revoked,
+    Undecryptable,
     UpstreamError,
     VaultError,
 )
@@ -281,9 +282,13 @@ class RefreshEngine:
                     return adopted
             app = await self.app(key.app)
             client_secrets = await self._secrets.client_secrets(key.app)
-            (refresh_token,) = await self._cipher.decrypt(
-                [(lease.refresh_ct, key.context("refresh"))]
-            )
+            try:
+                (refresh_token,) = await self._cipher.decrypt(
+                    [(lease.refresh_ct, key.context("refresh"))]
+                )
+            except Undecryptable:
+                await self._portals.flag(key, Undecryptable.code)
+                raise
             # Self-fence: HubSpot's timeout plus the journal and commit must fit the lease.
             budget = self._settings.hubspot_timeout + 2 * self._settings.db_timeout
             if lease_deadline - time.monotonic() < budget:

@@ -24,7 +24,7 @@ from broker.config import Settings
 from broker.core.models import Caller, IssuedToken, PortalKey, Role
 from broker.core.ports import AuditSink, Cipher, PortalRepository
 from broker.core.refresh import USEFUL_SECONDS, Fresh, RefreshEngine, raise_for_state
-from broker.errors import Forbidden, InvalidRequest, NotFound, UpstreamError
+from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, UpstreamError
 
 
 @dataclass(slots=True)
@@ -169,9 +169,14 @@ class TokenService:
         if access_token is None:
             if record.access_ct is None:
                 raise NotFound(f"portal {record.key} has no token", code="portal_not_found")
-            (access_token,) = await self._cipher.decrypt(
-                [(record.access_ct, record.key.context("access"))]
-            )
+            try:
+                (access_token,) = await self._cipher.decrypt(
+                    [(record.access_ct, record.key.context("access"))]
+                )
+            except Undecryptable:
+                # Tampered, truncated or copied from another portal: flag it, never serve it.
+                await self._portals.flag(record.key, Undecryptable.code)
+                raise
         offset = record.db_now.timestamp() - sent_at
         assert record.access_expires_at is not None  # access_ct is set, so is its expiry
         return CachedToken(

@@ -456,6 +456,17 @@ class PostgresPortals:
         )
         return status != "UPDATE 0"
 
+    async def flag(self, key: PortalKey, error_code: str) -> None:
+        async with self._db.transaction() as conn:
+            changed = await conn.fetchval(
+                f"""UPDATE portals SET last_error = $4, updated_at = clock_timestamp()
+                    WHERE {_IDENTITY} AND last_error IS DISTINCT FROM $4 RETURNING id""",
+                *_key_args(key),
+                error_code,
+            )
+            if changed is not None:
+                await _event(conn, "portal.flagged", key, {"error": error_code})
+
     async def count_by_state(self) -> dict[str, int]:
         rows = await self._db.fetch("SELECT state, count(*) AS n FROM portals GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
