@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test fuzz chaos lint fmt typecheck clean
+.PHONY: help install run test fuzz chaos lint fmt typecheck clean bench
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,11 +26,16 @@ run: $(STAMP) ## Start embedded Postgres/Valkey/OpenBao, the HubSpot simulator a
 test: $(STAMP) ## Run the test suite on real backends (embedded unless BROKER_TEST_* URLs are set)
 	$(BIN)/python -m pytest
 
-fuzz: $(STAMP) ## Schemathesis with fresh random cases (FUZZ_EXAMPLES per operation, default 500)
-	BROKER_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/test_contract.py -k schemathesis
+fuzz: $(STAMP) ## Schemathesis with fresh random cases (FUZZ_EXAMPLES per operation, default 500); counts last
+	@set -o pipefail; BROKER_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest \
+		tests/test_contract.py -k schemathesis -p no:cacheprovider | tee .fuzz.log; \
+		status=$$?; grep '^fuzz:' .fuzz.log; rm -f .fuzz.log; exit $$status
 
 chaos: $(STAMP) ## Fault scenarios on real processes at full size (PORTALS=N to shrink), one line each
 	$(BIN)/python -m tests.chaos $${PORTALS:+--portals $$PORTALS}
+
+bench: $(STAMP) ## Benchmarks on real processes (~12 min): one table, also in bench/results.md
+	$(BIN)/python -m bench
 
 lint: $(STAMP) ## Ruff lint + format check, mypy --strict on broker/
 	$(BIN)/ruff check .

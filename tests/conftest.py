@@ -5,6 +5,7 @@ a fresh database cloned from the template, a unique Redis prefix and Vault KV pr
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -115,3 +116,13 @@ def env(backends: BackendUrls, database_url: str, sim_url: str) -> dict[str, str
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return load_settings(env)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """`make fuzz` ends with its counts (schemathesis over every documented operation)."""
+    if not os.environ.get("BROKER_FUZZ_EXAMPLES"):
+        return
+    from tests.test_contract import FUZZ_COUNTS
+
+    counts = ", ".join(f"{k}={v}" for k, v in FUZZ_COUNTS.items())
+    terminalreporter.write_line(f"fuzz: {counts}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,13 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
+from schemathesis.core.failures import FailureGroup, ServerError
+from schemathesis.openapi.checks import (
+    IgnoredAuth,
+    JsonSchemaError,
+    UndefinedContentType,
+    UndefinedStatusCode,
+)
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.routing import Route
 
@@ -29,6 +37,10 @@ SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
 HUB = 5_500_001
 FUZZ_EXAMPLES = int(os.environ.get("BROKER_FUZZ_EXAMPLES", "0"))
+#: Printed last by `make fuzz` (tests/conftest.py's terminal summary).
+FUZZ_COUNTS: Counter[str] = Counter(
+    cases=0, server_errors=0, schema_violations=0, unauthorized_successes=0, other_failures=0
+)
 schema = schemathesis.openapi.from_path(SPEC_PATH)
 _CURRENT_KEY: dict[str, str] = {}
 
@@ -177,4 +189,20 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
         # invents is on an origin nobody allowed: such schema-valid requests are rightly
         # refused (400 install_state_invalid, 422), so that one check cannot apply.
         excluded.append(positive_data_acceptance)
-    case.call_and_validate(base_url=deployment.url, excluded_checks=excluded)
+    FUZZ_COUNTS["cases"] += 1
+    try:
+        case.call_and_validate(base_url=deployment.url, excluded_checks=excluded)
+    except FailureGroup as group:
+        for failure in group.exceptions:
+            FUZZ_COUNTS[_kind(failure)] += 1
+        raise
+
+
+def _kind(failure: BaseException) -> str:
+    if isinstance(failure, ServerError):
+        return "server_errors"
+    if isinstance(failure, IgnoredAuth):
+        return "unauthorized_successes"
+    if isinstance(failure, (JsonSchemaError, UndefinedStatusCode, UndefinedContentType)):
+        return "schema_violations"
+    return "other_failures"
