@@ -11,3 +11,21 @@
 path "secret/data/hubspot-token-broker/apps/*" {
   capabilities = ["create", "read", "update"]
 }
+
+# The CLI builds the same use cases as a replica, which read the deployment key (token
+# fingerprints in the audit trail); read only, like the runtime policy minus the create.
+path "secret/data/hubspot-token-broker/broker/fingerprint" {
+  capabilities = ["read"]
+}
+
+# `broker keys status` / `broker keys rewrap [--retire]`: read the key's versions, rewrap
+# ciphertexts, and raise min_decryption_version once nothing old is left.
+path "transit/keys/hubspot-tokens" {
+  capabilities = ["read"]
+}
+path "transit/rewrap/hubspot-tokens" {
+  capabilities = ["update"]
+}
+path "transit/keys/hubspot-tokens/config" {
+  capabilities = ["update"]
+}

@@ -1,0 +1,75 @@
+"""The broker running under exactly the least-privilege Vault policies shipped in
+deploy/vault, logged in with AppRole against the real OpenBao: installs, serves and
+refreshes; and it cannot write client secrets (only the admin policy can)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import hvac
+import pytest
+
+from broker.adapters.vault import VaultAdapter
+from broker.app import create_app
+from broker.config import Secret, load_settings
+from broker.dev.simulator import Simulator
+from broker.dev.stack import BackendUrls
+from broker.errors import VaultError
+from tests.helpers import Deployment, register, serve_app
+
+POLICIES = Path(__file__).resolve().parent.parent / "deploy" / "vault"
+HUB = 8_100_001
+
+
+def test_broker_under_shipped_policies_with_approle(
+    env: dict[str, str], backends: BackendUrls, sim: Simulator, sim_url: str
+) -> None:
+    root = hvac.Client(url=backends.vault_addr, token=backends.vault_token)
+    root.sys.create_or_update_policy("hubspot-token-broker", (POLICIES / "broker.hcl").read_text())
+    root.sys.create_or_update_policy(
+        "hubspot-token-broker-admin", (POLICIES / "broker-admin.hcl").read_text()
+    )
+    if "approle/" not in root.sys.list_auth_methods():
+        root.sys.enable_auth_method("approle")
+    role = f"htb-test-{secrets.token_hex(3)}"
+    root.auth.approle.create_or_update_approle(
+        role, token_policies=["hubspot-token-broker"], token_ttl="5m"
+    )
+    role_id = root.auth.approle.read_role_id(role)["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+    admin_token = root.auth.token.create(policies=["hubspot-token-broker-admin"], ttl="10m")
+
+    # The policies are written for the default KV prefix: use it (with an app of our own).
+    shared = {k: v for k, v in env.items() if k != "BROKER_VAULT_KV_PREFIX"}
+    admin = load_settings({**shared, "BROKER_VAULT_TOKEN": admin_token["auth"]["client_token"]})
+    runtime = load_settings(
+        {
+            **{k: v for k, v in shared.items() if k != "BROKER_VAULT_TOKEN"},
+            "BROKER_VAULT_AUTH": "approle",
+            "BROKER_VAULT_ROLE_ID": role_id,
+            "BROKER_VAULT_SECRET_ID": secret_id,
+        }
+    )
+    slug = f"pol-{secrets.token_hex(3)}"
+    with serve_app(create_app(runtime)) as url:
+        client_id, client_secret, key = register(admin, sim, f"{url}/oauth/callback", slug=slug)
+        d = Deployment(runtime, sim, sim_url, url, slug, client_id, client_secret, key)
+        sim.add_portal(HUB)
+        assert d.install(HUB, access_token_ttl=60).status_code == 200
+        assert d.token(HUB, min_ttl=0).status_code == 200
+        assert d.token(HUB, min_ttl=100).status_code == 200  # a refresh: decrypt + encrypt
+        assert sim.counters()["token.refresh_token"] == 1
+
+    async def runtime_cannot_write_secrets() -> None:
+        vault = VaultAdapter(runtime)
+        await vault.login()
+        try:
+            with pytest.raises(VaultError) as denied:
+                await vault.add_client_secret(slug, Secret("not-allowed"))
+            assert denied.value.code == "vault_forbidden"
+        finally:
+            await vault.close()
+
+    asyncio.run(runtime_cannot_write_secrets())
