@@ -5,13 +5,7 @@ secret or token in any line either process logged (canary grep, at DEBUG)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -21,6 +15,7 @@ import pytest
 from broker.config import Settings, load_settings
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
+from tests.chaos.cluster import Replica, start_replica
 from tests.helpers import register
 from tests.test_walking_skeleton import decrypt
 
@@ -28,57 +23,14 @@ HUBS = (6_600_001, 6_600_002, 6_600_003)
 CALLERS = 200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Replica:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _start(env: dict[str, str], log: Path) -> Replica:
-    port = _free_port()
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--port", str(port)],
-        env={**os.environ, **env},
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-    )
-    handle.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"broker exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return Replica(url, process, log)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"broker did not become ready: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture
 def replicas(env: dict[str, str], tmp_path: Path) -> Iterator[list[Replica]]:
     env = {**env, "BROKER_LOG_LEVEL": "DEBUG", "BROKER_LOG_FORMAT": "json"}
     asyncio.run(_migrated(load_settings(env)))
-    started = [_start(env, tmp_path / f"replica-{i}.log") for i in range(2)]
+    started = [start_replica(env, tmp_path / f"replica-{i}.log") for i in range(2)]
     yield started
     for replica in started:
-        replica.process.terminate()
-    for replica in started:
-        try:
-            replica.process.wait(15)
-        except subprocess.TimeoutExpired:
-            replica.process.kill()
+        replica.terminate()
 
 
 async def _migrated(settings: Settings) -> None:
