@@ -4,10 +4,12 @@ run every section, print one table and write it to ``bench/results.md``."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +22,11 @@ from broker.dev.simulator import Simulator, run_in_thread
 from broker.dev.stack import BackendUrls, EmbeddedStack
 
 RESULTS = Path(__file__).with_name("results.md")
+SECTIONS: dict[str, Callable[[Bench], None]] = {
+    "hot": hot.run,  # 1 hot path, 2 cold path, 5 abuse: one pinned broker process
+    "herd": scenarios.herd,
+    "scale": scenarios.scale,
+}
 
 
 def run_bench(
@@ -31,6 +38,7 @@ def run_bench(
     output: Path,
     use_wrk: bool = True,
     bao_pid: int | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> str:
     """Run every section against these backends; returns the report (also written)."""
     started = time.monotonic()
@@ -38,14 +46,16 @@ def run_bench(
     use_wrk = use_wrk and wrk_path() is not None
     target_cpus, load_cpus = cpu_plan()
     bench = Bench(urls, sim, sim_url, size, workdir, use_wrk, target_cpus, load_cpus, bao_pid)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    bench.notes.append(f"load average (1, 5, 15 min) at the start: {load}")
     if target_cpus is not None:
         bench.notes.append(
             f"hot path: each server on CPU {sorted(target_cpus)}, load on {sorted(load_cpus or ())}"
         )
     try:
-        for section in (hot.run, scenarios.herd, scenarios.scale):
-            print(f"{section.__module__}.{section.__name__} ...", flush=True)
-            section(bench)
+        for name in only or tuple(SECTIONS):
+            print(f"{name} ...", flush=True)
+            SECTIONS[name](bench)
     except BaseException:
         print(f"bench failed; process logs kept in {workdir}", file=sys.stderr)
         raise
@@ -63,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", help="portal counts, comma-separated (1000,10000,100000)")
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load client")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     if args.scale:
@@ -80,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             output=args.output,
             use_wrk=not args.no_wrk,
             bao_pid=stack.pids()["openbao"],
+            only=tuple(args.only.split(",")) if args.only else tuple(SECTIONS),
         )
     print()
     print(report, end="")

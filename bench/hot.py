@@ -10,6 +10,7 @@ with only the background refresher off.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import sys
 import time
@@ -19,7 +20,7 @@ import httpx
 import hvac
 
 from bench.load import ClientProcess, LoadResult, closed_loop
-from bench.procs import Server, free_port, pin_threads, serving
+from bench.procs import Server, cpu_seconds, free_port, pin_threads, serving
 from bench.report import Bench, count, ms
 from bench.seed import APP, Deployment, deploy, drop, seed_portals, start_broker
 
@@ -44,21 +45,32 @@ def _checked(result: LoadResult, name: str) -> LoadResult:
 
 
 def _measure(
-    b: Bench, server_port: int, path: str, headers: dict[str, str], name: str
-) -> LoadResult:
-    """A warm-up, then the measured closed loop."""
+    b: Bench, pid: int | None, server_port: int, path: str, headers: dict[str, str], name: str
+) -> tuple[LoadResult, float | None]:
+    """A warm-up, then the measured closed loop; also the share of a core the server got
+    (``pid``'s CPU time over the run): well under 100% means something else took its core."""
     size = b.size
-    for seconds in (size.warmup, size.seconds):
-        result = closed_loop(
-            ("127.0.0.1", server_port),
-            path,
-            headers=headers,
-            connections=size.connections,
-            seconds=seconds,
-            cpus=b.load_cpus,
-            use_wrk=b.use_wrk,
-        )
-    return _checked(result, name)
+    closed = functools.partial(
+        closed_loop,
+        ("127.0.0.1", server_port),
+        path,
+        headers=headers,
+        connections=size.connections,
+        cpus=b.load_cpus,
+        use_wrk=b.use_wrk,
+    )
+    closed(seconds=size.warmup)
+    cpu = None if pid is None else cpu_seconds(pid)
+    result = _checked(closed(seconds=size.seconds), name)
+    if cpu is None or pid is None:
+        return result, None
+    return result, (cpu_seconds(pid) - cpu) / result.seconds
+
+
+def _efficiency(result: LoadResult, share: float | None) -> str:
+    if share is None:
+        return "server CPU unknown"
+    return f"server busy {share:.0%} of a core, {count(result.rps / max(share, 1e-9))} req/CPU-s"
 
 
 def run(b: Bench) -> None:
@@ -73,13 +85,15 @@ def run(b: Bench) -> None:
             first = httpx.get(broker.url + path, headers=d.auth(), timeout=30)
             first.raise_for_status()
             body = first.text
-            hot = _measure(b, broker.port, path, d.auth(), "broker")
+            hot, share = _measure(b, broker.pid, broker.port, path, d.auth(), "broker")
             b.add(
                 "1 hot path",
                 "broker GET /v1/portals/{id}/token, cached",
                 _line(hot),
-                f"{hot.tool}, {size.connections} conns, {size.seconds:g} s; {len(body)} B body",
+                f"{hot.tool}, {size.connections} conns, {size.seconds:g} s, {len(body)} B body; "
+                + _efficiency(hot, share),
             )
+            b.efficiency["hot"] = hot.rps / share if share else 0.0
             _cold(b, d, broker, cold)
             _abuse(b, d, broker)
         _baselines(b, body, hot)
@@ -100,11 +114,14 @@ def _baselines(b: Bench, body: str, hot: LoadResult) -> None:
         server = Server(kind, argv, port=port, log=log, cpus=b.target_cpus, ready_path="/livez")
         with serving(server):
             path = f"/v1/portals/{HOT_HUB}/token"
-            result = _measure(b, port, path, {}, kind)
-        b.add("1 hot path", label, _line(result), f"{result.tool}, same uvicorn options")
+            result, share = _measure(b, server.pid, port, path, {}, kind)
+        detail = f"{result.tool}, same uvicorn options; {_efficiency(result, share)}"
+        b.add("1 hot path", label, _line(result), detail)
         b.ratios[ratio] = hot.rps / result.rps
-    result = _openbao_kv(b, body)
-    detail = f"{result.tool}, X-Vault-Token, {len(body)} B secret"
+        b.efficiency[ratio] = result.rps / share if share else 0.0
+    result, share = _openbao_kv(b, body)
+    b.efficiency["hot_path_vs_openbao_kv"] = result.rps / share if share else 0.0
+    detail = f"{result.tool}, X-Vault-Token, {len(body)} B secret; {_efficiency(result, share)}"
     pinned = b.bao_pid is not None and b.target_cpus is not None
     detail += ", pinned to the same core" if pinned else ", not pinned (pid unknown)"
     b.add("1 hot path", "OpenBao KV v2 read (GET /v1/secret/data/...)", _line(result), detail)
@@ -113,7 +130,7 @@ def _baselines(b: Bench, body: str, hot: LoadResult) -> None:
         b.notes.append("smoke size: numbers are not meaningful")
 
 
-def _openbao_kv(b: Bench, body: str) -> LoadResult:
+def _openbao_kv(b: Bench, body: str) -> tuple[LoadResult, float | None]:
     path = f"bench-{secrets.token_hex(4)}/token"
     client = hvac.Client(url=b.urls.vault_addr, token=b.urls.vault_token, timeout=10)
     try:
@@ -126,9 +143,8 @@ def _openbao_kv(b: Bench, body: str) -> LoadResult:
     if b.bao_pid is not None:
         pin_threads(b.bao_pid, b.target_cpus)
     try:
-        return _measure(
-            b, port, f"/v1/secret/data/{path}", {"X-Vault-Token": b.urls.vault_token}, "openbao"
-        )
+        token = {"X-Vault-Token": b.urls.vault_token}
+        return _measure(b, b.bao_pid, port, f"/v1/secret/data/{path}", token, "openbao")
     finally:
         if b.bao_pid is not None:
             pin_threads(b.bao_pid, None)

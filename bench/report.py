@@ -78,6 +78,8 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
+    #: Requests per CPU-second of each hot-path server: robust to a busy machine.
+    efficiency: dict[str, float] = field(default_factory=dict)
 
     def add(self, section: str, what: str, result: str, detail: str = "") -> None:
         self.rows.append(Row(section, what, result, detail))
@@ -99,6 +101,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "os": platform.platform(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load average (1, 5, 15 min) at the end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
@@ -116,6 +119,14 @@ def render(bench: Bench, *, load_tool: str, elapsed: float) -> str:
         f"| {_cell(r.section)} | {_cell(r.what)} | {_cell(r.result)} | {_cell(r.detail)} |"
         for r in sorted(bench.rows, key=lambda row: row.section)  # stable: run order kept
     ]
+    hot = bench.efficiency.get("hot")
+    if hot:
+        per_cpu = ", ".join(
+            f"{name.removeprefix('hot_path_')} {hot / bench.efficiency[name]:.3f}"
+            for name in RATIOS
+            if bench.efficiency.get(name)
+        )
+        bench.notes.append(f"the same ratios per CPU-second of the server: {per_cpu}")
     if bench.notes:
         lines += ["", *(f"- {note}" for note in bench.notes)]
     lines += [""]

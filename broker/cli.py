@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     rewrap = keys.add_parser(
         "rewrap", help="re-encrypt stored tokens under the latest key version (resumable)"
     )
-    rewrap.add_argument("--batch", type=int, default=200)
+    # OpenBao refuses Transit batches of 250 items or more ("high complexity").
+    rewrap.add_argument("--batch", type=int, default=200, choices=range(1, 241), metavar="1-240")
     rewrap.add_argument("--limit", type=int, help="stop after this many (resume later)")
     rewrap.add_argument(
         "--retire",

@@ -81,32 +81,34 @@ class ProactiveRefresher:
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
-            claimed = 0
+            more = False
             paused = self._engine.hubspot_paused_for()
             if paused > 0:  # the circuit is open: claiming leases now would only churn
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=paused)
                 continue
             try:
-                claimed = await self.run_once()
+                more = await self.run_once()
             except BrokerError as exc:
                 metrics.BACKEND_ERRORS.labels("any", "refresher_pass").inc()
                 log.warning("refresher.pass_failed", code=exc.code)
             except Exception:  # a bug must not stop proactive refreshing for good
                 metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
                 log.exception("refresher.pass_crashed")
-            if claimed < self._settings.refresher_batch:
-                # Jittered so replicas started together do not scan in lockstep.
+            if not more:
+                # Nothing (more) is due: wait, jittered so replicas started together do not
+                # scan in lockstep.
                 delay = self._settings.refresher_interval * random.uniform(0.5, 1.5)  # noqa: S311
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
-    async def run_once(self) -> int:
-        """Claim one batch and start refreshing it; returns how many portals were claimed."""
+    async def run_once(self) -> bool:
+        """Claim what fits in the free slots and start refreshing it. True when more may be
+        due right away: every slot was busy, or the claim came back full."""
         free = self._settings.refresher_batch - len(self._inflight)
         if free <= 0:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
-            return 0
+            return True
         batch = await self._portals.claim_due(
             self._owner, limit=free, lease_seconds=self._settings.lease_seconds
         )
@@ -114,7 +116,7 @@ class ProactiveRefresher:
             task = asyncio.create_task(self._refresh(key, lease), name=f"refresh {key}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(batch)
+        return len(batch) == free
 
     async def _refresh(self, key: PortalKey, lease: Lease) -> None:
         async with self._slots:

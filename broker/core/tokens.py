@@ -30,8 +30,9 @@ from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, Up
 @dataclass(slots=True)
 class CachedToken:
     access_token: str = field(repr=False)
-    #: Expiry on this process's ``time.time()`` scale.
+    #: Expiry on this process's ``time.time()`` scale, and as a datetime (made once).
     expires_local: float
+    expires_at: datetime
     scopes: tuple[str, ...]
     version: int
     fingerprint: str
@@ -118,7 +119,7 @@ class TokenService:
         )
         return IssuedToken(
             access_token=entry.access_token,
-            expires_at=datetime.fromtimestamp(entry.expires_local, UTC),
+            expires_at=entry.expires_at,
             expires_in=max(0, int(remaining)),
             key=key,
             scopes=entry.scopes,
@@ -182,6 +183,7 @@ class TokenService:
         return CachedToken(
             access_token=access_token,
             expires_local=record.access_expires_at.timestamp() - offset,
+            expires_at=datetime.fromtimestamp(record.access_expires_at.timestamp() - offset, UTC),
             scopes=record.scopes,
             version=record.version,
             fingerprint=fingerprint(self._fp_key, access_token),

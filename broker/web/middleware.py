@@ -4,6 +4,7 @@ events. Pure ASGI rather than ``BaseHTTPMiddleware``: it sits on the hot path.""
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import time
@@ -15,6 +16,10 @@ from broker.logs import REQUEST_ID
 
 log = structlog.get_logger("broker.http")
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+# Request ids only need to be unique, not secret: a random per-process prefix and a counter
+# (no system call per request, unlike secrets.token_hex).
+_PREFIX = secrets.token_hex(5)
+_COUNTER = itertools.count()
 
 
 class RequestIdMiddleware:
@@ -31,7 +36,7 @@ class RequestIdMiddleware:
                 request_id = value.decode()
                 break
         if request_id is None:
-            request_id = secrets.token_hex(8)
+            request_id = f"{_PREFIX}{next(_COUNTER):06x}"
         token = REQUEST_ID.set(request_id)
         header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()

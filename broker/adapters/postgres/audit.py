@@ -97,10 +97,8 @@ class PostgresAudit:
         while self._queue:
             rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
             try:
-                await self._db.executemany(
-                    """INSERT INTO audit_events (actor, action, app, hub_id, user_id, detail)
-                       VALUES ($1, $2, $3, $4, $5, $6)""",
-                    rows,
+                await self._db.copy_records(
+                    "audit_events", ["actor", "action", "app", "hub_id", "user_id", "detail"], rows
                 )
             except DatabaseError:
                 self._queue.extendleft(reversed(rows))
