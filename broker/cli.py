@@ -289,6 +289,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def _transit_batch(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 240:
+        raise argparse.ArgumentTypeError("must be 1-240 (OpenBao refuses larger batches)")
+    return value
+
+
 # --- parser --------------------------------------------------------------------------------
 Command = Callable[[Settings, argparse.Namespace, _Out], Coroutine[Any, Any, None]]
 
@@ -384,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rewrap", help="re-encrypt stored tokens under the latest key version (resumable)"
     )
     # OpenBao refuses Transit batches of 250 items or more ("high complexity").
-    rewrap.add_argument("--batch", type=int, default=200, choices=range(1, 241), metavar="1-240")
+    rewrap.add_argument("--batch", type=_transit_batch, default=200, help="1-240")
     rewrap.add_argument("--limit", type=int, help="stop after this many (resume later)")
     rewrap.add_argument(
         "--retire",
