@@ -24,6 +24,7 @@ import httpx
 from broker import metrics
 from broker.config import Secret, Settings
 from broker.core.models import App, TokenGrant, TokenInfo
+from broker.core.tasks import cancel_and_wait
 from broker.errors import (
     AppMisconfigured,
     BrokerError,
@@ -63,9 +64,7 @@ async def pause_tolerant(call: Awaitable[T], seconds: float, tick: float = 0.1) 
         done, _ = await asyncio.wait({task}, timeout=tick)
         if done:
             return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
     raise TimeoutError(f"no answer within {seconds:g} s")
 
 

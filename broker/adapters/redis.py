@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from broker import metrics
 from broker.config import Settings
+from broker.core.tasks import cancel_and_wait
 from broker.errors import UpstreamError
 
 log = structlog.get_logger(__name__)
@@ -98,10 +99,7 @@ class RedisCoordinator:
         self._listener = asyncio.create_task(self._listen(), name="redis-refreshed-listener")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await cancel_and_wait(self._listener)
         await self._client.aclose()
         await self._sub_client.aclose()
 

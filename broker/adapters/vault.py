@@ -29,6 +29,7 @@ import structlog
 
 from broker import metrics
 from broker.config import Secret, Settings
+from broker.core.tasks import cancel_and_wait
 from broker.errors import NotFound, Undecryptable, VaultError
 
 T = TypeVar("T")
@@ -126,10 +127,7 @@ class VaultAdapter:
                 log.exception("vault.renew_crashed")
 
     async def close(self) -> None:
-        if self._renewal is not None:
-            self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
+        await cancel_and_wait(self._renewal)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.adapter.close()
 

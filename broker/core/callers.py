@@ -11,7 +11,6 @@ a caller verified earlier stays accepted (stale-if-error).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import re
@@ -26,6 +25,7 @@ from broker import metrics
 from broker.config import Settings
 from broker.core.models import Caller, NewCallerKey, Role
 from broker.core.ports import AuditSink, CallerRepository, IdentityVerifier
+from broker.core.tasks import cancel_and_wait
 from broker.errors import (
     InvalidRequest,
     NotFound,
@@ -231,10 +231,7 @@ class CallerService:
         self._task = asyncio.create_task(self._touch_loop(), name="caller-last-used")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _touch_loop(self) -> None:
         while True:

@@ -10,7 +10,6 @@ the message (Redis down, a reconnect) stops serving within that bound plus one q
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime
 
 import structlog
@@ -19,6 +18,7 @@ from broker import metrics
 from broker.config import Settings
 from broker.core.models import PortalKey
 from broker.core.ports import Coordinator, PortalRepository
+from broker.core.tasks import cancel_and_wait
 from broker.core.tokens import TokenService
 from broker.errors import BrokerError
 
@@ -45,10 +45,7 @@ class Invalidations:
         self._task = asyncio.create_task(self._poll(), name="invalidation-poll")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def publish(self, key: PortalKey) -> None:
         """Drop ``key`` here at once and tell every other replica."""

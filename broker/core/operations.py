@@ -25,6 +25,7 @@ from broker.core.invalidation import Invalidations
 from broker.core.models import PortalKey, PortalRecord, PortalState
 from broker.core.ports import AuditSink, Cipher, OAuthProvider, PortalRepository, SecretStore
 from broker.core.refresh import RefreshEngine, raise_for_state
+from broker.core.tasks import cancel_and_wait
 from broker.errors import BrokerError, Conflict, HubSpotError, NotFound, UpstreamError
 
 log = structlog.get_logger(__name__)
@@ -182,10 +183,7 @@ class RevocationRetrier:
         self._task = asyncio.create_task(self._run(), name="revocation-retrier")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -23,6 +23,7 @@ from broker.config import Settings
 from broker.core.models import Lease, PortalKey, PortalState
 from broker.core.ports import PortalRepository, RateLimiter
 from broker.core.refresh import RefreshEngine
+from broker.core.tasks import cancel_and_wait
 from broker.errors import BrokerError
 
 log = structlog.get_logger(__name__)
@@ -64,9 +65,7 @@ class ProactiveRefresher:
         try:
             await self._loop()
         finally:
-            gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gauges
+            await cancel_and_wait(gauges)
 
     async def _update_gauges(self) -> None:
         """Portals by state, every 15 s: a scrape never scans the table."""

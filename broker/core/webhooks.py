@@ -63,6 +63,7 @@ import structlog
 
 from broker import metrics
 from broker.config import Secret
+from broker.core.tasks import cancel_and_wait
 from broker.errors import BrokerError, FatalError, UpstreamError
 
 log = structlog.get_logger(__name__)
@@ -271,9 +272,7 @@ class WebhookDispatcher:
         try:
             await self._loop()
         finally:
-            gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gauges
+            await cancel_and_wait(gauges)
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():

@@ -21,6 +21,7 @@ import structlog
 from broker import metrics
 from broker.adapters.postgres.pool import Database
 from broker.core.models import PortalKey
+from broker.core.tasks import cancel_and_wait
 from broker.errors import DatabaseError
 
 log = structlog.get_logger(__name__)
@@ -84,10 +85,7 @@ class PostgresAudit:
         self._task = asyncio.create_task(self._run(), name="audit-flusher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         with contextlib.suppress(DatabaseError):
             await self.flush()
 
