@@ -262,14 +262,3 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if problems:
         raise ConfigError(problems)
     return settings
-
-
-def replace_settings(settings: Settings, **changes: object) -> Settings:
-    """A copy with ``changes`` applied and validated (used by tests and ``broker dev``)."""
-    merged = {spec.name: getattr(settings, spec.name) for spec in fields(Settings)}
-    merged.update(changes)
-    updated = Settings(**merged)
-    problems = updated.validate()
-    if problems:
-        raise ConfigError(problems)
-    return updated

@@ -94,10 +94,6 @@ class PostgresCallers:
         )
         return None if row is None else _caller(row)
 
-    async def by_name(self, name: str) -> Caller | None:
-        row = await self._db.fetchrow("SELECT * FROM callers WHERE name = $1", name)
-        return None if row is None else _caller(row)
-
     async def list(self) -> list[Caller]:
         return [_caller(r) for r in await self._db.fetch("SELECT * FROM callers ORDER BY name")]
 

@@ -83,10 +83,6 @@ class Database:
         with _guarded():
             return await self._pool.execute(query, *args, timeout=self._timeout)
 
-    async def executemany(self, query: str, args: list[tuple[Any, ...]]) -> None:
-        with _guarded():
-            await self._pool.executemany(query, args, timeout=self._timeout)
-
     async def copy_records(
         self, table: str, columns: list[str], records: list[tuple[Any, ...]]
     ) -> None:

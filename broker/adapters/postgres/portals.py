@@ -80,6 +80,12 @@ async def _event(
     )
 
 
+async def _mark_applied(conn: asyncpg.pool.PoolConnectionProxy, journal_id: int) -> None:
+    await conn.execute(
+        "UPDATE token_journal SET applied_at = clock_timestamp() WHERE id = $1", journal_id
+    )
+
+
 class PostgresPortals:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -516,10 +522,7 @@ class PostgresPortals:
             )
             if row is None:
                 return None
-            await conn.execute(
-                "UPDATE token_journal SET applied_at = clock_timestamp() WHERE id = $1",
-                journal_id,
-            )
+            await _mark_applied(conn, journal_id)
             record = _portal(row)
             if row["prev_state"] == PortalState.REFRESH_FAILING:
                 await _event(conn, "portal.recovered", record.key, {})
@@ -546,10 +549,7 @@ class PostgresPortals:
             )
             if row is None:
                 return None
-            await conn.execute(
-                "UPDATE token_journal SET applied_at = clock_timestamp() WHERE id = $1",
-                journal_id,
-            )
+            await _mark_applied(conn, journal_id)
             record = _portal(row)
             await _event(conn, "portal.recovered", record.key, {"healed": True})
             return record
