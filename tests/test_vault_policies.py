@@ -1,6 +1,7 @@
 """The broker running under exactly the least-privilege Vault policies shipped in
 deploy/vault, logged in with AppRole against the real OpenBao: installs, serves and
-refreshes; and it cannot write client secrets (only the admin policy can)."""
+refreshes; it cannot write client secrets (only the admin policy can); and a refused login
+is a ``vault_login_failed`` error, not a traceback."""
 
 from __future__ import annotations
 
@@ -44,14 +45,13 @@ def test_broker_under_shipped_policies_with_approle(
     # The policies are written for the default KV prefix: use it (with an app of our own).
     shared = {k: v for k, v in env.items() if k != "BROKER_VAULT_KV_PREFIX"}
     admin = load_settings({**shared, "BROKER_VAULT_TOKEN": admin_token["auth"]["client_token"]})
-    runtime = load_settings(
-        {
-            **{k: v for k, v in shared.items() if k != "BROKER_VAULT_TOKEN"},
-            "BROKER_VAULT_AUTH": "approle",
-            "BROKER_VAULT_ROLE_ID": role_id,
-            "BROKER_VAULT_SECRET_ID": secret_id,
-        }
-    )
+    runtime_env = {
+        **{k: v for k, v in shared.items() if k != "BROKER_VAULT_TOKEN"},
+        "BROKER_VAULT_AUTH": "approle",
+        "BROKER_VAULT_ROLE_ID": role_id,
+        "BROKER_VAULT_SECRET_ID": secret_id,
+    }
+    runtime = load_settings(runtime_env)
     slug = f"pol-{secrets.token_hex(3)}"
     with serve_app(create_app(runtime)) as url:
         client_id, client_secret, key = register(admin, sim, f"{url}/oauth/callback", slug=slug)
@@ -73,3 +73,16 @@ def test_broker_under_shipped_policies_with_approle(
             await vault.close()
 
     asyncio.run(runtime_cannot_write_secrets())
+
+    async def refused_login_is_a_broker_error() -> None:
+        wrong = load_settings({**runtime_env, "BROKER_VAULT_SECRET_ID": "not-the-secret-id"})
+        vault = VaultAdapter(wrong)
+        try:
+            with pytest.raises(VaultError) as refused:
+                await vault.login()
+            assert refused.value.code == "vault_login_failed"
+            assert "not-the-secret-id" not in str(refused.value)
+        finally:
+            await vault.close()
+
+    asyncio.run(refused_login_is_a_broker_error())

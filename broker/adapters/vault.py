@@ -94,20 +94,43 @@ class VaultAdapter:
                 jwt = Path(settings.vault_k8s_jwt_path).read_text().strip()
                 self._client.auth.kubernetes.login(role=settings.vault_k8s_role, jwt=jwt)
 
-        await self._call("login", do_login)
+        try:
+            await self._call("login", do_login)
+        except OSError as exc:
+            raise VaultError(
+                f"cannot read the service-account token at {settings.vault_k8s_jwt_path}",
+                code="vault_login_failed",
+            ) from exc
+        except hvac.exceptions.VaultError as exc:  # refused: role, secret or JWT not accepted
+            raise VaultError(
+                f"Vault refused the broker's {settings.vault_auth} login",
+                code="vault_login_failed",
+            ) from exc
 
     def start_renewal(self) -> None:
         """Keep the Vault token alive: renew at about 2/3 of its TTL (jittered); when renewal
-        fails, log in again with the configured method. Non-expiring tokens need nothing."""
+        fails or the token was revoked, log in again with the configured method, retrying
+        with backoff (1 s doubling to 30 s). Non-expiring tokens need nothing."""
         self._renewal = asyncio.create_task(self._renew_loop(), name="vault-token-renewal")
 
     async def _renew_loop(self) -> None:
+        backoff = 1.0
         while True:
             try:
                 info = await self._call("lookup_self", self._client.auth.token.lookup_self)
-                ttl = float(info["data"].get("ttl") or 0)
-            except VaultError:
-                ttl = 10.0  # unknown: look again soon
+            except VaultError as exc:
+                if exc.code != "vault_forbidden" or self._settings.vault_auth == "token":
+                    await asyncio.sleep(10.0)  # unreachable or sealed: look again soon
+                elif not await self._relogin():  # revoked or expired: log in again now
+                    await asyncio.sleep(backoff)
+                    backoff = min(30.0, backoff * 2)
+                continue
+            except Exception:  # the loop must outlive bugs
+                log.exception("vault.renew_crashed")
+                await asyncio.sleep(10.0)
+                continue
+            backoff = 1.0
+            ttl = float(info["data"].get("ttl") or 0)
             if ttl <= 0:
                 return  # a root or non-expiring token
             await asyncio.sleep(max(0.5, ttl * random.uniform(0.6, 0.72)))  # noqa: S311
@@ -118,13 +141,18 @@ class VaultAdapter:
                 metrics.VAULT_RENEWALS.labels("failed").inc()
                 log.warning("vault.renew_failed", auth=self._settings.vault_auth)
                 if self._settings.vault_auth != "token":
-                    try:
-                        await self.login()
-                        metrics.VAULT_RENEWALS.labels("relogin").inc()
-                    except (VaultError, hvac.exceptions.VaultError, OSError):
-                        log.error("vault.relogin_failed", auth=self._settings.vault_auth)
-            except Exception:  # the loop must outlive bugs
+                    await self._relogin()
+            except Exception:
                 log.exception("vault.renew_crashed")
+
+    async def _relogin(self) -> bool:
+        try:
+            await self.login()
+        except VaultError as exc:
+            log.error("vault.relogin_failed", auth=self._settings.vault_auth, code=exc.code)
+            return False
+        metrics.VAULT_RENEWALS.labels("relogin").inc()
+        return True
 
     async def close(self) -> None:
         await cancel_and_wait(self._renewal)
