@@ -25,11 +25,13 @@ from broker.adapters.postgres.migrate import migrate, pending
 from broker.adapters.postgres.outbox import PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.postgres.portals import PostgresPortals
+from broker.adapters.postgres.retention import PostgresRetention
 from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
 from broker.config import Settings
 from broker.core.admin import AdminService
+from broker.core.caller_cache import CallerCache
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
 from broker.core.invalidation import Invalidations
@@ -37,10 +39,12 @@ from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations, RevocationRetrier
 from broker.core.refresh import RefreshEngine
 from broker.core.refresher import ProactiveRefresher
+from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
 from broker.core.tokens import TokenService
 from broker.core.webhooks import WebhookDispatcher
 from broker.errors import BrokerError, FatalError
-from broker.web import admin, admin_page, api, health, oauth
+from broker.web import admin, admin_page, health, oauth
+from broker.web.api import TokenRoute
 from broker.web.middleware import RequestIdMiddleware
 from broker.web.problems import HANDLERS
 from broker.web.services import Services
@@ -103,10 +107,6 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             if settings.jwt_issuer_list
             else None
         )
-        callers = CallerService(
-            settings, callers=PostgresCallers(db), audit=audit, verifier=verifier
-        )
-        stack.push_async_callback(callers.close)
         # A random per-deployment key kept in Vault, the same on every replica: it keys
         # token fingerprints and (derived) the operator page's session and CSRF signatures.
         deployment_key = await vault.fingerprint_key()
@@ -118,10 +118,26 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             audit=audit,
             fingerprint_key=deployment_key,
         )
+        caller_repository = PostgresCallers(db)
+        caller_cache = CallerCache(settings)
         invalidations = Invalidations(
-            settings, coordinator=coordinator, portals=portals, tokens=tokens
+            settings,
+            coordinator=coordinator,
+            portals=portals,
+            tokens=tokens,
+            callers=caller_repository,
+            caller_cache=caller_cache,
         )
         stack.push_async_callback(invalidations.close)
+        callers = CallerService(
+            settings,
+            callers=caller_repository,
+            audit=audit,
+            cache=caller_cache,
+            invalidations=invalidations,
+            verifier=verifier,
+        )
+        stack.push_async_callback(callers.close)
         operations = PortalOperations(
             settings,
             portals=portals,
@@ -141,6 +157,9 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             retrier = RevocationRetrier(operations)
             retrier.start()
             stack.push_async_callback(retrier.close)
+            sweeper = _retention_sweeper(settings, db)
+            sweeper.start()
+            stack.push_async_callback(sweeper.close)
             if settings.refresher_enabled:
                 refresher = ProactiveRefresher(
                     settings,
@@ -196,6 +215,32 @@ def open_admin(settings: Settings) -> AbstractAsyncContextManager[Services]:
     return open_services(settings, serving=False)
 
 
+def _retention_sweeper(settings: Settings, db: Database) -> RetentionSweeper:
+    return RetentionSweeper(
+        RetentionPolicy.from_settings(settings),
+        store=PostgresRetention(db),
+        interval=settings.retention_interval,
+    )
+
+
+async def sweep_retention(settings: Settings) -> SweepReport:
+    """One retention sweep now (``broker retention sweep``); needs only PostgreSQL."""
+    db = await Database.connect(
+        settings.database_url.get(), min_size=1, max_size=2, timeout=settings.db_timeout
+    )
+    try:
+        async with db.connection() as conn:
+            missing = await pending(conn)
+        if missing:
+            raise FatalError(
+                f"{len(missing)} database migration(s) pending: run `broker migrate` first",
+                code="migrations_pending",
+            )
+        return await _retention_sweeper(settings, db).sweep()
+    finally:
+        await db.close()
+
+
 async def run_migrations(settings: Settings) -> list[str]:
     """Apply pending migrations; returns their names."""
     db = await Database.connect(
@@ -243,15 +288,19 @@ async def probe_backends(settings: Settings) -> dict[str, str]:
     return report
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> TokenRoute:
+    """The token route (raw ASGI, see :mod:`broker.web.api`) in front of the Starlette app."""
+
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
         async with open_services(settings) as services:
             yield {"services": services}
 
-    return Starlette(
-        routes=[*api.routes, *admin.routes, *admin_page.routes, *oauth.routes, *health.routes],
-        middleware=[Middleware(RequestIdMiddleware)],
-        exception_handlers=HANDLERS,
-        lifespan=lifespan,
+    return TokenRoute(
+        Starlette(
+            routes=[*admin.routes, *admin_page.routes, *oauth.routes, *health.routes],
+            middleware=[Middleware(RequestIdMiddleware)],
+            exception_handlers=HANDLERS,
+            lifespan=lifespan,
+        )
     )

@@ -259,6 +259,18 @@ async def cmd_keys(settings: Settings, args: argparse.Namespace, out: _Out) -> N
         raise SystemExit(EXIT_FAILED)
 
 
+async def cmd_retention(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import sweep_retention
+
+    report = await sweep_retention(settings)
+    data = {"swept": report.swept, "deleted": report.deleted}
+    if report.swept:
+        text = "\n".join(f"{table:14} {count}" for table, count in report.deleted.items())
+    else:
+        text = "another sweep is running (advisory lock held); nothing deleted"
+    out.emit(data, text)
+
+
 async def cmd_check_config(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
     from broker.app import probe_backends
 
@@ -410,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", help="ISO 8601 time")
     audit.add_argument("--limit", type=int, default=100)
     audit.set_defaults(run=cmd_audit)
+
+    retention = sub.add_parser("retention", help="delete expired rows").add_subparsers(
+        dest="sub", required=True
+    )
+    retention.add_parser(
+        "sweep", help="one retention sweep now (skipped while another runs); counts per table"
+    ).set_defaults(run=cmd_retention)
     return parser
 
 

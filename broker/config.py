@@ -77,7 +77,15 @@ class Settings:
     default_app: str = ""
     min_ttl_default: int = 300
     min_ttl_max: int = 1500
+    # Seconds a verified caller is believed without asking Postgres. Changes to a caller
+    # (disable, rotate, create) reach every replica at once over Redis, or within
+    # invalidation_poll_seconds from Postgres; this is only the bound when both are missed.
     caller_cache_seconds: float = 10.0
+    # Per replica: Postgres lookups per second of caller keys this replica does not know
+    # (a token bucket with two seconds of burst; lookups that authenticate are given back).
+    # Beyond it, such keys get 429 auth_throttled with Retry-After instead of a lookup, so a
+    # flood of made-up keys cannot load the database. Callers known here are never limited.
+    auth_lookup_rate: float = 50.0
     # Workload identity: a JSON list of {"issuer", "jwks_url", "audience"[, "ca_file",
     # "token_file"]}; callers then authenticate with the issuer's JWTs. Empty: keys only.
     jwt_issuers: str = ""
@@ -112,6 +120,12 @@ class Settings:
     webhook_backoff_base: float = 1.0
     webhook_backoff_cap: float = 300.0
     webhook_stuck_after: int = 20  # attempts after which a delivery counts as stuck
+    # --- retention (broker.core.retention): ages after which rows are deleted; 0 keeps
+    # that kind forever. A revoked portal's journal rows are always deleted, whatever these.
+    audit_retention_days: int = 400
+    events_retention_days: int = 30  # only events every webhook receiver acknowledged
+    journal_retention_hours: int = 24  # only applied or superseded journal rows
+    retention_interval: float = 300.0  # seconds between sweeps (jittered; one replica sweeps)
     # --- fault tests only: SIGKILL this process at a named point of the refresh protocol
     # ("after_claim", "after_hubspot", "after_journal"); empty (the default) disables it.
     crash_point: str = ""
@@ -138,6 +152,8 @@ class Settings:
             )
         if self.vault_auth == "kubernetes" and not self.vault_k8s_role:
             problems.append(f"{PREFIX}VAULT_K8S_ROLE: required for kubernetes auth")
+        if self.auth_lookup_rate <= 0:
+            problems.append(f"{PREFIX}AUTH_LOOKUP_RATE: must be > 0")
         if not 0 < self.min_ttl_default <= self.min_ttl_max:
             problems.append(f"{PREFIX}MIN_TTL_DEFAULT: must be > 0 and <= {PREFIX}MIN_TTL_MAX")
         if self.database_pool_min > self.database_pool_max:
@@ -158,6 +174,11 @@ class Settings:
             problems.append(
                 f"{PREFIX}WEBHOOK_BACKOFF_BASE: must be > 0 and <= {PREFIX}WEBHOOK_BACKOFF_CAP"
             )
+        for name in ("audit_retention_days", "events_retention_days", "journal_retention_hours"):
+            if getattr(self, name) < 0:
+                problems.append(f"{PREFIX}{name.upper()}: must be >= 0 (0 keeps rows forever)")
+        if self.retention_interval <= 0:
+            problems.append(f"{PREFIX}RETENTION_INTERVAL: must be > 0")
         try:
             self.jwt_issuer_list  # noqa: B018 - parsed for its errors
         except ValueError as exc:

@@ -10,7 +10,7 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   ├── InvalidRequest             422 invalid_request
     │   ├── Unauthenticated            401 unauthenticated
     │   ├── Forbidden                  403 forbidden
-    │   ├── RateLimitedCaller          429 rate_limited
+    │   ├── RateLimitedCaller          429 rate_limited (auth_throttled: too many unknown keys)
     │   ├── NotFound                   404 not_found (portal_not_found, app_not_found, ...)
     │   ├── Conflict                   409 conflict
     │   │   ├── NeedsReauth            409 needs_reauth
@@ -91,8 +91,10 @@ class RateLimitedCaller(ClientError):
     code = "rate_limited"
     title = "Too many requests"
 
-    def __init__(self, detail: str | None = None, *, retry_after: float = 1.0) -> None:
-        super().__init__(detail)
+    def __init__(
+        self, detail: str | None = None, *, retry_after: float = 1.0, code: str | None = None
+    ) -> None:
+        super().__init__(detail, code=code)
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:

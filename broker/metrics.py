@@ -70,8 +70,19 @@ BACKEND_ERRORS = Counter(
 )
 INSTALLS = Counter("broker_installs_total", "Install attempts by result.", ["result"])
 CALLER_AUTH_FAILURES = Counter(
-    "broker_caller_auth_failures_total", "Rejected caller credentials by reason.", ["reason"]
+    "broker_caller_auth_failures_total",
+    "Rejected caller credentials by reason.",
+    # missing | malformed | invalid | disabled | expired | jwt_* | throttled (429, no lookup)
+    ["reason"],
 )
+CALLER_KEY_LOOKUPS = Counter(
+    "broker_caller_key_lookups_total",
+    "Postgres lookups of caller keys not cached on this replica, by result.",
+    ["result"],  # found | unknown | error
+)
+CALLER_LOOKUP_FOUND = CALLER_KEY_LOOKUPS.labels("found")
+CALLER_LOOKUP_UNKNOWN = CALLER_KEY_LOOKUPS.labels("unknown")
+CALLER_LOOKUP_ERROR = CALLER_KEY_LOOKUPS.labels("error")
 VAULT_RENEWALS = Counter(
     "broker_vault_token_renewals_total", "Vault token renewals by result.", ["result"]
 )
@@ -85,6 +96,17 @@ AUDIT_DROPPED = Counter(
 )
 AUDIT_FLUSH_FAILURES = Counter(
     "broker_audit_flush_failures_total", "Failed audit batch writes (retried)."
+)
+
+# --- retention (broker.core.retention) ---------------------------------------------------
+RETENTION_DELETED = Counter(
+    "broker_retention_deleted_total",
+    "Rows deleted by the retention sweep (and revoked portals' journal rows), by table.",
+    ["table"],  # audit_events | events | token_journal
+)
+RETENTION_FAILURES = Counter(
+    "broker_retention_failures_total",
+    "Background retention sweeps that failed (retried at the next interval).",
 )
 
 # --- webhooks (the events outbox) ------------------------------------------------------

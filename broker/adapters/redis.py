@@ -141,9 +141,9 @@ class RedisCoordinator:
                 "publish", self._client.publish(self._channel, f"{portal_id}:{version}")
             )
 
-    async def publish_invalidation(self, portal: str) -> bool:
+    async def publish_invalidation(self, message: str) -> bool:
         try:
-            await self._bounded("publish", self._client.publish(self._invalidate_channel, portal))
+            await self._bounded("publish", self._client.publish(self._invalidate_channel, message))
         except _UNAVAILABLE:
             return False
         return True

@@ -2,10 +2,34 @@
 
 A key is ``hsb_<key_id>_<secret>``: the id finds the record, the secret is checked against
 its stored SHA-256 (keys are 256-bit random, so a plain hash is enough; no key is ever
-stored). Comparison is constant-time. Verified callers are cached in memory for
-``caller_cache_seconds`` so the hot path does no I/O; a disabled or expired caller is
-therefore refused within that many seconds on every replica. While Postgres is unreachable,
-a caller verified earlier stays accepted (stale-if-error).
+stored). Comparison is constant-time.
+
+Caching (:mod:`broker.core.caller_cache`): a key's record is cached in memory for
+``caller_cache_seconds`` so the hot path does no I/O. Every change to a caller made here
+(create, rotate, disable) is published through :class:`~broker.core.invalidation.
+Invalidations`: this replica forgets the caller at once, the others on the Redis message
+(about a millisecond) or, when they missed it, from the Postgres poll within
+``invalidation_poll_seconds``; changes made by hand in SQL are seen by the poll too.
+``caller_cache_seconds`` is only the bound when both paths fail. A forgotten caller is
+looked up again, so after ``rotate`` the old key keeps working until its overlap ends (its
+cached entry never outlives the overlap either). An expired key is refused at its expiry.
+While Postgres is unreachable, a key verified earlier and not invalidated since stays
+accepted (stale-if-error).
+
+Failed authentication is bounded so it cannot load Postgres:
+
+* a key id Postgres did not know is refused from memory for a few seconds (negative cache,
+  bounded; cleared by any caller change anywhere, so a new key works at once);
+* Postgres lookups of key ids this replica does not know are limited to
+  ``auth_lookup_rate`` per second (token bucket, two seconds of burst). A lookup that
+  authenticates gives its token back, so only failed ones use the budget. Once it is spent,
+  such keys are answered ``429 auth_throttled`` with ``Retry-After``, without a lookup, and
+  counted as ``broker_caller_auth_failures_total{reason="throttled"}``. A 429, not a 401,
+  because the key was not checked: a real caller that was never seen on this replica (new,
+  or the replica just started) must retry, not conclude that its key is bad. Callers
+  known here (cached, even when due for a refresh or invalidated) skip the budget: an
+  attacker cannot present their secret, so a flood never slows or refuses them. Lookups are
+  counted in ``broker_caller_key_lookups_total{result}``.
 """
 
 from __future__ import annotations
@@ -23,6 +47,8 @@ import structlog
 
 from broker import metrics
 from broker.config import Settings
+from broker.core.caller_cache import CallerCache, KeyEntry
+from broker.core.invalidation import Invalidations
 from broker.core.models import Caller, NewCallerKey, Role
 from broker.core.ports import AuditSink, CallerRepository, IdentityVerifier
 from broker.core.tasks import cancel_and_wait
@@ -45,6 +71,31 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+_NO_HASH = _hash("")
+
+
+class _LookupBudget:
+    """Token bucket over Postgres lookups of key ids this replica does not know."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._burst = max(1.0, 2 * rate)
+        self._tokens = self._burst
+        self._stamp = time.monotonic()
+
+    def take(self, now: float) -> float:
+        """0 when a lookup may go ahead (a token taken), else seconds until one may."""
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return (1 - self._tokens) / self._rate
+        self._tokens -= 1
+        return 0.0
+
+    def give_back(self) -> None:
+        self._tokens = min(self._burst, self._tokens + 1)
+
+
 class CallerService:
     def __init__(
         self,
@@ -52,16 +103,17 @@ class CallerService:
         *,
         callers: CallerRepository,
         audit: AuditSink,
+        cache: CallerCache,
+        invalidations: Invalidations,
         verifier: IdentityVerifier | None = None,
     ) -> None:
         self._settings = settings
         self._callers = callers
         self._audit = audit
+        self._cache = cache
+        self._invalidations = invalidations
         self._verifier = verifier
-        # sha256(JWT) -> (caller, valid until on time.monotonic()); bounded, see _jwt
-        self._verified_jwts: dict[str, tuple[Caller, float]] = {}
-        # key_id -> (secret hash, caller, valid until on time.monotonic())
-        self._verified: dict[str, tuple[str, Caller, float]] = {}
+        self._budget = _LookupBudget(settings.auth_lookup_rate)
         self._used: set[int] = set()
         self._buckets: dict[int, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -79,40 +131,76 @@ class CallerService:
         key_id, secret = match.groups()
         digest = _hash(secret)
         now = time.monotonic()
-        cached = self._verified.get(key_id)
-        if cached is not None and cached[2] > now:
-            if not hmac.compare_digest(digest, cached[0]):
-                metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
-                raise Unauthenticated("the caller key is not valid")
-            self._used.add(cached[1].id)
-            return cached[1]
-        try:
-            found = await self._callers.by_key_id(key_id)
-        except UpstreamError:
-            # Postgres is down: a caller verified before keeps working (stale-if-error), so
-            # an outage does not stop services that were being served a moment ago.
-            if cached is not None and hmac.compare_digest(digest, cached[0]):
-                metrics.BACKEND_ERRORS.labels("postgres", "caller_stale").inc()
-                return cached[1]
-            raise
-        # Compare even when unknown, so both paths take the same time.
-        stored = found[1] if found is not None else _hash("")
-        if found is None or not hmac.compare_digest(digest, stored):
+        entry = self._cache.key(key_id)
+        charged = False
+        if entry is None or entry.fresh_until <= now:
+            entry, charged = await self._lookup(key_id, digest, entry, now)
+        if not hmac.compare_digest(digest, entry.key_hash):
             metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
             raise Unauthenticated("the caller key is not valid")
-        caller = found[0]
+        caller = entry.caller
         if caller.disabled:
             metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
             raise Unauthenticated("the caller is disabled")
-        if caller.expires_at is not None and caller.expires_at <= datetime.now(UTC):
+        if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
             metrics.CALLER_AUTH_FAILURES.labels("expired").inc()
             raise Unauthenticated("the caller key has expired")
-        ttl = self._settings.caller_cache_seconds
-        if caller.expires_at is not None:
-            ttl = min(ttl, (caller.expires_at - datetime.now(UTC)).total_seconds())
-        self._verified[key_id] = (stored, caller, now + ttl)
+        if charged:
+            self._budget.give_back()  # the budget is for failed authentication only
         self._used.add(caller.id)
         return caller
+
+    async def _lookup(
+        self, key_id: str, digest: str, known: KeyEntry | None, now: float
+    ) -> tuple[KeyEntry, bool]:
+        """Read ``key_id`` from Postgres and cache the record, whatever it says about the
+        presented secret (so repeated wrong secrets or a disabled caller cost no more
+        lookups). Returns the entry and whether the lookup used the budget."""
+        # Someone presenting the secret of an entry cached here is a known caller: exempt
+        # from the negative cache and the budget (an attacker cannot present it).
+        presented_known = known is not None and hmac.compare_digest(digest, known.key_hash)
+        charged = False
+        if not presented_known:
+            if self._cache.is_unknown(key_id, now):
+                metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
+                raise Unauthenticated("the caller key is not valid")
+            wait = self._budget.take(now)
+            if wait > 0:
+                metrics.CALLER_AUTH_FAILURES.labels("throttled").inc()
+                raise RateLimitedCaller(
+                    "too many unknown caller keys on this replica; retry later",
+                    retry_after=wait,
+                    code="auth_throttled",
+                )
+            charged = True
+        generation = self._cache.generation
+        try:
+            found = await self._callers.by_key_id(key_id)
+        except UpstreamError:
+            metrics.CALLER_LOOKUP_ERROR.inc()
+            # Postgres is down: a key verified before keeps working (stale-if-error), so an
+            # outage does not stop services that were being served a moment ago. Not one
+            # invalidated since: that caller changed, and what changed is unknown.
+            if known is not None and presented_known and known.verified:
+                metrics.BACKEND_ERRORS.labels("postgres", "caller_stale").inc()
+                return known, False
+            raise
+        if found is None:
+            metrics.CALLER_LOOKUP_UNKNOWN.inc()
+            self._cache.drop_key(key_id)
+            self._cache.put_unknown(key_id, now, generation)
+            hmac.compare_digest(digest, _NO_HASH)  # the same work as for a known key id
+            metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
+            raise Unauthenticated("the caller key is not valid")
+        metrics.CALLER_LOOKUP_FOUND.inc()
+        ttl = self._settings.caller_cache_seconds
+        if found.expires_at is not None:
+            left = (found.expires_at - datetime.now(UTC)).total_seconds()
+            if left > 0:  # an expired key's refusal may be cached for the full time
+                ttl = min(ttl, left)
+        entry = KeyEntry(found.key_hash, found.caller, found.expires_at, now + ttl)
+        self._cache.put_key(key_id, entry, generation)
+        return entry, charged
 
     async def _jwt(self, token: str) -> Caller:
         """Workload identity: a JWT from a configured issuer names (issuer, subject), which
@@ -121,10 +209,11 @@ class CallerService:
         assert self._verifier is not None
         digest = _hash(token)
         now = time.monotonic()
-        cached = self._verified_jwts.get(digest)
-        if cached is not None and cached[1] > now:
-            self._used.add(cached[0].id)
-            return cached[0]
+        cached = self._cache.jwt(digest, now)
+        if cached is not None:
+            self._used.add(cached.id)
+            return cached
+        generation = self._cache.generation
         identity = await self._verifier.verify(token)
         caller = await self._callers.by_identity(identity.issuer, identity.subject)
         if caller is None:
@@ -134,9 +223,8 @@ class CallerService:
             metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
             raise Unauthenticated("the caller is disabled")
         left = (identity.expires_at - datetime.now(UTC)).total_seconds()
-        if len(self._verified_jwts) > 10_000:  # tokens rotate: drop the lot, not memory
-            self._verified_jwts.clear()
-        self._verified_jwts[digest] = (caller, now + min(left, self._settings.caller_cache_seconds))
+        until = now + min(left, self._settings.caller_cache_seconds)
+        self._cache.put_jwt(digest, caller, until, generation)
         self._used.add(caller.id)
         return caller
 
@@ -199,6 +287,9 @@ class CallerService:
             expires_at,
             identity,
         )
+        # A new caller: every replica forgets the key ids it found unknown (the new id
+        # cannot be among them but for a 2**-64 chance per probe; cheap to be sure).
+        await self._invalidations.publish_caller(caller.id)
         self._audit.record("caller.created", actor=actor, caller=name, roles=sorted(role_set))
         shown = f"{KEY_PREFIX}{key_id}_{secret}" if with_key else ""
         return NewCallerKey(caller, key_id, shown, expires_at)
@@ -212,7 +303,9 @@ class CallerService:
         caller = await self._callers.rotate_key(name, key_id, _hash(secret), overlap_seconds)
         if caller is None:
             raise NotFound(f"no enabled caller named {name!r}", code="caller_not_found")
-        self._verified = {k: v for k, v in self._verified.items() if v[1].name != name}
+        # Every replica looks the caller up again: the new key at once, the old one (now the
+        # previous key) until its overlap ends.
+        await self._invalidations.publish_caller(caller.id)
         self._audit.record(
             "caller.key_rotated", actor=actor, caller=name, overlap_seconds=overlap_seconds
         )
@@ -222,9 +315,10 @@ class CallerService:
         return await self._callers.list()
 
     async def disable(self, name: str, *, actor: str) -> None:
-        if not await self._callers.disable(name):
+        caller_id = await self._callers.disable(name)
+        if caller_id is None:
             raise NotFound(f"no enabled caller named {name!r}", code="caller_not_found")
-        self._verified = {k: v for k, v in self._verified.items() if v[1].name != name}
+        await self._invalidations.publish_caller(caller_id)
         self._audit.record("caller.disabled", actor=actor, caller=name)
 
     def start(self) -> None:

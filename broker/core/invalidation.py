@@ -1,10 +1,18 @@
 """Cache invalidation across replicas: when a portal stops serving tokens (needs_reauth,
-revoked, quarantined), every replica must drop its cached access token.
+revoked, quarantined), every replica must drop its cached access token; when a caller is
+created, disabled, re-keyed or otherwise changed, every replica must stop believing what it
+cached about that caller (and which key ids it found unknown).
 
 Primary path: a message on Redis pub/sub, which every replica (this one included) turns
 into a cache drop at once. Fallback: each replica polls Postgres every
-``invalidation_poll_seconds`` for portals that stopped serving, so a replica that missed
-the message (Redis down, a reconnect) stops serving within that bound plus one query.
+``invalidation_poll_seconds`` for portals that stopped serving and for callers changed
+(``callers.updated_at``, kept by a trigger) or deleted since the last poll, so a replica that
+missed the message (Redis down, a reconnect) acts within that bound plus one query.
+
+Messages on the one channel: ``str(PortalKey)`` (``app/hub_id[/user/user_id]``, always with
+a ``/``) for a portal, ``caller:<id>`` for a caller. A replica of an older version, which
+knows only portal messages, logs ``invalidation.bad_message`` for a caller message and
+ignores it: it still drops the caller within its ``caller_cache_seconds``.
 """
 
 from __future__ import annotations
@@ -16,13 +24,16 @@ import structlog
 
 from broker import metrics
 from broker.config import Settings
+from broker.core.caller_cache import CallerCache
 from broker.core.models import PortalKey
-from broker.core.ports import Coordinator, PortalRepository
+from broker.core.ports import CallerRepository, Coordinator, PortalRepository
 from broker.core.tasks import cancel_and_wait
 from broker.core.tokens import TokenService
 from broker.errors import BrokerError
 
 log = structlog.get_logger(__name__)
+
+_CALLER = "caller:"
 
 
 class Invalidations:
@@ -33,11 +44,15 @@ class Invalidations:
         coordinator: Coordinator,
         portals: PortalRepository,
         tokens: TokenService,
+        callers: CallerRepository,
+        caller_cache: CallerCache,
     ) -> None:
         self._interval = settings.invalidation_poll_seconds
         self._coordinator = coordinator
         self._portals = portals
         self._tokens = tokens
+        self._callers = callers
+        self._caller_cache = caller_cache
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -53,8 +68,18 @@ class Invalidations:
         if not await self._coordinator.publish_invalidation(str(key)):
             log.warning("invalidation.publish_failed", portal=str(key))
 
+    async def publish_caller(self, caller_id: int) -> None:
+        """Caller ``caller_id`` was created or changed (call after the commit): forget it
+        here at once and tell every other replica."""
+        self._caller_cache.forget((caller_id,))
+        if not await self._coordinator.publish_invalidation(f"{_CALLER}{caller_id}"):
+            log.warning("invalidation.publish_failed", caller_id=caller_id)
+
     def _on_message(self, text: str) -> None:
         try:
+            if text.startswith(_CALLER):
+                self._caller_cache.forget((int(text.removeprefix(_CALLER)),))
+                return
             key = PortalKey.parse(text)
         except ValueError:
             log.warning("invalidation.bad_message")
@@ -63,11 +88,17 @@ class Invalidations:
 
     async def _poll(self) -> None:
         since: datetime | None = None
+        callers_since: datetime | None = None
         while True:
             try:
                 keys, since = await self._portals.stopped_since(since)
                 for key in keys:
                     self._tokens.invalidate(key)
+                changed, callers_since = await self._callers.changed_since(
+                    callers_since, self._caller_cache.caller_ids()
+                )
+                if changed:
+                    self._caller_cache.forget(changed)
             except BrokerError:
                 metrics.BACKEND_ERRORS.labels("postgres", "invalidation_poll").inc()
             except Exception:  # a bug must not silently end the fallback for good

@@ -161,9 +161,9 @@ class TokenInfo:
     scopes: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IssuedToken:
-    """What a caller receives."""
+    """What a caller receives (made once per request: not frozen, which costs per field)."""
 
     access_token: str = field(repr=False)
     expires_at: datetime
@@ -171,6 +171,10 @@ class IssuedToken:
     key: PortalKey
     scopes: tuple[str, ...]
     refreshed: bool = False
+    #: Scratch space shared by every issue of the same cached token and dropped with it:
+    #: the web layer keeps its pre-encoded response parts here (never in a cache of its own,
+    #: which would outlive a revocation).
+    memo: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +198,17 @@ class Caller:
         return (self.apps is None or app in self.apps) and (
             self.hub_ids is None or hub_id in self.hub_ids
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCallerKey:
+    """One broker-issued key as stored: the caller, the SHA-256 of the key's secret, and when
+    this key stops working (the caller's expiry or, for the previous key of a rotation, the
+    end of its overlap, whichever comes first; None: never)."""
+
+    caller: Caller
+    key_hash: str = field(repr=False)
+    expires_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ The lease contract (Postgres is the authority, Redis only keeps replicas from pi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from broker.core.models import (
     PortalKey,
     PortalRecord,
     PortalState,
+    StoredCallerKey,
     TokenGrant,
     TokenInfo,
 )
@@ -146,9 +148,10 @@ class Coordinator(Protocol):
 
     async def publish_refreshed(self, portal_id: int, version: int) -> None: ...
 
-    async def publish_invalidation(self, portal: str) -> bool:
-        """Tell every replica to drop its cached token of ``portal`` (``str(PortalKey)``).
-        False when Redis is unavailable (replicas then learn it from Postgres)."""
+    async def publish_invalidation(self, message: str) -> bool:
+        """Tell every replica (this one included) to drop what ``message`` names, as
+        encoded by :mod:`broker.core.invalidation` (a portal's cached token, or a cached
+        caller). False when Redis is unavailable (replicas then learn it from Postgres)."""
         ...
 
     def on_invalidation(self, callback: Callable[[str], None]) -> None:
@@ -245,7 +248,8 @@ class PortalRepository(Protocol):
         self, key: PortalKey, *, reason: str, actor: str
     ) -> tuple[PortalRecord, tuple[int, str] | None] | None:
         """Local revocation in one transaction (idempotent): state ``revoked``, tokens
-        shredded, the refresh token's ciphertext queued for the upstream revoke."""
+        shredded (the portal's columns and every ``token_journal`` row of the portal), the
+        refresh token's ciphertext queued for the upstream revoke."""
         ...
 
     async def set_state(
@@ -302,6 +306,41 @@ class PortalRepository(Protocol):
     async def ping(self) -> None: ...
 
 
+class RetentionStore(Protocol):
+    """Deletes expired rows for :mod:`broker.core.retention`, on the database clock.
+
+    Each ``delete_*`` call deletes at most ``limit`` rows in one short statement and
+    returns how many it deleted; the caller loops until a call comes back short, so no
+    statement holds row locks for long. Deleting is idempotent and safe to run next to
+    serving replicas; :meth:`exclusively` only keeps replicas from doing the same work.
+    """
+
+    def exclusively(self) -> AbstractAsyncContextManager[bool]:
+        """Try, without waiting, to become the one sweeper across every replica (a
+        PostgreSQL advisory lock). Yields False at once when another holds it; otherwise
+        True, holding it until the block exits (or the connection drops)."""
+        ...
+
+    async def delete_audit_events(self, *, older_than_days: int, limit: int) -> int:
+        """Audit events older than ``older_than_days`` days."""
+        ...
+
+    async def delete_delivered_events(self, *, older_than_days: int, limit: int) -> int:
+        """Outbox events older than ``older_than_days`` days that were fanned out and
+        acknowledged by every receiver (with their delivery rows). Never an event with an
+        unacknowledged delivery, nor one not fanned out yet."""
+        ...
+
+    async def delete_spent_journal(self, *, older_than_hours: int, limit: int) -> int:
+        """Journal rows older than ``older_than_hours`` hours that are applied, or
+        superseded (``base_version`` below the portal's current version)."""
+        ...
+
+    async def delete_revoked_journal(self, *, limit: int) -> int:
+        """Every journal row of a portal whose state is ``revoked``, whatever its age."""
+        ...
+
+
 class CallerRepository(Protocol):
     async def create(
         self,
@@ -322,13 +361,25 @@ class CallerRepository(Protocol):
         """Install a new key; the current one stays valid for ``overlap_seconds``."""
         ...
 
-    async def by_key_id(self, key_id: str) -> tuple[Caller, str] | None:
-        """The caller and its key hash, or None. Disabled callers are returned too."""
+    async def by_key_id(self, key_id: str) -> StoredCallerKey | None:
+        """The key ``key_id`` (current, or previous while its overlap lasts), or None.
+        Disabled and expired callers are returned too."""
         ...
 
     async def list(self) -> list[Caller]: ...
 
-    async def disable(self, name: str) -> bool: ...
+    async def disable(self, name: str) -> int | None:
+        """Disable an enabled caller; its id, or None when no enabled caller has ``name``."""
+        ...
+
+    async def changed_since(
+        self, since: datetime | None, known: Collection[int]
+    ) -> tuple[set[int], datetime]:
+        """Ids of callers created or changed after ``since`` (keys, grants, expiry,
+        disabling; not ``last_used_at``), plus those of ``known`` that no longer exist, and
+        the database time to pass next. The fallback when caller invalidations are missed:
+        with ``since`` None it only returns the time."""
+        ...
 
     async def touch(self, caller_ids: Sequence[int]) -> None:
         """Record last use (batched, off the hot path)."""
@@ -342,6 +393,21 @@ class AuditSink(Protocol):
         self, action: str, *, actor: str, key: PortalKey | None = None, **detail: object
     ) -> None:
         """Queue an event; written in batches off the hot path."""
+        ...
+
+    def issued(
+        self,
+        actor: str,
+        key: PortalKey,
+        *,
+        fingerprint: str,
+        min_ttl: int,
+        remaining_ttl: int,
+        refreshed: bool,
+    ) -> None:
+        """A token was served. Identical issues (same caller, portal, token, ``min_ttl`` and
+        ``refreshed``) within one flush window become one ``token.issued`` event with a
+        ``count`` and the lowest ``remaining_ttl``: the hot path may serve thousands a second."""
         ...
 
     async def query(

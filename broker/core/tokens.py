@@ -38,6 +38,8 @@ class CachedToken:
     fingerprint: str
     #: True when this process obtained the token from HubSpot (for the audit trail).
     refreshed: bool = False
+    #: Handed to every :class:`IssuedToken` of this entry (see ``IssuedToken.memo``).
+    memo: dict[str, object] = field(default_factory=dict, repr=False)
 
 
 class TokenService:
@@ -108,22 +110,22 @@ class TokenService:
     ) -> IssuedToken:
         remaining = entry.expires_local - now
         metrics.REMAINING_TTL.observe(remaining)
-        self._audit.record(
-            "token.issued",
-            actor=caller.name,
-            key=key,
+        self._audit.issued(
+            caller.name,
+            key,
             fingerprint=entry.fingerprint,
             min_ttl=min_ttl,
             remaining_ttl=int(remaining),
             refreshed=refreshed,
         )
         return IssuedToken(
-            access_token=entry.access_token,
-            expires_at=entry.expires_at,
-            expires_in=max(0, int(remaining)),
-            key=key,
-            scopes=entry.scopes,
-            refreshed=refreshed,
+            entry.access_token,
+            entry.expires_at,
+            max(0, int(remaining)),
+            key,
+            entry.scopes,
+            refreshed,
+            entry.memo,
         )
 
     async def _slow(

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from broker.core.admin import portal_view
 from broker.core.models import Caller, PortalKey, Role
 from broker.errors import Forbidden, InvalidRequest
-from broker.web.api import bearer, parse_app, parse_int, reject_unknown
+from broker.web.params import bearer, parse_app, parse_int, reject_unknown
 from broker.web.services import Services, services
 
 _NO_STORE = {"Cache-Control": "no-store"}

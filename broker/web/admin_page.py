@@ -47,7 +47,7 @@ from broker.core.admin import portal_view
 from broker.core.models import Caller, PortalKey, PortalRecord, PortalState, Role
 from broker.errors import BrokerError, Forbidden, InvalidRequest, Unauthenticated
 from broker.logs import REQUEST_ID
-from broker.web.api import parse_app, parse_int, reject_unknown
+from broker.web.params import parse_app, parse_int, reject_unknown
 from broker.web.services import Services, services
 
 log = structlog.get_logger(__name__)

@@ -1,6 +1,8 @@
 """A pure-ASGI middleware: a request id per request (from ``X-Request-ID`` when it is sane,
-else generated), echoed in the response and bound for log lines; errors are logged as
-events. Pure ASGI rather than ``BaseHTTPMiddleware``: it sits on the hot path."""
+else generated), echoed in the response and bound for log lines; server errors are logged
+as events. Pure ASGI rather than ``BaseHTTPMiddleware``; the token route
+(:mod:`broker.web.api`) does the same inline with :func:`request_id` and
+:func:`log_server_error`."""
 
 from __future__ import annotations
 
@@ -22,6 +24,23 @@ _PREFIX = secrets.token_hex(5)
 _COUNTER = itertools.count()
 
 
+def request_id(presented: bytes | None) -> str:
+    """The caller's ``X-Request-ID`` when it is sane, else a new one."""
+    if presented is not None and _SANE_ID.match(presented):
+        return presented.decode()
+    return f"{_PREFIX}{next(_COUNTER):06x}"
+
+
+def log_server_error(scope: Scope, status: int, started: float) -> None:
+    log.warning(
+        "http.request",
+        method=scope["method"],
+        path=scope["path"],
+        status=status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -30,15 +49,14 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
+        presented = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id" and _SANE_ID.match(value):
-                request_id = value.decode()
+            if name == b"x-request-id":
+                presented = value
                 break
-        if request_id is None:
-            request_id = f"{_PREFIX}{next(_COUNTER):06x}"
-        token = REQUEST_ID.set(request_id)
-        header = (b"x-request-id", request_id.encode())
+        rid = request_id(presented)
+        token = REQUEST_ID.set(rid)
+        header = (b"x-request-id", rid.encode())
         started = time.perf_counter()
         status = 500
 
@@ -53,11 +71,5 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if status >= 500:
-                log.warning(
-                    "http.request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+                log_server_error(scope, status, started)
             REQUEST_ID.reset(token)

@@ -15,7 +15,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.errors import BrokerError
-from broker.web.api import parse_app, reject_unknown
+from broker.web.params import parse_app, reject_unknown
 from broker.web.problems import from_error
 from broker.web.services import services
 

@@ -63,24 +63,20 @@ def from_error(exc: BrokerError) -> Response:
     return problem(exc.status, exc.code, exc.title, exc.detail, headers=exc.headers(), extra=extra)
 
 
-async def broker_error_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BrokerError)
-    return from_error(exc)
-
-
-async def http_error_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return problem(exc.status_code, code, exc.detail, exc.detail, headers=dict(exc.headers or {}))
-
-
-async def unhandled_error_handler(_: Request, exc: Exception) -> Response:
+def render(exc: Exception) -> Response:
+    """The problem for any exception a route raised."""
+    if isinstance(exc, BrokerError):
+        return from_error(exc)
+    if isinstance(exc, HTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        return problem(exc.status_code, code, exc.detail, exc.detail, headers=headers)
     log.error("request.unhandled_exception", exc_info=exc)
     return problem(500, "internal", "Internal error", "the broker hit an unexpected error")
 
 
-HANDLERS = {
-    BrokerError: broker_error_handler,
-    HTTPException: http_error_handler,
-    Exception: unhandled_error_handler,
-}
+async def _handler(_: Request, exc: Exception) -> Response:
+    return render(exc)
+
+
+HANDLERS = {BrokerError: _handler, HTTPException: _handler, Exception: _handler}

@@ -3,8 +3,10 @@
 :meth:`PostgresAudit.record` only appends to an in-memory queue; a background task flushes
 it every ``interval`` seconds or every ``batch`` events, whichever comes first. The loss
 window on a crash is therefore at most ``interval`` seconds of events (default 0.5 s); a
-clean shutdown flushes everything. If Postgres is down, events are kept (up to ``limit``)
-and retried; beyond that the oldest are dropped and counted in
+clean shutdown flushes everything. Token issues are tallied rather than queued one by one
+(see ``AuditSink.issued``): a caller reading one portal's token 10,000 times a second makes
+one event per flush window, with its ``count``. If Postgres is down, events are kept (up to
+``limit``) and retried; beyond that the oldest are dropped and counted in
 ``broker_audit_dropped_total``.
 """
 
@@ -27,6 +29,8 @@ from broker.errors import DatabaseError
 log = structlog.get_logger(__name__)
 
 _Row = tuple[str, str, str | None, int | None, int | None, dict[str, Any]]
+#: (caller, portal, fingerprint, min_ttl, refreshed) -> [count, lowest remaining_ttl]
+_Issues = dict[tuple[str, PortalKey, str, int, bool], list[int]]
 
 
 class PostgresAudit:
@@ -37,6 +41,7 @@ class PostgresAudit:
         self._interval = interval
         self._batch = batch
         self._queue: deque[_Row] = deque(maxlen=limit)
+        self._issues: _Issues = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -57,6 +62,38 @@ class PostgresAudit:
         )
         if len(self._queue) >= self._batch:
             self._wake.set()
+
+    def issued(
+        self,
+        actor: str,
+        key: PortalKey,
+        *,
+        fingerprint: str,
+        min_ttl: int,
+        remaining_ttl: int,
+        refreshed: bool,
+    ) -> None:
+        tally = self._issues.get(issue := (actor, key, fingerprint, min_ttl, refreshed))
+        if tally is None:
+            self._issues[issue] = [1, remaining_ttl]
+            if len(self._issues) >= self._batch:
+                self._wake.set()
+        else:
+            tally[0] += 1
+            if remaining_ttl < tally[1]:
+                tally[1] = remaining_ttl
+
+    def _queue_issues(self) -> None:
+        issues, self._issues = self._issues, {}
+        for (actor, key, fingerprint, min_ttl, refreshed), (count, remaining) in issues.items():
+            detail = {
+                "fingerprint": fingerprint,
+                "min_ttl": min_ttl,
+                "remaining_ttl": remaining,
+                "refreshed": refreshed,
+                "count": count,
+            }
+            self.record("token.issued", actor=actor, key=key, **detail)
 
     async def query(
         self,
@@ -92,6 +129,7 @@ class PostgresAudit:
     async def flush(self) -> int:
         """Write everything queued now; returns the number of events written."""
         written = 0
+        self._queue_issues()
         while self._queue:
             rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
             try:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 import asyncpg
 
 from broker.adapters.postgres.pool import Database
-from broker.core.models import Caller
+from broker.core.models import Caller, StoredCallerKey
 from broker.errors import Conflict
 
 
@@ -67,15 +67,20 @@ class PostgresCallers:
         )
         return None if row is None else _caller(row)
 
-    async def by_key_id(self, key_id: str) -> tuple[Caller, str] | None:
+    async def by_key_id(self, key_id: str) -> StoredCallerKey | None:
         row = await self._db.fetchrow(
-            """SELECT *, CASE WHEN key_id = $1 THEN key_hash ELSE previous_key_hash END AS hash
+            """SELECT *,
+                   CASE WHEN key_id = $1 THEN key_hash ELSE previous_key_hash END AS hash,
+                   CASE WHEN key_id = $1 THEN expires_at
+                        ELSE LEAST(expires_at, previous_key_expires_at) END AS key_expires_at
                FROM callers
                WHERE key_id = $1
                   OR (previous_key_id = $1 AND previous_key_expires_at > clock_timestamp())""",
             key_id,
         )
-        return None if row is None else (_caller(row), row["hash"])
+        if row is None:
+            return None
+        return StoredCallerKey(_caller(row), row["hash"], row["key_expires_at"])
 
     async def rotate_key(
         self, name: str, key_id: str, key_hash: str, overlap_seconds: float
@@ -97,13 +102,33 @@ class PostgresCallers:
     async def list(self) -> list[Caller]:
         return [_caller(r) for r in await self._db.fetch("SELECT * FROM callers ORDER BY name")]
 
-    async def disable(self, name: str) -> bool:
-        status = await self._db.execute(
+    async def disable(self, name: str) -> int | None:
+        caller_id: int | None = await self._db.fetchval(
             "UPDATE callers SET disabled_at = clock_timestamp() "
-            "WHERE name = $1 AND disabled_at IS NULL",
+            "WHERE name = $1 AND disabled_at IS NULL RETURNING id",
             name,
         )
-        return status != "UPDATE 0"
+        return caller_id
+
+    async def changed_since(
+        self, since: datetime | None, known: Collection[int]
+    ) -> tuple[set[int], datetime]:
+        if since is None:
+            now: datetime = await self._db.fetchval("SELECT clock_timestamp()")
+            return set(), now
+        # The window overlaps the previous one by 5 s: a row stamped just before the last
+        # poll but committed after it is still seen (invalidating twice is harmless).
+        row = await self._db.fetchrow(
+            """SELECT clock_timestamp() AS now,
+                   ARRAY(SELECT id FROM callers
+                         WHERE updated_at > $1::timestamptz - interval '5 seconds') AS changed,
+                   ARRAY(SELECT k FROM unnest($2::bigint[]) AS k
+                         WHERE NOT EXISTS (SELECT 1 FROM callers WHERE id = k)) AS gone""",
+            since,
+            sorted(known),
+        )
+        assert row is not None  # a SELECT without FROM returns one row
+        return {*row["changed"], *row["gone"]}, row["now"]
 
     async def touch(self, caller_ids: Sequence[int]) -> None:
         await self._db.execute(

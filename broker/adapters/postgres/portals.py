@@ -320,8 +320,9 @@ class PostgresPortals:
     async def revoke(
         self, key: PortalKey, *, reason: str, actor: str
     ) -> tuple[PortalRecord, tuple[int, str] | None] | None:
-        """Revoke locally in one transaction: shred the ciphertexts, keep the refresh token's
-        ciphertext in ``pending_revocations`` for the upstream revoke. Returns the record and
+        """Revoke locally in one transaction: shred the ciphertexts (the portal's columns and
+        its ``token_journal`` rows), keep the refresh token's ciphertext in
+        ``pending_revocations`` for the upstream revoke. Returns the record and
         the pending (id, ciphertext) — None when already revoked — or None when the portal
         does not exist. The pending row starts claimed for 60 s: the caller tries at once."""
         async with self._db.transaction() as conn:
@@ -355,6 +356,11 @@ class PostgresPortals:
                 *_key_args(key),
             )
             assert row is not None  # locked above
+            # Journal rows hold the refresh token's ciphertext too (and HubSpot's refresh
+            # tokens rarely rotate, so it is the live one): shred them with the portal. A
+            # stalled holder may still journal after this commit; the retention sweep
+            # deletes such rows of revoked portals (broker.core.retention).
+            await conn.execute("DELETE FROM token_journal WHERE portal_id = $1", row["id"])
             if current["state"] != PortalState.REVOKED:
                 await _event(conn, "portal.revoked", key, {"reason": reason, "actor": actor})
             return _portal(row), pending

@@ -118,6 +118,10 @@ BROKER_HUBSPOT_TIMEOUT: {{ $c.hubspotTimeout | quote }}
 BROKER_SECRET_CACHE_SECONDS: {{ $c.secretCacheSeconds | quote }}
 BROKER_CALLER_CACHE_SECONDS: {{ $c.callerCacheSeconds | quote }}
 BROKER_INSTALL_STATE_TTL: {{ $c.installStateTtl | quote }}
+BROKER_AUDIT_RETENTION_DAYS: {{ $c.auditRetentionDays | quote }}
+BROKER_EVENTS_RETENTION_DAYS: {{ $c.eventsRetentionDays | quote }}
+BROKER_JOURNAL_RETENTION_HOURS: {{ $c.journalRetentionHours | quote }}
+BROKER_RETENTION_INTERVAL: {{ $c.retentionInterval | quote }}
 BROKER_VAULT_ADDR: {{ $v.address | quote }}
 BROKER_VAULT_AUTH: {{ $v.auth.method | quote }}
 {{- if eq $v.auth.method "kubernetes" }}
