@@ -117,6 +117,7 @@ BROKER_VAULT_TIMEOUT: {{ $c.vaultTimeout | quote }}
 BROKER_HUBSPOT_TIMEOUT: {{ $c.hubspotTimeout | quote }}
 BROKER_SECRET_CACHE_SECONDS: {{ $c.secretCacheSeconds | quote }}
 BROKER_CALLER_CACHE_SECONDS: {{ $c.callerCacheSeconds | quote }}
+BROKER_AUTH_LOOKUP_RATE: {{ $c.authLookupRate | quote }}
 BROKER_INSTALL_STATE_TTL: {{ $c.installStateTtl | quote }}
 BROKER_AUDIT_RETENTION_DAYS: {{ $c.auditRetentionDays | quote }}
 BROKER_EVENTS_RETENTION_DAYS: {{ $c.eventsRetentionDays | quote }}
