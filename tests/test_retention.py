@@ -1,5 +1,6 @@
 """Retention and shredding on real PostgreSQL: a revoke deletes the portal's journal rows
-(and the sweep those a stalled holder journals afterwards); the sweep deletes exactly the
+(and the sweep those a stalled holder journals afterwards), queueing the unapplied ones'
+refresh tokens for the upstream revoke; the sweep deletes exactly the
 expired rows — never an undelivered event or a journal row the refresh protocol can still
 adopt or heal from — one replica at a time, in batches; 0 keeps rows forever."""
 
@@ -89,20 +90,30 @@ def test_revoke_deletes_the_portals_journal_and_the_sweep_a_stalled_holders_row(
                 record.id, "stalled", lease_seconds=30, min_ttl=100, ignore_backoff=True
             )
             assert lease is not None
+            # It got a rotated token from HubSpot and journaled it, then stalled before its
+            # fenced write: that newer token is owed an upstream revoke too.
+            now = await portals.db_now()
+            newer = EncryptedGrant("vault:v1:newer", "vault:v1:newer", now, now)
+            journal_id = await portals.journal(lease, newer)
             async with open_admin(deployment.settings) as svc:
                 revoked = await svc.operations.revoke(
                     PortalKey("demo", HUB), reason="offboarded", actor="test"
                 )
             assert revoked.record.state == "revoked"
             assert await _count(url, "token_journal", journal) == 0  # same transaction
-            # It wakes up: journals its response before the fenced write, which fails.
-            now = await portals.db_now()
+            # The portal's own token was revoked at HubSpot at once; the journal's is owed.
+            assert revoked.upstream == "revoked"
+            assert await _count(url, "pending_revocations", f"hub_id = {HUB}") == 1
+            assert await _count(url, "pending_revocations", "refresh_ct = 'vault:v1:newer'") == 1
+            assert await portals.commit_refresh(lease, newer, journal_id) is None
+            # It wakes up again: journals another response, whose fenced write fails too.
             stale = EncryptedGrant("vault:v1:stale", "vault:v1:stale", now, now)
             journal_id = await portals.journal(lease, stale)
             assert await portals.commit_refresh(lease, stale, journal_id) is None
             assert await _count(url, "token_journal", journal) == 1
             report = await sweeper(db).sweep()
             assert report.deleted["token_journal"] == 1
+            assert await _count(url, "pending_revocations", "refresh_ct = 'vault:v1:stale'") == 1
             return await _count(url, "token_journal", journal)
         finally:
             await db.close()

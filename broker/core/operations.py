@@ -26,7 +26,7 @@ from broker.core.models import PortalKey, PortalRecord, PortalState
 from broker.core.ports import AuditSink, Cipher, OAuthProvider, PortalRepository, SecretStore
 from broker.core.refresh import RefreshEngine, raise_for_state
 from broker.core.tasks import cancel_and_wait
-from broker.errors import BrokerError, Conflict, HubSpotError, NotFound, UpstreamError
+from broker.errors import BrokerError, Conflict, NotFound, UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +88,7 @@ class PortalOperations:
             await self._oauth.revoke(
                 app, await self._secrets.client_secrets(key.app), refresh_token
             )
-        except (HubSpotError, UpstreamError) as exc:
+        except BrokerError as exc:  # HubSpot or a backend down, or an undecryptable token
             retry_in = min(300.0, random.uniform(1.0, 2.0 ** min(attempts + 1, 9)))  # noqa: S311
             await self._portals.revocation_failed(pending_id, exc.code, retry_in)
             metrics.UPSTREAM_REVOKES.labels("retry").inc()

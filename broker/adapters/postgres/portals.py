@@ -321,13 +321,14 @@ class PostgresPortals:
         self, key: PortalKey, *, reason: str, actor: str
     ) -> tuple[PortalRecord, tuple[int, str] | None] | None:
         """Revoke locally in one transaction: shred the ciphertexts (the portal's columns and
-        its ``token_journal`` rows), keep the refresh token's ciphertext in
-        ``pending_revocations`` for the upstream revoke. Returns the record and
-        the pending (id, ciphertext) — None when already revoked — or None when the portal
-        does not exist. The pending row starts claimed for 60 s: the caller tries at once."""
+        its ``token_journal`` rows), keep the refresh token's ciphertext (and those of
+        unapplied journal rows) in ``pending_revocations`` for the upstream revoke. Returns
+        the record and the pending (id, ciphertext) — None when already revoked — or None
+        when the portal does not exist. The pending row starts claimed for 60 s: the caller
+        tries at once; the journal's rows are due at once, for the retrier."""
         async with self._db.transaction() as conn:
             current = await conn.fetchrow(
-                f"SELECT state, refresh_ct FROM portals WHERE {_IDENTITY} FOR UPDATE",
+                f"SELECT id, state, refresh_ct FROM portals WHERE {_IDENTITY} FOR UPDATE",
                 *_key_args(key),
             )
             if current is None:
@@ -357,10 +358,20 @@ class PostgresPortals:
             )
             assert row is not None  # locked above
             # Journal rows hold the refresh token's ciphertext too (and HubSpot's refresh
-            # tokens rarely rotate, so it is the live one): shred them with the portal. A
-            # stalled holder may still journal after this commit; the retention sweep
-            # deletes such rows of revoked portals (broker.core.retention).
-            await conn.execute("DELETE FROM token_journal WHERE portal_id = $1", row["id"])
+            # tokens rarely rotate, so it is the live one): shred them with the portal. An
+            # unapplied row may hold a newer, rotated token than the portal's: it is owed an
+            # upstream revoke too, due now (HubSpot answers 200 for a token it no longer
+            # knows). A stalled holder may still journal after this commit; the retention
+            # sweep does the same for such rows (broker.core.retention).
+            await conn.execute(
+                """WITH gone AS (DELETE FROM token_journal WHERE portal_id = $4
+                                 RETURNING refresh_ct, applied_at)
+                   INSERT INTO pending_revocations (app, hub_id, user_id, refresh_ct)
+                   SELECT $1::text, $2::bigint, $3::bigint, refresh_ct
+                   FROM gone WHERE applied_at IS NULL""",
+                *_key_args(key),
+                current["id"],
+            )
             if current["state"] != PortalState.REVOKED:
                 await _event(conn, "portal.revoked", key, {"reason": reason, "actor": actor})
             return _portal(row), pending

@@ -87,11 +87,22 @@ class PostgresRetention:
         return _deleted(status)
 
     async def delete_revoked_journal(self, *, limit: int) -> int:
-        status = await self._db.execute(
-            """DELETE FROM token_journal WHERE id IN (
-                   SELECT j.id FROM token_journal j JOIN portals p ON p.id = j.portal_id
-                   WHERE p.state = 'revoked'
-                   LIMIT $1)""",
+        # An unapplied row may hold a newer (rotated) refresh token than the one the revoke
+        # sent to HubSpot: queue it for the upstream revoke before it goes (HubSpot answers
+        # 200 to a revoke of a token it no longer knows, so a duplicate costs one call).
+        deleted: int = await self._db.fetchval(
+            """WITH gone AS (
+                   DELETE FROM token_journal WHERE id IN (
+                       SELECT j.id FROM token_journal j JOIN portals p ON p.id = j.portal_id
+                       WHERE p.state = 'revoked'
+                       LIMIT $1)
+                   RETURNING portal_id, refresh_ct, applied_at),
+               queued AS (
+                   INSERT INTO pending_revocations (app, hub_id, user_id, refresh_ct)
+                   SELECT p.app, p.hub_id, p.user_id, g.refresh_ct
+                   FROM gone g JOIN portals p ON p.id = g.portal_id
+                   WHERE g.applied_at IS NULL)
+               SELECT count(*) FROM gone""",
             limit,
         )
-        return _deleted(status)
+        return deleted
