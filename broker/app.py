@@ -34,6 +34,7 @@ from broker.core.admin import AdminService
 from broker.core.caller_cache import CallerCache
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
+from broker.core.install_links import InstallLinks, LinkSigner
 from broker.core.invalidation import Invalidations
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations, RevocationRetrier
@@ -102,13 +103,13 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             audit=audit,
             replica_id=replica,
         )
-        verifier = (
-            JwksVerifier([IssuerConfig.from_dict(i) for i in settings.jwt_issuer_list])
-            if settings.jwt_issuer_list
-            else None
-        )
+        verifier = None
+        if settings.jwt_issuer_list:
+            verifier = JwksVerifier([IssuerConfig.from_dict(i) for i in settings.jwt_issuer_list])
+            stack.push_async_callback(verifier.close)
         # A random per-deployment key kept in Vault, the same on every replica: it keys
-        # token fingerprints and (derived) the operator page's session and CSRF signatures.
+        # token fingerprints and (derived) the operator page's session and CSRF signatures
+        # and the install links' signatures.
         deployment_key = await vault.fingerprint_key()
         tokens = TokenService(
             settings,
@@ -138,6 +139,9 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             verifier=verifier,
         )
         stack.push_async_callback(callers.close)
+        # Install links are signed with a key derived from it under their own label.
+        link_signer = LinkSigner(deployment_key)
+        install_links = InstallLinks(settings, signer=link_signer, engine=engine, audit=audit)
         operations = PortalOperations(
             settings,
             portals=portals,
@@ -147,6 +151,7 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             oauth=oauth_client,
             invalidations=invalidations,
             audit=audit,
+            links=install_links,
         )
         if serving:
             vault.start_renewal()
@@ -200,7 +205,9 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
                 oauth=oauth_client,
                 refresher=engine,
                 audit=audit,
+                links=link_signer,
             ),
+            install_links=install_links,
             callers=callers,
             admin=AdminService(portals=portals, secrets_store=vault, audit=audit),
             operations=operations,

@@ -90,6 +90,27 @@ async def cmd_apps_list(settings: Settings, args: argparse.Namespace, out: _Out)
     out.emit(apps, _table(apps, ["slug", "client_id", "api_version", "redirect_uri"]))
 
 
+def _emit_link(out: _Out, url: str, expires_at: datetime) -> None:
+    """The URL alone on stdout (for scripts); the reminder on stderr."""
+    out.emit({"url": url, "expires_at": expires_at.isoformat()}, url)
+    if not out.as_json:
+        print(
+            f"valid until {expires_at.isoformat()}; anyone holding it can install a portal "
+            "into the app: send it privately",
+            file=sys.stderr,
+        )
+
+
+async def cmd_apps_install_link(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    async with open_admin(settings) as ctx:
+        link = await ctx.install_links.mint(
+            args.slug, actor="cli", ttl=args.ttl, return_to=args.return_to
+        )
+    _emit_link(out, link.url, link.expires_at)
+
+
 async def cmd_callers_create(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
     from broker.app import open_admin
 
@@ -204,8 +225,9 @@ async def cmd_portals_action(settings: Settings, args: argparse.Namespace, out: 
             view = portal_view(await ops.force_refresh(key, actor="cli"))
             text = f"portal {key} refreshed (version {view['version']})"
         else:
-            url = await ops.install_link(key)
-            view, text = {"url": url}, url
+            link = await ops.install_link(key, actor="cli", ttl=args.ttl)
+            _emit_link(out, link.url, link.expires_at)
+            return
     out.emit(view, text)
 
 
@@ -309,6 +331,16 @@ def _transit_batch(raw: str) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------
+def _link_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ttl", type=int, help="seconds the link stays valid (default BROKER_INSTALL_LINK_TTL)"
+    )
+    # SUPPRESS: absent here, the global --json keeps its value.
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+
+
 Command = Callable[[Settings, argparse.Namespace, _Out], Coroutine[Any, Any, None]]
 
 
@@ -341,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--client-secret-file", help="read the secret from this file, not stdin")
     add.set_defaults(run=cmd_apps_add)
     apps.add_parser("list", help="list apps").set_defaults(run=cmd_apps_list)
+    link = apps.add_parser("install-link", help="a signed link that installs a portal (audited)")
+    link.add_argument("slug")
+    _link_options(link)
+    link.add_argument("--return-to", help="where the browser goes afterwards (allowed origin)")
+    link.set_defaults(run=cmd_apps_install_link)
 
     callers = sub.add_parser("callers", help="service identities").add_subparsers(
         dest="sub", required=True
@@ -394,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--user-id", type=int)
         if name in ("revoke", "quarantine"):
             action.add_argument("--reason", required=True)
+        if name == "install-link":
+            _link_options(action)
         action.set_defaults(run=cmd_portals_action)
 
     keys = sub.add_parser("keys", help="Transit key rotation").add_subparsers(

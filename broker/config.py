@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from broker.errors import ConfigError
 
 PREFIX = "BROKER_"
+#: Longest an operator-signed install link may stay valid (seconds): 30 days.
+MAX_INSTALL_LINK_TTL = 30 * 86400
 
 
 class Secret:
@@ -86,12 +88,21 @@ class Settings:
     # Beyond it, such keys get 429 auth_throttled with Retry-After instead of a lookup, so a
     # flood of made-up keys cannot load the database. Callers known here are never limited.
     auth_lookup_rate: float = 50.0
-    # Workload identity: a JSON list of {"issuer", "jwks_url", "audience"[, "ca_file",
-    # "token_file"]}; callers then authenticate with the issuer's JWTs. Empty: keys only.
+    # Workload identity: a JSON list of {"issuer", "audience", and "jwks_url" (verify
+    # against the issuer's keys) or "tokenreview_url" (ask the Kubernetes API server)
+    # [, "ca_file", "token_file", "review_rate"]}; callers then authenticate with the
+    # issuer's JWTs. Empty: keys only.
     jwt_issuers: str = ""
     # Per caller and replica: a token bucket of this rate with two seconds of burst.
     caller_rate: float = 200.0
     install_state_ttl: int = 600
+    # ``/oauth/install`` only for operator-signed links (broker.core.install_links): minted by
+    # `broker apps install-link` / `broker portals install-link`. When false, a bare
+    # ``/oauth/install?app=`` works too (a link that is present is still verified).
+    install_links_required: bool = True
+    # Seconds a minted install link stays valid unless the operator asks for less or more
+    # (at most MAX_INSTALL_LINK_TTL, 30 days).
+    install_link_ttl: int = 7 * 86400
     # Origins an install may return the browser to (``/oauth/install?return_to=``), comma-
     # separated, e.g. "https://admin.example.com". Empty: no return_to accepted.
     return_to_origins: str = ""
@@ -156,6 +167,10 @@ class Settings:
             problems.append(f"{PREFIX}AUTH_LOOKUP_RATE: must be > 0")
         if not 0 < self.min_ttl_default <= self.min_ttl_max:
             problems.append(f"{PREFIX}MIN_TTL_DEFAULT: must be > 0 and <= {PREFIX}MIN_TTL_MAX")
+        if not 0 < self.install_link_ttl <= MAX_INSTALL_LINK_TTL:
+            problems.append(
+                f"{PREFIX}INSTALL_LINK_TTL: must be 1-{MAX_INSTALL_LINK_TTL} seconds (30 days)"
+            )
         if self.database_pool_min > self.database_pool_max:
             problems.append(f"{PREFIX}DATABASE_POOL_MIN: must be <= {PREFIX}DATABASE_POOL_MAX")
         if any(
@@ -204,10 +219,13 @@ class Settings:
         if not isinstance(parsed, list):
             raise ValueError("must be a JSON list of issuers")
         for entry in parsed:
-            if not isinstance(entry, dict) or not {"issuer", "jwks_url", "audience"} <= set(entry):
-                raise ValueError("each issuer needs issuer, jwks_url and audience")
-            if urlsplit(str(entry["jwks_url"])).scheme not in ("http", "https"):
-                raise ValueError("jwks_url must be an http(s) URL")
+            if not isinstance(entry, dict) or not {"issuer", "audience"} <= set(entry):
+                raise ValueError("each issuer needs issuer and audience")
+            urls = [k for k in ("jwks_url", "tokenreview_url") if k in entry]
+            if len(urls) != 1:
+                raise ValueError("each issuer needs exactly one of jwks_url and tokenreview_url")
+            if urlsplit(str(entry[urls[0]])).scheme not in ("http", "https"):
+                raise ValueError(f"{urls[0]} must be an http(s) URL")
         return parsed
 
     @property

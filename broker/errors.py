@@ -10,6 +10,7 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   ├── InvalidRequest             422 invalid_request
     │   ├── Unauthenticated            401 unauthenticated
     │   ├── Forbidden                  403 forbidden
+    │   │   └── InstallLinkRejected    403 install_link_required, _invalid, _expired
     │   ├── RateLimitedCaller          429 rate_limited (auth_throttled: too many unknown keys)
     │   ├── NotFound                   404 not_found (portal_not_found, app_not_found, ...)
     │   ├── Conflict                   409 conflict
@@ -84,6 +85,13 @@ class Forbidden(ClientError):
     status = 403
     code = "forbidden"
     title = "Forbidden"
+
+
+class InstallLinkRejected(Forbidden):
+    """``/oauth/install`` without a genuine, unexpired operator-signed link for the app."""
+
+    code = "install_link_invalid"
+    title = "Install link refused"
 
 
 class RateLimitedCaller(ClientError):

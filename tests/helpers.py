@@ -7,8 +7,9 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -54,6 +55,9 @@ class Deployment:
     client_id: str
     client_secret: str
     caller_key: str
+    #: A signed install link for ``app``, minted on first use (links are reusable until
+    #: they expire: one per deployment keeps installs fast).
+    link_url: str = field(default="", repr=False)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
@@ -69,8 +73,23 @@ class Deployment:
     def install(self, hub_id: int, **sim_config: Any) -> httpx.Response:
         """Run the browser flow against the simulator (auto consent) for ``hub_id``."""
         self.sim.configure(consent="auto", consent_hub_id=hub_id, **sim_config)
+        if not self.link_url:
+            self.link_url = install_link(self.settings, self.app)
         with httpx.Client(timeout=30, follow_redirects=True) as browser:
-            return browser.get(f"{self.url}/oauth/install", params={"app": self.app})
+            return browser.get(self.link_url)
+
+
+def install_link(settings: Settings, app: str, **options: Any) -> str:
+    """Mint a signed install link in-process, as ``broker apps install-link`` does."""
+
+    async def mint() -> str:
+        async with open_admin(settings) as svc:
+            link = await svc.install_links.mint(app, actor="test", **options)
+            return link.url
+
+    # In a thread of its own: async tests call this from inside their event loop.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, mint()).result()
 
 
 def register(

@@ -7,12 +7,13 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import asyncpg
 import httpx
 import pytest
 
-from broker.app import create_app
+from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
@@ -140,7 +141,8 @@ def test_forced_refresh_is_rate_limited(deployment: Deployment) -> None:
 
 def test_install_link_and_unknown_portal(deployment: Deployment) -> None:
     link = admin(deployment, "POST", f"/{HUB}/install-link")
-    assert link.json()["url"] == f"{deployment.url}/oauth/install?app=demo"
+    assert link.json()["url"].startswith(f"{deployment.url}/oauth/install?app=demo&link=")
+    assert datetime.fromisoformat(link.json()["expires_at"]) > datetime.now(UTC)
     assert httpx.get(link.json()["url"]).status_code == 302
     missing = admin(deployment, "POST", "/999/install-link")
     assert (missing.status_code, missing.json()["code"]) == (404, "portal_not_found")
@@ -192,3 +194,52 @@ def test_caller_key_rotation_with_overlap(env: dict[str, str], sim: Simulator) -
         assert (refused.status_code, refused.json()["code"]) == (401, "unauthenticated")
         with d.client(headers={"Authorization": f"Bearer {new}"}) as client:
             assert client.get(f"/v1/portals/{HUB}/token").status_code == 200
+
+
+def test_app_install_links(deployment: Deployment) -> None:
+    def create(name: str, **scope: object) -> str:
+        async def run() -> str:
+            async with open_admin(deployment.settings) as svc:
+                new = await svc.callers.create(
+                    name, roles=[Role.PORTALS_ADMIN.value], actor="test", **scope
+                )
+                return new.secret
+
+        return asyncio.run(run())
+
+    def post(key: str, app: str, body: object = None) -> httpx.Response:
+        with deployment.client(headers={"Authorization": f"Bearer {key}"}) as client:
+            return client.post(f"/v1/admin/apps/{app}/install-links", json=body)
+
+    made = post(deployment.caller_key, "demo", {"ttl": 600})
+    assert made.status_code == 200, made.text
+    assert made.json()["url"].startswith(f"{deployment.url}/oauth/install?app=demo&link=")
+    left = datetime.fromisoformat(made.json()["expires_at"]) - datetime.now(UTC)
+    assert 590 <= left.total_seconds() <= 600
+    assert httpx.get(made.json()["url"]).status_code == 302
+    for body in ({"ttl": 0}, {"return_to": "https://evil.example/"}, {"hub_id": HUB}):
+        refused = post(deployment.caller_key, "demo", body)
+        assert (refused.status_code, refused.json()["code"]) == (422, "invalid_request"), body
+    assert post(deployment.caller_key, "other-app").status_code == 403  # not its app
+    scoped = create("scoped-admin", apps=["demo"], hub_ids=[HUB])
+    assert post(scoped, "demo").json()["code"] == "forbidden"  # limited to one portal
+    everything = create("all-apps-admin")
+    missing = post(everything, "nope")
+    assert (missing.status_code, missing.json()["code"]) == (404, "app_not_found")
+    time.sleep(1.0)  # the audit writer flushes every 0.5 s
+    minted = [e for e in fetch_audit(deployment.settings) if e["actor"] != "test"]
+    assert [e["actor"] for e in minted] == [deployment_caller(deployment.settings)]  # only 200
+    assert made.json()["url"].split("link=")[1] not in json.dumps(minted, default=str)
+
+
+def fetch_audit(settings: Settings) -> list[dict[str, object]]:
+    async def run() -> list[dict[str, object]]:
+        async with open_admin(settings) as svc:
+            return await svc.admin.audit(action="install_link.created")
+
+    return asyncio.run(run())
+
+
+def deployment_caller(settings: Settings) -> str:
+    rows = fetch(settings, "SELECT name FROM callers WHERE name LIKE 'svc-%'")
+    return str(rows[0]["name"])

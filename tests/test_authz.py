@@ -25,6 +25,9 @@ ENDPOINTS = {
     "quarantine": ("POST", "/v1/admin/portals/{hub}/quarantine", {"reason": "matrix"}),
     "release": ("POST", "/v1/admin/portals/{hub}/release", None),
     "install_link": ("POST", "/v1/admin/portals/{hub}/install-link", None),
+    # Same path for "own" and "other": an app-wide link is for callers limited to no
+    # portals, and these callers are limited to theirs (test_admin covers the allowed cell).
+    "app_install_link": ("POST", "/v1/admin/apps/demo/install-links", None),
     "revoke": ("POST", "/v1/admin/portals/{hub}/revoke", {"reason": "matrix"}),
 }
 OWN = {name: 2_200_001 + i for i, name in enumerate(ENDPOINTS)}
@@ -37,6 +40,8 @@ def allowed(role: str, endpoint: str, own: bool) -> bool:
         return role == Role.TOKENS_READ.value and own
     if endpoint == "list":
         return role == Role.PORTALS_ADMIN.value  # filtered to the caller's portals
+    if endpoint == "app_install_link":
+        return False
     return role == Role.PORTALS_ADMIN.value and own
 
 

@@ -252,13 +252,35 @@ def test_selectors_match_and_never_include_the_version(rendered: Rendered) -> No
 
 
 def test_service_account_token_only_for_kubernetes_auth(rendered: Rendered) -> None:
-    kubernetes_auth = rendered.merged["vault"]["auth"]["method"] == "kubernetes"
+    token_review = rendered.merged["workloadIdentity"]["tokenReview"]["enabled"]
+    kubernetes_auth = rendered.merged["vault"]["auth"]["method"] == "kubernetes" or token_review
     assert rendered.pod["automountServiceAccountToken"] is kubernetes_auth
     for account in rendered.all("ServiceAccount"):
         assert account["automountServiceAccountToken"] is kubernetes_auth
         assert rendered.pod["serviceAccountName"] == account["metadata"]["name"]
     assert bool(rendered.all("ServiceAccount")) is rendered.merged["serviceAccount"]["create"]
     assert rendered.job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_token_review_binds_auth_delegator_and_configures_the_issuer(
+    rendered: Rendered,
+) -> None:
+    wanted = rendered.merged["workloadIdentity"]
+    bindings = rendered.all("ClusterRoleBinding")
+    issuers = json.loads(rendered.config.get("BROKER_JWT_ISSUERS", "[]"))
+    if wanted["tokenReview"]["enabled"]:
+        (binding,) = bindings
+        assert binding["roleRef"]["name"] == "system:auth-delegator"
+        (subject,) = binding["subjects"]
+        assert subject["name"] == rendered.pod["serviceAccountName"]
+        review = issuers[0]
+        assert review["tokenreview_url"] == "https://kubernetes.default.svc"
+        assert review["token_file"].startswith("/var/run/secrets/kubernetes.io/serviceaccount/")
+    else:
+        assert bindings == []
+        assert not any("tokenreview_url" in i for i in issuers)
+    jwks = [i for i in issuers if "jwks_url" in i]
+    assert [i["jwks_url"] for i in jwks] == [i["jwksUrl"] for i in wanted["jwksIssuers"]]
 
 
 # --- settings ---------------------------------------------------------------------------------

@@ -12,11 +12,13 @@ import asyncpg
 import httpx
 import pytest
 
-from broker.app import create_app
+from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
+from broker.core.install_links import LinkClaims
 from broker.dev.simulator import Simulator
+from broker.errors import InvalidRequest
 from broker.web.oauth import COOKIE
-from tests.helpers import Deployment, register, serve_app
+from tests.helpers import Deployment, install_link, register, serve_app
 
 HUB = 7_700_001
 
@@ -44,7 +46,7 @@ def portal_count(settings: Settings) -> int:
 
 def start(deployment: Deployment, browser: httpx.Client) -> str:
     """Run the flow up to HubSpot's redirect back; returns the callback URL (not visited)."""
-    install = browser.get(f"{deployment.url}/oauth/install", params={"app": "demo"})
+    install = browser.get(link(deployment))
     assert install.status_code == 302
     assert install.headers["cache-control"] == "no-store"
     authorize = urlsplit(install.headers["location"])
@@ -55,6 +57,22 @@ def start(deployment: Deployment, browser: httpx.Client) -> str:
     consent = browser.get(install.headers["location"])
     assert consent.status_code == 302
     return consent.headers["location"]
+
+
+def link(deployment: Deployment) -> str:
+    if not deployment.link_url:
+        deployment.link_url = install_link(deployment.settings, deployment.app)
+    return deployment.link_url
+
+
+def sign(settings: Settings, claims: LinkClaims) -> str:
+    """A link token signed with the deployment's real key, bypassing the minting checks."""
+
+    async def run() -> str:
+        async with open_admin(settings) as svc:
+            return svc.install_links.signer.sign(claims)
+
+    return asyncio.run(run())
 
 
 def assert_failed(response: httpx.Response, status: int, code: str) -> None:
@@ -106,7 +124,7 @@ def test_expired_state(deployment: Deployment) -> None:
 def test_denial(deployment: Deployment) -> None:
     deployment.sim.configure(consent="page")
     with httpx.Client() as browser:
-        install = browser.get(f"{deployment.url}/oauth/install", params={"app": "demo"})
+        install = browser.get(link(deployment))
         page = browser.get(install.headers["location"])
         assert page.status_code == 200
         state = parse_qs(urlsplit(install.headers["location"]).query)["state"][0]
@@ -149,7 +167,8 @@ def test_json_clients_get_problem_json(deployment: Deployment) -> None:
 
 
 def test_unknown_app(deployment: Deployment) -> None:
-    response = httpx.get(f"{deployment.url}/oauth/install", params={"app": "nope"})
+    token = sign(deployment.settings, LinkClaims("nope", int(time.time()) + 60))
+    response = httpx.get(f"{deployment.url}/oauth/install", params={"app": "nope", "link": token})
     assert_failed(response, 404, "app_not_found")
 
 
@@ -159,15 +178,16 @@ def test_return_to_only_to_allowed_origins(env: dict[str, str], sim: Simulator) 
         register(settings, sim, f"{url}/oauth/callback", slug="demo")
         sim.add_portal(HUB)
         sim.configure(consent="auto", consent_hub_id=HUB)
+        with pytest.raises(InvalidRequest):  # never minted for such an origin
+            install_link(settings, "demo", return_to="https://evil.example/steal")
+        exp = int(time.time()) + 60
         with httpx.Client() as browser:
-            evil = browser.get(
-                f"{url}/oauth/install",
-                params={"app": "demo", "return_to": "https://evil.example/steal"},
-            )
+            # Signed, yet refused: the origin check applies to a link's return_to too.
+            token = sign(settings, LinkClaims("demo", exp, "https://evil.example/steal"))
+            evil = browser.get(f"{url}/oauth/install", params={"app": "demo", "link": token})
             assert_failed(evil, 422, "invalid_request")
             good = browser.get(
-                f"{url}/oauth/install",
-                params={"app": "demo", "return_to": "https://admin.example.com/portals"},
+                install_link(settings, "demo", return_to="https://admin.example.com/portals")
             )
             assert good.status_code == 302
             back = browser.get(browser.get(good.headers["location"]).headers["location"])

@@ -16,7 +16,7 @@ from broker.config import Settings, load_settings
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
 from tests.chaos.cluster import Replica, start_replica
-from tests.helpers import register
+from tests.helpers import install_link, register
 from tests.test_walking_skeleton import decrypt
 
 HUBS = (6_600_001, 6_600_002, 6_600_003)
@@ -69,11 +69,12 @@ def test_herd_over_two_processes_refreshes_once_and_logs_no_secret(
         roles=("tokens:read", "portals:admin"),
     )
     sim.configure(access_token_ttl=300)  # installed tokens are already "stale" for min_ttl=600
+    link = install_link(settings, "demo")  # on urls[0], the registered callback's origin
     for hub in HUBS:
         sim.add_portal(hub)
         sim.configure(consent="auto", consent_hub_id=hub)
         with httpx.Client(follow_redirects=True, timeout=30) as browser:
-            page = browser.get(f"{urls[0]}/oauth/install", params={"app": "demo"})
+            page = browser.get(link)
         assert page.status_code == 200, page.text
     sim.configure(access_token_ttl=1800)
 

@@ -17,7 +17,7 @@ import pytest
 from broker.app import create_app
 from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator
-from tests.helpers import register, serve_app
+from tests.helpers import install_link, register, serve_app
 
 HUBS = list(range(8_800_001, 8_800_021))
 
@@ -47,20 +47,21 @@ def replicas(env: dict[str, str], sim: Simulator) -> Iterator[tuple[Settings, li
         yield settings, urls
 
 
-def install_all(sim: Simulator, url: str, hubs: list[int]) -> None:
+def install_all(settings: Settings, sim: Simulator, hubs: list[int]) -> None:
+    link = install_link(settings, "demo")  # on the origin of urls[0], the registered callback
     with httpx.Client(follow_redirects=True, timeout=30) as browser:
         for hub in hubs:
             sim.configure(consent="auto", consent_hub_id=hub)
-            page = browser.get(f"{url}/oauth/install", params={"app": "demo"})
+            page = browser.get(link)
             assert page.status_code == 200, page.text
 
 
 def test_two_replicas_refresh_ahead_of_expiry_without_duplicates(
     replicas: tuple[Settings, list[str]], sim: Simulator
 ) -> None:
-    settings, urls = replicas
+    settings, _ = replicas
     sim.configure(access_token_ttl=6)  # refresh_after falls at 3.6-4.3 s
-    install_all(sim, urls[0], HUBS)
+    install_all(settings, sim, HUBS)
     time.sleep(9)
     by_hub = sim.refreshes_by_hub()
     rows = fetch(
@@ -81,9 +82,9 @@ def test_two_replicas_refresh_ahead_of_expiry_without_duplicates(
 def test_misconfigured_app_is_paused_and_portals_untouched(
     replicas: tuple[Settings, list[str]], sim: Simulator
 ) -> None:
-    settings, urls = replicas
+    settings, _ = replicas
     sim.configure(access_token_ttl=4)
-    install_all(sim, urls[0], HUBS[:3])
+    install_all(settings, sim, HUBS[:3])
     # HubSpot no longer accepts the broker's client secret (rotated at HubSpot only).
     app_client = fetch(settings, "SELECT client_id, redirect_uri FROM apps")[0]
     sim.add_app(
@@ -106,9 +107,9 @@ def test_misconfigured_app_is_paused_and_portals_untouched(
 
 
 def test_retry_after_is_honoured(replicas: tuple[Settings, list[str]], sim: Simulator) -> None:
-    settings, urls = replicas
+    settings, _ = replicas
     sim.configure(access_token_ttl=3)
-    install_all(sim, urls[0], HUBS[:2])
+    install_all(settings, sim, HUBS[:2])
     sim.add_fault("token", status=429, retry_after=7)
     deadline = time.monotonic() + 5
     while sim.counters().get("token.refresh_token", 0) == 0 and time.monotonic() < deadline:

@@ -40,7 +40,7 @@ from broker.app import create_app
 from broker.config import load_settings
 from broker.dev.simulator import Simulator
 from tests.dedicated_openbao import DedicatedOpenBao, dedicated_openbao
-from tests.helpers import Deployment, register, serve_app
+from tests.helpers import Deployment, install_link, register, serve_app
 
 POLICIES = Path(__file__).resolve().parent.parent / "deploy" / "vault"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -208,7 +208,17 @@ def test_kubernetes_login_rereads_the_rotated_service_account_token(
         assert logins[0]["policies"] == [ROLE]
         assert logins[0]["meta"]["role"] == ROLE
         client_id, client_secret, key = register(admin, sim, f"{url}/oauth/callback", slug=slug)
-        d = Deployment(runtime, sim, sim_url, url, slug, client_id, client_secret, key)
+        d = Deployment(
+            runtime,
+            sim,
+            sim_url,
+            url,
+            slug,
+            client_id,
+            client_secret,
+            key,
+            link_url=install_link(admin, slug),  # minted by the operator, not the pod
+        )
         sim.add_portal(HUB)
         assert d.install(HUB, access_token_ttl=60).status_code == 200  # encrypt
         assert d.token(HUB, min_ttl=0).status_code == 200

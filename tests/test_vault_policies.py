@@ -18,7 +18,7 @@ from broker.config import Secret, load_settings
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 from broker.errors import VaultError
-from tests.helpers import Deployment, register, serve_app
+from tests.helpers import Deployment, install_link, register, serve_app
 
 POLICIES = Path(__file__).resolve().parent.parent / "deploy" / "vault"
 HUB = 8_100_001
@@ -55,7 +55,17 @@ def test_broker_under_shipped_policies_with_approle(
     slug = f"pol-{secrets.token_hex(3)}"
     with serve_app(create_app(runtime)) as url:
         client_id, client_secret, key = register(admin, sim, f"{url}/oauth/callback", slug=slug)
-        d = Deployment(runtime, sim, sim_url, url, slug, client_id, client_secret, key)
+        d = Deployment(
+            runtime,
+            sim,
+            sim_url,
+            url,
+            slug,
+            client_id,
+            client_secret,
+            key,
+            link_url=install_link(admin, slug),  # minted by the operator, not the pod
+        )
         sim.add_portal(HUB)
         assert d.install(HUB, access_token_ttl=60).status_code == 200
         assert d.token(HUB, min_ttl=0).status_code == 200

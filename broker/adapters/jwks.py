@@ -1,5 +1,7 @@
 """Workload identity: verify a caller's JWT — a Kubernetes projected service-account token or
-any OIDC issuer's — against that issuer's JWKS (implements ``IdentityVerifier``).
+any OIDC issuer's — against that issuer's JWKS, or, for an issuer configured with
+``tokenreview_url``, by asking the Kubernetes API server (:mod:`broker.adapters.tokenreview`)
+(implements ``IdentityVerifier``).
 
 Security properties:
 * only configured issuers, matched exactly; the audience is required;
@@ -25,6 +27,7 @@ import httpx
 import jwt
 
 from broker import metrics
+from broker.adapters.tokenreview import TokenReviewer
 from broker.core.ports import Identity
 from broker.errors import Unauthenticated
 
@@ -33,26 +36,37 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 
 
+#: A reviewed token without an ``exp`` claim (a legacy secret-based service-account token)
+#: is trusted this long before it is reviewed again.
+NO_EXPIRY_SECONDS = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class IssuerConfig:
     issuer: str
-    jwks_url: str
     audience: str
-    #: For the Kubernetes API server's JWKS: a CA bundle and a bearer token file.
+    #: Exactly one of the two: the issuer's JWKS, or the Kubernetes API server that reviews.
+    jwks_url: str | None = None
+    tokenreview_url: str | None = None
+    #: For the Kubernetes API server: a CA bundle and a bearer token file.
     ca_file: str | None = None
     token_file: str | None = None
     #: At most one JWKS fetch per this many seconds (unknown kids trigger one).
     refetch_seconds: float = 10.0
+    #: TokenReview mode: reviews per second on this replica.
+    review_rate: float = 50.0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> IssuerConfig:
         return cls(
             issuer=str(raw["issuer"]),
-            jwks_url=str(raw["jwks_url"]),
             audience=str(raw["audience"]),
+            jwks_url=raw.get("jwks_url"),
+            tokenreview_url=raw.get("tokenreview_url"),
             ca_file=raw.get("ca_file"),
             token_file=raw.get("token_file"),
             refetch_seconds=float(raw.get("refetch_seconds", 10.0)),
+            review_rate=float(raw.get("review_rate", 50.0)),
         )
 
 
@@ -73,8 +87,24 @@ class JwksVerifier:
     ) -> None:
         self._issuers = {cfg.issuer: cfg for cfg in issuers}
         self._keys = {cfg.issuer: _Keys() for cfg in issuers}
+        self._reviewers = {
+            cfg.issuer: TokenReviewer(
+                cfg.tokenreview_url,
+                audience=cfg.audience,
+                ca_file=cfg.ca_file,
+                token_file=cfg.token_file,
+                timeout=timeout,
+                rate=cfg.review_rate,
+            )
+            for cfg in issuers
+            if cfg.tokenreview_url
+        }
         self._leeway = leeway
         self._timeout = timeout
+
+    async def close(self) -> None:
+        for reviewer in self._reviewers.values():
+            await reviewer.close()
 
     def _reject(self, reason: str) -> Unauthenticated:
         metrics.CALLER_AUTH_FAILURES.labels(f"jwt_{reason}").inc()
@@ -92,6 +122,9 @@ class JwksVerifier:
         config = self._issuers.get(str(unverified.get("iss")))
         if config is None:
             raise self._reject("unknown_issuer")
+        reviewer = self._reviewers.get(config.issuer)
+        if reviewer is not None:
+            return await self._reviewed(reviewer, config, token, unverified)
         key = await self._key(config, header.get("kid"))
         try:
             claims = jwt.decode(
@@ -115,6 +148,24 @@ class JwksVerifier:
             issuer=config.issuer,
             subject=str(claims["sub"]),
             expires_at=datetime.fromtimestamp(float(claims["exp"]), UTC),
+        )
+
+    async def _reviewed(
+        self, reviewer: TokenReviewer, config: IssuerConfig, token: str, claims: dict[str, Any]
+    ) -> Identity:
+        """TokenReview mode. The claims are read before the review only to refuse an expired
+        token without asking, and after it for the expiry: once the API server has
+        authenticated the token, its signed claims are authentic."""
+        now = time.time()
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and exp + self._leeway < now:
+            raise self._reject("expired")
+        subject = await reviewer.review(token)
+        until = float(exp) if isinstance(exp, int | float) else now + NO_EXPIRY_SECONDS
+        return Identity(
+            issuer=config.issuer,
+            subject=subject,
+            expires_at=datetime.fromtimestamp(until, UTC),
         )
 
     async def _key(self, config: IssuerConfig, kid: str | None) -> jwt.PyJWK:
@@ -141,6 +192,7 @@ class JwksVerifier:
         verify: Any = config.ca_file or True
         try:
             async with httpx.AsyncClient(timeout=self._timeout, verify=verify) as client:
+                assert config.jwks_url is not None  # an issuer without one has a reviewer
                 response = await client.get(config.jwks_url, headers=headers)
                 response.raise_for_status()
                 jwks = jwt.PyJWKSet.from_dict(response.json())

@@ -1,6 +1,8 @@
 """The install flow (DESIGN.md, "Security: Install flow").
 
-``begin`` creates a single-use ``state`` (in Redis, with a TTL) bound to the browser through
+``begin`` needs an operator-signed install link (:mod:`broker.core.install_links`) unless
+``BROKER_INSTALL_LINKS_REQUIRED`` is off; a link that is present is always verified. It
+then creates a single-use ``state`` (in Redis, with a TTL) bound to the browser through
 a cookie nonce, and a PKCE S256 verifier; ``complete`` consumes the state exactly once,
 checks the browser binding in constant time, exchanges the code, and stores the grant.
 Any failure raises :class:`~broker.errors.InstallFailed` (or the app's error) and stores
@@ -15,10 +17,10 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from broker import metrics
 from broker.config import Settings
+from broker.core.install_links import LinkSigner, check_return_to
 from broker.core.models import PortalKey, PortalRecord
 from broker.core.ports import (
     AuditSink,
@@ -30,7 +32,7 @@ from broker.core.ports import (
     SecretStore,
 )
 from broker.core.refresh import RefreshEngine, schedule
-from broker.errors import InstallFailed, InvalidRequest
+from broker.errors import InstallFailed, InstallLinkRejected
 
 
 def _b64url(data: bytes) -> str:
@@ -39,11 +41,6 @@ def _b64url(data: bytes) -> str:
 
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +69,10 @@ class InstallService:
         oauth: OAuthProvider,
         refresher: RefreshEngine,
         audit: AuditSink,
+        links: LinkSigner,
     ) -> None:
         self._settings = settings
+        self._links = links
         self._portals = portals
         self._coordinator = coordinator
         self._cipher = cipher
@@ -83,14 +82,34 @@ class InstallService:
         self._audit = audit
 
     async def begin(
-        self, app_slug: str, *, actor: str, return_to: str | None = None
+        self,
+        app_slug: str,
+        *,
+        actor: str,
+        return_to: str | None = None,
+        link: str | None = None,
     ) -> InstallStart:
-        if return_to is not None and _origin(return_to) not in self._settings.return_to_origin_list:
-            # Only configured origins: the broker is never an open redirect.
-            raise InvalidRequest(
-                "return_to must be on an origin listed in BROKER_RETURN_TO_ORIGINS",
-                errors=[{"field": "return_to", "message": "origin not allowed"}],
-            )
+        """Start a flow: only for an operator-signed ``link`` unless links are not required;
+        a present link is always verified and then decides ``return_to``."""
+        try:
+            if link is not None:
+                claims = self._links.verify(link, app=app_slug)
+                if return_to is not None and return_to != claims.return_to:
+                    raise InstallLinkRejected(
+                        "return_to is set by the install link, not by the URL",
+                        code="install_link_invalid",
+                    )
+                return_to = claims.return_to
+            elif self._settings.install_links_required:
+                raise InstallLinkRejected(
+                    "installs start from an install link created by an operator "
+                    "(`broker apps install-link`)",
+                    code="install_link_required",
+                )
+        except InstallLinkRejected as exc:
+            metrics.INSTALLS.labels(exc.code).inc()
+            raise
+        check_return_to(return_to, self._settings)
         app = await self._refresher.app(app_slug)
         await self._secrets.client_secrets(app.slug)  # fail now, not after the consent page
         state = secrets.token_urlsafe(32)

@@ -15,12 +15,12 @@ import contextlib
 import random
 import secrets
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
 
 import structlog
 
 from broker import metrics
 from broker.config import Settings
+from broker.core.install_links import InstallLink, InstallLinks
 from broker.core.invalidation import Invalidations
 from broker.core.models import PortalKey, PortalRecord, PortalState
 from broker.core.ports import AuditSink, Cipher, OAuthProvider, PortalRepository, SecretStore
@@ -53,8 +53,10 @@ class PortalOperations:
         oauth: OAuthProvider,
         invalidations: Invalidations,
         audit: AuditSink,
+        links: InstallLinks,
     ) -> None:
         self._settings = settings
+        self._links = links
         self._portals = portals
         self._engine = engine
         self._cipher = cipher
@@ -153,13 +155,15 @@ class PortalOperations:
         self._audit.record("portal.force_refreshed", actor=actor, key=key)
         return fresh.record
 
-    async def install_link(self, key: PortalKey) -> str:
-        """A link to send to the portal's admin: a fresh install flow in their browser."""
-        app = await self._engine.app(key.app)
+    async def install_link(
+        self, key: PortalKey, *, actor: str, ttl: int | None = None
+    ) -> InstallLink:
+        """A signed link to send to the portal's admin: a fresh install flow in their browser
+        (``hub_id`` in the link's payload). Audited as ``install_link.created``."""
+        await self._engine.app(key.app)
         if await self._portals.get_portal(key) is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
-        origin = urlsplit(app.redirect_uri)
-        return f"{origin.scheme}://{origin.netloc}/oauth/install?{urlencode({'app': app.slug})}"
+        return await self._links.mint(key.app, actor=actor, ttl=ttl, hub_id=key.hub_id)
 
     async def _state_conflict(self, key: PortalKey, action: str) -> BrokerError:
         record = await self._portals.get_portal(key)

@@ -24,7 +24,10 @@ DEMO_HUB = 12345678
 DEMO_SCOPES = ("crm.objects.contacts.read", "oauth")
 
 
-async def _seed(settings: Settings, client_id: str, client_secret: str, redirect: str) -> str:
+async def _seed(
+    settings: Settings, client_id: str, client_secret: str, redirect: str
+) -> tuple[str, str]:
+    """Returns the demo caller's key and a signed install link for the demo app."""
     await run_migrations(settings)
     async with open_admin(settings) as ctx:
         await ctx.admin.add_app(
@@ -37,20 +40,23 @@ async def _seed(settings: Settings, client_id: str, client_secret: str, redirect
             roles=[Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value],
             actor="dev",
         )
-    return caller.secret
+        link = await ctx.install_links.mint(DEMO_APP, actor="dev")
+    return caller.secret, link.url
 
 
-def _steps(broker_url: str, sim_url: str, key: str) -> str:
+def _steps(broker_url: str, sim_url: str, key: str, install_url: str) -> str:
     auth = shlex.quote(f"Authorization: Bearer {key}")
     token_url = f"{broker_url}/v1/portals/{DEMO_HUB}/token"
     extract = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
     return f"""
 hubspot-token-broker is running on {broker_url} (HubSpot simulator on {sim_url}).
 
-1. Install the demo portal {DEMO_HUB} (the simulator consents at once). Open in a browser:
-     {broker_url}/oauth/install?app={DEMO_APP}
+1. Install the demo portal {DEMO_HUB} (the simulator consents at once) with this operator-
+   signed install link (valid 7 days; `broker apps install-link demo` mints more).
+   Open it in a browser:
+     {install_url}
    or with curl (the cookie jar keeps the flow bound to one "browser"):
-     curl -sSL -c cookies.txt -b cookies.txt '{broker_url}/oauth/install?app={DEMO_APP}'
+     curl -sSL -c cookies.txt -b cookies.txt {shlex.quote(install_url)}
 
 2. Fetch the portal's access token as the demo service:
      curl -s -H {auth} {token_url}
@@ -88,7 +94,7 @@ def run_dev(*, port: int = 8080, simulator_port: int = 8090, host: str = "127.0.
             log_format="console",
         )
         logs.configure(settings.log_level, settings.log_format)
-        key = asyncio.run(_seed(settings, client_id, client_secret, redirect))
-        print(_steps(broker_url, sim_url, key), flush=True)
+        key, install_url = asyncio.run(_seed(settings, client_id, client_secret, redirect))
+        print(_steps(broker_url, sim_url, key, install_url), flush=True)
         uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
     return 0

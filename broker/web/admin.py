@@ -1,5 +1,6 @@
 """The operator API under ``/v1/admin`` (role ``portals:admin``): list and show portals,
-revoke, force a refresh, quarantine and release, a fresh install link. Views never carry a
+revoke, force a refresh, quarantine and release, a fresh install link for a portal or an
+app. Views never carry a
 token, a ciphertext or a secret."""
 
 from __future__ import annotations
@@ -125,7 +126,41 @@ async def release(request: Request) -> Response:
 async def install_link(request: Request) -> Response:
     svc, caller = await _admin(request)
     key = _key(request, svc, caller)
-    return _json({"url": await svc.operations.install_link(key)})
+    link = await svc.operations.install_link(key, actor=caller.name)
+    return _json({"url": link.url, "expires_at": link.expires_at.isoformat()})
+
+
+async def app_install_link(request: Request) -> Response:
+    """A link that installs any portal into the app: only for callers limited to no
+    particular portals (a portal-scoped admin uses the portal's own install-link)."""
+    svc, caller = await _admin(request)
+    app = parse_app(request.path_params["app"], "")
+    if (caller.apps is not None and app not in caller.apps) or caller.hub_ids is not None:
+        raise Forbidden(f"caller {caller.name!r} may not create install links for app {app!r}")
+    reject_unknown(request, frozenset())
+    ttl, return_to = await _link_options(request)
+    link = await svc.install_links.mint(app, actor=caller.name, ttl=ttl, return_to=return_to)
+    return _json({"url": link.url, "expires_at": link.expires_at.isoformat()})
+
+
+async def _link_options(request: Request) -> tuple[int | None, str | None]:
+    raw = await request.body()
+    if not raw:
+        return None, None
+    try:
+        body: Any = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest("the body is not JSON") from exc
+    if not isinstance(body, dict) or set(body) - {"ttl", "return_to"}:
+        raise InvalidRequest("the body must be an object with only ttl and return_to")
+    ttl, return_to = body.get("ttl"), body.get("return_to")
+    if ttl is not None and type(ttl) is not int:
+        raise InvalidRequest("ttl must be an integer", errors=[{"field": "ttl", "message": "int"}])
+    if return_to is not None and not isinstance(return_to, str):
+        raise InvalidRequest(
+            "return_to must be a URL", errors=[{"field": "return_to", "message": "a URL"}]
+        )
+    return ttl, return_to
 
 
 _PORTAL = "/v1/admin/portals/{hub_id}"
@@ -137,4 +172,5 @@ routes = [
     Route(f"{_PORTAL}/quarantine", quarantine, methods=["POST"]),
     Route(f"{_PORTAL}/release", release, methods=["POST"]),
     Route(f"{_PORTAL}/install-link", install_link, methods=["POST"]),
+    Route("/v1/admin/apps/{app}/install-links", app_install_link, methods=["POST"]),
 ]

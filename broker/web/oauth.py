@@ -1,5 +1,8 @@
 """The browser side of installing a portal: ``/oauth/install`` and ``/oauth/callback``.
 
+``/oauth/install`` starts a flow only for an operator-signed ``link`` (403
+``install_link_required`` / ``_invalid`` / ``_expired``) unless links are not required.
+
 People see these pages, so they answer HTML (or problem+json when asked for JSON). The
 install cookie binds the callback to the browser that started the flow; it is HttpOnly,
 SameSite=Lax (HubSpot's redirect back is a top-level GET, which Lax allows) and scoped to
@@ -62,10 +65,13 @@ def _error(request: Request, exc: BrokerError) -> Response:
 async def install(request: Request) -> Response:
     svc = services(request)
     try:
-        reject_unknown(request, frozenset({"app", "return_to"}))
+        reject_unknown(request, frozenset({"app", "return_to", "link"}))
         app = parse_app(request.query_params.get("app"), svc.settings.default_app)
         start = await svc.installs.begin(
-            app, actor="browser", return_to=request.query_params.get("return_to")
+            app,
+            actor="browser",
+            return_to=request.query_params.get("return_to"),
+            link=request.query_params.get("link") or None,  # an empty one is no link
         )
     except BrokerError as exc:
         return _error(request, exc)

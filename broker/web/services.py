@@ -11,6 +11,7 @@ from broker.config import Settings
 from broker.core.admin import AdminService
 from broker.core.callers import CallerService
 from broker.core.install import InstallService
+from broker.core.install_links import InstallLinks
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations
 from broker.core.tokens import TokenService
@@ -21,6 +22,7 @@ class Services:
     settings: Settings
     tokens: TokenService
     installs: InstallService
+    install_links: InstallLinks
     callers: CallerService
     admin: AdminService
     operations: PortalOperations

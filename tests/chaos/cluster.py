@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -22,7 +23,7 @@ import httpx
 from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator
 from tests.faultproxy import FaultProxy
-from tests.helpers import register
+from tests.helpers import install_link, register
 
 
 def free_port() -> int:
@@ -124,11 +125,13 @@ class Cluster:
 
     def install(self, hubs: list[int], *, via: Replica | None = None) -> None:
         url = (via or self.replicas[0]).url
+        # A signed link (any replica accepts it), opened on the chosen replica.
+        query = urlsplit(install_link(self.settings, self.app)).query
         with httpx.Client(follow_redirects=True, timeout=30) as browser:
             for hub in hubs:
                 self.sim.add_portal(hub)
                 self.sim.configure(consent="auto", consent_hub_id=hub)
-                page = browser.get(f"{url}/oauth/install", params={"app": self.app})
+                page = browser.get(f"{url}/oauth/install?{query}")
                 if page.status_code != 200:
                     raise RuntimeError(f"install of {hub} failed: {page.status_code}")
 

@@ -86,7 +86,25 @@ The image reference: a digest wins over a tag; the tag defaults to the appVersio
 The Service Account token is mounted only for Vault's Kubernetes auth.
 */}}
 {{- define "hubspot-token-broker.automountToken" -}}
-{{- eq .Values.vault.auth.method "kubernetes" }}
+{{- or (eq .Values.vault.auth.method "kubernetes") .Values.workloadIdentity.tokenReview.enabled }}
+{{- end }}
+
+{{/*
+BROKER_JWT_ISSUERS as JSON: the cluster's TokenReview (the pod's own token and CA) and the
+JWKS issuers. Empty when neither is configured.
+*/}}
+{{- define "hubspot-token-broker.jwtIssuers" -}}
+{{- $issuers := list }}
+{{- with .Values.workloadIdentity.tokenReview }}
+{{- if .enabled }}
+{{- $sa := "/var/run/secrets/kubernetes.io/serviceaccount" }}
+{{- $issuers = append $issuers (dict "issuer" .issuer "audience" .audience "tokenreview_url" "https://kubernetes.default.svc" "ca_file" (printf "%s/ca.crt" $sa) "token_file" (printf "%s/token" $sa) "review_rate" .reviewRate) }}
+{{- end }}
+{{- end }}
+{{- range .Values.workloadIdentity.jwksIssuers }}
+{{- $issuers = append $issuers (dict "issuer" .issuer "audience" .audience "jwks_url" .jwksUrl) }}
+{{- end }}
+{{- if $issuers }}{{ toJson $issuers }}{{ end }}
 {{- end }}
 
 {{/*
@@ -117,8 +135,13 @@ BROKER_VAULT_TIMEOUT: {{ $c.vaultTimeout | quote }}
 BROKER_HUBSPOT_TIMEOUT: {{ $c.hubspotTimeout | quote }}
 BROKER_SECRET_CACHE_SECONDS: {{ $c.secretCacheSeconds | quote }}
 BROKER_CALLER_CACHE_SECONDS: {{ $c.callerCacheSeconds | quote }}
+{{- with include "hubspot-token-broker.jwtIssuers" . }}
+BROKER_JWT_ISSUERS: {{ . | quote }}
+{{- end }}
 BROKER_AUTH_LOOKUP_RATE: {{ $c.authLookupRate | quote }}
 BROKER_INSTALL_STATE_TTL: {{ $c.installStateTtl | quote }}
+BROKER_INSTALL_LINKS_REQUIRED: {{ $c.installLinksRequired | quote }}
+BROKER_INSTALL_LINK_TTL: {{ $c.installLinkTtl | quote }}
 BROKER_AUDIT_RETENTION_DAYS: {{ $c.auditRetentionDays | quote }}
 BROKER_EVENTS_RETENTION_DAYS: {{ $c.eventsRetentionDays | quote }}
 BROKER_JOURNAL_RETENTION_HOURS: {{ $c.journalRetentionHours | quote }}

@@ -1,0 +1,253 @@
+"""Operator-signed install links: ``/oauth/install`` starts a flow only for a genuine,
+unexpired link for the app (unless links are not required); every refusal is a 403 with a
+stable code and starts nothing; minting is audited without the link."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import redis
+
+from broker.app import create_app, open_admin
+from broker.config import MAX_INSTALL_LINK_TTL, Settings, load_settings
+from broker.core.install_links import LinkClaims, LinkSigner
+from broker.dev.simulator import Simulator
+from broker.errors import ConfigError, InvalidRequest
+from broker.web.oauth import COOKIE
+from tests.helpers import Deployment, install_link, register, serve_app
+from tests.test_cli import broker
+from tests.test_install import assert_failed, portal_count, sign
+
+HUB = 7_800_001
+
+
+@pytest.fixture
+def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
+    settings = load_settings(env)  # links required: the default
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        register(settings, sim, f"{url}/oauth/callback", slug="other")
+        sim.add_portal(HUB)
+        sim.configure(consent="auto", consent_hub_id=HUB)
+        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+
+
+def state_keys(settings: Settings) -> list[Any]:
+    client = redis.Redis.from_url(settings.redis_url.get())
+    try:
+        return list(client.scan_iter(f"{settings.redis_prefix}state:*"))
+    finally:
+        client.close()
+
+
+def token_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["link"][0]
+
+
+def payload_of(url: str) -> dict[str, Any]:
+    body = token_of(url).split(".")[0]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    return decoded
+
+
+def assert_refused(deployment: Deployment, params: dict[str, str], code: str) -> None:
+    """Refused as a page and as problem+json; no state, no cookie, nothing stored."""
+    url = f"{deployment.url}/oauth/install"
+    with httpx.Client() as browser:
+        page = browser.get(url, params=params)
+        assert_failed(page, 403, code)
+        assert not browser.cookies.get(COOKIE)
+        problem = browser.get(url, params=params, headers={"Accept": "application/json"})
+        assert problem.status_code == 403
+        assert problem.headers["content-type"] == "application/problem+json"
+        assert problem.json()["code"] == code
+    assert state_keys(deployment.settings) == []
+    assert portal_count(deployment.settings) == 0
+
+
+def test_a_valid_link_installs(deployment: Deployment) -> None:
+    url = install_link(deployment.settings, "demo")
+    assert url.startswith(f"{deployment.url}/oauth/install?app=demo&link=")
+    assert payload_of(url)["app"] == "demo"
+    with httpx.Client() as browser:
+        start = browser.get(url)
+        assert start.status_code == 302
+        assert browser.cookies.get(COOKIE)
+        assert len(state_keys(deployment.settings)) == 1
+        done = browser.get(browser.get(start.headers["location"]).headers["location"])
+    assert done.status_code == 200, done.text
+    assert "Portal connected" in done.text
+    assert portal_count(deployment.settings) == 1
+
+
+def test_no_link_is_refused_and_starts_nothing(deployment: Deployment) -> None:
+    assert_refused(deployment, {"app": "demo"}, "install_link_required")
+    assert_refused(deployment, {"app": "demo", "link": ""}, "install_link_required")
+
+
+def _tampered(url: str) -> str:
+    """The payload of a genuine link rewritten (a later expiry), its signature kept."""
+    body, signature = token_of(url).split(".")
+    data = payload_of(url)
+    data["exp"] += 3600
+    forged = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    assert forged != body
+    return f"{forged}.{signature}"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "tampered",
+        "wrong_key",
+        "bad_signature",
+        "malformed",
+        "other_app",
+        "return_to_not_in_link",
+        "raw_deployment_key",
+        "unknown_field",
+    ],
+)
+def test_bad_links_are_invalid(deployment: Deployment, case: str) -> None:
+    settings = deployment.settings
+    exp = int(time.time()) + 600
+    params = {"app": "demo"}
+    if case == "tampered":
+        params["link"] = _tampered(install_link(settings, "demo"))
+    elif case == "wrong_key":
+        params["link"] = LinkSigner(b"not-this-deployment" * 2).sign(LinkClaims("demo", exp))
+    elif case == "bad_signature":
+        body = token_of(install_link(settings, "demo")).split(".")[0]
+        params["link"] = f"{body}.{'A' * 43}"
+    elif case == "malformed":
+        params["link"] = "not-a-link"
+    elif case == "other_app":
+        params["link"] = token_of(install_link(settings, "other"))  # genuine, for "other"
+    elif case == "return_to_not_in_link":
+        params["link"] = token_of(install_link(settings, "demo"))
+        params["return_to"] = "https://elsewhere.example/"
+    elif case == "raw_deployment_key":  # the deployment key itself never signs a link
+        params["link"] = _sign_raw(settings, _b64(_json({"app": "demo", "exp": exp})), raw=True)
+    else:  # genuinely signed, but a field the broker never writes
+        payload = _json({"app": "demo", "exp": exp, "scope": "all"})
+        params["link"] = _sign_raw(settings, _b64(payload))
+    assert_refused(deployment, params, "install_link_invalid")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _json(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _sign_raw(settings: Settings, body: str, *, raw: bool = False) -> str:
+    """Sign any payload segment: with the link key (derived from the deployment key under
+    its own label, as DESIGN.md says), or with the deployment key itself when ``raw``."""
+
+    async def root() -> bytes:
+        async with open_admin(settings) as svc:
+            return svc.web_secret  # the per-deployment key from Vault
+
+    deployment_key = asyncio.run(root())
+    key = (
+        deployment_key
+        if raw
+        else hmac.digest(deployment_key, b"hubspot-token-broker/install-link/v1", "sha256")
+    )
+    return f"{body}.{_b64(hmac.digest(key, body.encode(), 'sha256'))}"
+
+
+def test_expired_links(deployment: Deployment) -> None:
+    past = sign(deployment.settings, LinkClaims("demo", int(time.time()) - 1))
+    assert_refused(deployment, {"app": "demo", "link": past}, "install_link_expired")
+    short = install_link(deployment.settings, "demo", ttl=1)
+    time.sleep(2.1)
+    assert_refused(deployment, {"app": "demo", "link": token_of(short)}, "install_link_expired")
+
+
+def test_minting_checks_ttl_return_to_and_app(deployment: Deployment, env: dict[str, str]) -> None:
+    for options in (
+        {"ttl": 0},
+        {"ttl": MAX_INSTALL_LINK_TTL + 1},
+        {"return_to": "https://evil.example/"},  # BROKER_RETURN_TO_ORIGINS is empty here
+    ):
+        with pytest.raises(InvalidRequest):
+            install_link(deployment.settings, "demo", **options)
+    result = broker(env, "apps", "install-link", "nope")
+    assert result.returncode == 1
+    assert "app_not_found" in result.stderr
+
+
+def test_links_not_required(env: dict[str, str], sim: Simulator) -> None:
+    settings = load_settings({**env, "BROKER_INSTALL_LINKS_REQUIRED": "false"})
+    with serve_app(create_app(settings)) as url:
+        register(settings, sim, f"{url}/oauth/callback", slug="demo")
+        sim.add_portal(HUB)
+        sim.configure(consent="auto", consent_hub_id=HUB)
+        with httpx.Client() as browser:
+            bare = browser.get(f"{url}/oauth/install", params={"app": "demo"})
+            assert bare.status_code == 302
+            done = browser.get(browser.get(bare.headers["location"]).headers["location"])
+            assert done.status_code == 200, done.text
+            forged = browser.get(
+                f"{url}/oauth/install", params={"app": "demo", "link": "forged.link"}
+            )
+            assert_failed(forged, 403, "install_link_invalid")  # a present link is verified
+        assert portal_count(settings) == 1
+
+
+def test_settings_bound_the_ttl(env: dict[str, str]) -> None:
+    assert load_settings(env).install_links_required is True
+    assert load_settings(env).install_link_ttl == 7 * 86400
+    for bad in ("0", str(MAX_INSTALL_LINK_TTL + 1)):
+        with pytest.raises(ConfigError, match="BROKER_INSTALL_LINK_TTL"):
+            load_settings({**env, "BROKER_INSTALL_LINK_TTL": bad})
+
+
+def test_cli_links_work_and_are_audited_without_the_token(
+    deployment: Deployment, env: dict[str, str]
+) -> None:
+    result = broker(env, "apps", "install-link", "demo", "--ttl", "600")
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.strip()
+    assert "\n" not in url
+    assert url.startswith(f"{deployment.url}/oauth/install?app=demo&link=")
+    assert 590 <= payload_of(url)["exp"] - time.time() <= 600
+    with httpx.Client(follow_redirects=True) as browser:
+        done = browser.get(url)
+    assert done.status_code == 200, done.text
+    assert "Portal connected" in done.text
+
+    again = broker(env, "portals", "install-link", str(HUB), "--app", "demo", "--json")
+    assert again.returncode == 0, again.stderr
+    reinstall = json.loads(again.stdout)
+    assert set(reinstall) == {"url", "expires_at"}
+    assert payload_of(reinstall["url"])["hub_id"] == HUB
+
+    async def events() -> list[dict[str, Any]]:
+        async with open_admin(deployment.settings) as svc:
+            return await svc.admin.audit(action="install_link.created")
+
+    found = asyncio.run(events())
+    assert len(found) == 2
+    assert {e["actor"] for e in found} == {"cli"}
+    by_hub = {e["hub_id"]: e for e in found}
+    assert by_hub[HUB]["app"] == "demo"
+    assert by_hub[HUB]["detail"]["expires_at"] == reinstall["expires_at"]
+    assert by_hub[None]["detail"]["app"] == "demo"
+    dumped = json.dumps(found, default=str)
+    for minted in (url, reinstall["url"]):
+        token = token_of(minted)
+        assert token not in dumped
+        assert token.split(".")[1] not in dumped  # not even the signature
