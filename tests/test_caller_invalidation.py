@@ -317,8 +317,12 @@ def test_a_flood_of_unknown_keys_is_bounded_and_known_callers_are_not_slowed(
         run_admin(
             c.settings, lambda ctx: ctx.callers.rotate("steady", overlap_seconds=60, actor="t")
         )
-        spent = [status(replica, random_key()) for _ in range(int(2 * rate) + 2)]
-        assert spent[-1] == 429  # the budget is spent right now
+        # Spend the budget (on a busy machine a slow request may let a token refill, so
+        # go on until one is refused rather than counting).
+        spent = [status(replica, random_key()) for _ in range(int(2 * rate))]
+        while spent[-1] != 429:
+            assert len(spent) < 50, spent
+            spent.append(status(replica, random_key()))
         before = lookups(replica)
         assert status(replica, known) == 200
         assert lookups(replica) - before == 1
