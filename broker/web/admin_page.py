@@ -26,13 +26,11 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import hmac
 import html
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -44,16 +42,26 @@ from starlette.routing import Route
 
 from broker import metrics
 from broker.core.admin import portal_view
-from broker.core.models import Caller, PortalKey, PortalRecord, PortalState, Role
+from broker.core.models import PortalKey, PortalRecord, PortalState, Role
 from broker.errors import BrokerError, Forbidden, InvalidRequest, Unauthenticated
 from broker.logs import REQUEST_ID
+from broker.web.admin_session import (
+    COOKIE,
+    SESSION_SECONDS,
+    Operator,
+    Session,
+    check_csrf,
+    current_operator,
+    require_operator,
+    same_origin,
+    seal,
+    session_keys,
+)
 from broker.web.params import parse_app, parse_int, reject_unknown
 from broker.web.services import Services, services
 
 log = structlog.get_logger(__name__)
 
-COOKIE = "htb_admin"
-SESSION_SECONDS = 30 * 60
 _LIST_LIMIT = 500
 _MAX_FORM_BYTES = 16 * 1024
 _PORTAL_TEXT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}/[1-9][0-9]{0,18}(/user/[1-9][0-9]{0,18})?\Z")
@@ -118,123 +126,6 @@ _HEADERS = {
 }
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-# --- sessions and CSRF -----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Session:
-    caller_id: int
-    caller_name: str
-    expires: int  # unix seconds
-    sid: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    session: bytes
-    csrf: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Operator:
-    caller: Caller
-    session: _Session
-    csrf: str
-
-
-def _keys(svc: Services) -> _Keys:
-    # Interim root: the deployment's fingerprint key (random, in Vault, the same on every
-    # replica) read from TokenService until ``Services`` carries it; only derived keys are
-    # used here, so the two purposes never share a key.
-    root = svc.web_secret
-    return _Keys(
-        session=hmac.digest(root, b"hubspot-token-broker/admin-page/session/v1", "sha256"),
-        csrf=hmac.digest(root, b"hubspot-token-broker/admin-page/csrf/v1", "sha256"),
-    )
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-
-
-def _seal(key: bytes, session: _Session) -> str:
-    """The cookie value: the session in base64url, a dot, its HMAC-SHA256."""
-    payload = f"{session.caller_id}|{session.expires}|{session.sid}|{session.caller_name}"
-    return f"{_b64(payload.encode())}.{_b64(hmac.digest(key, payload.encode(), 'sha256'))}"
-
-
-def _unseal(key: bytes, cookie: str | None, now: float) -> _Session | None:
-    """The session in ``cookie`` if its MAC is right and it has not expired, else ``None``."""
-    if not cookie or len(cookie) > 600:
-        return None
-    body, _, mac = cookie.partition(".")
-    try:
-        payload, presented = _unb64(body), _unb64(mac)
-    except ValueError:  # not base64url, or not ASCII
-        return None
-    if not hmac.compare_digest(presented, hmac.digest(key, payload, "sha256")):
-        return None
-    caller_id, expires, sid, name = payload.decode().split("|", 3)  # we wrote it
-    session = _Session(int(caller_id), name, int(expires), sid)
-    return session if session.expires > now else None
-
-
-def _csrf_token(keys: _Keys, session: _Session) -> str:
-    return _b64(hmac.digest(keys.csrf, session.sid.encode(), "sha256"))
-
-
-def _same_origin(request: Request) -> None:
-    """Refuse a POST that a browser says comes from another origin (CSRF, login CSRF)."""
-    origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.url.netloc}".lower()
-    site = request.headers.get("sec-fetch-site")
-    if (origin is not None and origin.lower() != own) or site in ("cross-site", "same-site"):
-        raise Forbidden("the form was not sent from this page's origin", code="origin_mismatch")
-
-
-def _check_csrf(operator: _Operator, presented: str | None) -> None:
-    if presented is None or not hmac.compare_digest(presented.encode(), operator.csrf.encode()):
-        raise Forbidden(
-            "the form's CSRF token is missing or belongs to another session: reload the "
-            "page and try again",
-            code="csrf_invalid",
-        )
-
-
-async def _operator(request: Request, svc: Services) -> _Operator | None:
-    """The logged-in operator, re-checked against the live caller record; ``None`` when the
-    session is missing, forged, expired, or its caller is gone, disabled or expired."""
-    keys = _keys(svc)
-    session = _unseal(keys.session, request.cookies.get(COOKIE), time.time())
-    if session is None:
-        return None
-    caller = next((c for c in await svc.callers.list() if c.id == session.caller_id), None)
-    if (
-        caller is None
-        or caller.name != session.caller_name
-        or caller.disabled
-        or (caller.expires_at is not None and caller.expires_at <= datetime.now(UTC))
-    ):
-        return None
-    if not caller.may(Role.PORTALS_ADMIN):
-        raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
-    svc.callers.admit(caller)
-    return _Operator(caller, session, _csrf_token(keys, session))
-
-
-async def _require_operator(request: Request, svc: Services) -> _Operator:
-    _same_origin(request)
-    operator = await _operator(request, svc)
-    if operator is None:
-        raise Unauthenticated(
-            "the session is missing, has expired or is no longer valid: log in again",
-            code="session_required",
-        )
-    return operator
 
 
 async def _form(request: Request, allowed: frozenset[str]) -> dict[str, str]:
@@ -378,7 +269,7 @@ def _expiry(record: PortalRecord, view: dict[str, Any]) -> str:
     return f'{_when(view["access_expires_at"])}<br><span class="muted">{relative}</span>'
 
 
-def _hidden(key: PortalKey, operator: _Operator) -> str:
+def _hidden(key: PortalKey, operator: Operator) -> str:
     user = (
         "" if key.user_id is None else f'<input type="hidden" name="user_id" value="{key.user_id}">'
     )
@@ -388,7 +279,7 @@ def _hidden(key: PortalKey, operator: _Operator) -> str:
     )
 
 
-def _actions(record: PortalRecord, operator: _Operator) -> str:
+def _actions(record: PortalRecord, operator: Operator) -> str:
     key, state = record.key, record.state
     if state is PortalState.REVOKED:
         return '<span class="muted">—</span>'
@@ -412,7 +303,7 @@ def _actions(record: PortalRecord, operator: _Operator) -> str:
     return "".join(parts)
 
 
-def _row(record: PortalRecord, operator: _Operator) -> str:
+def _row(record: PortalRecord, operator: Operator) -> str:
     view = portal_view(record)  # the operator API's view: never a token or a ciphertext
     user = "" if record.key.user_id is None else f"<br>user {record.key.user_id}"
     user_suffix = "" if record.key.user_id is None else f"-u{record.key.user_id}"
@@ -462,7 +353,7 @@ async def portals_page(request: Request) -> Response:
     if state is not None and state not in {s.value for s in PortalState}:
         raise InvalidRequest(f"state must be one of {', '.join(PortalState)}")
     flash = _flash(query.get("done"), query.get("portal"))
-    operator = await _operator(request, svc)
+    operator = await current_operator(request, svc)
     if operator is None:
         return _redirect("/admin/login", request, clear_session=COOKIE in request.cookies)
     records = await svc.admin.list_portals(app=None, state=state, limit=_LIST_LIMIT)
@@ -504,7 +395,7 @@ async def login(request: Request) -> Response:
     if request.method != "POST":
         return _login_page()
     svc = services(request)
-    _same_origin(request)
+    same_origin(request)
     try:
         key = (await _form(request, frozenset({"key"}))).get("key", "").strip()
         if not key:
@@ -519,11 +410,11 @@ async def login(request: Request) -> Response:
     expires = now + SESSION_SECONDS
     if caller.expires_at is not None:
         expires = min(expires, int(caller.expires_at.timestamp()))
-    session = _Session(caller.id, caller.name, expires, secrets.token_urlsafe(16))
+    session = Session(caller.id, caller.name, expires, secrets.token_urlsafe(16))
     response = _redirect("/admin", request)
     response.set_cookie(
         COOKIE,
-        _seal(_keys(svc).session, session),
+        seal(session_keys(svc).session, session),
         max_age=expires - now,
         path="/admin",
         httponly=True,
@@ -536,21 +427,21 @@ async def login(request: Request) -> Response:
 
 @_pages
 async def logout(request: Request) -> Response:
-    operator = await _require_operator(request, services(request))
+    operator = await require_operator(request, services(request))
     reject_unknown(request, frozenset())
-    _check_csrf(operator, (await _form(request, frozenset({"csrf"}))).get("csrf"))
+    check_csrf(operator, (await _form(request, frozenset({"csrf"}))).get("csrf"))
     log.info("admin_page.logout", caller=operator.caller.name)
     return _redirect("/admin/login", request, clear_session=True)
 
 
-async def _action(request: Request, *, reason: bool) -> tuple[Services, _Operator, PortalKey, str]:
+async def _action(request: Request, *, reason: bool) -> tuple[Services, Operator, PortalKey, str]:
     """Session, same origin, CSRF, then the portal key and (when wanted) the reason."""
     svc = services(request)
-    operator = await _require_operator(request, svc)
+    operator = await require_operator(request, svc)
     reject_unknown(request, frozenset())
     allowed = {"app", "user_id", "csrf"} | ({"reason"} if reason else set())
     fields = await _form(request, frozenset(allowed))
-    _check_csrf(operator, fields.get("csrf"))
+    check_csrf(operator, fields.get("csrf"))
     key = PortalKey(
         parse_app(fields.get("app"), svc.settings.default_app),
         parse_int(request.path_params["hub_id"], "hub_id") or 0,
