@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import asyncpg
@@ -249,6 +250,27 @@ async def test_sweep_deletes_exactly_the_expired_rows(database_url: str, db: Dat
     assert not any(again.deleted.values())
 
 
+async def test_with_webhooks_off_unsent_events_expire_too(
+    env: dict[str, str], database_url: str, db: Database
+) -> None:
+    assert RetentionPolicy.from_settings(load_settings(env)).unsent_events_expire
+    webhooks = {
+        "BROKER_WEBHOOK_URLS": "https://hooks.example/in",
+        "BROKER_WEBHOOK_SECRET": "s" * 32,
+    }
+    assert not RetentionPolicy.from_settings(
+        load_settings({**env, **webhooks})
+    ).unsent_events_expire
+    gone = await seed(database_url)
+    unsent = "fanned_out_at IS NULL"
+    assert await _count(database_url, "events", unsent) == 1
+    pending = "id IN (SELECT event_id FROM webhook_deliveries WHERE delivered_at IS NULL)"
+    report = await sweeper(db, replace(DEFAULTS, unsent_events_expire=True)).sweep()
+    assert report.deleted["events"] == len(gone["events"]) + 1
+    assert await _count(database_url, "events", unsent) == 0
+    assert await _count(database_url, "events", pending) == 2  # owed to a receiver: kept
+
+
 async def test_audit_events_stay_append_only_outside_the_sweep(database_url: str) -> None:
     await seed(database_url)
     total = await _count(database_url, "audit_events")
@@ -297,7 +319,8 @@ def test_cli_sweeps_once_and_prints_counts(env: dict[str, str], database_url: st
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "swept": True,
-        "deleted": {"audit_events": 5, "events": 3, "token_journal": 5},
+        # webhooks are off here: the event never fanned out expires too
+        "deleted": {"audit_events": 5, "events": 4, "token_journal": 5},
     }
     text = broker(env, "retention", "sweep")
     assert text.returncode == 0, text.stderr
@@ -314,7 +337,7 @@ async def test_every_serving_replica_runs_the_sweep(env: dict[str, str], databas
             await asyncio.sleep(0.1)
     assert await _count(database_url, "audit_events", "action = 'old'") == 0
     assert await _count(database_url, "audit_events", "action = 'recent'") == 1
-    assert await _count(database_url, "events") == 4
+    assert await _count(database_url, "events") == 3  # webhooks off: the unsent one went too
 
 
 def test_retention_settings_are_validated(env: dict[str, str]) -> None:

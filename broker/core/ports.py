@@ -325,10 +325,13 @@ class RetentionStore(Protocol):
         """Audit events older than ``older_than_days`` days."""
         ...
 
-    async def delete_delivered_events(self, *, older_than_days: int, limit: int) -> int:
+    async def delete_delivered_events(
+        self, *, older_than_days: int, limit: int, unsent_too: bool = False
+    ) -> int:
         """Outbox events older than ``older_than_days`` days that were fanned out and
         acknowledged by every receiver (with their delivery rows). Never an event with an
-        unacknowledged delivery, nor one not fanned out yet."""
+        unacknowledged delivery; one not fanned out yet only with ``unsent_too`` (webhooks
+        are off, so nothing will ever send it)."""
         ...
 
     async def delete_spent_journal(self, *, older_than_hours: int, limit: int) -> int:

@@ -6,7 +6,9 @@ What goes (every age on the database clock; a setting of 0 keeps that kind forev
 * ``audit_events`` older than ``BROKER_AUDIT_RETENTION_DAYS`` (default 400).
 * ``events`` older than ``BROKER_EVENTS_RETENTION_DAYS`` (default 30) that were fanned out
   and acknowledged by every webhook receiver, with their delivery rows. An event with an
-  unacknowledged delivery, or not fanned out yet (webhooks off or behind), is never deleted.
+  unacknowledged delivery is never deleted; one not fanned out yet only while webhooks are
+  off (``BROKER_WEBHOOK_URLS`` empty: nothing will ever send it, and turning webhooks on
+  later should not deliver a month-old backlog).
 * ``token_journal`` rows older than ``BROKER_JOURNAL_RETENTION_HOURS`` (default 24) that are
   *applied* (``applied_at`` set) or *superseded* (``base_version`` below the portal's
   current ``version``); and every journal row of a ``revoked`` portal whatever its age and
@@ -81,6 +83,8 @@ class RetentionPolicy:
     audit_days: int
     events_days: int
     journal_hours: int
+    #: Webhooks are off: events never fanned out will never be sent, so they expire too.
+    unsent_events_expire: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetentionPolicy:
@@ -88,6 +92,7 @@ class RetentionPolicy:
             audit_days=settings.audit_retention_days,
             events_days=settings.events_retention_days,
             journal_hours=settings.journal_retention_hours,
+            unsent_events_expire=not settings.webhook_url_list,
         )
 
 
@@ -151,7 +156,15 @@ class RetentionSweeper:
         if policy.events_days:
             days = policy.events_days
             steps.append(
-                ("events", partial(store.delete_delivered_events, older_than_days=days, limit=n))
+                (
+                    "events",
+                    partial(
+                        store.delete_delivered_events,
+                        older_than_days=days,
+                        limit=n,
+                        unsent_too=policy.unsent_events_expire,
+                    ),
+                )
             )
         if policy.audit_days:
             days = policy.audit_days

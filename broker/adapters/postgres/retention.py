@@ -55,7 +55,9 @@ class PostgresRetention:
             )
         return _deleted(status)
 
-    async def delete_delivered_events(self, *, older_than_days: int, limit: int) -> int:
+    async def delete_delivered_events(
+        self, *, older_than_days: int, limit: int, unsent_too: bool = False
+    ) -> int:
         # fanned_out_at is stamped in the same statement that inserts the event's deliveries
         # (PostgresOutbox.fan_out), so a fanned-out event's deliveries are all visible here;
         # delivered_at is never cleared. SKIP LOCKED: an event being acknowledged right now
@@ -64,13 +66,14 @@ class PostgresRetention:
             """DELETE FROM events WHERE id IN (
                    SELECT e.id FROM events e
                    WHERE e.at < clock_timestamp() - make_interval(days => $1)
-                     AND e.fanned_out_at IS NOT NULL
+                     AND (e.fanned_out_at IS NOT NULL OR $3)
                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                                      WHERE d.event_id = e.id AND d.delivered_at IS NULL)
                    ORDER BY e.at LIMIT $2
                    FOR UPDATE OF e SKIP LOCKED)""",
             older_than_days,
             limit,
+            unsent_too,
         )
         return _deleted(status)
 
