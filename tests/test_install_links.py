@@ -251,3 +251,24 @@ def test_cli_links_work_and_are_audited_without_the_token(
         token = token_of(minted)
         assert token not in dumped
         assert token.split(".")[1] not in dumped  # not even the signature
+
+
+def test_a_reinstall_link_connects_only_its_portal(deployment: Deployment) -> None:
+    """A portal's re-install link names its hub: consenting for another portal on HubSpot's
+    page stores nothing, and the grant HubSpot just issued is revoked at once."""
+    assert deployment.install(HUB).status_code == 200
+    other = HUB + 1
+    deployment.sim.add_portal(other)
+    deployment.sim.configure(consent="auto", consent_hub_id=other)
+    url = install_link(deployment.settings, "demo", hub_id=HUB)
+    assert payload_of(url)["hub_id"] == HUB
+    revokes = deployment.sim.counters().get("revoke", 0)
+    with httpx.Client(follow_redirects=True) as browser:
+        done = browser.get(url)
+    assert_failed(done, 400, "install_wrong_portal")
+    assert portal_count(deployment.settings) == 1  # only HUB, from the first install
+    assert deployment.sim.counters().get("revoke", 0) == revokes + 1
+    # The same link for the right portal works.
+    deployment.sim.configure(consent="auto", consent_hub_id=HUB)
+    with httpx.Client(follow_redirects=True) as browser:
+        assert browser.get(url).status_code == 200

@@ -12,6 +12,7 @@ nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -32,7 +33,7 @@ from broker.core.ports import (
     SecretStore,
 )
 from broker.core.refresh import RefreshEngine, schedule
-from broker.errors import InstallFailed, InstallLinkRejected
+from broker.errors import BrokerError, InstallFailed, InstallLinkRejected
 
 
 def _b64url(data: bytes) -> str:
@@ -90,7 +91,9 @@ class InstallService:
         link: str | None = None,
     ) -> InstallStart:
         """Start a flow: only for an operator-signed ``link`` unless links are not required;
-        a present link is always verified and then decides ``return_to``."""
+        a present link is always verified and then decides ``return_to`` (and, for a
+        re-install link, which portal may be connected)."""
+        hub_id: int | None = None
         try:
             if link is not None:
                 claims = self._links.verify(link, app=app_slug)
@@ -100,6 +103,7 @@ class InstallService:
                         code="install_link_invalid",
                     )
                 return_to = claims.return_to
+                hub_id = claims.hub_id
             elif self._settings.install_links_required:
                 raise InstallLinkRejected(
                     "installs start from an install link created by an operator "
@@ -123,6 +127,7 @@ class InstallService:
                 "nonce": _hash(nonce),
                 "actor": actor,
                 "return_to": return_to,
+                "hub_id": hub_id,  # a re-install link: only this portal may be connected
             },
             self._settings.install_state_ttl,
         )
@@ -198,6 +203,19 @@ class InstallService:
         grant = await self._oauth.exchange_code(
             app, client_secret, code=code, code_verifier=pending["verifier"]
         )
+        expected = pending.get("hub_id")
+        if expected is not None and grant.hub_id != expected:
+            # The consent was for another portal than the link's: give the grant back at
+            # once (best effort; it is never stored) and say so.
+            with contextlib.suppress(BrokerError):
+                await self._oauth.revoke(
+                    app, await self._secrets.client_secrets(app.slug), grant.refresh_token
+                )
+            raise InstallFailed(
+                f"this install link re-connects portal {expected}, but portal {grant.hub_id} "
+                "was chosen on HubSpot's consent page; nothing was stored",
+                code="install_wrong_portal",
+            )
         info = await self._oauth.introspect(app, client_secret, grant.access_token)
         key = PortalKey(app.slug, grant.hub_id, grant.user_id if app.user_level else None)
         if app.user_level and key.user_id is None:
