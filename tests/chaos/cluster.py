@@ -22,6 +22,7 @@ import httpx
 
 from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator
+from broker.dev.stack import _die_with_parent
 from tests.faultproxy import FaultProxy
 from tests.helpers import install_link, register
 
@@ -69,6 +70,8 @@ def start_replica(env: dict[str, str], log: Path) -> Replica:
             env={**os.environ, **env},
             stdout=handle,
             stderr=subprocess.STDOUT,
+            # A harness killed before its clean-up (make chaos interrupted) leaves no replica.
+            preexec_fn=_die_with_parent(),  # armed in the main thread, which outlives it
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
