@@ -314,9 +314,12 @@ def _dead_grant(redis_mode: str, bound: float) -> Scenario:
         try:
             share = 3 if redis_mode == "pass" else 30  # see _revoke: each waits out the poll
             hubs = [HUB_BASE + i for i in range(max(1, size.portals // share))]
-            _stale_portals(c, hubs)  # 300 s tokens: min_ttl=600 forces a refresh
             worst = 0.0
             for hub in hubs:
+                # Installed just before its turn, with a 300 s token, so min_ttl=600 forces a
+                # refresh: installed all at once, the later portals' tokens expired before
+                # their turn and the asks below refreshed them to 1800 s (full size).
+                _stale_portals(c, [hub])
                 for replica in c.replicas:  # every replica caches a token
                     assert c.ask(replica, hub).status == 200
                 c.redis_proxy.set(redis_mode)  # type: ignore[arg-type]
