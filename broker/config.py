@@ -7,6 +7,7 @@ key at once (``broker check-config`` prints them without serving). Secrets are w
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -67,15 +68,43 @@ class Settings:
     vault_kv_prefix: str = "hubspot-token-broker"
     vault_transit_mount: str = "transit"
     vault_transit_key: str = "hubspot-tokens"
+    # PEM bundle of the CA(s) that sign Vault's certificate. Empty: the system's CAs.
+    vault_cacert: str = ""
     redis_prefix: str = "htb:"
     database_pool_min: int = 2
     database_pool_max: int = 10
     # --- HubSpot --------------------------------------------------------------------------
     hubspot_api_url: str = "https://api.hubapi.com"
     hubspot_app_url: str = "https://app.hubspot.com"
+    # PEM bundle of extra CAs trusted for outgoing HTTPS besides the public ones (HubSpot
+    # through a TLS-inspecting proxy, webhook receivers, JWKS and TokenReview endpoints).
+    ca_bundle: str = ""
     # --- serving --------------------------------------------------------------------------
+    # The internal listener: /v1/*, /admin, /metrics and the probes (and, while public_port
+    # is 0, the install flow too).
     host: str = "127.0.0.1"
     port: int = 8080
+    # The public listener: only /oauth/* (the install flow HubSpot's browser redirect must
+    # reach), for an ingress to expose. 0: no separate listener.
+    public_host: str = "127.0.0.1"
+    public_port: int = 0
+    # TLS on both listeners: PEM certificate (chain) and key, re-read when the files change
+    # (cert-manager rotates them in place). Empty: plain HTTP (e.g. behind a TLS proxy).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (comma-separated IPs or
+    # CIDRs, e.g. "10.0.0.0/8"). Empty: none, the connection's own scheme and peer count.
+    trusted_proxies: str = ""
+    # On SIGTERM: turn unready at once, keep serving this many seconds (load balancers stop
+    # routing here), then stop accepting, then give in-flight requests and refreshes
+    # shutdown_timeout seconds to finish.
+    drain_seconds: float = 5.0
+    shutdown_timeout: float = 20.0
+    # Before turning ready, load the tokens of the portals asked for most in the last hour
+    # (at most prewarm_portals, for at most prewarm_seconds): a restarted replica does not
+    # send every caller down the cold path at once. 0 portals: no pre-warming.
+    prewarm_portals: int = 1000
+    prewarm_seconds: float = 10.0
     default_app: str = ""
     min_ttl_default: int = 300
     min_ttl_max: int = 1500
@@ -137,9 +166,6 @@ class Settings:
     events_retention_days: int = 30  # only events every webhook receiver acknowledged
     journal_retention_hours: int = 24  # only applied or superseded journal rows
     retention_interval: float = 300.0  # seconds between sweeps (jittered; one replica sweeps)
-    # --- fault tests only: SIGKILL this process at a named point of the refresh protocol
-    # ("after_claim", "after_hubspot", "after_journal"); empty (the default) disables it.
-    crash_point: str = ""
     # --- logs -----------------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: LogFormat = "json"
@@ -163,6 +189,27 @@ class Settings:
             )
         if self.vault_auth == "kubernetes" and not self.vault_k8s_role:
             problems.append(f"{PREFIX}VAULT_K8S_ROLE: required for kubernetes auth")
+        if self.public_port and (self.public_host, self.public_port) == (self.host, self.port):
+            problems.append(f"{PREFIX}PUBLIC_PORT: must differ from {PREFIX}PORT")
+        for name, port in (("PORT", self.port), ("PUBLIC_PORT", self.public_port)):
+            if not 0 <= port <= 65535:
+                problems.append(f"{PREFIX}{name}: must be 0-65535")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE: set both or neither")
+        for name in ("tls_cert_file", "tls_key_file", "vault_cacert", "ca_bundle"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                problems.append(f"{PREFIX}{name.upper()}: {path} is not a readable file")
+        try:
+            self.trusted_proxy_list  # noqa: B018 - parsed for its errors
+        except ValueError as exc:
+            problems.append(f"{PREFIX}TRUSTED_PROXIES: {exc}")
+        if min(self.drain_seconds, self.shutdown_timeout, self.prewarm_seconds) < 0:
+            problems.append(
+                f"{PREFIX}DRAIN_SECONDS, _SHUTDOWN_TIMEOUT and _PREWARM_SECONDS: must be >= 0"
+            )
+        if self.prewarm_portals < 0:
+            problems.append(f"{PREFIX}PREWARM_PORTALS: must be >= 0 (0: no pre-warming)")
         if self.auth_lookup_rate <= 0:
             problems.append(f"{PREFIX}AUTH_LOOKUP_RATE: must be > 0")
         if not 0 < self.min_ttl_default <= self.min_ttl_max:
@@ -227,6 +274,19 @@ class Settings:
             if urlsplit(str(entry[urls[0]])).scheme not in ("http", "https"):
                 raise ValueError(f"{urls[0]} must be an http(s) URL")
         return parsed
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        """``trusted_proxies`` as networks; raises ValueError naming a bad entry."""
+        networks = []
+        for entry in (e.strip() for e in self.trusted_proxies.split(",")):
+            if not entry:
+                continue
+            try:
+                networks.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+        return networks
 
     @property
     def return_to_origin_list(self) -> list[str]:

@@ -7,6 +7,10 @@ children are bound once at import so a request pays no label lookup.
 
 from __future__ import annotations
 
+import platform
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -131,4 +135,65 @@ WEBHOOK_STUCK = Gauge(
 WEBHOOK_OLDEST_PENDING_SECONDS = Gauge(
     "broker_webhook_oldest_pending_seconds",
     "Age of the oldest event not yet acknowledged by every webhook receiver.",
+)
+
+# --- the deployed shape: build, readiness, backends, HTTP latency ---------------------------
+def _version() -> str:
+    try:
+        return version("hubspot-token-broker")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+BUILD_INFO = Gauge(
+    "broker_build_info", "Always 1; the labels say what is running.", ["version", "python"]
+)
+BUILD_INFO.labels(_version(), platform.python_version()).set(1)
+
+READY = Gauge(
+    "broker_ready", "1 while /readyz answers 200 (can serve; not starting or draining)."
+)
+
+
+class Backend(StrEnum):
+    """``backend`` label values of :data:`BACKEND_UP`."""
+
+    POSTGRES = "postgres"
+    REDIS = "redis"
+    VAULT = "vault"
+    HUBSPOT = "hubspot"
+
+
+BACKEND_UP = Gauge(
+    "broker_backend_up",
+    "1 when the backend passed its last health check (every 5 s); hubspot: 0 while the "
+    "circuit breaker keeps calls off.",
+    ["backend"],
+)
+
+
+class Route(StrEnum):
+    """``route`` label values of :data:`HTTP_REQUEST_SECONDS`: a fixed set, never a path."""
+
+    TOKEN = "token"  # GET /v1/portals/{hub_id}/token
+    API = "api"  # the rest of /v1/*
+    OAUTH = "oauth"  # /oauth/* (the public listener)
+    ADMIN_PAGE = "admin_page"  # /admin*
+    PROBES = "probes"  # /livez, /readyz
+    METRICS = "metrics"  # /metrics
+    OTHER = "other"  # anything else (404s)
+
+
+HTTP_REQUEST_SECONDS = Histogram(
+    "broker_http_request_duration_seconds",
+    "Time from a request's arrival to its answer, by route and status class.",
+    ["route", "status_class"],  # status_class: 2xx | 3xx | 4xx | 5xx
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+TOKEN_ROUTE_OK = HTTP_REQUEST_SECONDS.labels(Route.TOKEN, "2xx")
+
+VAULT_REQUESTS = Counter(
+    "broker_vault_requests_total",
+    "Requests sent to Vault, by operation (a Transit batch counts once).",
+    ["operation"],
 )
