@@ -2,7 +2,8 @@
 through ctypes, no cluster, no helm binary) for the default values and every
 ``ci/*-values.yaml``, linted strictly, every manifest validated against the Kubernetes schema,
 and its contract with the app checked: probes on the routes the app serves, on the port it
-listens on, settings the app accepts, no secret in a ConfigMap, hardened pods.
+listens on, settings the app accepts (every one of them reachable from the values), no secret
+in a ConfigMap, hardened pods, the public listener alone behind the Ingress.
 """
 
 from __future__ import annotations
@@ -39,12 +40,23 @@ TMP = "/tmp"  # noqa: S108 - the container's /tmp mount point, not a file this t
 SECRET_SETTINGS = {
     f"BROKER_{f.name.upper()}" for f in dataclasses.fields(BrokerSettings) if f.type == "Secret"
 }
-# Syntactically valid stand-ins for secret settings the scenario leaves to an existing Secret.
+SETTINGS_KEYS = {f"BROKER_{f.name.upper()}" for f in dataclasses.fields(BrokerSettings)}
+# Syntactically valid stand-ins for secret settings the scenario leaves to a Secret it does
+# not render (an existing Secret, secrets.valueFrom).
 PLACEHOLDERS = {
     "BROKER_DATABASE_URL": "postgresql://broker@db/broker",
     "BROKER_REDIS_URL": "redis://redis:6379/0",
     "BROKER_VAULT_TOKEN": "placeholder",
     "BROKER_VAULT_SECRET_ID": "placeholder",
+    "BROKER_WEBHOOK_URLS": "https://receiver.example.com/hook",
+    "BROKER_WEBHOOK_SECRET": "placeholder-placeholder-placeholder-32",
+}
+# Settings naming files the server reads: each must point into a read-only mount.
+FILE_SETTINGS = {
+    "BROKER_TLS_CERT_FILE",
+    "BROKER_TLS_KEY_FILE",
+    "BROKER_VAULT_CACERT",
+    "BROKER_CA_BUNDLE",
 }
 
 
@@ -104,6 +116,15 @@ class Rendered:
         (container,) = containers
         return container
 
+    def service(self, component: str) -> dict[str, Any]:
+        """The Service whose app.kubernetes.io/component is ``server`` or ``public``."""
+        (found,) = [
+            s
+            for s in self.all("Service")
+            if s["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        ]
+        return found
+
     @property
     def config(self) -> dict[str, str]:
         data: dict[str, str] = self.one("ConfigMap")["data"]
@@ -133,7 +154,7 @@ def rendered(request: pytest.FixtureRequest) -> Rendered:
 
 
 def test_scenarios_exist() -> None:
-    assert {"minimal", "kubernetes-auth", "existing-secret", "approle"} <= set(SCENARIOS)
+    assert {"minimal", "kubernetes-auth", "existing-secret", "approle", "full"} <= set(SCENARIOS)
 
 
 # --- lint and schema validation ---------------------------------------------------------------
@@ -228,19 +249,23 @@ def test_probes_hit_the_routes_the_app_serves(rendered: Rendered) -> None:
     assert probes["startup"]["path"] == by_endpoint[health.livez]
     assert probes["readiness"]["path"] == by_endpoint[health.readyz]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    scheme = "HTTPS" if rendered.merged["tls"]["enabled"] else "HTTP"
     for probe in probes.values():
+        # Always the internal listener: the public one serves only /oauth/*.
         assert ports[probe["port"]] == int(rendered.config["BROKER_PORT"])
+        assert probe["scheme"] == scheme
     assert rendered.config["BROKER_HOST"] == ALL_INTERFACES
-    service = rendered.one("Service")
-    (service_port,) = service["spec"]["ports"]
+    assert rendered.config["BROKER_PUBLIC_HOST"] == ALL_INTERFACES
+    assert ports["public"] == int(rendered.config["BROKER_PUBLIC_PORT"]) != ports["http"]
+    (service_port,) = rendered.service("server")["spec"]["ports"]
     assert ports[service_port["targetPort"]] == int(rendered.config["BROKER_PORT"])
 
 
 def test_selectors_match_and_never_include_the_version(rendered: Rendered) -> None:
     deployment = rendered.deployment
     selector = deployment["spec"]["selector"]["matchLabels"]
-    service = rendered.one("Service")
-    assert service["spec"]["selector"] == selector
+    for service in rendered.all("Service"):
+        assert service["spec"]["selector"] == selector
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert {k: pod_labels.get(k) for k in selector} == selector
     assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(selector)
@@ -293,8 +318,9 @@ def _secret_refs(env: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
 
 
 def test_no_secret_in_any_configmap(rendered: Rendered) -> None:
-    secret_values = [v for v in rendered.merged["secrets"].values() if v]
-    secret_values = [v for v in secret_values if v != rendered.merged["secrets"]["existingSecret"]]
+    secrets = rendered.merged["secrets"]
+    secret_values = [v for v in secrets.values() if v and isinstance(v, str)]
+    secret_values = [v for v in secret_values if v != secrets["existingSecret"]]
     for configmap in rendered.all("ConfigMap"):
         data = configmap["data"]
         assert not SECRET_SETTINGS & set(data), "secret settings belong in a Secret"
@@ -309,9 +335,13 @@ def test_no_secret_in_any_configmap(rendered: Rendered) -> None:
 
 def test_secrets_come_from_the_right_secret(rendered: Rendered) -> None:
     existing = rendered.merged["secrets"]["existingSecret"]
+    elsewhere = rendered.merged["secrets"]["valueFrom"]
     refs = _secret_refs(rendered.container["env"])
     assert {"BROKER_DATABASE_URL", "BROKER_REDIS_URL"} <= set(refs)
     assert set(refs) <= SECRET_SETTINGS
+    assert ("BROKER_WEBHOOK_URLS" in refs) is rendered.merged["webhooks"]["enabled"]
+    for name, source in elsewhere.items():
+        assert refs.pop(name) == (source["secretKeyRef"]["name"], source["secretKeyRef"]["key"])
     assert all(key == name for name, (_, key) in refs.items())
     chart_secrets = {s["metadata"]["name"]: s for s in rendered.all("Secret")}
     if existing:
@@ -322,12 +352,29 @@ def test_secrets_come_from_the_right_secret(rendered: Rendered) -> None:
         assert set(chart_secrets[secret_name]["stringData"]) == set(refs)
 
 
-def test_rendered_settings_are_accepted_by_the_app(rendered: Rendered) -> None:
-    """The ConfigMap plus the Secret keys form settings that load_settings accepts."""
+def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volumeMount a file path lies in."""
+    (mount,) = [
+        m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    return mount
+
+
+def test_rendered_settings_are_accepted_by_the_app(rendered: Rendered, tmp_path: Path) -> None:
+    """The ConfigMap plus the Secret keys form settings that load_settings accepts; every
+    file a setting names lies in a read-only mount (a stand-in file is read here)."""
     secrets = {s["metadata"]["name"]: s.get("stringData", {}) for s in rendered.all("Secret")}
     env = dict(rendered.config)
+    assert set(env) <= SETTINGS_KEYS, f"not settings: {set(env) - SETTINGS_KEYS}"
     for name, (secret, key) in _secret_refs(rendered.container["env"]).items():
         env[name] = secrets.get(secret, {}).get(key) or PLACEHOLDERS[name]
+    stand_in = tmp_path / "file.pem"
+    stand_in.write_text("stand-in")
+    for name in FILE_SETTINGS & set(env):
+        mount = _mount_of(rendered.container, env[name])
+        assert mount["readOnly"] is True, name
+        assert "subPath" not in mount, f"{name}: a subPath mount never sees a rotation"
+        env[name] = str(stand_in)
     settings = load_settings(env)
     assert settings.port == rendered.container["ports"][0]["containerPort"]
     assert settings.vault_auth == rendered.merged["vault"]["auth"]["method"]
@@ -345,14 +392,32 @@ def test_migration_job_is_a_hook_with_the_same_pod(rendered: Rendered) -> None:
     assert container["image"] == rendered.container["image"]
     assert container["securityContext"] == rendered.container["securityContext"]
     assert pod["securityContext"] == rendered.pod["securityContext"]
-    # The ConfigMap does not exist yet when a pre-install hook runs: the same data, inline.
-    inline = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    extra = {e["name"]: e["value"] for e in rendered.merged["extraEnv"]}
-    assert inline == {**rendered.config, **extra}
-    job_refs = _secret_refs(container["env"])
-    assert {n: key for n, (_, key) in job_refs.items()} == {
-        n: key for n, (_, key) in _secret_refs(rendered.container["env"]).items()
+    # The ConfigMap does not exist yet when a pre-install hook runs: the same data, inline,
+    # but for the server's own files (migrate reads no certificate) and what extraEnv sets.
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names)), "duplicate env names"
+    extra = rendered.merged["extraEnv"]
+    assert all(e in container["env"] for e in extra)
+    extra_names = {e["name"] for e in extra}
+    inline = {
+        e["name"]: e["value"]
+        for e in container["env"]
+        if e["name"] not in extra_names | SECRET_SETTINGS
     }
+    wanted = {k: v for k, v in rendered.config.items() if k not in FILE_SETTINGS | extra_names}
+    assert inline == wanted
+    assert container.get("envFrom", []) == rendered.merged["extraEnvFrom"]
+    assert [v["name"] for v in pod["volumes"]] == [
+        "tmp",
+        *(v["name"] for v in rendered.merged["extraVolumes"]),
+    ]
+    job_refs = _secret_refs(container["env"])
+    server_refs = _secret_refs(rendered.container["env"])
+    assert {n: key for n, (_, key) in job_refs.items()} == {
+        n: key for n, (_, key) in server_refs.items()
+    }
+    for name in rendered.merged["secrets"]["valueFrom"]:  # the same Secret, whatever the hook
+        assert job_refs.pop(name) == server_refs[name]
     (secret_name,) = {secret for secret, _ in job_refs.values()}
     existing = rendered.merged["secrets"]["existingSecret"]
     if existing:
@@ -372,16 +437,24 @@ def test_monitoring_resources(rendered: Rendered) -> None:
     rules = rendered.all("PrometheusRule")
     assert bool(monitors) is rendered.merged["serviceMonitor"]["enabled"]
     assert bool(rules) is rendered.merged["prometheusRule"]["enabled"]
-    service = rendered.one("Service")
+    service = rendered.service("server")
+    public = rendered.service("public")
     route_paths = {route.path for route in health.routes}
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         selector = monitor["spec"]["selector"]["matchLabels"]
         labels = service["metadata"]["labels"]
         assert {k: labels.get(k) for k in selector} == selector
+        public_labels = public["metadata"]["labels"]
+        assert {k: public_labels.get(k) for k in selector} != selector, "scrapes the public one"
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["port"] == service["spec"]["ports"][0]["name"]
         assert endpoint["path"] == "/metrics"
+        if rendered.merged["tls"]["enabled"]:
+            assert endpoint["scheme"] == "https"
+            assert endpoint.get("tlsConfig", {}) == rendered.merged["serviceMonitor"]["tlsConfig"]
+        else:
+            assert "scheme" not in endpoint
         assert endpoint["path"] in route_paths
         assert (
             rendered.merged["serviceMonitor"]["labels"].items()
@@ -410,11 +483,16 @@ def test_network_policy(rendered: Rendered) -> None:
         ):
             assert {k: pod_labels.get(k) for k in selector} == selector
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+        internal = {"port": int(rendered.config["BROKER_PORT"]), "protocol": "TCP"}
+        public = {"port": int(rendered.config["BROKER_PUBLIC_PORT"]), "protocol": "TCP"}
+        peers = {
+            json.dumps(internal): rendered.merged["networkPolicy"]["allowedClients"],
+            json.dumps(public): rendered.merged["networkPolicy"]["ingressControllers"],
+        }
         for rule in spec["ingress"]:
             assert rule["from"], "an ingress rule without `from` would admit everyone"
-            assert rule["ports"] == [
-                {"port": int(rendered.config["BROKER_PORT"]), "protocol": "TCP"}
-            ]
+            (port,) = rule["ports"]  # one port per rule: never both to the same peers
+            assert len(rule["from"]) == len(peers[json.dumps(port)])
         egress = {(p["port"], p["protocol"]) for rule in spec["egress"] for p in rule["ports"]}
         backends = rendered.merged["networkPolicy"]["egress"]
         for backend in ("postgres", "redis", "vault", "hubspot"):
@@ -467,12 +545,20 @@ def _closed(schema: dict[str, Any], definitions: dict[str, Any], where: str) -> 
             yield from _closed(schema[key], definitions, f"{where}[]")
 
 
+# Kubernetes' own types the chart passes through (a volume source, an affinity term): its
+# schema is Kubernetes', which test_manifests_are_valid_kubernetes applies strictly to every
+# rendered manifest; copying it here would only drift. Every use is behind a closed object
+# that names which Kubernetes type goes there.
+PASS_THROUGH = {"kubernetesObject"}
+
+
 def test_schema_closes_every_object() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     definitions = schema["definitions"]
     open_objects = list(_closed(schema, definitions, "$"))
     for name, definition in definitions.items():
-        open_objects += _closed(definition, definitions, f"#/definitions/{name}")
+        if name not in PASS_THROUGH:
+            open_objects += _closed(definition, definitions, f"#/definitions/{name}")
     assert open_objects == []
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(schema["properties"]) == set(values)
