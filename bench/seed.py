@@ -116,6 +116,7 @@ def deploy(
             "BROKER_HUBSPOT_APP_URL": sim_url,
             "BROKER_DEFAULT_APP": APP,
             "BROKER_REFRESHER_ENABLED": "false",
+            "BROKER_DRAIN_SECONDS": "0",  # a stopped server exits at once
             **env,
         },
         client_id=client_id,

@@ -7,16 +7,21 @@ everything down in reverse order. Nothing connects at import time.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TypedDict
 
+import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import Lifespan
 
+from broker import metrics
 from broker.adapters.hubspot import HubSpotOAuth
 from broker.adapters.jwks import IssuerConfig, JwksVerifier
 from broker.adapters.postgres.audit import PostgresAudit
@@ -33,6 +38,7 @@ from broker.config import Settings
 from broker.core.admin import AdminService
 from broker.core.caller_cache import CallerCache
 from broker.core.callers import CallerService
+from broker.core.health import Health
 from broker.core.install import InstallService
 from broker.core.install_links import InstallLinks, LinkSigner
 from broker.core.invalidation import Invalidations
@@ -50,6 +56,8 @@ from broker.web.middleware import RequestIdMiddleware
 from broker.web.problems import HANDLERS
 from broker.web.services import Services
 
+log = structlog.get_logger(__name__)
+
 
 class State(TypedDict):
     services: Services
@@ -60,11 +68,14 @@ def replica_id() -> str:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, *, serving: bool = True, checkpoint: Callable[[str], None] | None = None
+) -> AsyncIterator[Services]:
     """Build every adapter and use case; close them in reverse order on exit.
 
     ``serving=False`` (the CLI) builds the same use cases without the background work of a
-    replica: no refresher, no subscription, no invalidation poll, no retry loops."""
+    replica: no refresher, no subscription, no invalidation poll, no retry loops.
+    ``checkpoint`` is the refresh protocol's fault-test hook (:mod:`broker.dev.faults`)."""
     async with AsyncExitStack() as stack:
         db = await Database.connect(
             settings.database_url.get(),
@@ -102,6 +113,7 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             limiter=coordinator,
             audit=audit,
             replica_id=replica,
+            checkpoint=checkpoint,
         )
         verifier = None
         if settings.jwt_issuer_list:
@@ -153,7 +165,18 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             audit=audit,
             links=install_links,
         )
+        health = Health(
+            {
+                metrics.Backend.POSTGRES: portals.ping,
+                metrics.Backend.REDIS: coordinator.ping,
+                metrics.Backend.VAULT: vault.ping,
+            },
+            serves_cached=tokens.serves_cached,
+            hubspot_down=lambda: engine.hubspot_paused_for() > 0,
+        )
         if serving:
+            health.start()
+            stack.push_async_callback(health.close)
             vault.start_renewal()
             coordinator.start()
             audit.start()
@@ -174,7 +197,7 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
                     replica_id=replica,
                 )
                 refresher.start()
-                stack.push_async_callback(refresher.stop)
+                stack.push_async_callback(refresher.close)
             if settings.webhook_url_list:
                 sender = HttpWebhookSender(timeout=settings.webhook_timeout)
                 stack.push_async_callback(sender.close)
@@ -213,7 +236,7 @@ async def open_services(settings: Settings, *, serving: bool = True) -> AsyncIte
             operations=operations,
             keys=KeyRotation(keys=vault, store=portals),
             web_secret=deployment_key,
-            readiness={"postgres": portals.ping, "redis": coordinator.ping, "vault": vault.ping},
+            health=health,
         )
 
 
@@ -295,19 +318,54 @@ async def probe_backends(settings: Settings) -> dict[str, str]:
     return report
 
 
-def create_app(settings: Settings) -> TokenRoute:
-    """The token route (raw ASGI, see :mod:`broker.web.api`) in front of the Starlette app."""
+async def warm_up(services: Services) -> None:
+    """Pre-warm the token cache (bounded by ``prewarm_seconds``), then turn ready."""
+    settings = services.settings
+    if settings.prewarm_portals > 0:
+        started = time.monotonic()
+        try:
+            warmed = await asyncio.wait_for(
+                services.tokens.prewarm(settings.prewarm_portals), settings.prewarm_seconds
+            )
+        except (BrokerError, TimeoutError) as exc:
+            # Serving cold beats not serving: requests will load what they need.
+            log.warning("prewarm.incomplete", error=getattr(exc, "code", "timeout"))
+        else:
+            log.info("prewarm.done", portals=warmed, seconds=round(time.monotonic() - started, 3))
+    services.health.serving()
 
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[State]:
-        async with open_services(settings) as services:
-            yield {"services": services}
 
+def internal_app(*, with_oauth: bool, lifespan: Lifespan[Starlette] | None = None) -> TokenRoute:
+    """``/v1/*``, ``/admin``, ``/metrics`` and the probes (and the install flow too unless a
+    public listener serves it): the token route (raw ASGI, see :mod:`broker.web.api`) in
+    front of the Starlette app."""
+    routes = [*admin.routes, *admin_page.routes, *health.routes]
     return TokenRoute(
         Starlette(
-            routes=[*admin.routes, *admin_page.routes, *oauth.routes, *health.routes],
+            routes=[*routes, *oauth.routes] if with_oauth else routes,
             middleware=[Middleware(RequestIdMiddleware)],
             exception_handlers=HANDLERS,
             lifespan=lifespan,
         )
     )
+
+
+def public_app() -> Starlette:
+    """Only the install flow (``/oauth/*``): what an ingress exposes to browsers."""
+    return Starlette(
+        routes=oauth.routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=HANDLERS,
+    )
+
+
+def create_app(settings: Settings) -> TokenRoute:
+    """Every route on one app whose lifespan builds the services (tests, one listener)."""
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[State]:
+        async with open_services(settings) as services:
+            await warm_up(services)
+            yield {"services": services}
+
+    return internal_app(with_oauth=True, lifespan=lifespan)

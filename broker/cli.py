@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -306,21 +307,10 @@ async def cmd_check_config(settings: Settings, args: argparse.Namespace, out: _O
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
+    from broker import server
 
-    from broker import logs
-    from broker.app import create_app
-
-    logs.configure(settings.log_level, settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    overrides = {"host": args.host, "port": args.port, "public_port": args.public_port}
+    server.run(replace(settings, **{k: v for k, v in overrides.items() if v is not None}))
 
 
 def _transit_batch(raw: str) -> int:
@@ -350,8 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve the HTTP API (and the refresher)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="internal listener address (default BROKER_HOST)")
+    serve.add_argument("--port", type=int, help="internal listener port (default BROKER_PORT)")
+    serve.add_argument(
+        "--public-port", type=int, help="install-flow listener port (default BROKER_PUBLIC_PORT)"
+    )
     dev = sub.add_parser("dev", help="embedded stack + HubSpot simulator + broker (make run)")
     dev.add_argument("--port", type=int, default=8080)
     dev.add_argument("--simulator-port", type=int, default=8090)

@@ -137,6 +137,7 @@ WEBHOOK_OLDEST_PENDING_SECONDS = Gauge(
     "Age of the oldest event not yet acknowledged by every webhook receiver.",
 )
 
+
 # --- the deployed shape: build, readiness, backends, HTTP latency ---------------------------
 def _version() -> str:
     try:
@@ -150,9 +151,7 @@ BUILD_INFO = Gauge(
 )
 BUILD_INFO.labels(_version(), platform.python_version()).set(1)
 
-READY = Gauge(
-    "broker_ready", "1 while /readyz answers 200 (can serve; not starting or draining)."
-)
+READY = Gauge("broker_ready", "1 while /readyz answers 200 (can serve; not starting or draining).")
 
 
 class Backend(StrEnum):
@@ -175,7 +174,7 @@ BACKEND_UP = Gauge(
 class Route(StrEnum):
     """``route`` label values of :data:`HTTP_REQUEST_SECONDS`: a fixed set, never a path."""
 
-    TOKEN = "token"  # GET /v1/portals/{hub_id}/token
+    TOKEN = "token"  # noqa: S105 - a route name: GET /v1/portals/{hub_id}/token
     API = "api"  # the rest of /v1/*
     OAUTH = "oauth"  # /oauth/* (the public listener)
     ADMIN_PAGE = "admin_page"  # /admin*

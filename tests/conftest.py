@@ -103,6 +103,8 @@ def make_env(
         "BROKER_LOG_LEVEL": "DEBUG",
         # Interactive-path tests count upstream calls; refresher tests turn it back on.
         "BROKER_REFRESHER_ENABLED": "false",
+        # Replicas stopped by a test exit at once; the drain tests set their own period.
+        "BROKER_DRAIN_SECONDS": "0",
     }
     env.update(extra)
     return env

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker.app import open_admin
 from broker.config import Secret, Settings
@@ -43,6 +44,26 @@ def serve_app(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def metric_samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name`` (a sample name, e.g. ``broker_backend_up`` or
+    ``..._total``) that the broker at ``url`` exports, with its labels."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """The one sample of ``name`` with exactly these ``labels`` (summed if several match)."""
+    found = [v for got, v in metric_samples(url, name) if labels.items() <= got.items()]
+    if not found:
+        raise AssertionError(f"no sample {name}{labels} at {url}/metrics")
+    return sum(found)
 
 
 @dataclass

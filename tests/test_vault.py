@@ -40,8 +40,8 @@ def test_short_lived_token_is_renewed(
         time.sleep(7)  # more than two lifetimes of the token
         assert _renewals() - before >= 2
         assert root.auth.token.lookup(token)["data"]["ttl"] > 0
-        ready = httpx.get(f"{url}/readyz").json()
-        assert ready["checks"]["vault"] == "ok"
+        ready = httpx.get(f"{url}/readyz?verbose").json()
+        assert ready["backends"]["vault"] == "ok"
 
 
 def test_vault_unreachable_keeps_serving_cached_tokens(
@@ -69,9 +69,10 @@ def test_vault_unreachable_keeps_serving_cached_tokens(
                 again = d.token(HUB)
                 assert again.status_code == 200, again.text
                 assert again.json()["access_token"] == first.json()["access_token"]
-            ready = httpx.get(f"{url}/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["vault"] == "vault_unavailable"
+            # Still ready: it serves cached tokens. Vault's state is for people.
+            ready = httpx.get(f"{url}/readyz?verbose")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["backends"]["vault"] == "vault_unavailable"
     finally:
         proxy.close()
 

@@ -196,6 +196,10 @@ class PortalRepository(Protocol):
 
     async def get_portal(self, key: PortalKey) -> PortalRecord | None: ...
 
+    async def get_portals(self, keys: Sequence[PortalKey]) -> list[PortalRecord]:
+        """The portals among ``keys`` that exist, in one round trip, in no given order."""
+        ...
+
     async def db_now(self) -> datetime:
         """The database clock."""
         ...
@@ -411,6 +415,11 @@ class AuditSink(Protocol):
         """A token was served. Identical issues (same caller, portal, token, ``min_ttl`` and
         ``refreshed``) within one flush window become one ``token.issued`` event with a
         ``count`` and the lowest ``remaining_ttl``: the hot path may serve thousands a second."""
+        ...
+
+    async def most_requested(self, *, within_seconds: float, limit: int) -> list[PortalKey]:
+        """The portals whose tokens were served most in the last ``within_seconds`` (from
+        ``token.issued`` events), most requested first."""
         ...
 
     async def query(

@@ -14,11 +14,10 @@ replicas, and never a lost refresh token.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import secrets
-import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -37,6 +36,7 @@ from broker.core.ports import (
     RateLimiter,
     SecretStore,
 )
+from broker.core.tasks import finish_even_if_cancelled
 from broker.errors import (
     AppMisconfigured,
     DatabaseError,
@@ -132,6 +132,10 @@ def backoff_seconds(failures: int, retry_after: float | None) -> float:
     return max(delay, retry_after or 0.0)
 
 
+def _no_checkpoint(_: str) -> None:
+    return None
+
+
 class RefreshEngine:
     def __init__(
         self,
@@ -145,8 +149,13 @@ class RefreshEngine:
         limiter: RateLimiter,
         audit: AuditSink,
         replica_id: str,
+        checkpoint: Callable[[str], None] | None = None,
     ) -> None:
+        """``checkpoint`` is called with the name of each protocol step as it is passed
+        (``after_claim``, ``after_hubspot``, ``after_journal``): fault tests kill the
+        process there (:mod:`broker.dev.faults`). Production passes nothing."""
         self._settings = settings
+        self._checkpoint = checkpoint or _no_checkpoint
         self._portals = portals
         self._coordinator = coordinator
         self._cipher = cipher
@@ -157,12 +166,6 @@ class RefreshEngine:
         self._breaker = CircuitBreaker()
         self._replica = replica_id
         self._apps: dict[str, tuple[float, App]] = {}
-
-    def _crash_point(self, name: str) -> None:
-        """Fault tests kill the process at exact protocol steps (``BROKER_CRASH_POINT``)."""
-        if self._settings.crash_point == name:
-            log.warning("refresh.crash_point", point=name)
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def hubspot_paused_for(self) -> float:
         """Seconds the circuit breaker keeps HubSpot calls off (0 when closed)."""
@@ -272,7 +275,7 @@ class RefreshEngine:
         failure; a lease that runs out meanwhile is simply fenced at the write."""
         started = time.monotonic()
         lease_deadline = started + lease.seconds
-        self._crash_point("after_claim")
+        self._checkpoint("after_claim")
         try:
             if lease.stolen:
                 # A previous holder died or stalled; it may have journaled a response that
@@ -307,8 +310,12 @@ class RefreshEngine:
                 await self._failed(key, lease, exc)
                 raise
             self._breaker.succeeded()
-            self._crash_point("after_hubspot")
-            fresh = await self._store(key, lease, grant, issued_at, lease_deadline)
+            self._checkpoint("after_hubspot")
+            # The new refresh token exists only in this process until it is journaled:
+            # a shutdown or a vanished caller must not cut storing it in half.
+            fresh = await finish_even_if_cancelled(
+                self._store(key, lease, grant, issued_at, lease_deadline)
+            )
         except BaseException:
             await asyncio.shield(self._portals.release_lease(lease))
             raise
@@ -354,7 +361,7 @@ class RefreshEngine:
                 )
                 encrypted = EncryptedGrant(refresh_ct, access_ct, expires_at, refresh_after)
                 journal_id = await self._portals.journal(lease, encrypted)
-                self._crash_point("after_journal")
+                self._checkpoint("after_journal")
                 break
             except (VaultError, DatabaseError):
                 if time.monotonic() + 0.2 * attempt >= lease_deadline:

@@ -5,7 +5,7 @@ Each pass claims Postgres leases for a batch of portals whose ``refresh_after`` 
 (``FOR UPDATE SKIP LOCKED``: replicas split the work), then refreshes them through the same
 protocol as interactive callers, at most ``refresher_concurrency`` at a time and within the
 per-app rate shared by all replicas (interactive refreshes take priority). A failing pass
-never stops the loop; ``stop()`` lets in-flight refreshes finish and releases the leases
+never stops the loop; ``close()`` lets in-flight refreshes finish and releases the leases
 that were claimed but not started.
 """
 
@@ -52,13 +52,15 @@ class ProactiveRefresher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="proactive-refresher")
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
+        """Claim nothing more; let the refreshes in flight finish (a response HubSpot already
+        sent is stored), for at most ``shutdown_timeout`` (a lease bounds each anyway)."""
         self._stopping.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._inflight:
-            await asyncio.wait(self._inflight, timeout=self._settings.lease_seconds)
+            await asyncio.wait(self._inflight, timeout=self._settings.shutdown_timeout)
 
     async def _run(self) -> None:
         gauges = asyncio.create_task(self._update_gauges(), name="portal-state-gauges")

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 
 from broker import metrics
 from broker.config import Settings
-from broker.core.models import Caller, IssuedToken, PortalKey, Role
+from broker.core.models import Caller, IssuedToken, PortalKey, PortalRecord, Role
 from broker.core.ports import AuditSink, Cipher, PortalRepository
-from broker.core.refresh import USEFUL_SECONDS, Fresh, RefreshEngine, raise_for_state
+from broker.core.refresh import USEFUL_SECONDS, RefreshEngine, raise_for_state
 from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, UpstreamError
 
 
@@ -61,6 +61,9 @@ class TokenService:
         self._fp_key = fingerprint_key
         self._cache: dict[PortalKey, CachedToken] = {}
         self._inflight: dict[PortalKey, asyncio.Task[CachedToken]] = {}
+        #: Bumped by every invalidation: a load that started before one never fills the
+        #: cache (the row it read may predate a revoke or quarantine).
+        self._invalidations = 0
 
     # --- the API --------------------------------------------------------------------------
     def resolve_min_ttl(self, raw: int | None) -> int:
@@ -92,10 +95,49 @@ class TokenService:
 
     def invalidate(self, key: PortalKey | None = None) -> None:
         """Drop a cached token (or all): the next request reads Postgres."""
+        self._invalidations += 1
         if key is None:
             self._cache.clear()
         else:
             self._cache.pop(key, None)
+
+    def serves_cached(self) -> bool:
+        """Whether any cached token could still be served (readiness without Postgres)."""
+        now = time.time()
+        return any(e.expires_local - now >= USEFUL_SECONDS for e in self._cache.values())
+
+    async def prewarm(self, limit: int, *, within_seconds: float = 900.0) -> int:
+        """Load the tokens of the ``limit`` portals served most in the last
+        ``within_seconds`` into the cache (one query for the rows, Transit batches for the
+        tokens), so a restarted replica does not send those callers down the cold path.
+        Returns how many were cached; portals that cannot be served are skipped."""
+        keys = await self._audit.most_requested(within_seconds=within_seconds, limit=limit)
+        sent_at, generation = time.time(), self._invalidations
+        records = [
+            r
+            for r in await self._portals.get_portals(keys)
+            if r.state.serves_tokens
+            and r.access_ct is not None
+            and r.remaining() >= USEFUL_SECONDS
+            and r.key not in self._cache
+        ]
+        # One decrypt per portal: the cipher gathers them into batches, and a token that does
+        # not decrypt fails only itself.
+        tokens = await asyncio.gather(
+            *(
+                self._cipher.decrypt([(r.access_ct or "", r.key.context("access"))])
+                for r in records
+            ),
+            return_exceptions=True,
+        )
+        if generation != self._invalidations:
+            return 0  # something was invalidated meanwhile: let requests load it afresh
+        warmed = 0
+        for record, token in zip(records, tokens, strict=True):
+            if isinstance(token, list) and record.key not in self._cache:
+                self._cache[record.key] = self._entry(record, token[0], sent_at, refreshed=False)
+                warmed += 1
+        return warmed
 
     # --- internals ------------------------------------------------------------------------
     def _issue(
@@ -155,17 +197,12 @@ class TokenService:
             del self._inflight[key]
 
     async def _load(self, key: PortalKey, min_ttl: int) -> CachedToken:
-        sent_at = time.time()
+        sent_at, generation = time.time(), self._invalidations
         record = await self._portals.get_portal(key)
         if record is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
         raise_for_state(record)
         fresh = await self._refresher.ensure_fresh(record, min_ttl)
-        entry = await self._entry(fresh, sent_at)
-        self._cache[key] = entry
-        return entry
-
-    async def _entry(self, fresh: Fresh, sent_at: float) -> CachedToken:
         record = fresh.record
         raise_for_state(record)
         access_token = fresh.access_token
@@ -180,6 +217,14 @@ class TokenService:
                 # Tampered, truncated or copied from another portal: flag it, never serve it.
                 await self._portals.flag(record.key, Undecryptable.code)
                 raise
+        entry = self._entry(record, access_token, sent_at, refreshed=fresh.access_token is not None)
+        if generation == self._invalidations:
+            self._cache[key] = entry
+        return entry
+
+    def _entry(
+        self, record: PortalRecord, access_token: str, sent_at: float, *, refreshed: bool
+    ) -> CachedToken:
         offset = record.db_now.timestamp() - sent_at
         assert record.access_expires_at is not None  # access_ct is set, so is its expiry
         return CachedToken(
@@ -189,7 +234,7 @@ class TokenService:
             scopes=record.scopes,
             version=record.version,
             fingerprint=fingerprint(self._fp_key, access_token),
-            refreshed=fresh.access_token is not None,
+            refreshed=refreshed,
         )
 
 

@@ -17,10 +17,11 @@ from urllib.parse import parse_qsl
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from broker import metrics
 from broker.core.models import IssuedToken, PortalKey
 from broker.logs import REQUEST_ID
 from broker.web import problems
-from broker.web.middleware import log_server_error, request_id
+from broker.web.middleware import log_server_error, observe, request_id
 from broker.web.params import bearer_value, check_names, parse_app, parse_int
 from broker.web.services import Services
 
@@ -68,6 +69,7 @@ class TokenRoute:
             response = problems.render(exc)
             response.raw_headers.append((b"x-request-id", rid.encode()))
             await response(scope, receive, send)
+            observe(metrics.Route.TOKEN, response.status_code, started)
             if response.status_code >= 500:
                 log_server_error(scope, response.status_code, started)
         else:
@@ -85,6 +87,7 @@ class TokenRoute:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+            metrics.TOKEN_ROUTE_OK.observe(time.perf_counter() - started)
         finally:
             REQUEST_ID.reset(context)
 

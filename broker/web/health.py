@@ -1,50 +1,41 @@
-"""Probes and metrics: ``/livez`` (the event loop only), ``/readyz`` (every backend),
-``/metrics`` (Prometheus text format)."""
+"""Probes and metrics: ``/livez`` (the event loop only), ``/readyz`` (can this replica serve
+tokens: see :mod:`broker.core.health`), ``/metrics`` (Prometheus text format).
+
+``/readyz?verbose`` adds every backend's state for people (checked now); the probe itself
+never depends on Redis, Vault or HubSpot."""
 
 from __future__ import annotations
-
-import asyncio
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from broker.errors import BrokerError
 from broker.web.problems import problem
 from broker.web.services import services
 
+_NO_STORE = {"Cache-Control": "no-store"}
+
 
 async def livez(_: Request) -> Response:
-    return JSONResponse({"status": "alive"}, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"status": "alive"}, headers=_NO_STORE)
 
 
 async def readyz(request: Request) -> Response:
-    checks = services(request).readiness
-    names = list(checks)
-    results = await asyncio.gather(
-        *(asyncio.wait_for(checks[n](), timeout=2.0) for n in names), return_exceptions=True
-    )
-    report: dict[str, str] = {}
-    for name, result in zip(names, results, strict=True):
-        if isinstance(result, BrokerError):
-            report[name] = result.code
-        elif isinstance(result, BaseException):
-            report[name] = "timeout" if isinstance(result, TimeoutError) else "error"
-        else:
-            report[name] = "ok"
-    if all(v == "ok" for v in report.values()):
-        return JSONResponse(
-            {"status": "ready", "checks": report}, headers={"Cache-Control": "no-store"}
-        )
-    failing = ", ".join(f"{k}: {v}" for k, v in report.items() if v != "ok")
+    health = services(request).health
+    state = await health.readiness()
+    extra: dict[str, object] = {"reason": state.reason}
+    if "verbose" in request.query_params:
+        extra["backends"] = await health.backends()
+    if state.ready:
+        return JSONResponse({"status": "ready", **extra}, headers=_NO_STORE)
     return problem(
         503,
         "not_ready",
         "Not ready",
-        f"backends failing ({failing})",
+        f"this replica cannot serve tokens now ({state.reason})",
         headers={"Retry-After": "5"},
-        extra={"checks": report},
+        extra=extra,
     )
 
 

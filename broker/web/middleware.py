@@ -1,8 +1,8 @@
 """A pure-ASGI middleware: a request id per request (from ``X-Request-ID`` when it is sane,
-else generated), echoed in the response and bound for log lines; server errors are logged
-as events. Pure ASGI rather than ``BaseHTTPMiddleware``; the token route
-(:mod:`broker.web.api`) does the same inline with :func:`request_id` and
-:func:`log_server_error`."""
+else generated), echoed in the response and bound for log lines; the request's latency
+observed per route (a bounded label); server errors are logged as events. Pure ASGI rather
+than ``BaseHTTPMiddleware``; the token route (:mod:`broker.web.api`) does the same inline with
+:func:`request_id`, :func:`observe` and :func:`log_server_error`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import time
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker import metrics
 from broker.logs import REQUEST_ID
 
 log = structlog.get_logger("broker.http")
@@ -29,6 +30,27 @@ def request_id(presented: bytes | None) -> str:
     if presented is not None and _SANE_ID.match(presented):
         return presented.decode()
     return f"{_PREFIX}{next(_COUNTER):06x}"
+
+
+def route_of(path: str) -> metrics.Route:
+    """The bounded ``route`` label for a request path."""
+    if path.startswith("/v1/"):
+        return metrics.Route.API
+    if path.startswith("/oauth/"):
+        return metrics.Route.OAUTH
+    if path == "/admin" or path.startswith("/admin/"):
+        return metrics.Route.ADMIN_PAGE
+    if path in ("/livez", "/readyz"):
+        return metrics.Route.PROBES
+    if path == "/metrics":
+        return metrics.Route.METRICS
+    return metrics.Route.OTHER
+
+
+def observe(route: metrics.Route, status: int, started: float) -> None:
+    metrics.HTTP_REQUEST_SECONDS.labels(route, f"{status // 100}xx").observe(
+        time.perf_counter() - started
+    )
 
 
 def log_server_error(scope: Scope, status: int, started: float) -> None:
@@ -70,6 +92,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            observe(route_of(scope["path"]), status, started)
             if status >= 500:
                 log_server_error(scope, status, started)
             REQUEST_ID.reset(token)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -10,6 +9,7 @@ from starlette.requests import Request
 from broker.config import Settings
 from broker.core.admin import AdminService
 from broker.core.callers import CallerService
+from broker.core.health import Health
 from broker.core.install import InstallService
 from broker.core.install_links import InstallLinks
 from broker.core.keys import KeyRotation
@@ -29,8 +29,8 @@ class Services:
     keys: KeyRotation
     #: Root key for the web layer's own signatures (sessions, CSRF); never sent anywhere.
     web_secret: bytes
-    #: name -> async check raising on failure (``/readyz``).
-    readiness: dict[str, Callable[[], Awaitable[None]]]
+    #: The lifecycle phase and backend health (``/readyz``).
+    health: Health
 
 
 def services(request: Request) -> Services:

@@ -61,12 +61,14 @@ class Replica:
                 self.process.kill()
 
 
-def start_replica(env: dict[str, str], log: Path) -> Replica:
-    """Start ``broker serve`` on a free port and wait until ``/readyz`` answers 200."""
+def start_replica(env: dict[str, str], log: Path, *, crash_point: str = "") -> Replica:
+    """Start ``broker serve`` on a free port and wait until ``/readyz`` answers 200; with
+    ``crash_point``, one that SIGKILLs itself at that protocol step (broker.dev.faults)."""
     port = free_port()
+    command = ["broker.dev.faults", crash_point] if crash_point else ["broker", "serve"]
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--port", str(port)],
+            [sys.executable, "-m", *command, "--port", str(port)],
             env={**os.environ, **env},
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -111,9 +113,10 @@ class Cluster:
     def settings(self) -> Settings:
         return load_settings(self.env)
 
-    def add_replica(self, **extra: str) -> Replica:
+    def add_replica(self, *, crash_point: str = "", **extra: str) -> Replica:
         index = len(self.replicas)
-        replica = start_replica({**self.env, **extra}, self.workdir / f"replica-{index}.log")
+        log = self.workdir / f"replica-{index}.log"
+        replica = start_replica({**self.env, **extra}, log, crash_point=crash_point)
         self.replicas.append(replica)
         return replica
 

@@ -210,7 +210,7 @@ def crash_points(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
             hub = HUB_BASE + index
             _stale_portals(c, [hub])
             sim.configure(rotate_refresh_tokens=True)
-            victim = c.add_replica(BROKER_CRASH_POINT=point)
+            victim = c.add_replica(crash_point=point)
             died = c.ask(victim, hub, min_ttl=600, timeout=15)
             victim.kill()
             c.replicas.remove(victim)

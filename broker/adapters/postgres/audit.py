@@ -118,6 +118,19 @@ class PostgresAudit:
         )
         return [dict(r) for r in rows]
 
+    async def most_requested(self, *, within_seconds: float, limit: int) -> list[PortalKey]:
+        rows = await self._db.fetch(
+            """SELECT app, hub_id, user_id FROM audit_events
+               WHERE action = 'token.issued'
+                 AND at > clock_timestamp() - make_interval(secs => $1)
+               GROUP BY app, hub_id, user_id
+               ORDER BY sum(COALESCE((detail->>'count')::bigint, 1)) DESC
+               LIMIT $2""",
+            within_seconds,
+            limit,
+        )
+        return [PortalKey(r["app"], r["hub_id"], r["user_id"]) for r in rows]
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-flusher")
 

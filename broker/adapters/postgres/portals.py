@@ -126,6 +126,19 @@ class PostgresPortals:
         )
         return None if row is None else _portal(row)
 
+    async def get_portals(self, keys: Sequence[PortalKey]) -> list[PortalRecord]:
+        if not keys:
+            return []
+        rows = await self._db.fetch(
+            f"""SELECT {_PORTAL_COLUMNS} FROM portals
+                JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS k (a, h, u)
+                  ON app = k.a AND hub_id = k.h AND COALESCE(user_id, 0) = COALESCE(k.u, 0)""",
+            [k.app for k in keys],
+            [k.hub_id for k in keys],
+            [k.user_id for k in keys],
+        )
+        return [_portal(r) for r in rows]
+
     async def db_now(self) -> datetime:
         now: datetime = await self._db.fetchval("SELECT clock_timestamp()")
         return now

@@ -1,0 +1,106 @@
+"""Concurrent requests for one backend gathered into batch calls (a group commit).
+
+A cold replica gets a cache miss per portal, each wanting one Transit decrypt; Transit takes
+a ``batch_input`` of many. :class:`Coalescer` sends what was submitted in the same event-loop
+turn as one batch, at once, and while ``max_inflight`` batches are out it queues the rest,
+sending it as the next batch the moment one comes back. Alone, a request waits for nothing;
+under load, batches grow by themselves, so calls per request fall as the load rises.
+
+Per-request errors stay per request: when a batch of several submissions fails with one of
+``split_on`` (an item the backend refused, e.g. a tampered ciphertext), each submission is
+sent again on its own, so only the bad one fails. Any other error (the backend is down)
+fails every submission of the batch at once: retrying them one by one would only multiply
+the load on a backend that is already failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Coalescer(Generic[T, R]):
+    """``await submit(items)`` returns ``run(items)``'s results for exactly ``items``, in
+    order, possibly computed in one ``run`` call together with other submissions."""
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Awaitable[list[R]]],
+        *,
+        max_items: int,
+        max_inflight: int = 2,
+        split_on: tuple[type[Exception], ...] = (),
+    ) -> None:
+        self._run = run
+        self._max_items = max_items
+        self._max_inflight = max_inflight
+        self._split_on = split_on
+        self._pending: list[tuple[list[T], asyncio.Future[list[R]]]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._scheduled = False
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        if not items:
+            return []
+        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(items), future))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+        return await future
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        while self._pending and len(self._inflight) < self._max_inflight:
+            batch: list[tuple[list[T], asyncio.Future[list[R]]]] = []
+            size = 0
+            while self._pending and (
+                not batch or size + len(self._pending[0][0]) <= self._max_items
+            ):
+                submission = self._pending.pop(0)
+                if submission[1].done():  # its caller was cancelled while it waited
+                    continue
+                batch.append(submission)
+                size += len(submission[0])
+            if batch:
+                task = asyncio.create_task(self._send(batch), name="coalesced-batch")
+                self._inflight.add(task)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    async def _send(self, batch: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
+        try:
+            results = await self._run([item for items, _ in batch for item in items])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except self._split_on as exc:
+            if len(batch) == 1:
+                _fail(batch[0][1], exc)
+            else:
+                await asyncio.gather(*(self._send([one]) for one in batch))
+            return
+        except Exception as exc:
+            for _, future in batch:
+                _fail(future, exc)
+            return
+        start = 0
+        for items, future in batch:
+            if not future.done():
+                future.set_result(results[start : start + len(items)])
+            start += len(items)
+
+
+def _fail(future: asyncio.Future[R], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
