@@ -1,6 +1,7 @@
 """Alert rules and the Grafana dashboard in deploy/: they name only metrics the broker
-exports, every alert is unit-tested by promtool (fires in its scenario, silent when healthy),
-and every alert has its runbook section in docs/operations.md.
+exports (and Prometheus' own ``up``), every alert is unit-tested by promtool (fires in its
+scenario, silent when healthy) and has its runbook section in docs/operations.md, and the
+dashboard shows every metric of broker/metrics.py.
 
 promtool comes from Debian's ``prometheus`` package (``.ci/run`` installs it). Without it the
 promtool tests skip, except under CI (``CI`` set), where a skip would hide broken rules.
@@ -72,14 +73,19 @@ def _metric_objects() -> Iterator[MetricWrapperBase]:
     return (m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase))
 
 
-def exported_names() -> set[str]:
-    """Every sample name /metrics shows for the metrics in broker/metrics.py."""
+def metric_families() -> dict[str, set[str]]:
+    """Each metric in broker/metrics.py -> the sample names /metrics shows for it."""
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
-    names: set[str] = set()
+    families: dict[str, set[str]] = {}
     for metric in _metric_objects():
         for family in metric.describe():
-            names.update(family.name + suffix for suffix in suffixes[family.type])
-    return names
+            families[family.name] = {family.name + suffix for suffix in suffixes[family.type]}
+    return families
+
+
+def exported_names() -> set[str]:
+    """Every sample name /metrics shows for the metrics in broker/metrics.py."""
+    return set().union(*metric_families().values())
 
 
 def histogram_buckets() -> dict[str, set[str]]:
@@ -105,10 +111,14 @@ def test_exported_names_cover_every_kind() -> None:
     assert "120.0" in histogram_buckets()["broker_token_remaining_ttl_seconds_bucket"]
 
 
+# Series Prometheus writes itself for every target, beside what the target exports.
+PROMETHEUS_SERIES = {"up"}
+
+
 def check_expression(expr: str) -> None:
     names = metric_names(expr)
     assert names, f"no metric in {expr!r}"
-    unknown = names - exported_names()
+    unknown = names - exported_names() - PROMETHEUS_SERIES
     assert not unknown, f"{sorted(unknown)} are not exported by broker/metrics.py: {expr!r}"
     buckets = histogram_buckets()
     for bucket_metric, le in _BUCKET_LE.findall(expr):
@@ -248,6 +258,36 @@ def dashboard_panels() -> list[dict[str, Any]]:
     return [p for p in panels if p["type"] != "row"]
 
 
+def test_dashboard_variables_select_a_deployment() -> None:
+    """`namespace` and `job` pick deployments by broker_build_info, which every replica
+    exports from its start (under compose `namespace` is absent and "All" matches that)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("namespace", "job"):
+        variable = variables[name]
+        assert variable["includeAll"], name
+        assert variable["allValue"] == ".*", name
+        query = variable["query"]["query"]
+        assert query.startswith("label_values("), query
+        assert query.endswith(f", {name})"), query
+        check_expression(query.removeprefix("label_values(").removesuffix(f", {name})"))
+    assert '{namespace=~"$namespace"}' in variables["job"]["query"]["query"]
+
+
+_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^{}]*)\}")
+
+
+def test_dashboard_queries_follow_the_variables() -> None:
+    for panel in dashboard_panels():
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name, matchers in _SELECTOR.findall(expr):
+                assert 'namespace=~"$namespace"' in matchers, f"{panel['title']}: {name}"
+                assert 'job=~"$job"' in matchers, f"{panel['title']}: {name}"
+            unfiltered = metric_names(_SELECTOR.sub(" ", expr))
+            assert not unfiltered, f"{panel['title']}: {sorted(unfiltered)} without a selector"
+
+
 def test_dashboard_uses_a_datasource_variable() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
@@ -281,3 +321,6 @@ def test_dashboard_queries_use_only_exported_metrics() -> None:
         "broker_backend_errors_total",
     ):
         assert needed in read, f"the dashboard shows nothing of {needed}"
+    # The runbook promises a panel for every signal: each metric of broker/metrics.py.
+    unseen = [name for name, samples in metric_families().items() if not samples & read]
+    assert not unseen, f"no dashboard panel shows {unseen}"
