@@ -1,7 +1,7 @@
 """Alert rules and the Grafana dashboard in deploy/: they name only metrics the broker
 exports (and Prometheus' own ``up``), every alert is unit-tested by promtool (fires in its
-scenario, silent when healthy) and has its runbook section in docs/operations.md, and the
-dashboard shows every metric of broker/metrics.py.
+scenario, once per deployment, silent when healthy) and has its runbook section in
+docs/operations.md, and the dashboard shows every metric of broker/metrics.py.
 
 promtool comes from Debian's ``prometheus`` package (``.ci/run`` installs it). Without it the
 promtool tests skip, except under CI (``CI`` set), where a skip would hide broken rules.
@@ -28,6 +28,8 @@ from broker.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+CHART_ALERTS = ROOT / "helm" / "hubspot-token-broker" / "files" / "alerts.yaml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "hubspot-token-broker.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -145,6 +147,54 @@ def test_alert_rules_use_only_exported_metrics_and_are_documented() -> None:
         assert anchor in annotations["runbook"], f"{rule['alert']}: runbook must point at {anchor}"
 
 
+_AGGREGATION = re.compile(
+    r"\b(sum|min|max|avg|count|group|stddev|stdvar|topk|bottomk|quantile|count_values)\s*"
+    r"(?:(by|without)\s*\(([^()]*)\)\s*)?\("
+)
+
+
+def test_alerts_aggregate_per_deployment() -> None:
+    """Every aggregation keeps `namespace` and `job`: a deployment alerts once however many
+    replicas it runs, and each deployment alerts on its own."""
+    for rule in alert_rules():
+        aggregations = _AGGREGATION.findall(rule["expr"])
+        assert aggregations, f"{rule['alert']}: one alert per pod; aggregate by (namespace, job)"
+        for op, kind, grouping in aggregations:
+            labels = {label.strip() for label in grouping.split(",")}
+            hint = f"{rule['alert']}: `{op}` must keep the deployment: {op} by (namespace, job)"
+            assert kind == "by", hint
+            assert {"namespace", "job"} <= labels, hint
+
+
+def test_up_selector_finds_the_broker_however_it_is_scraped() -> None:
+    """Rules on Prometheus' `up` select the broker's targets by one job regex, which matches
+    compose's job (prometheus.yml) and the chart's ServiceMonitor job: the internal Service's
+    name, i.e. the release's full name (tests/test_helm.py renders it for release htb)."""
+    selector = re.compile(r'\bup\{job=~"([^"]+)"\}')
+    found: set[str] = set()
+    for rule in alert_rules():
+        expr = rule["expr"]
+        uses = len(re.findall(r"\bup\b(?!_)", _STRING.sub('""', expr)))
+        matches = selector.findall(expr)
+        assert len(matches) == uses, f"{rule['alert']}: every `up` needs the job selector"
+        found.update(matches)
+    (regex,) = found
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    chart = yaml.safe_load((CHART_ALERTS.parent.parent / "Chart.yaml").read_text())["name"]
+    jobs = [job["job_name"] for job in config["scrape_configs"]]
+    # the Service is named after the release ("htb-" + chart), or the release when it
+    # contains the chart's name (_helpers.tpl, "fullname")
+    for job in [*jobs, f"htb-{chart}", chart, f"{chart}-production"]:
+        assert re.fullmatch(regex, job), f"job {job!r} escapes the alerts' selector {regex!r}"
+    assert not re.fullmatch(regex, "node-exporter")
+
+
+def test_chart_ships_the_same_rules() -> None:
+    assert CHART_ALERTS.read_bytes() == ALERTS.read_bytes(), (
+        "the chart's files/alerts.yaml must be a byte copy of deploy/prometheus/alerts.yaml"
+    )
+
+
 def test_every_alert_has_a_runbook_section() -> None:
     headings = {
         line.lstrip("#").strip() for line in OPERATIONS.read_text().splitlines() if line[:1] == "#"
@@ -181,7 +231,8 @@ def test_operations_commands_are_the_real_cli() -> None:
 
 
 def test_unit_tests_cover_every_alert() -> None:
-    """Each alert fires in some scenario, and some scenario checks all of them stay silent."""
+    """Each alert fires in some scenario, with the `job` of the deployment it concerns, and
+    some scenario checks all of them stay silent."""
     names = {rule["alert"] for rule in alert_rules()}
     spec = yaml.safe_load(ALERT_TESTS.read_text())
     assert spec["rule_files"] == [ALERTS.name]
@@ -189,13 +240,17 @@ def test_unit_tests_cover_every_alert() -> None:
     silent_everywhere = False
     for group in spec["tests"]:
         checks = group["alert_rule_test"]
-        fired |= {c["alertname"] for c in checks if c["exp_alerts"]}
+        fired |= {
+            c["alertname"]
+            for c in checks
+            if any("job" in alert["exp_labels"] for alert in c["exp_alerts"])
+        }
         by_time: dict[str, set[str]] = {}
         for check in checks:
             if not check["exp_alerts"]:
                 by_time.setdefault(check["eval_time"], set()).add(check["alertname"])
         silent_everywhere |= any(silent == names for silent in by_time.values())
-    assert fired == names, f"never seen firing: {sorted(names - fired)}"
+    assert fired == names, f"never seen firing for one deployment: {sorted(names - fired)}"
     assert silent_everywhere, "no scenario checks that every alert stays silent"
 
 
