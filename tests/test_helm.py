@@ -210,6 +210,150 @@ def test_pods_are_hardened(rendered: Rendered) -> None:
         assert {"cpu", "memory"} <= set(container["resources"]["limits"])
 
 
+def _volume_of(rendered: Rendered, path: str) -> dict[str, Any]:
+    mount = _mount_of(rendered.container, path)
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount, "a subPath mount never sees a rotated Secret or ConfigMap"
+    (volume,) = [v for v in rendered.pod["volumes"] if v["name"] == mount["name"]]
+    return volume
+
+
+def test_tls_switches_probes_to_https_and_mounts_the_secret(chart: helm.Chart) -> None:
+    values = {"tls": {"enabled": True, "secretName": "broker-tls"}}
+    tls = Rendered("tls", values, render(chart, values))
+    config = tls.config
+    cert, key = config["BROKER_TLS_CERT_FILE"], config["BROKER_TLS_KEY_FILE"]
+    assert Path(cert).parent == Path(key).parent
+    assert (Path(cert).name, Path(key).name) == ("tls.crt", "tls.key")  # kubernetes.io/tls
+    volume = _volume_of(tls, cert)
+    assert volume["secret"]["secretName"] == "broker-tls"
+    assert "items" not in volume["secret"]
+    for kind in ("startup", "liveness", "readiness"):
+        assert tls.container[f"{kind}Probe"]["httpGet"]["scheme"] == "HTTPS"
+    for service in tls.all("Service"):
+        assert service["spec"]["ports"][0]["appProtocol"] == "https"
+    # The migration job serves nothing: no certificate setting, no mount of the Secret.
+    job = tls.job["spec"]["template"]["spec"]
+    assert not {e["name"] for e in job["containers"][0]["env"]} & FILE_SETTINGS
+    assert all("secret" not in v for v in job["volumes"])
+    plain = _rendered("default")
+    assert "BROKER_TLS_CERT_FILE" not in plain.config
+    assert plain.container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    with pytest.raises(helm.HelmError, match=r"tls\.secretName"):
+        render(chart, {"tls": {"enabled": True}})
+
+
+def test_ca_bundles_are_mounted_and_wired(chart: helm.Chart) -> None:
+    values = {
+        "vault": {"caCert": {"configMap": "", "secret": "vault-ca", "key": "vault.pem"}},
+        "caBundle": {"configMap": "trust-bundle", "secret": "", "key": "bundle.pem"},
+    }
+    cas = Rendered("ca", values, render(chart, values))
+    vault_ca = _volume_of(cas, cas.config["BROKER_VAULT_CACERT"])
+    assert vault_ca["secret"]["secretName"] == "vault-ca"
+    file_name = Path(cas.config["BROKER_VAULT_CACERT"]).name
+    assert vault_ca["secret"]["items"] == [{"key": "vault.pem", "path": file_name}]
+    bundle = _volume_of(cas, cas.config["BROKER_CA_BUNDLE"])
+    assert bundle["configMap"]["name"] == "trust-bundle"
+    file_name = Path(cas.config["BROKER_CA_BUNDLE"]).name
+    assert bundle["configMap"]["items"] == [{"key": "bundle.pem", "path": file_name}]
+    assert vault_ca["name"] != bundle["name"]
+    for doc in cas.docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    both = {"caBundle": {"configMap": "a", "secret": "b", "key": "ca.crt"}}
+    with pytest.raises(helm.HelmError, match="not both"):
+        render(chart, both)
+
+
+def test_grace_period_covers_the_drain(rendered: Rendered) -> None:
+    """SIGTERM -> (preStop sleep) -> drainSeconds of serving -> shutdownTimeout -> exit, all
+    before the kubelet's SIGKILL."""
+    merged = rendered.merged
+    needed = (
+        merged["preStop"]["sleepSeconds"]
+        + merged["config"]["drainSeconds"]
+        + merged["config"]["shutdownTimeout"]
+    )
+    assert rendered.pod["terminationGracePeriodSeconds"] >= needed + 2
+    assert float(rendered.config["BROKER_DRAIN_SECONDS"]) == merged["config"]["drainSeconds"]
+    timeout = float(rendered.config["BROKER_SHUTDOWN_TIMEOUT"])
+    assert timeout == merged["config"]["shutdownTimeout"]
+    startup = merged["probes"]["startup"]
+    prewarm = float(rendered.config["BROKER_PREWARM_SECONDS"])
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= prewarm + 30
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"terminationGracePeriodSeconds": 20},
+            r"terminationGracePeriodSeconds \(20\) must be at least preStop\.sleepSeconds "
+            r"\(0\) \+ config\.drainSeconds \(5\) \+ config\.shutdownTimeout \(20\) \+ 2 s = 27",
+        ),
+        (
+            {"preStop": {"sleepSeconds": 10}},
+            r"terminationGracePeriodSeconds \(30\) must be at least .* = 37",
+        ),
+        ({"config": {"drainSeconds": 5.5, "shutdownTimeout": 22.6}}, r"= 31: Kubernetes"),
+        ({"config": {"prewarmSeconds": 40}}, r"probes\.startup allows 60 s"),
+        ({"publicContainerPort": 8080}, r"publicContainerPort \(8080\) must differ"),
+    ],
+    ids=["grace", "prestop", "fractions", "prewarm", "same-port"],
+)
+def test_inconsistent_values_fail_with_their_reason(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render(chart, values)
+
+
+def test_prestop_sleep_only_when_asked(chart: helm.Chart) -> None:
+    assert "lifecycle" not in _rendered("default").container
+    values = {"preStop": {"sleepSeconds": 3}, "terminationGracePeriodSeconds": 31}
+    slept = Rendered("prestop", values, render(chart, values))
+    # Kubernetes' own sleep action: nothing to exec in the image.
+    assert slept.container["lifecycle"] == {"preStop": {"sleep": {"seconds": 3}}}
+    kubernetes_validate.validate(slept.deployment, KUBE_VERSION, strict=True)
+
+
+def test_extra_volumes_and_affinity(chart: helm.Chart) -> None:
+    node = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a"]}]}
+            ]
+        }
+    }
+    spread = {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 1,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "server"}},
+                },
+            }
+        ]
+    }
+    values = {
+        "extraVolumes": [{"name": "pg-ca", "secret": {"secretName": "pg-ca"}}],
+        "extraVolumeMounts": [{"name": "pg-ca", "mountPath": "/etc/pg-ca", "readOnly": True}],
+        "affinity": {"nodeAffinity": node, "podAntiAffinity": spread},
+    }
+    extra = Rendered("extra", values, render(chart, values))
+    job = extra.job["spec"]["template"]["spec"]
+    for pod in (extra.pod, job):
+        assert {"name": "pg-ca", "secret": {"secretName": "pg-ca"}} in pod["volumes"]
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "pg-ca", "mountPath": "/etc/pg-ca", "readOnly": True} in mounts
+    assert extra.pod["affinity"] == {"nodeAffinity": node, "podAntiAffinity": spread}
+    # The job's pod is no server pod: anti-affinity written for those would misplace it.
+    assert job["affinity"] == {"nodeAffinity": node}
+    for doc in extra.docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
 def test_rollout_never_drops_below_the_replica_count(rendered: Rendered) -> None:
     spec = rendered.deployment["spec"]
     assert spec["strategy"]["type"] == "RollingUpdate"
@@ -381,6 +525,120 @@ def test_rendered_settings_are_accepted_by_the_app(rendered: Rendered, tmp_path:
     assert settings.vault_transit_key == rendered.merged["vault"]["transitKey"]
 
 
+# Settings the chart renders only when the values that need them are set; each must appear in
+# some scenario (ci/full-values.yaml has them all) and never in the defaults.
+CONDITIONAL_SETTINGS = {
+    "BROKER_VAULT_ROLE_ID": "vault.auth.method approle",
+    "BROKER_VAULT_CACERT": "vault.caCert",
+    "BROKER_CA_BUNDLE": "caBundle",
+    "BROKER_TLS_CERT_FILE": "tls.enabled",
+    "BROKER_TLS_KEY_FILE": "tls.enabled",
+    "BROKER_JWT_ISSUERS": "workloadIdentity",
+}
+
+
+def test_every_setting_is_reachable_from_the_chart() -> None:
+    """Every field of broker.config.Settings can be set through the chart: rendered into the
+    ConfigMap with the default values (HOST, PORT and PUBLIC_* set by the template itself),
+    rendered once the feature needing it is on, or a secret setting read from a Secret (the
+    chart's, an existing one, or secrets.valueFrom). Each is named in values.yaml."""
+    values_text = (CHART / "values.yaml").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    value_from = set(schema["properties"]["secrets"]["properties"]["valueFrom"]["properties"])
+    default = _rendered("default")
+    rendered_config: set[str] = set()
+    read_from_secrets: set[str] = set()
+    for name in SCENARIOS:
+        rendered_config |= set(_rendered(name).config)
+        read_from_secrets |= set(_secret_refs(_rendered(name).container["env"]))
+    assert set(CONDITIONAL_SETTINGS) <= SETTINGS_KEYS - SECRET_SETTINGS, "stale exceptions"
+    problems = []
+    for spec in dataclasses.fields(BrokerSettings):
+        key = f"BROKER_{spec.name.upper()}"
+        if key in SECRET_SETTINGS:
+            if key not in read_from_secrets or key not in value_from:
+                problems.append(f"{key}: a secret setting no scenario reads from a Secret")
+        elif key in CONDITIONAL_SETTINGS:
+            if key in default.config or key not in rendered_config:
+                problems.append(f"{key}: should render only with {CONDITIONAL_SETTINGS[key]}")
+        elif key not in default.config:
+            problems.append(f"{key}: not in the ConfigMap rendered with the default values")
+        if key not in values_text:
+            problems.append(f"{key}: values.yaml never names it")
+    assert problems == []
+
+
+def test_configmap_holds_only_real_settings(rendered: Rendered) -> None:
+    """No key the app does not know (a typo, or BROKER_CRASH_POINT, a fault-test hook that is
+    no production setting) is rendered anywhere."""
+    assert set(rendered.config) <= SETTINGS_KEYS
+    assert "CRASH_POINT" not in json.dumps(rendered.docs)
+    job_env = rendered.job["spec"]["template"]["spec"]["containers"][0]["env"]
+    extra = {e["name"] for e in rendered.merged["extraEnv"]}
+    for entry in (*rendered.container["env"], *job_env):
+        if entry["name"].startswith("BROKER_") and entry["name"] not in extra:
+            assert entry["name"] in SETTINGS_KEYS, entry["name"]
+
+
+def test_secret_settings_from_value_from_reach_the_deployment(chart: helm.Chart) -> None:
+    """secrets.valueFrom takes one secret setting from another Secret (left out of the
+    chart's); extraEnv passes EnvVars with valueFrom through; extraEnvFrom adds sources."""
+    pg = {"secretKeyRef": {"name": "broker-pg-app", "key": "uri"}}
+    hook = {"secretKeyRef": {"name": "webhook-creds", "key": "urls", "optional": False}}
+    docs = Rendered(
+        "value-from",
+        {},
+        render(
+            chart,
+            {
+                "vault": {"auth": {"method": "token"}},
+                "webhooks": {"enabled": True},
+                "secrets": {
+                    "redisUrl": "redis://redis:6379/0",
+                    "vaultToken": "token-canary",
+                    "webhookSecret": "s" * 32,
+                    "valueFrom": {"BROKER_DATABASE_URL": pg, "BROKER_WEBHOOK_URLS": hook},
+                },
+                "extraEnv": [
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {
+                        "name": "HTTPS_PROXY",
+                        "valueFrom": {"secretKeyRef": {"name": "proxy", "key": "url"}},
+                    },
+                ],
+                "extraEnvFrom": [{"configMapRef": {"name": "proxy-env"}}],
+            },
+        ),
+    )
+    env = {e["name"]: e for e in docs.container["env"]}
+    assert env["BROKER_DATABASE_URL"]["valueFrom"] == pg
+    assert env["BROKER_WEBHOOK_URLS"]["valueFrom"] == hook
+    chart_secret = docs.deployment["metadata"]["name"]
+    for name in ("BROKER_REDIS_URL", "BROKER_VAULT_TOKEN", "BROKER_WEBHOOK_SECRET"):
+        assert env[name]["valueFrom"] == {"secretKeyRef": {"name": chart_secret, "key": name}}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["HTTPS_PROXY"]["valueFrom"]["secretKeyRef"] == {"name": "proxy", "key": "url"}
+    assert {"configMapRef": {"name": "proxy-env"}} in docs.container["envFrom"]
+    # The chart's Secret (and the hook's copy) hold only what does not come from elsewhere.
+    for secret in docs.all("Secret"):
+        assert set(secret["stringData"]) == {
+            "BROKER_REDIS_URL",
+            "BROKER_VAULT_TOKEN",
+            "BROKER_WEBHOOK_SECRET",
+        }
+    job_env = {e["name"]: e for e in docs.job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert job_env["BROKER_DATABASE_URL"]["valueFrom"] == pg
+    assert job_env["POD_IP"] == env["POD_IP"]
+    for doc in docs.docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_extra_env_cannot_shadow_a_secret_setting(chart: helm.Chart) -> None:
+    shadow = {"name": "BROKER_REDIS_URL", "value": "redis://elsewhere:6379/0"}
+    with pytest.raises(helm.HelmError, match=r"secrets\.valueFrom\.BROKER_REDIS_URL"):
+        render(chart, {"extraEnv": [shadow]})
+
+
 def test_migration_job_is_a_hook_with_the_same_pod(rendered: Rendered) -> None:
     job = rendered.job
     annotations = job["metadata"]["annotations"]
@@ -466,6 +724,51 @@ def test_monitoring_resources(rendered: Rendered) -> None:
         assert rule["spec"] == {"groups": alerts["groups"]}
 
 
+def test_public_service_exposes_only_the_public_port(rendered: Rendered) -> None:
+    public = rendered.service("public")
+    (port,) = public["spec"]["ports"]
+    ports = {p["name"]: p["containerPort"] for p in rendered.container["ports"]}
+    assert ports[port["targetPort"]] == int(rendered.config["BROKER_PUBLIC_PORT"])
+    assert port["port"] == rendered.merged["publicService"]["port"]
+    assert public["spec"]["type"] == rendered.merged["publicService"]["type"]
+    (internal,) = rendered.service("server")["spec"]["ports"]
+    assert ports[internal["targetPort"]] == int(rendered.config["BROKER_PORT"])
+    assert public["metadata"]["name"] != rendered.service("server")["metadata"]["name"]
+
+
+def test_ingress_routes_only_to_the_public_service(rendered: Rendered) -> None:
+    ingresses = rendered.all("Ingress")
+    wanted = rendered.merged["ingress"]
+    assert bool(ingresses) is wanted["enabled"]
+    public = rendered.service("public")
+    for ingress in ingresses:
+        spec = ingress["spec"]
+        assert "defaultBackend" not in spec
+        assert [rule["host"] for rule in spec["rules"]] == wanted["hosts"]
+        for rule in spec["rules"]:
+            paths = rule["http"]["paths"]
+            assert [(p["path"], p["pathType"]) for p in paths] == [
+                (p["path"], p["pathType"]) for p in wanted["paths"]
+            ]
+            for path in paths:
+                backend = path["backend"]["service"]
+                assert backend["name"] == public["metadata"]["name"]
+                assert backend["port"] == {"name": public["spec"]["ports"][0]["name"]}
+        assert spec.get("tls", []) == wanted["tls"]
+        assert spec.get("ingressClassName", "") == wanted["className"]
+        assert wanted["annotations"].items() <= ingress["metadata"].get("annotations", {}).items()
+
+
+def test_ingress_needs_a_host(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmError, match=r"ingress\.hosts"):
+        render(chart, {"ingress": {"enabled": True}})
+    values = {"ingress": {"enabled": True, "hosts": ["install.example.com"]}}
+    (ingress,) = Rendered("ingress", values, render(chart, values)).all("Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "install.example.com"
+    assert [p["path"] for p in rule["http"]["paths"]] == ["/oauth"]
+
+
 def test_chart_alerts_are_a_copy_of_deploy_alerts() -> None:
     copy = CHART / "files" / "alerts.yaml"
     assert copy.read_bytes() == (ROOT / "deploy" / "prometheus" / "alerts.yaml").read_bytes()
@@ -500,6 +803,111 @@ def test_network_policy(rendered: Rendered) -> None:
         assert {(53, "UDP"), (53, "TCP")} <= egress
 
 
+def _egress_rules(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = policy["spec"]["egress"]
+    return rules
+
+
+def test_network_policy_opens_egress_for_the_features_that_are_on(chart: helm.Chart) -> None:
+    base: dict[str, Any] = {
+        "networkPolicy": {
+            "enabled": True,
+            "egress": {
+                "postgres": {"port": 5432, "cidrs": ["10.1.0.0/24"], "peers": []},
+                "redis": {"port": 6379, "cidrs": ["10.1.1.0/24"], "peers": []},
+                "vault": {"port": 8200, "cidrs": ["10.1.2.0/24"], "peers": []},
+                "kubernetesApi": {"cidrs": ["172.20.0.1/32"], "ports": [443, 6443]},
+                "webhooks": {
+                    "ports": [443, 9443],
+                    "ipBlocks": [{"cidr": "198.51.100.0/24"}],
+                    "peers": [{"namespaceLabels": {"kubernetes.io/metadata.name": "audit"}}],
+                },
+            },
+        }
+    }
+    (off,) = Rendered("off", base, render(chart, base)).all("NetworkPolicy")
+    on_values = {
+        **base,
+        "webhooks": {"enabled": True},
+        "workloadIdentity": {
+            "tokenReview": {"enabled": True},
+            "jwksIssuers": [
+                {"issuer": "https://ci.example.com", "audience": "htb", "jwksUrl": "https://x/j"}
+            ],
+        },
+    }
+    (on,) = Rendered("on", on_values, render(chart, on_values)).all("NetworkPolicy")
+    # The same rules, with three more before the last one (DNS).
+    before, dns = _egress_rules(off)[:-1], _egress_rules(off)[-1]
+    assert _egress_rules(on)[: len(before)] == before
+    assert _egress_rules(on)[-1] == dns
+    webhooks, jwks, api_server = _egress_rules(on)[len(before) : -1]
+    assert webhooks["to"] == [
+        {"ipBlock": {"cidr": "198.51.100.0/24"}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "audit"}}},
+    ]
+    assert webhooks["ports"] == [
+        {"port": 443, "protocol": "TCP"},
+        {"port": 9443, "protocol": "TCP"},
+    ]
+    # The default JWKS rule: any public address on 443.
+    assert jwks["to"] == [
+        {
+            "ipBlock": {
+                "cidr": "0.0.0.0/0",
+                "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+            }
+        }
+    ]
+    assert jwks["ports"] == [{"port": 443, "protocol": "TCP"}]
+    # TokenReview: the API server's endpoint address, not a selector.
+    assert api_server["to"] == [{"ipBlock": {"cidr": "172.20.0.1/32"}}]
+    assert api_server["ports"] == [
+        {"port": 443, "protocol": "TCP"},
+        {"port": 6443, "protocol": "TCP"},
+    ]
+    kubernetes_validate.validate(on, KUBE_VERSION, strict=True)
+
+
+def test_network_policy_splits_ingress_by_port(chart: helm.Chart) -> None:
+    billing = {"namespaceLabels": {"kubernetes.io/metadata.name": "billing"}}
+    controller = {"namespaceLabels": {"kubernetes.io/metadata.name": "edge"}}
+    values = {
+        "networkPolicy": {
+            "enabled": True,
+            "allowedClients": [billing],
+            "ingressControllers": [controller],
+            "egress": {
+                name: {"port": port, "cidrs": ["10.0.0.0/8"], "peers": []}
+                for name, port in (("postgres", 5432), ("redis", 6379), ("vault", 8200))
+            },
+        }
+    }
+    (policy,) = Rendered("split", values, render(chart, values)).all("NetworkPolicy")
+    internal, public = policy["spec"]["ingress"]
+    assert internal["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert internal["from"] == [{"namespaceSelector": {"matchLabels": billing["namespaceLabels"]}}]
+    assert public["ports"] == [{"port": 8081, "protocol": "TCP"}]
+    assert public["from"] == [{"namespaceSelector": {"matchLabels": controller["namespaceLabels"]}}]
+    values["networkPolicy"]["allowedClients"] = []
+    values["networkPolicy"]["ingressControllers"] = []
+    (closed,) = Rendered("closed", values, render(chart, values)).all("NetworkPolicy")
+    assert closed["spec"]["ingress"] == []
+
+
+def test_token_review_needs_the_api_server_addresses(chart: helm.Chart) -> None:
+    backends = {
+        name: {"port": port, "cidrs": ["10.0.0.0/8"], "peers": []}
+        for name, port in (("postgres", 5432), ("redis", 6379), ("vault", 8200))
+    }
+    values = {
+        "networkPolicy": {"enabled": True, "egress": backends},
+        "workloadIdentity": {"tokenReview": {"enabled": True}},
+    }
+    with pytest.raises(helm.HelmError, match=r"networkPolicy\.egress\.kubernetesApi\.cidrs"):
+        render(chart, values)
+
+
 def test_network_policy_refuses_to_cut_off_a_backend(chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmError, match=r"networkPolicy\.egress\.postgres"):
         render(chart, {"networkPolicy": {"enabled": True}})
@@ -520,8 +928,25 @@ def test_disruption_budget_must_stay_below_replicas(chart: helm.Chart) -> None:
         {"securityContext": {"readOnlyRootFilesystem": False}},
         {"vault": {"auth": {"method": "userpass"}}},
         {"replicaCount": 1},
+        {"extraVolumes": [{"name": "host", "hostPath": {"path": "/"}}]},
+        {"extraEnv": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]},
+        {"secrets": {"valueFrom": {"BROKER_DATABASE_URL": {"configMapKeyRef": {"name": "a"}}}}},
+        {"secrets": {"valueFrom": {"BROKER_VAULT_ADDR": {"secretKeyRef": {"name": "a"}}}}},
+        {"config": {"trustedProxies": "10.0.0.0/8"}},
     ],
-    ids=["unknown-top-level", "unknown-nested", "unknown-deep", "weakened", "bad-enum", "one"],
+    ids=[
+        "unknown-top-level",
+        "unknown-nested",
+        "unknown-deep",
+        "weakened",
+        "bad-enum",
+        "one",
+        "host-path",
+        "value-and-value-from",
+        "secret-in-configmap",
+        "not-a-secret-setting",
+        "proxies-not-a-list",
+    ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmValuesError, match="schema"):
@@ -578,6 +1003,12 @@ def _undocumented(
         if not (above.startswith("#") or " # " in lines[line]):
             yield key.value
         yield from _undocumented(value, schema["properties"][key.value], definitions, lines)
+
+
+def test_schema_value_from_names_exactly_the_secret_settings() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    value_from = schema["properties"]["secrets"]["properties"]["valueFrom"]
+    assert set(value_from["properties"]) == SECRET_SETTINGS
 
 
 def test_every_value_is_documented() -> None:
