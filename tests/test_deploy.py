@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import http.server
 import json
 import os
@@ -22,6 +23,7 @@ import secrets
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -33,6 +35,10 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from broker.adapters.vault import VaultAdapter
 from broker.config import Secret, Settings, load_settings
@@ -143,9 +149,15 @@ def test_runtime_stage(dockerfile: tuple[dict[str, str], dict[str, Stage]]) -> N
     assert int(uid) == int(gid) == 10001
     assert f"--uid {uid}" in runtime.last("RUN")
     env = runtime.env()
-    assert env["BROKER_HOST"] == ALL_INTERFACES
+    assert env["BROKER_HOST"] == env["BROKER_PUBLIC_HOST"] == ALL_INTERFACES
     assert env["PATH"].startswith("/opt/venv/bin:")
-    assert runtime.last("EXPOSE") == str(DEFAULT_PORT)
+    # Both listeners: the internal one (default port) and the public one the image turns on.
+    public_port = int(env["BROKER_PUBLIC_PORT"])
+    assert sorted(int(p) for p in runtime.last("EXPOSE").split()) == [DEFAULT_PORT, public_port]
+    image_settings = {k: v for k, v in env.items() if k.startswith("BROKER_")}
+    assert set(image_settings) <= SETTINGS_KEYS
+    settings = load_settings({**MINIMAL_ENV, **image_settings})
+    assert (settings.port, settings.public_port) == (DEFAULT_PORT, public_port)
     assert json.loads(runtime.last("ENTRYPOINT")) == ["broker"]
     assert json.loads(runtime.last("CMD")) == ["serve"]
 
@@ -167,6 +179,33 @@ class _Livez(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for localhost (as a cluster's would name the Service)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker.tokens.svc")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
 
 
 @pytest.fixture
@@ -205,6 +244,39 @@ def test_healthcheck_probes_livez(
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     assert check(closed) == 1
+
+
+def test_healthcheck_speaks_https_when_the_broker_serves_tls(
+    dockerfile: tuple[dict[str, str], dict[str, Stage]], tmp_path: Path
+) -> None:
+    """With BROKER_TLS_CERT_FILE set the internal listener is HTTPS: the HEALTHCHECK follows
+    (a plain HTTP request to it would fail), without verifying the loopback name."""
+    argv = healthcheck_argv(dockerfile[1]["runtime"])
+    cert_file, key_file = _self_signed(tmp_path)
+    handler = type("Handler", (_Livez,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+
+        def check(**tls: str) -> int:
+            env = {**_clean_env(**tls), "BROKER_PORT": str(server.server_address[1])}
+            run = subprocess.run(
+                [sys.executable, *argv[1:]], env=env, capture_output=True, timeout=20
+            )
+            return run.returncode
+
+        assert check(BROKER_TLS_CERT_FILE=str(cert_file)) == 0
+        assert check() == 1  # plain HTTP to a TLS listener
+        handler.status = 503
+        assert check(BROKER_TLS_CERT_FILE=str(cert_file)) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def _dockerignore_excludes(path: str, patterns: list[str]) -> bool:
@@ -477,6 +549,41 @@ def test_compose_brokers_have_valid_settings(compose: dict[str, Any]) -> None:
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["vault-bootstrap"]["condition"] == "service_completed_successfully"
     assert services["migrate"]["command"] == ["migrate"]
+
+
+def _published(service: dict[str, Any]) -> dict[int, int]:
+    """Container port -> host port, from "host:container" entries."""
+    published = {}
+    for entry in service["ports"]:
+        host, _, container = str(entry).rpartition(":")
+        published[int(container)] = int(host)
+    return published
+
+
+def test_compose_brokers_publish_both_listeners(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    replicas = sorted(n for n in services if n.startswith("broker-"))
+    assert len(replicas) == 2
+    host_ports: list[int] = []
+    public_urls = set()
+    for name in replicas:
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        settings = load_settings(env)
+        assert settings.public_port not in (0, settings.port)
+        published = _published(services[name])
+        assert set(published) == {settings.port, settings.public_port}
+        host_ports += published.values()
+        public_urls.add(f"http://localhost:{published[settings.public_port]}/oauth/callback")
+    assert len(host_ports) == len(set(host_ports)), "two services on one host port"
+    # The browser comes back from consent to a public port: the simulator knows each one,
+    # and the demo app is registered with one of them.
+    simulator = simulator_parser().parse_args(services["simulator"]["command"])
+    assert set(simulator.redirect_uri) == public_urls
+    redirect = re.search(
+        r"--redirect-uri (\S+)", " ".join(services["register-demo-app"]["command"])
+    )
+    assert redirect is not None
+    assert redirect.group(1) in public_urls
 
 
 def test_compose_simulator_and_demo_app_agree(compose: dict[str, Any]) -> None:
