@@ -58,8 +58,15 @@ def _error(request: Request, exc: BrokerError) -> Response:
             "<p>Nothing was stored. Start the installation again from the install link.</p>"
         )
         response = _page("Installation failed", body, exc.status, exc.headers())
-    response.delete_cookie(COOKIE, path="/oauth")
+    _forget_flow(response, request)
     return response
+
+
+def _forget_flow(response: Response, request: Request) -> None:
+    """Delete the install cookie with the flags it was set with (Secure over https)."""
+    response.delete_cookie(
+        COOKIE, path="/oauth", httponly=True, samesite="lax", secure=request.url.scheme == "https"
+    )
 
 
 async def install(request: Request) -> Response:
@@ -106,7 +113,7 @@ async def callback(request: Request) -> Response:
     record = installed.record
     if installed.return_to:
         redirect = RedirectResponse(installed.return_to, status_code=303)
-        redirect.delete_cookie(COOKIE, path="/oauth")
+        _forget_flow(redirect, request)
         return redirect
     key = record.key
     scopes = ", ".join(f"<code>{html.escape(s)}</code>" for s in record.scopes)
@@ -118,7 +125,7 @@ async def callback(request: Request) -> Response:
         "<p>Internal services can now request its access token from the broker.</p>"
     )
     response = _page("Portal connected", body, 200)
-    response.delete_cookie(COOKIE, path="/oauth")
+    _forget_flow(response, request)
     return response
 
 

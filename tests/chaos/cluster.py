@@ -75,13 +75,14 @@ def start_replica(env: dict[str, str], log: Path, *, crash_point: str = "") -> R
             # A harness killed before its clean-up (make chaos interrupted) leaves no replica.
             preexec_fn=_die_with_parent(),  # armed in the main thread, which outlives it
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if env.get('BROKER_TLS_CERT_FILE') else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"broker exited: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            # Readiness only; the TLS tests check the certificate themselves.
+            if httpx.get(f"{url}/readyz", timeout=1, verify=False).status_code == 200:  # noqa: S501
                 return Replica(url, process, log)
         except httpx.TransportError:
             pass
