@@ -83,7 +83,7 @@ The image reference: a digest wins over a tag; the tag defaults to the appVersio
 {{- end }}
 
 {{/*
-The Service Account token is mounted only for Vault's Kubernetes auth.
+The Service Account token is mounted only for Vault's Kubernetes auth and TokenReview.
 */}}
 {{- define "hubspot-token-broker.automountToken" -}}
 {{- or (eq .Values.vault.auth.method "kubernetes") .Values.workloadIdentity.tokenReview.enabled }}
