@@ -80,6 +80,8 @@ class Bench:
     ratios: dict[str, float] = field(default_factory=dict)
     #: Requests per CPU-second of each hot-path server: robust to a busy machine.
     efficiency: dict[str, float] = field(default_factory=dict)
+    #: Other ``name: value`` lines the output ends with (after the ratios), in run order.
+    figures: dict[str, float] = field(default_factory=dict)
 
     def add(self, section: str, what: str, result: str, detail: str = "") -> None:
         self.rows.append(Row(section, what, result, detail))
@@ -131,6 +133,7 @@ def render(bench: Bench, *, load_tool: str, elapsed: float) -> str:
         lines += ["", *(f"- {note}" for note in bench.notes)]
     lines += [""]
     lines += [f"{name}: {bench.ratios[name]:.3f}" for name in RATIOS if name in bench.ratios]
+    lines += [f"{name}: {value:.3g}" for name, value in bench.figures.items()]
     return "\n".join(lines) + "\n"
 
 

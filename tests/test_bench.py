@@ -30,8 +30,14 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
         assert f"- {key}: " in report
     ratios = dict(re.findall(r"^(hot_path_vs_\w+): ([0-9.]+)$", report, re.MULTILINE))
     assert list(ratios) == list(RATIOS)
-    assert report.rstrip().splitlines()[-3:] == [f"{k}: {ratios[k]}" for k in RATIOS]
+    tail = report.rstrip().splitlines()[-6:]
+    assert tail[:3] == [f"{k}: {ratios[k]}" for k in RATIOS]
     assert all(0.01 < float(r) < 100 for r in ratios.values()), ratios
+    figures = dict(line.split(": ") for line in tail[3:])
+    assert list(figures) == ["cold_path_rps_50", "cold_path_p99_ms_50", "transit_calls_per_miss"]
+    assert float(figures["cold_path_rps_50"]) > 0
+    # Concurrent misses share Transit batches: fewer calls than misses even at smoke size.
+    assert 0 < float(figures["transit_calls_per_miss"]) < 1, figures
 
     for measurement in ("cached", "Starlette", "raw ASGI", "OpenBao"):
         line = _result(report, "1 hot path", measurement)

@@ -11,10 +11,13 @@ import httpx
 import hvac
 from prometheus_client import REGISTRY
 
+from broker.adapters.vault import VaultAdapter
 from broker.app import create_app, open_admin
-from broker.config import Secret, load_settings
+from broker.config import Secret, Settings, load_settings
+from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
+from broker.errors import Undecryptable
 from tests.faultproxy import FaultProxy
 from tests.helpers import Deployment, register, serve_app
 
@@ -117,3 +120,34 @@ def test_client_secret_rotation_has_no_failed_refresh(
 def _misconfigured() -> float:
     labels = {"outcome": "failed", "failure_class": "app_misconfigured"}
     return REGISTRY.get_sample_value("broker_refreshes_total", labels) or 0
+
+
+async def test_concurrent_decrypts_share_transit_calls_and_keep_errors_their_own(
+    settings: Settings,
+) -> None:
+    """40 concurrent decrypts, one of them of a ciphertext bound to another portal: the good
+    ones come back in a few Transit calls (not 40), the bad one alone fails."""
+    vault = VaultAdapter(settings)
+    await vault.login()
+    try:
+        keys = [PortalKey("demo", 9_000 + i) for i in range(40)]
+        cts = await vault.encrypt([(f"token-{i}", k.context("access")) for i, k in enumerate(keys)])
+        requests = _vault_requests("decrypt")
+        wrong = [(cts[0], keys[1].context("access"))]  # portal 0's ciphertext, portal 1's key
+        results = await asyncio.gather(
+            *(vault.decrypt([(ct, k.context("access"))]) for ct, k in zip(cts, keys, strict=True)),
+            vault.decrypt(wrong),
+            return_exceptions=True,
+        )
+        calls = _vault_requests("decrypt") - requests
+    finally:
+        await vault.close()
+    assert results[:40] == [[f"token-{i}"] for i in range(40)]
+    assert isinstance(results[40], Undecryptable)
+    # One batch of 41, then halves down to the bad one: about 2 x log2(41) more, not 41.
+    assert calls <= 15, calls
+
+
+def _vault_requests(operation: str) -> float:
+    value = REGISTRY.get_sample_value("broker_vault_requests_total", {"operation": operation})
+    return value or 0.0

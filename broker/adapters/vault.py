@@ -28,8 +28,8 @@ import requests
 import structlog
 
 from broker import metrics
-from broker.adapters.batching import Coalescer
 from broker.config import Secret, Settings
+from broker.core.batching import Coalescer
 from broker.core.tasks import cancel_and_wait
 from broker.errors import NotFound, Undecryptable, VaultError
 

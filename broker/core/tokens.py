@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from broker import metrics
 from broker.config import Settings
+from broker.core.batching import Coalescer
 from broker.core.models import Caller, IssuedToken, PortalKey, PortalRecord, Role
 from broker.core.ports import AuditSink, Cipher, PortalRepository
 from broker.core.refresh import USEFUL_SECONDS, RefreshEngine, raise_for_state
@@ -64,6 +65,11 @@ class TokenService:
         #: Bumped by every invalidation: a load that started before one never fills the
         #: cache (the row it read may predate a revoke or quarantine).
         self._invalidations = 0
+        # Concurrent misses (a cold start, an invalidation wave) share one query for their
+        # rows; their decrypts then arrive together and share Transit batches too.
+        self._reads: Coalescer[PortalKey, PortalRecord | None] = Coalescer(
+            self._read_many, max_items=500, max_inflight=4
+        )
 
     # --- the API --------------------------------------------------------------------------
     def resolve_min_ttl(self, raw: int | None) -> int:
@@ -196,9 +202,13 @@ class TokenService:
         if self._inflight.get(key) is task:
             del self._inflight[key]
 
+    async def _read_many(self, keys: list[PortalKey]) -> list[PortalRecord | None]:
+        found = {_identity(r.key): r for r in await self._portals.get_portals(keys)}
+        return [found.get(_identity(k)) for k in keys]
+
     async def _load(self, key: PortalKey, min_ttl: int) -> CachedToken:
         sent_at, generation = time.time(), self._invalidations
-        record = await self._portals.get_portal(key)
+        (record,) = await self._reads.submit([key])
         if record is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
         raise_for_state(record)
@@ -236,6 +246,11 @@ class TokenService:
             fingerprint=fingerprint(self._fp_key, access_token),
             refreshed=refreshed,
         )
+
+
+def _identity(key: PortalKey) -> tuple[str, int, int]:
+    """What the database's unique index compares (no user_id and user_id 0 are one grant)."""
+    return key.app, key.hub_id, key.user_id or 0
 
 
 def fingerprint(key: bytes, token: str) -> str:
