@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev = sub.add_parser("dev", help="embedded stack + HubSpot simulator + broker (make run)")
     dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--public-port", type=int, default=8081)
     dev.add_argument("--simulator-port", type=int, default=8090)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
     check = sub.add_parser("check-config", help="validate settings and reach every backend")
@@ -470,7 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         from broker.dev.run import run_dev
 
-        code: int = run_dev(port=args.port, simulator_port=args.simulator_port)
+        code: int = run_dev(
+            port=args.port, public_port=args.public_port, simulator_port=args.simulator_port
+        )
         return code
     try:
         settings = load_settings()

