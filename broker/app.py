@@ -117,7 +117,10 @@ async def open_services(
         )
         verifier = None
         if settings.jwt_issuer_list:
-            verifier = JwksVerifier([IssuerConfig.from_dict(i) for i in settings.jwt_issuer_list])
+            verifier = JwksVerifier(
+                [IssuerConfig.from_dict(i) for i in settings.jwt_issuer_list],
+                ca_bundle=settings.ca_bundle,
+            )
             stack.push_async_callback(verifier.close)
         # A random per-deployment key kept in Vault, the same on every replica: it keys
         # token fingerprints and (derived) the operator page's session and CSRF signatures
@@ -199,7 +202,9 @@ async def open_services(
                 refresher.start()
                 stack.push_async_callback(refresher.close)
             if settings.webhook_url_list:
-                sender = HttpWebhookSender(timeout=settings.webhook_timeout)
+                sender = HttpWebhookSender(
+                    timeout=settings.webhook_timeout, ca_bundle=settings.ca_bundle
+                )
                 stack.push_async_callback(sender.close)
                 webhooks = WebhookDispatcher(
                     outbox=PostgresOutbox(db),

@@ -10,9 +10,11 @@ bootstrap all reuse :mod:`broker.dev.stack`; only the per-test lifecycle is here
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import hvac
 
 from broker.dev.stack import (
@@ -39,9 +42,11 @@ class DedicatedOpenBao:
     addr: str
     token: str = field(repr=False)  # this server's root token
     process: subprocess.Popen[bytes] = field(repr=False)
+    #: With TLS (``bao server -dev-tls``): the CA that signed its certificate.
+    cacert: str | None = None
 
     def root(self) -> hvac.Client:
-        return hvac.Client(url=self.addr, token=self.token, timeout=10)
+        return hvac.Client(url=self.addr, token=self.token, timeout=10, verify=self.cacert or True)
 
     def freeze(self) -> None:
         """SIGSTOP: the port still accepts connections (the kernel's backlog) but nothing
@@ -56,12 +61,13 @@ class DedicatedOpenBao:
 
 
 @contextmanager
-def dedicated_openbao(workdir: Path) -> Iterator[DedicatedOpenBao]:
-    """Start, bootstrap and yield an OpenBao dev server; it is killed on exit."""
+def dedicated_openbao(workdir: Path, *, tls: bool = False) -> Iterator[DedicatedOpenBao]:
+    """Start, bootstrap and yield an OpenBao dev server (HTTPS with a certificate of its own
+    CA when ``tls``); it is killed on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
-    server = _start(workdir)
+    server = _start(workdir, tls=tls)
     try:
-        bootstrap_vault(server.addr, server.token)
+        bootstrap_vault(server.addr, server.token, cacert=server.cacert)
         yield server
     finally:
         if server.process.poll() is None:
@@ -69,7 +75,7 @@ def dedicated_openbao(workdir: Path) -> Iterator[DedicatedOpenBao]:
         server.kill()
 
 
-def _start(workdir: Path) -> DedicatedOpenBao:
+def _start(workdir: Path, *, tls: bool) -> DedicatedOpenBao:
     """Spawn ``bao server -dev`` and wait for ``/v1/sys/health``; a port lost to a bind race
     (the free port is only free when chosen) is retried on a fresh one."""
     token = secrets.token_urlsafe(24)
@@ -77,9 +83,12 @@ def _start(workdir: Path) -> DedicatedOpenBao:
     for _ in range(3):
         port = _free_port(pair=True)  # `bao server -dev` also listens on port + 1 (cluster)
         listen = f"-dev-listen-address={_HOST}:{port}"
+        argv = [str(_bao_binary()), "server", "-dev", "-dev-no-store-token", listen]
+        if tls:
+            argv += ["-dev-tls", f"-dev-tls-cert-dir={workdir}"]
         with log_path.open("ab") as log:  # the child keeps its own descriptor
             process = subprocess.Popen(
-                [str(_bao_binary()), "server", "-dev", "-dev-no-store-token", listen],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -89,14 +98,28 @@ def _start(workdir: Path) -> DedicatedOpenBao:
                 preexec_fn=_die_with_parent(),  # no orphan if pytest itself is killed
                 start_new_session=True,
             )
+        cacert = str(workdir / "vault-ca.pem") if tls else None
+        healthy = functools.partial(_bao_healthy_tls, cacert=cacert) if cacert else _bao_healthy
         deadline = time.monotonic() + 20
-        while process.poll() is None and not _bao_healthy(port):
+        while process.poll() is None and not healthy(port):
             if time.monotonic() > deadline:
                 process.kill()
                 process.wait(10)
                 raise RuntimeError(f"bao did not answer within 20 s; see {log_path}")
             time.sleep(0.02)
         if process.poll() is None:
-            return DedicatedOpenBao(f"http://{_HOST}:{port}", token, process)
+            scheme = "https" if tls else "http"
+            return DedicatedOpenBao(f"{scheme}://{_HOST}:{port}", token, process, cacert)
         process.wait(10)
     raise RuntimeError(f"bao exited before answering, three times; see {log_path}")
+
+
+def _bao_healthy_tls(port: int, *, cacert: str) -> bool:
+    if not Path(cacert).exists():  # written by bao as it starts
+        return False
+    try:
+        verify = ssl.create_default_context(cafile=cacert)
+        answer = httpx.get(f"https://{_HOST}:{port}/v1/sys/health", verify=verify, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200

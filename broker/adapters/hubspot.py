@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from broker import metrics
+from broker.adapters import tls
 from broker.config import Secret, Settings
 from broker.core.models import App, TokenGrant, TokenInfo
 from broker.core.tasks import cancel_and_wait
@@ -154,6 +155,7 @@ class HubSpotOAuth:
             transport=transport,
             headers={"User-Agent": "hubspot-token-broker"},
             follow_redirects=False,
+            verify=tls.verify(settings.ca_bundle),
         )
 
     async def close(self) -> None:

@@ -27,6 +27,7 @@ import httpx
 import jwt
 
 from broker import metrics
+from broker.adapters import tls
 from broker.adapters.tokenreview import TokenReviewer
 from broker.core.ports import Identity
 from broker.errors import Unauthenticated
@@ -84,14 +85,16 @@ class JwksVerifier:
         *,
         leeway: float = 30.0,
         timeout: float = 5.0,
+        ca_bundle: str = "",
     ) -> None:
         self._issuers = {cfg.issuer: cfg for cfg in issuers}
+        self._ca_bundle = ca_bundle
         self._keys = {cfg.issuer: _Keys() for cfg in issuers}
         self._reviewers = {
             cfg.issuer: TokenReviewer(
                 cfg.tokenreview_url,
                 audience=cfg.audience,
-                ca_file=cfg.ca_file,
+                verify=tls.verify(ca_bundle, cfg.ca_file),
                 token_file=cfg.token_file,
                 timeout=timeout,
                 rate=cfg.review_rate,
@@ -189,7 +192,7 @@ class JwksVerifier:
             # Projected tokens rotate on disk: read it each time (tiny, local file).
             token = await asyncio.to_thread(Path(config.token_file).read_text)
             headers["Authorization"] = f"Bearer {token.strip()}"
-        verify: Any = config.ca_file or True
+        verify = tls.verify(self._ca_bundle, config.ca_file)
         try:
             async with httpx.AsyncClient(timeout=self._timeout, verify=verify) as client:
                 assert config.jwks_url is not None  # an issuer without one has a reviewer

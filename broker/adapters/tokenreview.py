@@ -18,9 +18,9 @@ The reviewed token is sent only in the request body, never in a URL or a log lin
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -36,14 +36,13 @@ class TokenReviewer:
         url: str,
         *,
         audience: str,
-        ca_file: str | None,
+        verify: ssl.SSLContext | bool,
         token_file: str | None,
         timeout: float = 5.0,
         rate: float = 50.0,
     ) -> None:
         self._audience = audience
         self._token_file = token_file
-        verify: Any = ca_file or True
         self._client = httpx.AsyncClient(base_url=url, timeout=timeout, verify=verify)
         self._rate = rate
         self._burst = max(1.0, 2 * rate)

@@ -15,6 +15,7 @@ import logging
 
 import httpx
 
+from broker.adapters import tls
 from broker.core.webhooks import WebhookUnreachable
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -28,6 +29,7 @@ class HttpWebhookSender:
         self,
         *,
         timeout: float,
+        ca_bundle: str = "",
         max_connections: int = 64,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -40,6 +42,7 @@ class HttpWebhookSender:
             follow_redirects=False,
             headers={"User-Agent": "hubspot-token-broker-webhooks"},
             transport=transport,
+            verify=tls.verify(ca_bundle),
         )
 
     async def close(self) -> None:

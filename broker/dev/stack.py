@@ -150,7 +150,12 @@ class ServerProcess:
 
 
 def bootstrap_vault(
-    addr: str, token: str, *, transit_mount: str = "transit", key_name: str = "hubspot-tokens"
+    addr: str,
+    token: str,
+    *,
+    transit_mount: str = "transit",
+    key_name: str = "hubspot-tokens",
+    cacert: str | None = None,
 ) -> None:
     """Make a Vault or OpenBao server ready for the broker; idempotent, safe to run concurrently.
 
@@ -160,8 +165,9 @@ def bootstrap_vault(
     a mount of another type, KV v1 at ``secret/`` or a key of another type or not derived
     raises :class:`VaultBootstrapError`. Transport and permission errors propagate as hvac
     (or requests) exceptions. The token needs rights on ``sys/mounts`` and the transit mount.
+    ``cacert``: the CA bundle of a server with a private certificate.
     """
-    client = hvac.Client(url=addr, token=token, timeout=10)
+    client = hvac.Client(url=addr, token=token, timeout=10, verify=cacert or True)
     try:
         _ensure_mount(client, "secret", "kv", version="2")
         _ensure_mount(client, transit_mount, "transit", version=None)

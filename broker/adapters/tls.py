@@ -1,0 +1,33 @@
+"""Which certificates outgoing HTTPS trusts (HubSpot, webhook receivers, JWKS, TokenReview).
+
+By default the public CAs that httpx ships with (certifi). ``BROKER_CA_BUNDLE`` adds a PEM
+bundle of private CAs on top of those — for a TLS-inspecting egress proxy in front of HubSpot,
+or receivers and issuers signed by a company CA — rather than replacing them, so HubSpot keeps
+working when the bundle holds only the company's CA. A per-issuer ``ca_file`` (JWKS,
+TokenReview) still trusts exactly that file.
+"""
+
+from __future__ import annotations
+
+import ssl
+from functools import cache
+
+import certifi
+
+
+@cache
+def _context(ca_bundle: str, only: bool) -> ssl.SSLContext:
+    if only:
+        return ssl.create_default_context(cafile=ca_bundle)
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
+def verify(ca_bundle: str = "", ca_file: str | None = None) -> ssl.SSLContext | bool:
+    """httpx's ``verify=`` for a client: ``ca_file`` alone, else the public CAs plus
+    ``ca_bundle``, else the public CAs. Contexts are made once per bundle (loading a bundle
+    costs milliseconds) and re-read only by a restart."""
+    if ca_file:
+        return _context(ca_file, only=True)
+    return _context(ca_bundle, only=False) if ca_bundle else True
