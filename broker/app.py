@@ -1,8 +1,10 @@
 """The composition root: the only module that sees ``web``, ``core`` and ``adapters``.
 
-``create_app(settings)`` returns the ASGI app; its lifespan builds the asyncpg pool, the
-Redis coordinator, the Vault adapter and the HubSpot client, wires the use cases, and tears
-everything down in reverse order. Nothing connects at import time.
+``open_services(settings)`` builds the asyncpg pool, the Redis coordinator, the Vault adapter
+and the HubSpot client, wires the use cases, and tears everything down in reverse order;
+``internal_app``/``public_app`` are the ASGI apps :mod:`broker.server` serves on its two
+listeners, and ``create_app(settings)`` is every route on one app whose lifespan opens the
+services (one listener: tests and simple setups). Nothing connects at import time.
 """
 
 from __future__ import annotations
@@ -180,6 +182,9 @@ async def open_services(
         if serving:
             health.start()
             stack.push_async_callback(health.close)
+            health.wait_on_shutdown(tokens.finish)
+            # LIFO: runs before the clients it needs (HubSpot, Vault, Postgres) close.
+            stack.push_async_callback(tokens.finish, settings.shutdown_timeout)
             vault.start_renewal()
             coordinator.start()
             audit.start()
@@ -201,6 +206,8 @@ async def open_services(
                 )
                 refresher.start()
                 stack.push_async_callback(refresher.close)
+                health.when_draining(refresher.stop_claiming)
+                health.wait_on_shutdown(refresher.finish)
             if settings.webhook_url_list:
                 sender = HttpWebhookSender(
                     timeout=settings.webhook_timeout, ca_bundle=settings.ca_bundle
@@ -324,20 +331,24 @@ async def probe_backends(settings: Settings) -> dict[str, str]:
 
 
 async def warm_up(services: Services) -> None:
-    """Pre-warm the token cache (bounded by ``prewarm_seconds``), then turn ready."""
+    """Pre-warm the token cache (bounded by ``prewarm_seconds``), then turn ready, whatever
+    happened: serving cold beats not serving (requests load what they need)."""
     settings = services.settings
-    if settings.prewarm_portals > 0:
-        started = time.monotonic()
-        try:
+    started = time.monotonic()
+    try:
+        if settings.prewarm_portals > 0:
             warmed = await asyncio.wait_for(
                 services.tokens.prewarm(settings.prewarm_portals), settings.prewarm_seconds
             )
-        except (BrokerError, TimeoutError) as exc:
-            # Serving cold beats not serving: requests will load what they need.
-            log.warning("prewarm.incomplete", error=getattr(exc, "code", "timeout"))
-        else:
             log.info("prewarm.done", portals=warmed, seconds=round(time.monotonic() - started, 3))
-    services.health.serving()
+    except TimeoutError:
+        log.warning("prewarm.incomplete", error="timeout", seconds=settings.prewarm_seconds)
+    except BrokerError as exc:
+        log.warning("prewarm.incomplete", error=exc.code)
+    except Exception as exc:  # e.g. a statement timeout: never a reason to stay unready
+        log.warning("prewarm.incomplete", error=type(exc).__name__)
+    finally:
+        services.health.serving()
 
 
 def internal_app(*, with_oauth: bool, lifespan: Lifespan[Starlette] | None = None) -> TokenRoute:

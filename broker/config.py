@@ -100,7 +100,7 @@ class Settings:
     # shutdown_timeout seconds to finish.
     drain_seconds: float = 5.0
     shutdown_timeout: float = 20.0
-    # Before turning ready, load the tokens of the portals asked for most in the last hour
+    # Before turning ready, load the tokens of the portals asked for most in the last 15 min
     # (at most prewarm_portals, for at most prewarm_seconds): a restarted replica does not
     # send every caller down the cold path at once. 0 portals: no pre-warming.
     prewarm_portals: int = 1000

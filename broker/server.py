@@ -8,13 +8,15 @@
 * **TLS.** With ``BROKER_TLS_CERT_FILE``/``KEY_FILE`` both listeners speak HTTPS; the files
   are looked at every few seconds and re-read when they change (cert-manager rewrites a
   mounted Secret in place), so new connections get the new certificate without a restart.
-  A half-written pair (certificate and key not matching yet) keeps the old one.
+  A half-written pair (certificate and key not matching yet) keeps the old one in use.
 * **Proxies.** ``X-Forwarded-Proto``/``-For`` are believed only from ``BROKER_TRUSTED_PROXIES``.
 * **Lifecycle.** Listen at once (``/livez`` answers), pre-warm the token cache, then turn ready.
-  On SIGTERM: unready at once, keep serving for ``BROKER_DRAIN_SECONDS`` while load balancers
-  stop routing here, stop accepting, let in-flight requests finish (at most
-  ``BROKER_SHUTDOWN_TIMEOUT``), then close the services, which lets in-flight refreshes store
-  what HubSpot answered. SIGINT (Ctrl-C) or a second SIGTERM skips the drain period.
+  On SIGTERM: unready at once and the refresher claims nothing more; keep serving for
+  ``BROKER_DRAIN_SECONDS`` while load balancers stop routing here (responses then say
+  ``Connection: close``, so keep-alive callers reconnect to another replica); stop accepting;
+  within one ``BROKER_SHUTDOWN_TIMEOUT`` let in-flight requests finish, then in-flight
+  refreshes and token loads (a response HubSpot already sent is stored); then close the
+  services. SIGINT (Ctrl-C) or a second SIGTERM skips the drain period.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import contextlib
 import os
 import signal
 import ssl
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -33,7 +35,6 @@ import uvicorn
 from broker import logs
 from broker.app import internal_app, open_services, public_app, warm_up
 from broker.config import Settings
-from broker.core.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 #: Seconds between looks at the certificate files.
@@ -41,16 +42,13 @@ CERT_CHECK_SECONDS = 5.0
 
 
 class Listener(uvicorn.Server):
-    """A uvicorn server that leaves signals to :func:`serve` and hands every request the
-    shared services as ``scope["state"]`` (its own lifespan is off)."""
+    """A uvicorn server driven step by step by :func:`serve` (``startup``, ``main_loop``,
+    ``shutdown``; never ``Server.serve``, so signals stay with :func:`serve`), handing every
+    request the shared services as ``scope["state"]`` (its own lifespan is off)."""
 
     def __init__(self, config: uvicorn.Config, state: dict[str, Any]) -> None:
         super().__init__(config)
         self._state = state
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
     async def startup(self, sockets: Any = None) -> None:
         # What Server._serve would do first; serve() drives the steps itself.
@@ -59,7 +57,62 @@ class Listener(uvicorn.Server):
         await super().startup(sockets)
 
 
-def _config(settings: Settings, app: Any, host: str, port: int) -> uvicorn.Config:
+class Certificates:
+    """The listeners' TLS. Each listener's context answers every handshake with the newest
+    certificate pair that loaded whole: a changed pair is loaded into a *new* context and
+    only then handed out (through the SNI callback, which OpenSSL calls for every client
+    hello, with or without a server name). Loading into the live context instead would leave
+    it holding a new certificate with the old key when the pair is caught mid-rotation."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self._files = (cert_file, key_file)
+        self._stamp = self._stat()
+        self.current = self._load()  # raises at start-up: a broken pair is a config error
+
+    def listener_context(self) -> ssl.SSLContext:
+        context = self._load()
+        context.sni_callback = self._pick
+        return context
+
+    def _pick(self, connection: ssl.SSLObject, _: str | None, __: ssl.SSLContext) -> None:
+        connection.context = self.current
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*self._files)
+        return context
+
+    def _stat(self) -> tuple[tuple[int, int, int], ...]:
+        stamps = []
+        for path in self._files:
+            st = os.stat(path)
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
+
+    def reload_if_changed(self) -> bool:
+        """True when a changed pair was loaded; a pair that does not load (mid-rotation:
+        certificate and key not matching yet) is tried again at the next look."""
+        try:
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return False
+            self.current = self._load()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("tls.reload_failed", error=type(exc).__name__)
+            return False
+        self._stamp = stamp
+        log.info("tls.reloaded")
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(CERT_CHECK_SECONDS)
+            self.reload_if_changed()
+
+
+def _config(
+    settings: Settings, app: Any, host: str, port: int, tls: Certificates | None
+) -> uvicorn.Config:
     proxies = settings.trusted_proxy_list
     config = uvicorn.Config(
         app,
@@ -70,29 +123,25 @@ def _config(settings: Settings, app: Any, host: str, port: int) -> uvicorn.Confi
         log_config=None,
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies,
-        ssl_certfile=settings.tls_cert_file or None,
-        ssl_keyfile=settings.tls_key_file or None,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
         server_header=False,
     )
     config.load()
+    if tls is not None:
+        config.ssl = tls.listener_context()  # what Server.startup hands to create_server
     return config
 
 
-def listeners(settings: Settings, state: dict[str, Any]) -> list[Listener]:
+def listeners(
+    settings: Settings, state: dict[str, Any], tls: Certificates | None = None
+) -> list[Listener]:
     """The internal listener, and the public one when ``public_port`` is set."""
     public = bool(settings.public_port)
-    found = [
-        Listener(
-            _config(settings, internal_app(with_oauth=not public), settings.host, settings.port),
-            state,
-        )
-    ]
+    internal = internal_app(with_oauth=not public)
+    found = [Listener(_config(settings, internal, settings.host, settings.port, tls), state)]
     if public:
-        app = public_app()
-        found.append(
-            Listener(_config(settings, app, settings.public_host, settings.public_port), state)
-        )
+        config = _config(settings, public_app(), settings.public_host, settings.public_port, tls)
+        found.append(Listener(config, state))
     return found
 
 
@@ -113,62 +162,41 @@ async def serve(settings: Settings, *, checkpoint: Callable[[str], None] | None 
             hurry.set()  # Ctrl-C (a person at a terminal) or a second signal: no drain period
         stop.set()
 
+    tls = (
+        Certificates(settings.tls_cert_file, settings.tls_key_file)
+        if settings.tls_cert_file
+        else None
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with open_services(settings, checkpoint=checkpoint) as services:
-            servers = listeners(settings, {"services": services})
+            servers = listeners(settings, {"services": services}, tls)
             for server in servers:
                 await server.startup()
             ticking = [asyncio.create_task(s.main_loop(), name="listener") for s in servers]
-            warming = asyncio.create_task(warm_up(services), name="warm-up")
-            watching = asyncio.create_task(_watch_certificates(settings, servers), name="tls")
+            helpers = [asyncio.create_task(warm_up(services), name="warm-up")]
+            if tls is not None:
+                helpers.append(asyncio.create_task(tls.watch(), name="tls-reload"))
             await stop.wait()
-            services.health.drain()
+            services.health.drain()  # unready; the refresher claims nothing more
             log.info("server.draining", seconds=settings.drain_seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(hurry.wait(), timeout=settings.drain_seconds)
-            await cancel_and_wait(warming)
-            await cancel_and_wait(watching)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            # One budget for what is in flight: requests first, then refreshes and loads.
+            deadline = loop.time() + settings.shutdown_timeout
             for server in servers:
                 server.should_exit = True
             await asyncio.gather(*ticking)
             await asyncio.gather(*(s.shutdown() for s in servers))
             log.info("server.stopped_listening")
-        # Leaving open_services closed the refresher (in-flight refreshes stored), flushed
-        # the audit queue and closed every backend client.
+            await services.health.settle(max(0.0, deadline - loop.time()))
+        # Leaving open_services flushed the audit queue and closed every backend client.
         log.info("server.stopped")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-
-
-def _stamp(settings: Settings) -> tuple[tuple[int, int, int], ...]:
-    stamps = []
-    for path in (settings.tls_cert_file, settings.tls_key_file):
-        st = os.stat(path)
-        stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(stamps)
-
-
-async def _watch_certificates(settings: Settings, servers: list[Listener]) -> None:
-    """Re-read the certificate and key into the listeners' TLS contexts when they change."""
-    if not settings.tls_cert_file:
-        return
-    contexts = [s.config.ssl for s in servers if isinstance(s.config.ssl, ssl.SSLContext)]
-    seen = _stamp(settings)
-    while True:
-        await asyncio.sleep(CERT_CHECK_SECONDS)
-        try:
-            current = _stamp(settings)
-            if current == seen:
-                continue
-            for context in contexts:
-                context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-        except (OSError, ssl.SSLError) as exc:
-            # Mid-rotation (key and certificate not matching yet): keep serving the old one.
-            log.warning("tls.reload_failed", error=type(exc).__name__)
-            continue
-        seen = current
-        log.info("tls.reloaded")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -243,3 +244,38 @@ def fetch_audit(settings: Settings) -> list[dict[str, object]]:
 def deployment_caller(settings: Settings) -> str:
     rows = fetch(settings, "SELECT name FROM callers WHERE name LIKE 'svc-%'")
     return str(rows[0]["name"])
+
+
+def test_a_revoke_during_a_slow_refresh_is_not_undone_by_its_fallback(
+    env: dict[str, str], sim: Simulator, sim_url: str
+) -> None:
+    """A caller's refresh times out on a slow HubSpot and falls back to the row it read
+    *before* an operator revoked the portal. That fallback must not land in the cache: the
+    next request is 410, not the revoked portal's token (an invalidation generation per
+    portal; the in-flight load is no longer joined after the invalidation)."""
+    settings = load_settings({**env, "BROKER_HUBSPOT_TIMEOUT": "2"})
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, key = register(
+            settings, sim, f"{url}/oauth/callback", slug="demo", roles=ADMIN
+        )
+        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+        sim.add_portal(HUB)
+        assert d.install(HUB, access_token_ttl=600).status_code == 200
+        token = d.token(HUB).json()["access_token"]
+        sim.configure(latency_ms={"token": 4000})  # longer than BROKER_HUBSPOT_TIMEOUT
+
+        slow: list[httpx.Response] = []
+        refreshing = threading.Thread(target=lambda: slow.append(d.token(HUB, min_ttl=1500)))
+        refreshing.start()
+        time.sleep(0.5)  # the refresh is waiting on HubSpot
+        revoked = admin(d, "POST", f"/{HUB}/revoke", json={"reason": "offboarded"})
+        assert revoked.status_code == 200, revoked.text
+        after_revoke = d.token(HUB)
+        refreshing.join(30)
+        later = [d.token(HUB) for _ in range(5)]
+
+    assert (after_revoke.status_code, after_revoke.json()["code"]) == (410, "revoked")
+    # The slow caller itself got the still-valid old token (HubSpot timed out): the fallback.
+    assert slow[0].status_code == 200, slow[0].text
+    assert slow[0].json()["access_token"] == token
+    assert [r.status_code for r in later] == [410] * 5

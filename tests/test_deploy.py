@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import http.server
 import json
 import os
@@ -35,10 +34,6 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from broker.adapters.vault import VaultAdapter
 from broker.config import Secret, Settings, load_settings
@@ -46,6 +41,7 @@ from broker.dev.simulator.__main__ import _parser as simulator_parser
 from broker.dev.stack import BackendUrls
 from broker.errors import VaultError
 from broker.web import health
+from tests.tls import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -181,33 +177,6 @@ class _Livez(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for localhost (as a cluster's would name the Service)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker.tokens.svc")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 @pytest.fixture
 def livez_server() -> Iterator[tuple[int, type[_Livez]]]:
     handler = type("Handler", (_Livez,), {})
@@ -252,7 +221,8 @@ def test_healthcheck_speaks_https_when_the_broker_serves_tls(
     """With BROKER_TLS_CERT_FILE set the internal listener is HTTPS: the HEALTHCHECK follows
     (a plain HTTP request to it would fail), without verifying the loopback name."""
     argv = healthcheck_argv(dockerfile[1]["runtime"])
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    CertificateAuthority.create(tmp_path).issue(cert_file, key_file, serial=1)
     handler = type("Handler", (_Livez,), {})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

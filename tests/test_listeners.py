@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -23,9 +24,10 @@ from broker.config import load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
 from broker.dev.stack import _die_with_parent
+from broker.server import CERT_CHECK_SECONDS
 from tests.chaos.cluster import Replica, free_port, start_replica
 from tests.helpers import Deployment, install_link, register
-from tests.tls import CertificateAuthority
+from tests.tls import CertificateAuthority, replace_file
 
 HUB = 1_500_001
 ADMIN = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
@@ -78,11 +80,12 @@ def test_public_listener_serves_only_the_install_flow(
     assert token.status_code == 200, token.text
 
 
-def _peer_serial(port: int, ca: Path) -> int:
+def _peer_serial(port: int, ca: Path, *, sni: bool = True) -> int:
     context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = sni
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
+        context.wrap_socket(raw, server_hostname="localhost" if sni else None) as tls,
     ):
         der = tls.getpeercert(binary_form=True)
     from cryptography import x509
@@ -116,17 +119,27 @@ def test_tls_on_both_listeners_and_a_certificate_rotated_in_place(
         assert _peer_serial(internal_port, ca.pem) == 1001
         assert _peer_serial(public_port, ca.pem) == 1001
 
-        ca.issue(cert, key, serial=2002)  # what cert-manager does to a mounted Secret
+        # A rotation caught half-way: the new certificate is there, its key not yet. The
+        # broker looks at the files meanwhile and must keep serving the old pair whole.
+        new_cert, new_key = ca.pair(serial=2002)
+        replace_file(cert, new_cert)
+        time.sleep(CERT_CHECK_SECONDS * 1.5)
+        assert _peer_serial(internal_port, ca.pem) == 1001
+        assert _peer_serial(public_port, ca.pem) == 1001
+        replace_file(key, new_key)
         deadline = time.monotonic() + 15
         while _peer_serial(internal_port, ca.pem) != 2002:
             assert time.monotonic() < deadline, "the new certificate was never served"
             time.sleep(0.5)
         assert _peer_serial(public_port, ca.pem) == 2002
+        assert _peer_serial(public_port, ca.pem, sni=False) == 2002  # without a server name
         again = httpx.get(f"{replica.url}/readyz", verify=ssl.create_default_context(cafile=ca.pem))
         assert again.status_code == 200
     finally:
         replica.terminate()
-    assert "tls.reloaded" in (tmp_path / "replica.log").read_text()
+    log = (tmp_path / "replica.log").read_text()
+    assert "tls.reload_failed" in log  # the half-way pair was tried and refused
+    assert "tls.reloaded" in log
 
 
 # --- behind a TLS-terminating proxy ------------------------------------------------------------
@@ -185,29 +198,32 @@ def behind_nginx(
         "BROKER_PUBLIC_PORT": str(public_port),
         "BROKER_TRUSTED_PROXIES": "127.0.0.1/32",
     }
-    replica = start_replica(replica_env, tmp_path / "replica.log")
-    internal_port = int(replica.url.rsplit(":", 1)[1])
-    proxy_port = free_port()
-    workdir = tmp_path / "nginx"
-    workdir.mkdir()
-    conf = workdir / "nginx.conf"
-    conf.write_text(
-        _NGINX_CONF.format(
-            dir=workdir,
-            port=proxy_port,
-            cert=cert,
-            key=key,
-            public=public_port,
-            internal=internal_port,
+    with ExitStack() as started:
+        replica = start_replica(replica_env, tmp_path / "replica.log")
+        started.callback(replica.terminate)
+        internal_port = int(replica.url.rsplit(":", 1)[1])
+        proxy_port = free_port()
+        workdir = tmp_path / "nginx"
+        workdir.mkdir()
+        conf = workdir / "nginx.conf"
+        conf.write_text(
+            _NGINX_CONF.format(
+                dir=workdir,
+                port=proxy_port,
+                cert=cert,
+                key=key,
+                public=public_port,
+                internal=internal_port,
+            )
         )
-    )
-    nginx = subprocess.Popen(
-        [binary, "-p", str(workdir), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent(),
-    )
-    try:
+        nginx = subprocess.Popen(
+            [binary, "-p", str(workdir), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent(),
+        )
+        started.callback(nginx.wait, 10)
+        started.callback(nginx.terminate)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -218,10 +234,6 @@ def behind_nginx(
                 assert time.monotonic() < deadline, "nginx did not listen"
                 time.sleep(0.05)
         yield replica, f"https://127.0.0.1:{proxy_port}", replica_env, ca
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
-        replica.terminate()
 
 
 def _set_cookies(response: httpx.Response) -> list[str]:

@@ -92,7 +92,7 @@ def test_frozen_then_killed_vault_is_reported_within_the_bound(
     openbao.freeze()
     ready, took = _readyz(deployment)
     _assert_ready_with_vault(deployment, ready, "timeout")
-    assert READYZ_BOUND <= took < 3.0, took  # the chart's readiness timeoutSeconds is 3
+    assert READYZ_BOUND <= took < 4.5, took  # cut at 2 s, not at the 5 s Vault timeout
     _assert_cached_token_served(deployment, cached)
 
     # SIGKILL: connections are refused, which is told apart from a seal at once.

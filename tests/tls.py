@@ -43,8 +43,14 @@ class CertificateAuthority:
         return cls(cert, key, pem)
 
     def issue(self, cert_path: Path, key_path: Path, *, serial: int) -> None:
-        """A server certificate for 127.0.0.1 and localhost, written in place atomically
-        (key first, then certificate, each by rename, as a rotating mount would)."""
+        """A server certificate for 127.0.0.1 and localhost, written in place (key first,
+        then certificate, each replaced atomically)."""
+        cert_pem, key_pem = self.pair(serial)
+        replace_file(key_path, key_pem)
+        replace_file(cert_path, cert_pem)
+
+    def pair(self, serial: int) -> tuple[bytes, bytes]:
+        """(certificate, key) PEM of a server certificate for 127.0.0.1 and localhost."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -68,11 +74,11 @@ class CertificateAuthority:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _replace(key_path, key_pem)
-        _replace(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _replace(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` by rename, as a rotating mount does."""
     staging = path.with_suffix(path.suffix + ".new")
     staging.write_bytes(data)
     os.replace(staging, path)

@@ -17,6 +17,7 @@ the load on a backend that is already failing.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -40,7 +41,7 @@ class Coalescer(Generic[T, R]):
         self._max_items = max_items
         self._max_inflight = max_inflight
         self._split_on = split_on
-        self._pending: list[tuple[list[T], asyncio.Future[list[R]]]] = []
+        self._pending: deque[tuple[list[T], asyncio.Future[list[R]]]] = deque()
         self._inflight: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
@@ -62,7 +63,7 @@ class Coalescer(Generic[T, R]):
             while self._pending and (
                 not batch or size + len(self._pending[0][0]) <= self._max_items
             ):
-                submission = self._pending.pop(0)
+                submission = self._pending.popleft()
                 if submission[1].done():  # its caller was cancelled while it waited
                     continue
                 batch.append(submission)

@@ -71,10 +71,28 @@ class Health:
         self._interval = interval
         self._phase = Phase.STARTING
         self._task: asyncio.Task[None] | None = None
+        self._on_drain: list[Callable[[], None]] = []
+        self._in_flight: list[Callable[[float], Awaitable[None]]] = []
 
     @property
     def phase(self) -> Phase:
         return self._phase
+
+    @property
+    def draining(self) -> bool:
+        return self._phase is Phase.DRAINING
+
+    def when_draining(self, callback: Callable[[], None]) -> None:
+        """``callback`` runs when draining starts (e.g. the refresher stops claiming)."""
+        self._on_drain.append(callback)
+
+    def wait_on_shutdown(self, waiter: Callable[[float], Awaitable[None]]) -> None:
+        """``waiter(timeout)`` is awaited by :meth:`settle`: work in flight to let finish."""
+        self._in_flight.append(waiter)
+
+    async def settle(self, timeout: float) -> None:
+        """Let every registered piece of work in flight finish, within ``timeout`` in all."""
+        await asyncio.gather(*(waiter(timeout) for waiter in self._in_flight))
 
     def serving(self) -> None:
         """Start-up (and pre-warming) is over: ready, unless already draining."""
@@ -88,6 +106,8 @@ class Health:
         self._phase = Phase.DRAINING
         metrics.READY.set(0)
         log.info("health.draining")
+        for callback in self._on_drain:
+            callback()
 
     async def readiness(self) -> Readiness:
         result = await self._readiness()

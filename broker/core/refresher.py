@@ -52,15 +52,22 @@ class ProactiveRefresher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="proactive-refresher")
 
-    async def close(self) -> None:
-        """Claim nothing more; let the refreshes in flight finish (a response HubSpot already
-        sent is stored), for at most ``shutdown_timeout`` (a lease bounds each anyway)."""
+    def stop_claiming(self) -> None:
+        """Start no more refreshes (a replica draining); those in flight go on."""
+        self._stopping.set()
+
+    async def finish(self, timeout: float) -> None:
+        """Claim nothing more and let the refreshes in flight finish (a response HubSpot
+        already sent is stored), for at most ``timeout`` seconds (a lease bounds each)."""
         self._stopping.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._inflight:
-            await asyncio.wait(self._inflight, timeout=self._settings.shutdown_timeout)
+            await asyncio.wait(self._inflight, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.finish(self._settings.shutdown_timeout)
 
     async def _run(self) -> None:
         gauges = asyncio.create_task(self._update_gauges(), name="portal-state-gauges")

@@ -62,9 +62,11 @@ class TokenService:
         self._fp_key = fingerprint_key
         self._cache: dict[PortalKey, CachedToken] = {}
         self._inflight: dict[PortalKey, asyncio.Task[CachedToken]] = {}
-        #: Bumped by every invalidation: a load that started before one never fills the
-        #: cache (the row it read may predate a revoke or quarantine).
-        self._invalidations = 0
+        # Invalidation generations, per portal and for everything: a load that started
+        # before an invalidation of its portal never fills the cache (the row it read may
+        # predate a revoke or quarantine).
+        self._epoch = 0
+        self._generations: dict[PortalKey, int] = {}
         # Concurrent misses (a cold start, an invalidation wave) share one query for their
         # rows; their decrypts then arrive together and share Transit batches too.
         self._reads: Coalescer[PortalKey, PortalRecord | None] = Coalescer(
@@ -101,11 +103,25 @@ class TokenService:
 
     def invalidate(self, key: PortalKey | None = None) -> None:
         """Drop a cached token (or all): the next request reads Postgres."""
-        self._invalidations += 1
         if key is None:
+            self._epoch += 1
             self._cache.clear()
+            self._inflight.clear()
         else:
+            self._generations[key] = self._generations.get(key, 0) + 1
             self._cache.pop(key, None)
+            # Requests from now on start a load of their own instead of joining one that
+            # read the row before the invalidation.
+            self._inflight.pop(key, None)
+
+    def _generation(self, key: PortalKey) -> tuple[int, int]:
+        return self._epoch, self._generations.get(key, 0)
+
+    async def finish(self, timeout: float) -> None:
+        """Let the loads in flight (reads, refreshes, decrypts) finish, for at most
+        ``timeout`` seconds: a refresh HubSpot already answered gets stored."""
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()), timeout=timeout)
 
     def serves_cached(self) -> bool:
         """Whether any cached token could still be served (readiness without Postgres)."""
@@ -118,7 +134,8 @@ class TokenService:
         tokens), so a restarted replica does not send those callers down the cold path.
         Returns how many were cached; portals that cannot be served are skipped."""
         keys = await self._audit.most_requested(within_seconds=within_seconds, limit=limit)
-        sent_at, generation = time.time(), self._invalidations
+        sent_at = time.time()
+        generations = {key: self._generation(key) for key in keys}
         records = [
             r
             for r in await self._portals.get_portals(keys)
@@ -136,12 +153,15 @@ class TokenService:
             ),
             return_exceptions=True,
         )
-        if generation != self._invalidations:
-            return 0  # something was invalidated meanwhile: let requests load it afresh
         warmed = 0
         for record, token in zip(records, tokens, strict=True):
-            if isinstance(token, list) and record.key not in self._cache:
-                self._cache[record.key] = self._entry(record, token[0], sent_at, refreshed=False)
+            key = record.key
+            if (
+                isinstance(token, list)
+                and key not in self._cache
+                and generations.get(key) == self._generation(key)  # not invalidated since
+            ):
+                self._cache[key] = self._entry(record, token[0], sent_at, refreshed=False)
                 warmed += 1
         return warmed
 
@@ -207,7 +227,7 @@ class TokenService:
         return [found.get(_identity(k)) for k in keys]
 
     async def _load(self, key: PortalKey, min_ttl: int) -> CachedToken:
-        sent_at, generation = time.time(), self._invalidations
+        sent_at, generation = time.time(), self._generation(key)
         (record,) = await self._reads.submit([key])
         if record is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
@@ -228,7 +248,7 @@ class TokenService:
                 await self._portals.flag(record.key, Undecryptable.code)
                 raise
         entry = self._entry(record, access_token, sent_at, refreshed=fresh.access_token is not None)
-        if generation == self._invalidations:
+        if generation == self._generation(key):
             self._cache[key] = entry
         return entry
 

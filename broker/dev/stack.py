@@ -535,6 +535,7 @@ def _reachable_install(source: Path, user: _OsUser) -> Path:
             shutil.copytree(libs, copy / libs.name, symlinks=True)
         for directory in (copy, copy / package.name):
             directory.chmod(0o755)
+        _drop_write_for_others(copy)
         (copy / ".complete").touch()
         try:
             copy.rename(target)  # atomic: a concurrent run that won keeps its copy
@@ -549,17 +550,33 @@ def _reachable_install(source: Path, user: _OsUser) -> Path:
     return target / package.name / source.name
 
 
+_WRITE_FOR_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
+def _drop_write_for_others(root: Path) -> None:
+    """``chmod -R go-w``: the copy keeps the source's modes, which a permissive umask may
+    have left group- or world-writable."""
+    for entry in (root, *root.rglob("*")):
+        st = entry.lstat()
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & _WRITE_FOR_OTHERS:
+            entry.chmod(stat.S_IMODE(st.st_mode) & ~_WRITE_FOR_OTHERS)
+
+
 def _trusted_copy(path: Path) -> bool:
+    """A finished copy that this process's user owns, every entry of it, and nobody else
+    can write to anywhere in it (root runs binaries and libraries from it)."""
     try:
-        st = path.lstat()
-    except FileNotFoundError:
+        if not stat.S_ISDIR(path.lstat().st_mode) or not (path / ".complete").exists():
+            return False
+        for entry in (path, *path.rglob("*")):
+            st = entry.lstat()
+            if st.st_uid != os.geteuid() or (
+                not stat.S_ISLNK(st.st_mode) and st.st_mode & _WRITE_FOR_OTHERS
+            ):
+                return False
+    except OSError:
         return False
-    return (
-        stat.S_ISDIR(st.st_mode)
-        and st.st_uid == os.geteuid()
-        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        and (path / ".complete").exists()
-    )
+    return True
 
 
 # --- the stack ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from broker import metrics
 from broker.core.models import IssuedToken, PortalKey
 from broker.logs import REQUEST_ID
 from broker.web import problems
-from broker.web.middleware import log_server_error, observe, request_id
+from broker.web.middleware import CLOSE, log_server_error, observe, request_id
 from broker.web.params import bearer_value, check_names, parse_app, parse_int
 from broker.web.services import Services
 
@@ -68,24 +68,23 @@ class TokenRoute:
         except Exception as exc:  # every error is a problem+json, as on the other routes
             response = problems.render(exc)
             response.raw_headers.append((b"x-request-id", rid.encode()))
+            if scope["state"]["services"].health.draining:
+                response.raw_headers.append(CLOSE)
             await response(scope, receive, send)
             observe(metrics.Route.TOKEN, response.status_code, started)
             if response.status_code >= 500:
                 log_server_error(scope, response.status_code, started)
         else:
             body = _body(issued)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        _JSON,
-                        (b"content-length", b"%d" % len(body)),
-                        *_NO_STORE,
-                        (b"x-request-id", rid.encode()),
-                    ],
-                }
-            )
+            headers = [
+                _JSON,
+                (b"content-length", b"%d" % len(body)),
+                *_NO_STORE,
+                (b"x-request-id", rid.encode()),
+            ]
+            if services.health.draining:
+                headers.append(CLOSE)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             metrics.TOKEN_ROUTE_OK.observe(time.perf_counter() - started)
         finally:

@@ -18,6 +18,8 @@ from broker import metrics
 from broker.logs import REQUEST_ID
 
 log = structlog.get_logger("broker.http")
+#: Sent while the replica drains: keep-alive callers reconnect, to a replica still serving.
+CLOSE = (b"connection", b"close")
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 # Request ids only need to be unique, not secret: a random per-process prefix and a counter
 # (no system call per request, unlike secrets.token_hex).
@@ -82,11 +84,15 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 500
 
+        services = scope.get("state", {}).get("services")
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
+                if services is not None and services.health.draining:
+                    message["headers"].append(CLOSE)
             await send(message)
 
         try:
