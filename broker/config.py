@@ -13,11 +13,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from broker.errors import ConfigError
 
 PREFIX = "BROKER_"
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 #: Longest an operator-signed install link may stay valid (seconds): 30 days.
 MAX_INSTALL_LINK_TTL = 30 * 86400
 
@@ -46,6 +47,48 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/DB]`` (``rediss+``
+    for TLS): Redis through Sentinel, which names the current master of ``master``; the
+    password, user and TLS apply to the master (and the sentinels, as they usually share
+    them)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl | None:
+        """None for a plain ``redis://``/``rediss://``/``unix://`` URL; ValueError when a
+        sentinel URL is malformed (the message never repeats the URL: it may hold a password)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis+sentinel", "rediss+sentinel"):
+            return None
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = credentials.partition(":")
+        sentinels = []
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":")
+            if not name or not port.isascii() or not port.isdigit():
+                raise ValueError("each sentinel must be host:port")
+            sentinels.append((name, int(port)))
+        path = [p for p in parts.path.split("/") if p]
+        if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ValueError("the path must be /MASTER or /MASTER/DB")
+        return cls(
+            sentinels=tuple(sentinels),
+            master=path[0],
+            db=int(path[1]) if len(path) == 2 else 0,
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+            tls=parts.scheme == "rediss+sentinel",
+        )
 
 
 VaultAuth = Literal["token", "approle", "kubernetes"]
@@ -179,8 +222,14 @@ class Settings:
                 problems.append(f"{PREFIX}{name.upper()}: must be an http(s) URL")
         if urlsplit(self.database_url.get()).scheme not in ("postgres", "postgresql"):
             problems.append(f"{PREFIX}DATABASE_URL: must be a postgresql:// URL")
-        if urlsplit(self.redis_url.get()).scheme not in ("redis", "rediss", "unix"):
-            problems.append(f"{PREFIX}REDIS_URL: must be a redis:// or rediss:// URL")
+        if urlsplit(self.redis_url.get()).scheme not in _REDIS_SCHEMES:
+            problems.append(
+                f"{PREFIX}REDIS_URL: must be a redis://, rediss:// or redis+sentinel:// URL"
+            )
+        try:
+            SentinelUrl.parse(self.redis_url.get())
+        except ValueError as exc:
+            problems.append(f"{PREFIX}REDIS_URL: {exc}")
         if self.vault_auth == "token" and not self.vault_token:
             problems.append(f"{PREFIX}VAULT_TOKEN: required when {PREFIX}VAULT_AUTH=token")
         if self.vault_auth == "approle" and not (self.vault_role_id and self.vault_secret_id):

@@ -25,14 +25,10 @@ from pathlib import Path
 import httpx
 import hvac
 
-from broker.dev.stack import (
-    _bao_binary,
-    _bao_healthy,
-    _clean_env,
-    _die_with_parent,
-    _free_port,
-    bootstrap_vault,
-)
+from broker.dev.stack import bootstrap_vault
+from broker.dev.stack._binaries import bao_binary
+from broker.dev.stack._probes import bao_healthy
+from broker.dev.stack._processes import clean_env, die_with_parent, free_port
 
 _HOST = "127.0.0.1"
 
@@ -81,9 +77,9 @@ def _start(workdir: Path, *, tls: bool) -> DedicatedOpenBao:
     token = secrets.token_urlsafe(24)
     log_path = workdir / "openbao.log"
     for _ in range(3):
-        port = _free_port(pair=True)  # `bao server -dev` also listens on port + 1 (cluster)
+        port = free_port(pair=True)  # `bao server -dev` also listens on port + 1 (cluster)
         listen = f"-dev-listen-address={_HOST}:{port}"
-        argv = [str(_bao_binary()), "server", "-dev", "-dev-no-store-token", listen]
+        argv = [str(bao_binary()), "server", "-dev", "-dev-no-store-token", listen]
         if tls:
             argv += ["-dev-tls", f"-dev-tls-cert-dir={workdir}"]
         with log_path.open("ab") as log:  # the child keeps its own descriptor
@@ -93,13 +89,13 @@ def _start(workdir: Path, *, tls: bool) -> DedicatedOpenBao:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 # The token goes through the environment: argv is world-readable in /proc.
-                env=_clean_env(HOME=str(workdir), BAO_DEV_ROOT_TOKEN_ID=token),
+                env=clean_env(HOME=str(workdir), BAO_DEV_ROOT_TOKEN_ID=token),
                 cwd=workdir,
-                preexec_fn=_die_with_parent(),  # no orphan if pytest itself is killed
+                preexec_fn=die_with_parent(),  # no orphan if pytest itself is killed
                 start_new_session=True,
             )
         cacert = str(workdir / "vault-ca.pem") if tls else None
-        healthy = functools.partial(_bao_healthy_tls, cacert=cacert) if cacert else _bao_healthy
+        healthy = functools.partial(bao_healthy_tls, cacert=cacert) if cacert else bao_healthy
         deadline = time.monotonic() + 20
         while process.poll() is None and not healthy(port):
             if time.monotonic() > deadline:
@@ -114,7 +110,7 @@ def _start(workdir: Path, *, tls: bool) -> DedicatedOpenBao:
     raise RuntimeError(f"bao exited before answering, three times; see {log_path}")
 
 
-def _bao_healthy_tls(port: int, *, cacert: str) -> bool:
+def bao_healthy_tls(port: int, *, cacert: str) -> bool:
     if not Path(cacert).exists():  # written by bao as it starts
         return False
     try:

