@@ -38,10 +38,22 @@ class FaultProxy:
         self._call(self._set(mode, latency_ms / 1000))
 
     def close(self) -> None:
-        self._call(self._set("down", 0.0))
+        self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Refuse, then end every connection task and close what they held, so nothing is
+        left for the garbage collector to find on a closed loop."""
+        await self._set("down", 0.0)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in list(self._writers):
+            _abort(writer)
+        self._writers.clear()
 
     async def _set(self, mode: Mode, latency: float) -> None:
         self.mode, self.latency = mode, latency
@@ -66,9 +78,13 @@ class FaultProxy:
             return
         self._writers.add(writer)
         if self.mode == "blackhole":
-            with contextlib.suppress(ConnectionError):
-                while await reader.read(65536):
-                    pass
+            try:
+                with contextlib.suppress(ConnectionError):
+                    while await reader.read(65536):
+                        pass
+            finally:
+                self._writers.discard(writer)
+                _abort(writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -76,12 +92,14 @@ class FaultProxy:
             _abort(writer)
             return
         self._writers.add(up_writer)
-        await asyncio.gather(
-            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
-        )
-        for w in (writer, up_writer):
-            self._writers.discard(w)
-            w.close()
+        try:
+            await asyncio.gather(
+                self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+            )
+        finally:
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.close()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

@@ -81,6 +81,7 @@ class RedisCoordinator:
         # A second client for the subscription: its connection blocks on reads.
         subscriber: dict[str, Any] = {"socket_connect_timeout": settings.redis_timeout}
         sentinel = SentinelUrl.parse(settings.redis_url.get())
+        self._sentinels: list[aioredis.Redis] = []  # discovery clients, closed with ours
         if sentinel is None:
             self._client = aioredis.Redis.from_url(settings.redis_url.get(), **bounded)
             self._sub_client = aioredis.Redis.from_url(settings.redis_url.get(), **subscriber)
@@ -106,6 +107,7 @@ class RedisCoordinator:
             self._sub_client = sentinels.master_for(
                 sentinel.master, db=sentinel.db, **access, **subscriber
             )
+            self._sentinels = list(sentinels.sentinels)
         self._release = self._client.register_script(_RELEASE)
         self._take = self._client.register_script(_TAKE)
         self._rate = settings.refresh_rate_per_app
@@ -124,8 +126,8 @@ class RedisCoordinator:
 
     async def close(self) -> None:
         await cancel_and_wait(self._listener)
-        await self._client.aclose()
-        await self._sub_client.aclose()
+        for client in (self._client, self._sub_client, *self._sentinels):
+            await client.aclose()
 
     async def _bounded(self, operation: str, coro: Any) -> Any:
         try:

@@ -1,5 +1,6 @@
 """``make chaos``: every fault scenario at full size, one line each, then a summary line
-``chaos: N passed, M failed``. Starts its own backends (like the test session)."""
+``chaos: N passed, M failed``. Starts its own backends (like the test session); the
+Kubernetes-shaped harness (:mod:`tests.chaos.k8s`, ``--only k8s``) starts HA ones of its own."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from broker.adapters.postgres.migrate import migrate
 from broker.dev.simulator import Simulator, run_in_thread
 from tests.backends import provide_backends
+from tests.chaos import k8s
 from tests.chaos.scenarios import FULL, SCENARIOS, SMALL, Size
 from tests.conftest import _admin, _with_db, make_env
 
@@ -33,7 +35,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos")
     parser.add_argument("--small", action="store_true", help="the reduced size of make test")
     parser.add_argument("--portals", type=int, help="portals per scenario (default 1000)")
-    parser.add_argument("--only", action="append", choices=list(SCENARIOS))
+    parser.add_argument("--only", action="append", choices=[*SCENARIOS, "k8s"])
     args = parser.parse_args()
     size = SMALL if args.small else FULL
     if args.portals:
@@ -42,7 +44,7 @@ def main() -> int:
     with provide_backends() as backends:
         sim = Simulator()
         with run_in_thread(sim) as sim_url:
-            for name in args.only or list(SCENARIOS):
+            for name in [n for n in args.only or list(SCENARIOS) if n in SCENARIOS]:
                 sim.reset()
                 database = asyncio.run(_fresh_database(backends.database_url))
                 env = make_env(backends, database, sim_url, BROKER_LOG_LEVEL="INFO")
@@ -54,6 +56,10 @@ def main() -> int:
                     line, ok = f"{name}: FAILED: crashed: {exc!r}", False
                 print(line, flush=True)
                 passed, failed = passed + ok, failed + (not ok)
+            if not args.only or any(name.startswith("k8s") for name in args.only):
+                for result in k8s.run(sim, sim_url, k8s.SMALL if args.small else k8s.FULL):
+                    print(result.line(), flush=True)
+                    passed, failed = passed + result.passed, failed + (not result.passed)
     print(f"chaos: {passed} passed, {failed} failed", flush=True)
     return 0 if failed == 0 else 1
 

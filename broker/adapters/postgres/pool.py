@@ -21,6 +21,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
+    # A failover in progress: no host of a multi-host DSN is read-write yet, or a session
+    # still reaches a server that turned read-only (a demoted primary behind a moved VIP).
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 

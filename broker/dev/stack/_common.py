@@ -8,7 +8,19 @@ from pathlib import Path
 from typing import Literal
 
 HOST = "127.0.0.1"
-ServerName = Literal["postgres", "valkey", "openbao"]
+ServerName = Literal[
+    "postgres",
+    "valkey",
+    "openbao",
+    # failover topologies (EmbeddedStack(postgres_standby=True, redis_sentinel=True)):
+    "postgres_standby",
+    "valkey_replica",
+    "sentinel_1",
+    "sentinel_2",
+    "sentinel_3",
+]
+#: The master name the sentinels watch.
+SENTINEL_MASTER = "broker"
 
 
 class StackError(Exception):

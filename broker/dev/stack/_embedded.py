@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
+import hvac
 import structlog
 
 from broker.dev.stack._binaries import (
@@ -31,6 +32,7 @@ from broker.dev.stack._binaries import (
 )
 from broker.dev.stack._common import (
     HOST,
+    SENTINEL_MASTER,
     BackendUrls,
     OsUser,
     ServerName,
@@ -38,11 +40,20 @@ from broker.dev.stack._common import (
     StackError,
     StackStartError,
 )
-from broker.dev.stack._probes import bao_healthy, postgres_answers, valkey_pongs
+from broker.dev.stack._probes import (
+    bao_healthy,
+    postgres_answers,
+    psql,
+    replica_in_sync,
+    sentinel_sees_all,
+    streams_synchronously,
+    valkey_pongs,
+)
 from broker.dev.stack._processes import (
     BIND_CONFLICT,
     POLL_SECONDS,
     PORT_ATTEMPTS,
+    UNSEAL_KEY_VALUE,
     Recipe,
     ServerFailed,
     Spawner,
@@ -50,12 +61,16 @@ from broker.dev.stack._processes import (
     die_with_parent,
     free_port,
     has_exited,
+    send_signal,
     tail,
     terminate,
 )
 from broker.dev.stack._vault import bootstrap_vault
 
 _log = structlog.get_logger(__name__)
+#: Started first; the others follow them.
+_LEADERS: tuple[ServerName, ...] = ("postgres", "valkey", "openbao")
+_SENTINELS: tuple[ServerName, ...] = ("sentinel_1", "sentinel_2", "sentinel_3")
 
 
 class _State(enum.Enum):
@@ -72,6 +87,20 @@ class EmbeddedStack:
     keep nothing); by default everything lives in a temporary directory removed on stop.
     *fast* turns off PostgreSQL's fsync and full-page writes: commits still survive a crash
     or SIGKILL of PostgreSQL itself, but not a crash of the machine. Right for tests.
+
+    Failover topologies, for the fault tests (``make run`` stays single-node):
+
+    * *postgres_standby*: a streaming standby (``pg_basebackup``) that confirms every commit
+      before the primary acknowledges it (``synchronous_standby_names = '*'``), so an
+      acknowledged write survives losing the primary; ``urls.database_url`` names both
+      (``target_session_attrs=read-write``). :meth:`promote_standby` does what Patroni or a
+      managed service does after the primary is lost.
+    * *redis_sentinel*: a Valkey replica and three sentinels watching the master as
+      ``broker`` (quorum 2, down after 1 s); ``urls.redis_url`` is a ``redis+sentinel://``
+      URL. Killing or freezing the master makes the sentinels promote the replica.
+
+    :meth:`start` returns once the standby streams synchronously and every sentinel knows
+    the replica and the other sentinels: a failover can happen from then on.
     """
 
     def __init__(
@@ -80,9 +109,13 @@ class EmbeddedStack:
         *,
         fast: bool = True,
         start_timeout: float = 30.0,
+        postgres_standby: bool = False,
+        redis_sentinel: bool = False,
     ) -> None:
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._fast = fast
+        self._postgres_standby = postgres_standby
+        self._redis_sentinel = redis_sentinel
         self._start_timeout = start_timeout
         self._state = _State.NEW
         self._lock = threading.Lock()
@@ -128,7 +161,11 @@ class EmbeddedStack:
         atexit.register(self.stop)
         try:
             self._prepare()
-            failures = self._start_all()
+            # Followers (standby, replica, sentinels) need their leaders' ports.
+            leaders = [n for n in self._recipes if n in _LEADERS]
+            failures = self._start_all(leaders)
+            if not failures:
+                failures = self._start_all([n for n in self._recipes if n not in _LEADERS])
         except BaseException:
             self.stop()
             raise
@@ -137,8 +174,8 @@ class EmbeddedStack:
             raise StackStartError(failures)
         ports = {name: server.port for name, server in self.processes.items()}
         self._urls = BackendUrls(
-            database_url=f"postgresql://postgres@{HOST}:{ports['postgres']}/postgres",
-            redis_url=f"redis://{HOST}:{ports['valkey']}/0",
+            database_url=self._database_url(ports),
+            redis_url=self._redis_url(ports),
             vault_addr=f"http://{HOST}:{ports['openbao']}",
             vault_token=self._token,
         )
@@ -191,6 +228,49 @@ class EmbeddedStack:
                 self._servers[name] = server
             return server
 
+    def kill(self, name: ServerName) -> None:
+        """SIGKILL one server and its process group (a crash, a lost machine); it stays dead
+        unless :meth:`restart` can bring it back."""
+        with self._lock:
+            proc = self._procs[name]
+            self._servers.pop(name, None)
+        terminate([(name, proc, signal.SIGKILL)])
+
+    def freeze(self, name: ServerName) -> None:
+        """SIGSTOP one server's process group: connections are accepted, nothing answers."""
+        send_signal(self.processes[name].pid, signal.SIGSTOP, group=True)
+
+    def thaw(self, name: ServerName) -> None:
+        send_signal(self._procs[name].pid, signal.SIGCONT, group=True)
+
+    def seal_vault(self) -> None:
+        """Seal OpenBao (as an operator or an outage would); :meth:`unseal_vault` undoes it.
+        Dev mode keeps its data in memory, so nothing is lost in between."""
+        client = hvac.Client(url=self.urls.vault_addr, token=self._token, timeout=10)
+        try:
+            client.sys.seal()  # type: ignore[no-untyped-call]  # untyped in types-hvac
+        finally:
+            client.adapter.close()
+
+    def unseal_vault(self) -> None:
+        """Unseal OpenBao with the dev server's unseal key (from its own log, never ours)."""
+        found = UNSEAL_KEY_VALUE.search(self.processes["openbao"].log_path.read_text())
+        if found is None:
+            raise StackError("no unseal key in OpenBao's log")
+        client = hvac.Client(url=self.urls.vault_addr, timeout=10)
+        try:
+            client.sys.submit_unseal_key(found.group(1))
+        finally:
+            client.adapter.close()
+
+    def promote_standby(self) -> None:
+        """Make the standby the primary (``pg_promote``), as a failover manager would once
+        the primary is lost; returns when it accepts writes."""
+        assert self._pg_bin is not None  # set by _prepare
+        port = self.processes["postgres_standby"].port
+        if psql(self._pg_bin, port, "select pg_promote(true, 60)") != "t":
+            raise StackError("the standby did not promote within 60 s")
+
     def __enter__(self) -> EmbeddedStack:
         return self.start()
 
@@ -238,12 +318,36 @@ class EmbeddedStack:
         self._preexec = die_with_parent()
         self._spawner = Spawner()
         self._recipes = {
-            "postgres": self._postgres_recipe(pgdata, pg_user),
-            "valkey": self._valkey_recipe(),
+            "postgres": self._postgres_recipe("postgres", pgdata, pg_user),
+            "valkey": self._valkey_recipe("valkey"),
             "openbao": self._openbao_recipe(),
         }
+        if self._postgres_standby:
+            standby = self._root / "postgres-standby"
+            standby.mkdir(mode=0o700, exist_ok=True)
+            if pg_user is not None:
+                os.chown(standby, pg_user.uid, pg_user.gid)
+            self._recipes["postgres_standby"] = self._postgres_recipe(
+                "postgres_standby", standby, pg_user
+            )
+        if self._redis_sentinel:
+            self._recipes["valkey_replica"] = self._valkey_recipe("valkey_replica")
+            for name in _SENTINELS:
+                self._recipes[name] = self._sentinel_recipe(name)
 
-    def _postgres_recipe(self, pgdata: Path, user: OsUser | None) -> Recipe:
+    def _database_url(self, ports: Mapping[ServerName, int]) -> str:
+        if "postgres_standby" not in ports:
+            return f"postgresql://postgres@{HOST}:{ports['postgres']}/postgres"
+        hosts = f"{HOST}:{ports['postgres']},{HOST}:{ports['postgres_standby']}"
+        return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
+
+    def _redis_url(self, ports: Mapping[ServerName, int]) -> str:
+        if not self._redis_sentinel:
+            return f"redis://{HOST}:{ports['valkey']}/0"
+        sentinels = ",".join(f"{HOST}:{ports[name]}" for name in _SENTINELS)
+        return f"redis+sentinel://{sentinels}/{SENTINEL_MASTER}/0"
+
+    def _postgres_recipe(self, name: ServerName, pgdata: Path, user: OsUser | None) -> Recipe:
         assert self._pg_bin is not None  # set by _prepare
         bin_dir = self._pg_bin
         settings = {
@@ -255,23 +359,36 @@ class EmbeddedStack:
             # Not synchronous_commit=off: with fsync off it saves ~6% per commit, and it would
             # let a SIGKILLed postgres lose acknowledged commits, which fault tests must not see.
             settings |= {"fsync": "off", "full_page_writes": "off"}
+        if name == "postgres" and self._postgres_standby:
+            # A commit is acknowledged only once the standby has it: losing the primary loses
+            # no acknowledged write (the token journal's guarantee). Not on the standby: once
+            # promoted it has no standby of its own, and would wait for one forever.
+            settings["synchronous_standby_names"] = "*"
         options = [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
 
         def argv(port: int) -> list[str]:
             return [str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(port), *options]
 
+        def streaming(_: int) -> None:
+            self._wait(
+                "a synchronously streaming standby",
+                lambda: streams_synchronously(bin_dir, self.processes["postgres"].port),
+            )
+
         return Recipe(
-            name="postgres",
+            name=name,
             argv=argv,
             probe=lambda port: postgres_answers(bin_dir, port),
             stop_signal=signal.SIGINT,  # fast shutdown: roll back sessions, checkpoint, exit
             env=clean_env(),
             cwd=pgdata,
             run_as=user,
+            after_ready=streaming if name == "postgres_standby" else None,
         )
 
-    def _valkey_recipe(self) -> Recipe:
-        binary, workdir = valkey_binary(), self._root_path("valkey")
+    def _valkey_recipe(self, name: ServerName) -> Recipe:
+        binary, workdir = valkey_binary(), self._root_path(name.replace("_", "-"))
+        workdir.mkdir(mode=0o700, exist_ok=True)
 
         def argv(port: int) -> list[str]:
             flags = {
@@ -284,16 +401,54 @@ class EmbeddedStack:
                 "--daemonize": "no",
                 "--logfile": "",  # stdout, i.e. our log file
             }
+            if name == "valkey_replica":
+                flags["--replicaof"] = f"{HOST} {self.processes['valkey'].port}"
             return [str(binary), *(arg for pair in flags.items() for arg in pair)]
 
         return Recipe(
-            name="valkey",
+            name=name,
             argv=argv,
-            probe=valkey_pongs,
+            probe=replica_in_sync if name == "valkey_replica" else valkey_pongs,
             stop_signal=signal.SIGTERM,
             env=clean_env(),
             cwd=workdir,
         )
+
+    def _sentinel_recipe(self, name: ServerName) -> Recipe:
+        binary, workdir = valkey_binary(), self._root_path("valkey")
+
+        def argv(port: int) -> list[str]:
+            # A sentinel rewrites its configuration file as it learns: one per start.
+            conf = workdir / f"{name}.conf"
+            master = self.processes["valkey"].port
+            conf.write_text(
+                f"port {port}\nbind {HOST}\ndir {workdir}\n"
+                f"sentinel monitor {SENTINEL_MASTER} {HOST} {master} 2\n"
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n"
+                f"sentinel failover-timeout {SENTINEL_MASTER} 5000\n"
+                f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+            )
+            return [str(binary), str(conf), "--sentinel"]
+
+        return Recipe(
+            name=name,
+            argv=argv,
+            probe=lambda port: sentinel_sees_all(
+                port, sentinels=len(_SENTINELS), master=SENTINEL_MASTER
+            ),
+            stop_signal=signal.SIGTERM,
+            env=clean_env(),
+            cwd=workdir,
+        )
+
+    def _wait(self, what: str, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + self._start_timeout
+        while not ready():
+            if self._closing.is_set():
+                raise ServerFailed("the stack is stopping")
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"no {what} within {self._start_timeout:g}s")
+            time.sleep(POLL_SECONDS * 5)
 
     def _openbao_recipe(self) -> Recipe:
         binary, home = bao_binary(), self._root_path("openbao")
@@ -322,12 +477,12 @@ class EmbeddedStack:
         assert self._root is not None  # set by _prepare before any recipe is built
         return self._root / sub
 
-    def _start_all(self) -> dict[ServerName, str]:
-        """Start the servers concurrently; returns the failures (empty on success)."""
+    def _start_all(self, names: list[ServerName]) -> dict[ServerName, str]:
+        """Start ``names`` concurrently; returns the failures (empty on success)."""
         failures: dict[ServerName, str] = {}
-        pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="embedded-stack")
+        pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="embedded-stack")
         try:
-            futures = {name: pool.submit(self._start_one, name) for name in self._recipes}
+            futures = {name: pool.submit(self._start_one, name) for name in names}
             for name, future in futures.items():
                 try:
                     server = future.result()
@@ -348,11 +503,23 @@ class EmbeddedStack:
     def _start_one(self, name: ServerName) -> ServerProcess:
         if name == "postgres":
             self._initdb()
+        elif name == "postgres_standby":
+            self._basebackup()
         return self._launch(self._recipes[name], port=None)
 
+    def _basebackup(self) -> None:
+        """The standby's data directory: a copy of the running primary, set to follow it."""
+        recipe = self._recipes["postgres_standby"]
+        if (recipe.cwd / "PG_VERSION").exists():
+            return
+        assert self._pg_bin is not None  # set by _prepare
+        argv = [str(self._pg_bin / "pg_basebackup"), "-h", HOST]
+        argv += ["-p", str(self.processes["postgres"].port), "-U", "postgres"]
+        argv += ["-D", str(recipe.cwd), "-X", "stream", "-R", "-c", "fast", "--no-sync"]
+        self._run_once("pg_basebackup", argv, recipe)
+
     def _initdb(self) -> None:
-        """Create the cluster unless ``data_dir`` already holds one. initdb is short-lived and
-        waited for by this worker thread, so it need not be forked by the spawner."""
+        """Create the cluster unless ``data_dir`` already holds one."""
         recipe = self._recipes["postgres"]
         pgdata = recipe.cwd
         if (pgdata / "PG_VERSION").exists():
@@ -362,7 +529,12 @@ class EmbeddedStack:
         argv += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"]
         if self._fast:
             argv.append("--no-sync")
-        log_path = self._root_path("logs") / "initdb.log"
+        self._run_once("initdb", argv, recipe)
+
+    def _run_once(self, tool: str, argv: list[str], recipe: Recipe) -> None:
+        """A short-lived tool run as the server's user, waited for by this worker thread (so
+        it need not be forked by the spawner); its output goes to ``logs/<tool>.log``."""
+        log_path = self._root_path("logs") / f"{tool}.log"
         with log_path.open("ab") as log:
             offset = log.tell()
             result = subprocess.run(
@@ -379,7 +551,9 @@ class EmbeddedStack:
             )
         if result.returncode != 0:
             log_tail = tail(log_path, offset, ())
-            raise ServerFailed(f"initdb exited with {result.returncode}; initdb.log:\n{log_tail}")
+            raise ServerFailed(
+                f"{tool} exited with {result.returncode}; {log_path.name}:\n{log_tail}"
+            )
 
     def _launch(self, recipe: Recipe, *, port: int | None) -> ServerProcess:
         """Spawn and wait until ready. A bind conflict is retried: on a fresh port, or after a
@@ -415,13 +589,15 @@ class EmbeddedStack:
     def _spawn(self, recipe: Recipe, port: int, log_path: Path) -> subprocess.Popen[bytes]:
         assert self._spawner is not None  # set by _prepare
 
+        argv = recipe.argv(port)  # before the lock: it may look up other servers' ports
+
         def spawn() -> subprocess.Popen[bytes]:
             with self._lock:  # stop() snapshots self._procs under the same lock
                 if self._closing.is_set():
                     raise ServerFailed("the stack is stopping")
                 with log_path.open("ab") as log:  # the child keeps its own descriptor
                     proc = subprocess.Popen(
-                        recipe.argv(port),
+                        argv,
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,

@@ -26,9 +26,14 @@ PORT_ATTEMPTS = 4
 POLL_SECONDS = 0.02
 LOG_TAIL_LINES = 25
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-GRACE_SECONDS: Mapping[ServerName, float] = {"postgres": 10.0, "valkey": 5.0, "openbao": 5.0}
 BIND_CONFLICT = re.compile(r"address already in use", re.IGNORECASE)
 UNSEAL_KEY = re.compile(r"(Unseal Key[^:]*:\s*)\S+")
+UNSEAL_KEY_VALUE = re.compile(r"Unseal Key[^:]*:\s*(\S+)")
+
+
+def grace_seconds(name: ServerName) -> float:
+    """How long a server gets to stop after its polite signal: PostgreSQL checkpoints."""
+    return 10.0 if name.startswith("postgres") else 5.0
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,7 @@ def terminate(procs: list[tuple[ServerName, subprocess.Popen[bytes], signal.Sign
             send_signal(proc.pid, sig, group=False)
             send_signal(proc.pid, signal.SIGCONT, group=True)  # a SIGSTOPped server must act on it
     for name, proc, _ in procs:
-        deadline = started + GRACE_SECONDS[name]
+        deadline = started + grace_seconds(name)
         while not has_exited(proc) and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
         if proc.returncode is None:
