@@ -216,10 +216,15 @@ class Settings:
     def validate(self) -> list[str]:
         """Cross-field checks; returns problems (empty when the settings are usable)."""
         problems: list[str] = []
-        for name in ("vault_addr", "hubspot_api_url", "hubspot_app_url"):
+        for name in ("hubspot_api_url", "hubspot_app_url"):
             parts = urlsplit(getattr(self, name))
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 problems.append(f"{PREFIX}{name.upper()}: must be an http(s) URL")
+        for addr in self.vault_addr_list or [""]:
+            parts = urlsplit(addr)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                problems.append(f"{PREFIX}VAULT_ADDR: each address must be an http(s) URL")
+                break
         if urlsplit(self.database_url.get()).scheme not in ("postgres", "postgresql"):
             problems.append(f"{PREFIX}DATABASE_URL: must be a postgresql:// URL")
         if urlsplit(self.redis_url.get()).scheme not in _REDIS_SCHEMES:
@@ -323,6 +328,12 @@ class Settings:
             if urlsplit(str(entry[urls[0]])).scheme not in ("http", "https"):
                 raise ValueError(f"{urls[0]} must be an http(s) URL")
         return parsed
+
+    @property
+    def vault_addr_list(self) -> list[str]:
+        """``vault_addr`` split on commas: the nodes of an HA cluster (standbys forward to
+        the active node), tried in order, staying on the one that answers."""
+        return [a.strip().rstrip("/") for a in self.vault_addr.split(",") if a.strip()]
 
     @property
     def trusted_proxy_list(self) -> list[str]:

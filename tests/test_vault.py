@@ -151,3 +151,27 @@ async def test_concurrent_decrypts_share_transit_calls_and_keep_errors_their_own
 def _vault_requests(operation: str) -> float:
     value = REGISTRY.get_sample_value("broker_vault_requests_total", {"operation": operation})
     return value or 0.0
+
+
+def test_an_address_list_fails_over_to_a_node_that_answers(
+    env: dict[str, str], backends: BackendUrls, sim: Simulator, sim_url: str
+) -> None:
+    """BROKER_VAULT_ADDR lists HA nodes: the first is down (refused), then blackholed after
+    the broker moved on; every call lands on the node that answers."""
+    vault = httpx.URL(backends.vault_addr)
+    dead = FaultProxy(vault.host, vault.port or 8200)
+    dead.set("down")
+    try:
+        addrs = f"http://127.0.0.1:{dead.port},{backends.vault_addr}"
+        settings = load_settings({**env, "BROKER_VAULT_ADDR": addrs, "BROKER_VAULT_TIMEOUT": "1"})
+        with serve_app(create_app(settings)) as url:
+            client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
+            d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+            sim.add_portal(HUB)
+            assert d.install(HUB).status_code == 200
+            refreshed = d.token(HUB, min_ttl=1500)
+            assert refreshed.status_code == 200, refreshed.text
+            ready = httpx.get(f"{url}/readyz?verbose").json()
+            assert ready["backends"]["vault"] == "ok"
+    finally:
+        dead.close()

@@ -58,7 +58,9 @@ class VaultAdapter:
         # requests takes float seconds; the hvac stub says int.
         timeout: Any = settings.vault_timeout
         verify: Any = settings.vault_cacert or True
-        self._client = hvac.Client(url=settings.vault_addr, timeout=timeout, verify=verify)
+        self._addrs = settings.vault_addr_list
+        self._current = 0
+        self._client = hvac.Client(url=self._addrs[0], timeout=timeout, verify=verify)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vault")
         # Concurrent encrypts and decrypts (a cold cache, a busy refresher) share Transit
         # calls: one request and one thread hop per batch, not per token.
@@ -74,20 +76,29 @@ class VaultAdapter:
 
     # --- plumbing -------------------------------------------------------------------------
     async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """``fn`` on the Vault thread pool. With several addresses (HA nodes), one that is
+        unreachable, sealed or failing is left for the next, each tried once per call."""
         loop = asyncio.get_running_loop()
-        metrics.VAULT_REQUESTS.labels(operation).inc()
-        try:
-            return await loop.run_in_executor(self._pool, fn)
-        except _UNAVAILABLE as exc:
-            metrics.BACKEND_ERRORS.labels("vault", operation).inc()
-            sealed = isinstance(exc, hvac.exceptions.VaultDown)
-            raise VaultError(
-                "Vault is sealed" if sealed else "Vault is unreachable",
-                code="vault_sealed" if sealed else "vault_unavailable",
-            ) from exc
-        except hvac.exceptions.Forbidden as exc:
-            metrics.BACKEND_ERRORS.labels("vault", operation).inc()
-            raise VaultError("Vault denied the broker's token", code="vault_forbidden") from exc
+        for tried in range(1, len(self._addrs) + 1):
+            metrics.VAULT_REQUESTS.labels(operation).inc()
+            try:
+                return await loop.run_in_executor(self._pool, fn)
+            except _UNAVAILABLE as exc:
+                metrics.BACKEND_ERRORS.labels("vault", operation).inc()
+                if tried < len(self._addrs):
+                    self._current = (self._current + 1) % len(self._addrs)
+                    self._client.url = self._addrs[self._current]
+                    log.warning("vault.next_address", index=self._current)
+                    continue
+                sealed = isinstance(exc, hvac.exceptions.VaultDown)
+                raise VaultError(
+                    "Vault is sealed" if sealed else "Vault is unreachable",
+                    code="vault_sealed" if sealed else "vault_unavailable",
+                ) from exc
+            except hvac.exceptions.Forbidden as exc:
+                metrics.BACKEND_ERRORS.labels("vault", operation).inc()
+                raise VaultError("Vault denied the broker's token", code="vault_forbidden") from exc
+        raise AssertionError("unreachable: the last address raises or returns")
 
     def _kv_path(self, *parts: str) -> str:
         return "/".join((self._settings.vault_kv_prefix, *parts))

@@ -164,8 +164,9 @@ class EmbeddedStack:
             # Followers (standby, replica, sentinels) need their leaders' ports.
             leaders = [n for n in self._recipes if n in _LEADERS]
             failures = self._start_all(leaders)
-            if not failures:
-                failures = self._start_all([n for n in self._recipes if n not in _LEADERS])
+            followers = [n for n in self._recipes if n not in _LEADERS]
+            if followers and not failures:
+                failures = self._start_all(followers)
         except BaseException:
             self.stop()
             raise
