@@ -59,7 +59,7 @@ class Size:
     storm: int  # portals refreshed over and over during the PostgreSQL failover
 
 
-SMALL = Size(portals=30, callers=16, rate=50.0, window=2.0, storm=6)
+SMALL = Size(portals=30, callers=16, rate=50.0, window=1.5, storm=6)
 FULL = Size(portals=1000, callers=50, rate=300.0, window=60.0, storm=50)
 
 
@@ -98,6 +98,8 @@ class Harness:
 
     def close(self) -> None:
         self.balancer.close()
+        for replica in self.replicas:  # all drain at once
+            replica.process.send_signal(signal.SIGTERM)
         for replica in self.replicas:
             replica.terminate()
         self.vault_proxy.close()
@@ -145,10 +147,11 @@ class Harness:
     def under_load(self, name: str, fault: Callable[[Result], None]) -> Result:
         result = Result(name)
         load = self.steady_load()
-        time.sleep(1.0)
+        settle = min(1.0, self.size.window / 2)  # load before and after the fault
+        time.sleep(settle)
         try:
             fault(result)
-            time.sleep(1.0)
+            time.sleep(settle)
         finally:
             figures = load.result()
         _report(result, figures)
@@ -180,7 +183,7 @@ def rolling_restart(h: Harness) -> Result:
             old.process.wait(60)
             h.balancer.remove(old.url)
             h.replicas.remove(old)
-            time.sleep(1.0)  # the new replica serves a while before the next one goes
+            time.sleep(min(1.0, h.size.window / 2))  # the new one serves before the next goes
             cold_p99.append(_p99_ms(new.url))
             d, m = cold_counts(new.url)
             decrypts, misses = decrypts + d, misses + m
