@@ -188,16 +188,22 @@ class RefreshEngine:
         or :class:`LockUnavailable` when another holder did not finish within one lease."""
         # Long enough to outlast one stalled holder's lease and take over from it.
         deadline = time.monotonic() + self._settings.lease_seconds * 1.5 + 1.0
+        # Set once Redis said "held" but Postgres showed no lease: the Redis lock outlived
+        # its holder (an unlock lost to a Redis failover or outage: the lock key replicated,
+        # its release did not). It is advisory; Postgres decides from then on.
+        redis_lock_stale = False
         while True:
             raise_for_state(record)
             if record.remaining() >= min_ttl:
                 return Fresh(record)
             owner = f"{self._replica}:{secrets.token_hex(8)}"
             lock_name = f"portal:{record.id}"
-            locked = await self._coordinator.try_lock(
-                lock_name, owner, self._settings.lease_seconds
-            )
-            if locked is not False:  # acquired, or Redis is down: Postgres decides
+            locked = None
+            if not redis_lock_stale:
+                locked = await self._coordinator.try_lock(
+                    lock_name, owner, self._settings.lease_seconds
+                )
+            if locked is not False:  # acquired, or Redis is down or stale: Postgres decides
                 try:
                     lease = await self._portals.claim_lease(
                         record.id,
@@ -221,6 +227,8 @@ class RefreshEngine:
                 if not record.lease_held() and record.backoff_left() > 0:
                     return self._while_backing_off(record)
             record = await self._wait_for_other(record, min_ttl, deadline)
+            if locked is False and not record.lease_held() and record.remaining() < min_ttl:
+                redis_lock_stale = True
             if time.monotonic() >= deadline and record.remaining() < min_ttl:
                 if record.remaining() >= USEFUL_SECONDS:
                     return Fresh(record)  # still valid: serving it beats failing
