@@ -70,14 +70,16 @@ class SentinelUrl:
         parts = urlsplit(url)
         if parts.scheme not in ("redis+sentinel", "rediss+sentinel"):
             return None
+        if parts.query or parts.fragment:
+            raise ValueError("a sentinel URL takes no query parameters")
         credentials, _, hosts = parts.netloc.rpartition("@")
         username, _, password = credentials.partition(":")
         sentinels = []
         for host in hosts.split(","):
             name, _, port = host.rpartition(":")
             if not name or not port.isascii() or not port.isdigit():
-                raise ValueError("each sentinel must be host:port")
-            sentinels.append((name, int(port)))
+                raise ValueError("each sentinel must be host:port ([v6 address]:port)")
+            sentinels.append((name.removeprefix("[").removesuffix("]"), int(port)))
         path = [p for p in parts.path.split("/") if p]
         if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
             raise ValueError("the path must be /MASTER or /MASTER/DB")
@@ -304,7 +306,7 @@ class Settings:
         if self.lease_seconds < needed:
             problems.append(
                 f"{PREFIX}LEASE_SECONDS: {self.lease_seconds:g} is shorter than the refresh "
-                f"budget (vault + hubspot + 2 x db timeouts + 1 s margin = {needed:g})"
+                f"budget (vault x nodes + hubspot + 2 x db timeouts + 1 s margin = {needed:g})"
             )
         return problems
 
@@ -359,8 +361,10 @@ class Settings:
 
     @property
     def refresh_budget_seconds(self) -> float:
-        """Worst-case time one refresh holds its lease after taking it."""
-        return self.vault_timeout + self.hubspot_timeout + 2 * self.db_timeout
+        """Worst-case time one refresh holds its lease after taking it (a Vault call may
+        try every listed node, each within the Vault timeout)."""
+        vault = self.vault_timeout * max(1, len(self.vault_addr_list))
+        return vault + self.hubspot_timeout + 2 * self.db_timeout
 
 
 def _parse_bool(raw: str) -> bool:

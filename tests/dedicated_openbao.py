@@ -57,11 +57,13 @@ class DedicatedOpenBao:
 
 
 @contextmanager
-def dedicated_openbao(workdir: Path, *, tls: bool = False) -> Iterator[DedicatedOpenBao]:
+def dedicated_openbao(
+    workdir: Path, *, tls: bool = False, token: str | None = None
+) -> Iterator[DedicatedOpenBao]:
     """Start, bootstrap and yield an OpenBao dev server (HTTPS with a certificate of its own
     CA when ``tls``); it is killed on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
-    server = _start(workdir, tls=tls)
+    server = _start(workdir, tls=tls, token=token or secrets.token_urlsafe(24))
     try:
         bootstrap_vault(server.addr, server.token, cacert=server.cacert)
         yield server
@@ -71,10 +73,9 @@ def dedicated_openbao(workdir: Path, *, tls: bool = False) -> Iterator[Dedicated
         server.kill()
 
 
-def _start(workdir: Path, *, tls: bool) -> DedicatedOpenBao:
+def _start(workdir: Path, *, tls: bool, token: str) -> DedicatedOpenBao:
     """Spawn ``bao server -dev`` and wait for ``/v1/sys/health``; a port lost to a bind race
     (the free port is only free when chosen) is retried on a fresh one."""
-    token = secrets.token_urlsafe(24)
     log_path = workdir / "openbao.log"
     for _ in range(3):
         port = free_port(pair=True)  # `bao server -dev` also listens on port + 1 (cluster)

@@ -5,7 +5,9 @@ failed refresh."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+from pathlib import Path
 
 import httpx
 import hvac
@@ -18,6 +20,7 @@ from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 from broker.errors import Undecryptable
+from tests.dedicated_openbao import dedicated_openbao
 from tests.faultproxy import FaultProxy
 from tests.helpers import Deployment, register, serve_app
 
@@ -156,8 +159,8 @@ def _vault_requests(operation: str) -> float:
 def test_an_address_list_fails_over_to_a_node_that_answers(
     env: dict[str, str], backends: BackendUrls, sim: Simulator, sim_url: str
 ) -> None:
-    """BROKER_VAULT_ADDR lists HA nodes: the first is down (refused), then blackholed after
-    the broker moved on; every call lands on the node that answers."""
+    """BROKER_VAULT_ADDR lists HA nodes, the first down (refused): every call lands on the
+    node that answers (a refresh: decrypt and encrypt; the health check)."""
     vault = httpx.URL(backends.vault_addr)
     dead = FaultProxy(vault.host, vault.port or 8200)
     dead.set("down")
@@ -175,3 +178,26 @@ def test_an_address_list_fails_over_to_a_node_that_answers(
             assert ready["backends"]["vault"] == "ok"
     finally:
         dead.close()
+
+
+def test_a_sealed_node_is_left_for_the_next_one(env: dict[str, str], tmp_path: Path) -> None:
+    """A sealed node answers its seal status with 200 {"sealed": true}: the health check
+    must move on to the next node rather than report the cluster sealed. (Two dev servers
+    sharing a root token stand in for two nodes of one cluster.)"""
+    token = secrets.token_urlsafe(24)
+    with (
+        dedicated_openbao(tmp_path / "a", token=token) as first,
+        dedicated_openbao(tmp_path / "b", token=token) as second,
+    ):
+        vault = {
+            "BROKER_VAULT_ADDR": f"{first.addr},{second.addr}",
+            "BROKER_VAULT_TOKEN": token,
+            "BROKER_VAULT_TIMEOUT": "2",
+        }
+        settings = load_settings({**env, **vault})
+        with serve_app(create_app(settings)) as url:
+            before = httpx.get(f"{url}/readyz?verbose").json()
+            first.root().sys.seal()  # type: ignore[no-untyped-call]  # untyped in types-hvac
+            after = httpx.get(f"{url}/readyz?verbose").json()
+    assert before["backends"]["vault"] == "ok"
+    assert after["backends"]["vault"] == "ok"  # the next node answered

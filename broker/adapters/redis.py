@@ -66,6 +66,8 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 2000 / rate) + 1000)
 return wait
 """
 _UNAVAILABLE = (RedisError, OSError, TimeoutError)
+_SUBSCRIPTION_PING = 5.0  # seconds of silence before the subscription is pinged
+_SUBSCRIPTION_DEAD = 10.0  # seconds of silence (pings unanswered) before it is replaced
 
 
 class RedisCoordinator:
@@ -99,6 +101,7 @@ class RedisCoordinator:
                     **access,
                     "socket_timeout": settings.redis_timeout,
                     "socket_connect_timeout": settings.redis_timeout,
+                    "retry": Retry(NoBackoff(), 0),  # a dead sentinel: ask the next at once
                 },
             )
             self._client = sentinels.master_for(
@@ -200,7 +203,10 @@ class RedisCoordinator:
                 future.set_result(None)
 
     async def _listen(self) -> None:
-        """Keep one subscription alive; reconnect with a capped backoff."""
+        """Keep one subscription alive; reconnect with a capped backoff. An idle
+        subscription is pinged every few seconds: a frozen or partitioned server (or an old
+        master after a failover) answers nothing, and waiting on it forever would leave this
+        replica deaf to notices without knowing it."""
         delay = 0.1
         while True:
             pubsub = self._sub_client.pubsub(ignore_subscribe_messages=True)
@@ -208,14 +214,18 @@ class RedisCoordinator:
                 await pubsub.subscribe(self._channel, self._invalidate_channel)
                 self._subscribed.set()
                 delay = 0.1
-                async for message in pubsub.listen():
-                    data = message["data"].decode()
-                    if message["channel"].decode() == self._invalidate_channel:
-                        for callback in self._on_invalidate:
-                            callback(data)
-                    else:
-                        portal, _, _version = data.partition(":")
-                        self._wake(int(portal))
+                heard = pinged = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    now = time.monotonic()
+                    if message is not None:
+                        heard = now
+                        self._deliver(message)
+                    if now - heard > _SUBSCRIPTION_DEAD:
+                        raise RedisConnectionError("the subscription stopped answering")
+                    if now - max(heard, pinged) > _SUBSCRIPTION_PING:
+                        await asyncio.wait_for(pubsub.ping(), timeout=self._timeout)
+                        pinged = now
             except (*_UNAVAILABLE, RuntimeError):  # RuntimeError: see _bounded
                 metrics.BACKEND_ERRORS.labels("redis", "subscribe").inc()
             finally:
@@ -227,6 +237,17 @@ class RedisCoordinator:
                 self._wake(portal_id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return  # a pong
+        data = message["data"].decode()
+        if message["channel"].decode() == self._invalidate_channel:
+            for callback in self._on_invalidate:
+                callback(data)
+        else:
+            portal, _, _version = data.partition(":")
+            self._wake(int(portal))
 
     # --- per-app refresh limiter -------------------------------------------------------------
     async def acquire(self, app: str, *, interactive: bool) -> float:

@@ -42,6 +42,8 @@ TRANSIT_BATCH = 200
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,  # the node died in the middle of an answer
+    requests.exceptions.ContentDecodingError,
     hvac.exceptions.VaultDown,
     hvac.exceptions.InternalServerError,
     hvac.exceptions.BadGateway,
@@ -81,14 +83,18 @@ class VaultAdapter:
         loop = asyncio.get_running_loop()
         for tried in range(1, len(self._addrs) + 1):
             metrics.VAULT_REQUESTS.labels(operation).inc()
+            used = self._current
             try:
                 return await loop.run_in_executor(self._pool, fn)
             except _UNAVAILABLE as exc:
                 metrics.BACKEND_ERRORS.labels("vault", operation).inc()
                 if tried < len(self._addrs):
-                    self._current = (self._current + 1) % len(self._addrs)
-                    self._client.url = self._addrs[self._current]
-                    log.warning("vault.next_address", index=self._current)
+                    # Compare-and-advance: of the calls that failed on this node, the first
+                    # moves everyone on; the others retry on the node it moved to.
+                    if self._current == used:
+                        self._current = (used + 1) % len(self._addrs)
+                        self._client.url = self._addrs[self._current]
+                        log.warning("vault.next_address", index=self._current)
                     continue
                 sealed = isinstance(exc, hvac.exceptions.VaultDown)
                 raise VaultError(
@@ -184,10 +190,14 @@ class VaultAdapter:
         self._client.adapter.close()
 
     async def ping(self) -> None:
-        """Raises VaultError when Vault is unreachable or sealed."""
-        status: dict[str, Any] = await self._call("health", self._client.sys.read_seal_status)
-        if status.get("sealed"):
-            raise VaultError("Vault is sealed", code="vault_sealed")
+        """Raises VaultError when Vault is unreachable or sealed (every node, with a list)."""
+
+        def seal_status() -> None:
+            status: dict[str, Any] = self._client.sys.read_seal_status()  # type: ignore[no-untyped-call]
+            if status.get("sealed"):  # answered 200: for _call, a node to leave
+                raise hvac.exceptions.VaultDown("sealed")
+
+        await self._call("health", seal_status)
 
     # --- Transit --------------------------------------------------------------------------
     async def encrypt(self, items: Sequence[tuple[str, bytes]]) -> list[str]:

@@ -61,6 +61,8 @@ _GRACE_SECONDS = 1.0  # re-check before declaring a grant dead: a racing commit 
 #: A token with less left than this is not worth serving in place of an error.
 USEFUL_SECONDS = 5.0
 _APP_PAUSE_SECONDS = 60.0  # how long a misconfigured app's proactive refreshes pause
+#: How many leases past its own a holder keeps trying to journal a response HubSpot sent.
+JOURNAL_GRACE_LEASES = 2
 
 
 class CircuitBreaker:
@@ -226,9 +228,16 @@ class RefreshEngine:
                     continue
                 if not record.lease_held() and record.backoff_left() > 0:
                     return self._while_backing_off(record)
+            held_at_version = record.version
             record = await self._wait_for_other(record, min_ttl, deadline)
-            if locked is False and not record.lease_held() and record.remaining() < min_ttl:
+            if (
+                locked is False
+                and record.version == held_at_version  # its holder refreshed nothing
+                and not record.lease_held()
+                and record.remaining() < min_ttl
+            ):
                 redis_lock_stale = True
+                log.info("refresh.redis_lock_stale", portal=str(record.key))
             if time.monotonic() >= deadline and record.remaining() < min_ttl:
                 if record.remaining() >= USEFUL_SECONDS:
                     return Fresh(record)  # still valid: serving it beats failing
@@ -300,8 +309,8 @@ class RefreshEngine:
             except Undecryptable:
                 await self._portals.flag(key, Undecryptable.code)
                 raise
-            # Self-fence: HubSpot's timeout plus the journal and commit must fit the lease.
-            budget = self._settings.hubspot_timeout + 2 * self._settings.db_timeout
+            # Self-fence: HubSpot's timeout, the encrypt, the journal and the commit must fit.
+            budget = self._settings.refresh_budget_seconds  # HubSpot, Vault encrypt, 2 x DB
             if lease_deadline - time.monotonic() < budget:
                 metrics.REFRESHES.labels("failed", "lock_contention").inc()
                 raise LockUnavailable("lease too short to call HubSpot safely")
@@ -352,11 +361,15 @@ class RefreshEngine:
         lease_deadline: float,
     ) -> Fresh:
         """Encrypt, journal, commit. HubSpot has answered: the new refresh token exists only
-        in memory until the journal row lands, so Vault or Postgres hiccups are retried for
-        as long as the lease lasts (DESIGN.md's residual risk "(b)")."""
+        in memory until the journal row lands, so Vault or Postgres outages (a failover) are
+        retried past the lease, for up to :data:`JOURNAL_GRACE_LEASES` more leases: the journal
+        insert is not fenced, and a late row is adopted by the next holder or heals a portal
+        marked needs_reauth meanwhile (DESIGN.md's residual risk "(b)" shrinks to outages
+        longer than that, or a crash)."""
         # issued_at is the database clock when the HubSpot call started, so this expiry is
         # never later than HubSpot's own.
         expires_at, refresh_after = schedule(issued_at, grant.expires_in)
+        give_up = lease_deadline + JOURNAL_GRACE_LEASES * lease.seconds
         attempt = 0
         while True:
             attempt += 1
@@ -372,11 +385,12 @@ class RefreshEngine:
                 self._checkpoint("after_journal")
                 break
             except (VaultError, DatabaseError):
-                if time.monotonic() + 0.2 * attempt >= lease_deadline:
+                pause = min(2.0, 0.2 * attempt)
+                if time.monotonic() + pause >= give_up:
                     metrics.REFRESHES.labels("lost", "internal").inc()
                     log.error("refresh.response_lost", portal=str(key), attempts=attempt)
                     raise
-                await asyncio.sleep(0.2 * attempt)
+                await asyncio.sleep(pause)
         committed = await self._portals.commit_refresh(lease, encrypted, journal_id)
         if committed is None:
             metrics.FENCED_WRITES.inc()

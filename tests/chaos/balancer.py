@@ -1,5 +1,7 @@
 """A load balancer shaped like a Kubernetes Service behind an endpoints controller: it polls
-each replica's ``/readyz`` every second and sends each request to a ready one (round robin).
+each replica's ``/readyz`` every second (a 2.5 s timeout; two failures in a row take a
+routed replica out, one success puts it back, as the chart's readinessProbe) and sends each
+request to a ready one (round robin).
 
 It retries nothing: a request it forwarded that fails is a failed request for the caller.
 With no ready replica it answers 503 ``no_ready_endpoints``. It speaks HTTP/1.1 keep-alive
@@ -27,9 +29,13 @@ _HOP_BY_HOP = frozenset(
 
 
 class Balancer:
-    def __init__(self, *, poll_seconds: float = 1.0) -> None:
-        self._poll = poll_seconds
-        self._endpoints: dict[str, bool] = {}  # replica URL -> ready at the last poll
+    def __init__(
+        self, *, poll_seconds: float = 1.0, timeout: float = 2.5, failure_threshold: int = 2
+    ) -> None:
+        # Like the chart's readinessProbe: a slow probe on a busy machine is not unready.
+        self._poll, self._timeout, self._threshold = poll_seconds, timeout, failure_threshold
+        self._endpoints: dict[str, bool] = {}  # replica URL -> routed
+        self._failures: dict[str, int] = {}  # consecutive failed probes
         self._lock = threading.Lock()
         self._turn: Iterator[int] = itertools.count()
         self._client: httpx.AsyncClient | None = None
@@ -76,14 +82,18 @@ class Balancer:
             results = await asyncio.gather(*(self._probe(u) for u in urls))
             with self._lock:
                 for url, ok in zip(urls, results, strict=True):
+                    failures = 0 if ok else self._failures.get(url, 0) + 1
+                    self._failures[url] = failures
                     if url in self._endpoints:
-                        self._endpoints[url] = ok
+                        self._endpoints[url] = failures == 0 or (
+                            self._endpoints[url] and failures < self._threshold
+                        )
             await asyncio.sleep(self._poll)
 
     async def _probe(self, url: str) -> bool:
         assert self._client is not None
         try:
-            answer = await self._client.get(f"{url}/readyz", timeout=1.0)
+            answer = await self._client.get(f"{url}/readyz", timeout=self._timeout)
         except httpx.TransportError:
             return False
         return answer.status_code == 200

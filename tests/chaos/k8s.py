@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +68,21 @@ class Harness:
     def __init__(self, sim: Simulator, sim_url: str, size: Size) -> None:
         self.sim, self.size = sim, size
         self.workdir = Path(tempfile.mkdtemp(prefix="htb-k8s-"))
+        self.replicas: list[Replica] = []
+        self._cleanup = ExitStack()  # what started so far is stopped, even if __init__ fails
+        try:
+            self._start(sim, sim_url, size)
+        except BaseException:
+            self._cleanup.close()
+            raise
+
+    def _start(self, sim: Simulator, sim_url: str, size: Size) -> None:
         self.stack = EmbeddedStack(postgres_standby=True, redis_sentinel=True).start()
+        self._cleanup.callback(self.stack.stop)
         urls = self.stack.urls
         vault = httpx.URL(urls.vault_addr)
         self.vault_proxy = FaultProxy(vault.host, vault.port or 8200)
+        self._cleanup.callback(self.vault_proxy.close)
         proxied = BackendUrls(
             urls.database_url,
             urls.redis_url,
@@ -92,19 +103,21 @@ class Harness:
         asyncio.run(seed_portals(self.deployment, sim, self.steady, lifetime=1800))
         asyncio.run(seed_portals(self.deployment, sim, self.storm, lifetime=600))
         self.balancer = Balancer().start()
-        self.replicas: list[Replica] = []
+        self._cleanup.callback(self._stop_replicas)
+        self._cleanup.callback(self.balancer.close)
         self._started = 0
         for _ in range(3):
             self._add_replica()
 
-    def close(self) -> None:
-        self.balancer.close()
+    def _stop_replicas(self) -> None:
         for replica in self.replicas:  # all drain at once
-            replica.process.send_signal(signal.SIGTERM)
+            if replica.process.poll() is None:
+                replica.process.send_signal(signal.SIGTERM)
         for replica in self.replicas:
             replica.terminate()
-        self.vault_proxy.close()
-        self.stack.stop()
+
+    def close(self) -> None:
+        self._cleanup.close()
 
     # --- replicas -----------------------------------------------------------------------------
     def _add_replica(self) -> Replica:
@@ -180,9 +193,14 @@ def rolling_restart(h: Harness) -> Result:
         decrypts = misses = prewarmed = 0.0
         for old in list(h.replicas):
             new = h._add_replica()  # maxSurge 1: the new pod is routed to before the old goes
-            old.process.send_signal(signal.SIGTERM)  # the balancer sees it unready at once
+            # Deleting a pod: the kubelet sends SIGTERM while the endpoints controller takes
+            # the terminating pod out of the Service, which reaches every node a moment
+            # later (here 1 s); the replica's drain period (2 s) covers that moment.
+            old.process.send_signal(signal.SIGTERM)
+            removal = threading.Timer(1.0, h.balancer.remove, [old.url])
+            removal.start()
             old.process.wait(60)
-            h.balancer.remove(old.url)
+            removal.join()
             h.replicas.remove(old)
             time.sleep(min(1.0, h.size.window / 2))  # the new one serves before the next goes
             cold_p99.append(_p99_ms(new.url))
@@ -231,7 +249,16 @@ def vault_unreachable(h: Harness) -> Result:
 
 
 @contextmanager
-def refresh_storm(h: Harness, result: Result) -> Iterator[None]:
+def closing_sentinels(watcher: Sentinel) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for client in watcher.sentinels:
+            client.close()
+
+
+@contextmanager
+def refresh_storm(h: Harness, result: Result, *, must_not_fail: bool = False) -> Iterator[None]:
     """While the block runs, every storm portal is refreshed over and over (each request
     asks for more than its token has left; HubSpot rotates refresh tokens). Afterwards each
     portal's live refresh token is checked against the simulator: 0 lost, 0 false
@@ -270,17 +297,23 @@ def refresh_storm(h: Harness, result: Result) -> Iterator[None]:
         result.problems.append(f"{lost} refresh tokens lost")
     if false_reauth:
         result.problems.append(f"{false_reauth} portals wrongly marked needs_reauth")
+    if must_not_fail and result.figures["storm_failed"]:
+        result.problems.append(f"{result.figures['storm_failed']} refresh requests failed")
 
 
 def sentinel_failover(h: Harness) -> Result:
-    """The Redis master is killed during refreshes; the sentinels promote the replica."""
+    """The Redis master is killed during refreshes; the sentinels promote the replica.
+    Redis is advisory: not one storm refresh may fail either."""
 
     def fault(result: Result) -> None:
         sentinels = SentinelUrl.parse(h.stack.urls.redis_url)
         assert sentinels is not None
         watcher = Sentinel(list(sentinels.sentinels), socket_timeout=0.5)
         replica_port = h.stack.processes["valkey_replica"].port
-        with refresh_storm(h, result):
+        if _master_port(watcher, sentinels.master) != h.stack.processes["valkey"].port:
+            result.problems.append("the sentinels did not see the original master first")
+            return
+        with closing_sentinels(watcher), refresh_storm(h, result, must_not_fail=True):
             time.sleep(1.0)
             h.stack.kill("valkey")
             killed = time.monotonic()
@@ -317,8 +350,9 @@ def _master_port(watcher: Sentinel, master: str) -> int | None:
 
 
 async def _check_refresh_tokens(h: Harness) -> tuple[int, int]:
-    """Per storm portal: its stored refresh token is live at the simulator, or an unapplied
-    journal row holds one that is (adoptable by the next refresh). Else it is lost."""
+    """Per storm portal: its stored refresh token is live at the simulator, or the journal
+    row the next holder would adopt (the newest unapplied one written from this version or
+    later, as ``newer_journal_entry`` picks it) holds one that is. Else it is lost."""
     settings = h.deployment.settings
     conn = await asyncpg.connect(settings.database_url.get())
     vault = VaultAdapter(settings)
@@ -333,8 +367,11 @@ async def _check_refresh_tokens(h: Harness) -> tuple[int, int]:
                 hub,
             )
             journaled = await conn.fetch(
-                "SELECT refresh_ct FROM token_journal WHERE portal_id = $1 AND applied_at IS NULL",
+                """SELECT refresh_ct FROM token_journal
+                   WHERE portal_id = $1 AND applied_at IS NULL AND base_version >= $2
+                   ORDER BY id DESC LIMIT 1""",
                 row["id"],
+                row["version"],
             )
             candidates = [row["refresh_ct"], *(j["refresh_ct"] for j in journaled)]
             tokens = [
@@ -369,8 +406,8 @@ def run(sim: Simulator, sim_url: str, size: Size) -> list[Result]:
     results = []
     try:
         for name, scenario in SCENARIOS.items():
-            harness.warm()
             try:
+                harness.warm()
                 results.append(scenario(harness))
             except Exception as exc:  # a scenario that crashes is a failed scenario
                 results.append(Result(name, problems=[f"crashed: {exc!r}"]))

@@ -28,11 +28,20 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+_EXPIRING: set[asyncio.Task[None]] = set()
+
+
 @contextmanager
-def _guarded() -> Iterator[None]:
+def _guarded(pool: asyncpg.Pool | None = None) -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
+        if pool is not None and isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+            # target_session_attrs is checked only when a connection is made: replace the
+            # pool's connections, or every query on them keeps reaching the read-only server.
+            task = asyncio.get_running_loop().create_task(pool.expire_connections())
+            _EXPIRING.add(task)  # a reference until it is done
+            task.add_done_callback(_EXPIRING.discard)
         raise DatabaseError(f"PostgreSQL unavailable ({type(exc).__name__})") from exc
 
 
@@ -72,26 +81,26 @@ class Database:
         await asyncio.wait_for(self._pool.close(), timeout=self._timeout)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        with _guarded():
+        with _guarded(self._pool):
             return await self._pool.fetch(query, *args, timeout=self._timeout)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        with _guarded():
+        with _guarded(self._pool):
             return await self._pool.fetchrow(query, *args, timeout=self._timeout)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        with _guarded():
+        with _guarded(self._pool):
             return await self._pool.fetchval(query, *args, timeout=self._timeout)
 
     async def execute(self, query: str, *args: Any) -> str:
-        with _guarded():
+        with _guarded(self._pool):
             return await self._pool.execute(query, *args, timeout=self._timeout)
 
     async def copy_records(
         self, table: str, columns: list[str], records: list[tuple[Any, ...]]
     ) -> None:
         """COPY rows in (far cheaper per row than INSERT for batches)."""
-        with _guarded():
+        with _guarded(self._pool):
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 await conn.copy_records_to_table(
                     table, records=records, columns=columns, timeout=self._timeout
@@ -100,12 +109,12 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         """A connection inside a transaction; connection failures become DatabaseError."""
-        with _guarded():
+        with _guarded(self._pool):
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
                 yield conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        with _guarded():
+        with _guarded(self._pool):
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 yield conn

@@ -116,6 +116,7 @@ class EmbeddedStack:
         self._fast = fast
         self._postgres_standby = postgres_standby
         self._redis_sentinel = redis_sentinel
+        self._promoted = False
         self._start_timeout = start_timeout
         self._state = _State.NEW
         self._lock = threading.Lock()
@@ -214,6 +215,10 @@ class EmbeddedStack:
         """
         if name not in ("postgres", "valkey"):
             raise ValueError(f"only postgres and valkey can be restarted, not {name!r}")
+        if name == "postgres" and self._promoted:
+            # It would come back as a second primary, first in the DSN, waiting forever
+            # for a synchronous standby it no longer has.
+            raise StackError("the old primary cannot come back once the standby is promoted")
         with self._restart_lock:
             with self._lock:
                 if self._state is not _State.RUNNING:
@@ -242,7 +247,7 @@ class EmbeddedStack:
         send_signal(self.processes[name].pid, signal.SIGSTOP, group=True)
 
     def thaw(self, name: ServerName) -> None:
-        send_signal(self._procs[name].pid, signal.SIGCONT, group=True)
+        send_signal(self.processes[name].pid, signal.SIGCONT, group=True)
 
     def seal_vault(self) -> None:
         """Seal OpenBao (as an operator or an outage would); :meth:`unseal_vault` undoes it.
@@ -271,6 +276,7 @@ class EmbeddedStack:
         port = self.processes["postgres_standby"].port
         if psql(self._pg_bin, port, "select pg_promote(true, 60)") != "t":
             raise StackError("the standby did not promote within 60 s")
+        self._promoted = True
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()
@@ -511,8 +517,13 @@ class EmbeddedStack:
     def _basebackup(self) -> None:
         """The standby's data directory: a copy of the running primary, set to follow it."""
         recipe = self._recipes["postgres_standby"]
-        if (recipe.cwd / "PG_VERSION").exists():
-            return
+        if (recipe.cwd / "standby.signal").exists():
+            return  # a standby kept in data_dir from an earlier run: it catches up
+        if (recipe.cwd / "PG_VERSION").exists():  # promoted in an earlier run: copy afresh
+            shutil.rmtree(recipe.cwd)
+            recipe.cwd.mkdir(mode=0o700)
+            if recipe.run_as is not None:
+                os.chown(recipe.cwd, recipe.run_as.uid, recipe.run_as.gid)
         assert self._pg_bin is not None  # set by _prepare
         argv = [str(self._pg_bin / "pg_basebackup"), "-h", HOST]
         argv += ["-p", str(self.processes["postgres"].port), "-U", "postgres"]

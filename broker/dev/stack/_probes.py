@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from broker.dev.stack._common import HOST
 from broker.dev.stack._processes import clean_env
@@ -73,7 +75,13 @@ def streams_synchronously(bin_dir: Path, primary_port: int) -> bool:
 
 
 def _redis(port: int) -> redis.Redis:
-    return redis.Redis(host=HOST, port=port, socket_timeout=1, socket_connect_timeout=1)
+    return redis.Redis(
+        host=HOST,
+        port=port,
+        socket_timeout=1,
+        socket_connect_timeout=1,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def replica_in_sync(port: int) -> bool:
