@@ -60,7 +60,7 @@ class Size:
     storm: int  # portals refreshed over and over during the PostgreSQL failover
 
 
-SMALL = Size(portals=30, callers=16, rate=50.0, window=1.5, storm=6)
+SMALL = Size(portals=30, callers=16, rate=50.0, window=1.0, storm=6)
 FULL = Size(portals=1000, callers=50, rate=300.0, window=60.0, storm=50)
 
 
