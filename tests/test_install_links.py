@@ -272,3 +272,51 @@ def test_a_reinstall_link_connects_only_its_portal(deployment: Deployment) -> No
     deployment.sim.configure(consent="auto", consent_hub_id=HUB)
     with httpx.Client(follow_redirects=True) as browser:
         assert browser.get(url).status_code == 200
+
+
+def _operator(settings: Settings, action: str, hub: int) -> None:
+    from broker.core.models import PortalKey
+
+    async def run() -> None:
+        async with open_admin(settings) as svc:
+            key = PortalKey("demo", hub)
+            if action == "quarantine":
+                await svc.operations.quarantine(key, actor="test", reason="suspicious")
+            elif action == "release":
+                await svc.operations.release(key, actor="test")
+            else:
+                await svc.operations.revoke(key, actor="test", reason="offboarded")
+
+    asyncio.run(run())
+
+
+def test_a_reinstall_never_lifts_an_operators_quarantine(deployment: Deployment) -> None:
+    assert deployment.install(HUB).status_code == 200
+    _operator(deployment.settings, "quarantine", HUB)
+    refreshes = deployment.sim.counters().get("token.authorization_code", 0)
+    again = deployment.install(HUB)  # the app-wide link, still valid
+    assert again.status_code == 200, again.text
+    assert deployment.sim.counters()["token.authorization_code"] == refreshes + 1
+    held = deployment.token(HUB)
+    assert (held.status_code, held.json()["code"]) == (409, "quarantined")
+    _operator(deployment.settings, "release", HUB)
+    assert deployment.token(HUB).status_code == 200  # the re-installed grant, once released
+
+
+def test_a_revoked_portal_is_connected_again_only_through_its_own_link(
+    deployment: Deployment,
+) -> None:
+    assert deployment.install(HUB).status_code == 200
+    _operator(deployment.settings, "revoke", HUB)
+    revokes = deployment.sim.counters().get("revoke", 0)
+    with httpx.Client(follow_redirects=True) as browser:
+        refused = browser.get(install_link(deployment.settings, "demo"))  # app-wide link
+    assert_failed(refused, 400, "install_portal_revoked")
+    assert deployment.sim.counters()["revoke"] == revokes + 1  # the fresh grant given back
+    gone = deployment.token(HUB)
+    assert (gone.status_code, gone.json()["code"]) == (410, "revoked")
+    # An operator's link for this very portal is the decision to connect it again.
+    with httpx.Client(follow_redirects=True) as browser:
+        allowed = browser.get(install_link(deployment.settings, "demo", hub_id=HUB))
+    assert allowed.status_code == 200, allowed.text
+    assert deployment.token(HUB).status_code == 200

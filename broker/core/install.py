@@ -22,7 +22,7 @@ from typing import Any
 from broker import metrics
 from broker.config import Settings
 from broker.core.install_links import LinkSigner, check_return_to
-from broker.core.models import PortalKey, PortalRecord
+from broker.core.models import App, PortalKey, PortalRecord, PortalState, TokenGrant
 from broker.core.ports import (
     AuditSink,
     Cipher,
@@ -195,6 +195,13 @@ class InstallService:
             raise InstallFailed("the HubSpot user did not grant access", code="install_denied")
         return pending
 
+    async def _give_back(self, app: App, grant: TokenGrant) -> None:
+        """Revoke a grant that will not be stored, at once (best effort)."""
+        with contextlib.suppress(BrokerError):
+            await self._oauth.revoke(
+                app, await self._secrets.client_secrets(app.slug), grant.refresh_token
+            )
+
     async def _exchange(self, pending: dict[str, Any], code: str) -> PortalRecord:
         app = await self._refresher.app(pending["app"])
         client_secret = (await self._secrets.client_secrets(app.slug))[0]
@@ -207,17 +214,25 @@ class InstallService:
         if expected is not None and grant.hub_id != expected:
             # The consent was for another portal than the link's: give the grant back at
             # once (best effort; it is never stored) and say so.
-            with contextlib.suppress(BrokerError):
-                await self._oauth.revoke(
-                    app, await self._secrets.client_secrets(app.slug), grant.refresh_token
-                )
+            await self._give_back(app, grant)
             raise InstallFailed(
                 f"this install link re-connects portal {expected}, but portal {grant.hub_id} "
                 "was chosen on HubSpot's consent page; nothing was stored",
                 code="install_wrong_portal",
             )
-        info = await self._oauth.introspect(app, client_secret, grant.access_token)
         key = PortalKey(app.slug, grant.hub_id, grant.user_id if app.user_level else None)
+        existing = await self._portals.get_portal(key)
+        if existing is not None and existing.state is PortalState.REVOKED and expected is None:
+            # An operator revoked it: only a link minted for this portal (an operator's
+            # decision) may connect it again, not any app-wide link or marketplace install.
+            await self._give_back(app, grant)
+            raise InstallFailed(
+                f"portal {grant.hub_id} was revoked by an operator; only an install link minted "
+                "for this portal (`broker portals install-link`) can connect it again; "
+                "nothing was stored",
+                code="install_portal_revoked",
+            )
+        info = await self._oauth.introspect(app, client_secret, grant.access_token)
         if app.user_level and key.user_id is None:
             raise InstallFailed("HubSpot did not say which user installed", code="install_no_user")
         refresh_ct, access_ct = await self._cipher.encrypt(

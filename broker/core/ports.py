@@ -218,8 +218,9 @@ class PortalRepository(Protocol):
         actor: str,
     ) -> PortalRecord:
         """Insert the grant or replace a previous one of the same identity (re-install),
-        making it ``active``; bumps ``version``; writes the audit and outbox events in the
-        same transaction."""
+        making it ``active`` (a ``quarantined`` portal stays quarantined: only an operator
+        releases it); bumps ``version``; writes the audit and outbox events in the same
+        transaction."""
         ...
 
     async def claim_lease(

@@ -18,7 +18,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -406,8 +406,10 @@ class RefreshEngine:
                     log.warning("refresh.healed", portal=str(key))
                     await self._coordinator.publish_refreshed(lease.portal_id, healed.version)
                     return Fresh(healed, grant.access_token)
-            # Our access token is valid at HubSpot even though the row moved on.
-            return Fresh(current, grant.access_token)
+            # Our access token is valid at HubSpot even though the row moved on: serve it
+            # with its own expiry and scopes, never the newer row's.
+            ours = replace(current, access_expires_at=expires_at, scopes=grant.scopes)
+            return Fresh(ours, grant.access_token)
         metrics.REFRESHES.labels("success", "none").inc()
         self._audit.record(
             "portal.refreshed",

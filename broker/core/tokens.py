@@ -250,6 +250,13 @@ class TokenService:
         entry = self._entry(record, access_token, sent_at, refreshed=fresh.access_token is not None)
         if generation == self._generation(key):
             self._cache[key] = entry
+        else:
+            # Invalidated while loading (revoked, quarantined, needs re-auth?): what was read
+            # may be stale, so the state is read again before anything is served.
+            current = await self._portals.get_portal(key)
+            if current is None:
+                raise NotFound(f"no portal {key}", code="portal_not_found")
+            raise_for_state(current)
         return entry
 
     def _entry(

@@ -45,6 +45,11 @@ class Replica:
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
 
+    def stopped(self) -> bool:
+        """Whether the process is stopped (SIGSTOP), from /proc."""
+        raw = Path(f"/proc/{self.process.pid}/stat").read_text()
+        return raw[raw.rindex(")") + 2] == "T"
+
     def kill(self) -> None:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
@@ -61,11 +66,16 @@ class Replica:
                 self.process.kill()
 
 
-def start_replica(env: dict[str, str], log: Path, *, crash_point: str = "") -> Replica:
+def start_replica(
+    env: dict[str, str], log: Path, *, crash_point: str = "", pause: bool = False
+) -> Replica:
     """Start ``broker serve`` on a free port and wait until ``/readyz`` answers 200; with
-    ``crash_point``, one that SIGKILLs itself at that protocol step (broker.dev.faults)."""
+    ``crash_point``, one that SIGKILLs itself at that protocol step, or SIGSTOPs itself once
+    with ``pause`` (broker.dev.faults)."""
     port = free_port()
     command = ["broker.dev.faults", crash_point] if crash_point else ["broker", "serve"]
+    if pause:
+        command.append("--pause")
     with log.open("wb") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", *command, "--port", str(port)],
@@ -114,10 +124,10 @@ class Cluster:
     def settings(self) -> Settings:
         return load_settings(self.env)
 
-    def add_replica(self, *, crash_point: str = "", **extra: str) -> Replica:
+    def add_replica(self, *, crash_point: str = "", pause: bool = False, **extra: str) -> Replica:
         index = len(self.replicas)
         log = self.workdir / f"replica-{index}.log"
-        replica = start_replica({**self.env, **extra}, log, crash_point=crash_point)
+        replica = start_replica({**self.env, **extra}, log, crash_point=crash_point, pause=pause)
         self.replicas.append(replica)
         return replica
 

@@ -15,7 +15,7 @@ import redis
 
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
-from tests.chaos.cluster import Cluster, open_cluster, percentile
+from tests.chaos.cluster import Answer, Cluster, open_cluster, percentile
 from tests.test_walking_skeleton import decrypt
 
 # Short leases so takeovers happen in seconds: 0.5 (vault) + 3 (hubspot) + 2 x 0.5 (db) + 1.
@@ -445,6 +445,55 @@ def audit_loss(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
     return result
 
 
+def fenced_holder(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """A holder stopped right after HubSpot answered; meanwhile its lease runs out and the
+    portal is refreshed twice elsewhere. Resumed, its fenced write loses, and it answers its
+    caller with its own token: the expiry it reports must be that token's (checked against
+    the simulator), never the newer row's. (The holder carries its own expiry; besides, the
+    cached expiry is translated with a clock offset taken before the load began, which
+    subtracts at least the time the holder was stopped.)"""
+    result = Result("fenced_holder_own_expiry")
+    c = open_cluster(env, sim, sim_url, replicas=1, **FAST_LEASE)
+    survivor = c.replicas[0]
+    try:
+        hub = HUB_BASE + 700
+        sim.configure(access_token_ttl=120)  # below min_ttl=200: every ask refreshes
+        c.install([hub])
+        holder = c.add_replica(crash_point="after_hubspot", pause=True)
+        answers: list[Answer] = []
+        asker = threading.Thread(target=lambda: answers.append(c.ask(holder, hub, 200, 60)))
+        asker.start()
+        deadline = time.monotonic() + 15
+        while not holder.stopped():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the holder never reached after_hubspot")
+            time.sleep(0.05)
+        time.sleep(6.5)  # past its 6 s lease
+        newer = [c.ask(survivor, hub, 200) for _ in range(2)]
+        time.sleep(1.0)  # the row's expiry is now well past the stopped holder's token's
+        holder.resume()
+        asker.join(60)
+        [row] = c.sql("SELECT version FROM portals WHERE hub_id = $1", hub)
+        answer = answers[0]
+        if answer.status != 200 or answer.token is None:
+            result.problems.append(f"the resumed holder answered {answer.status}")
+            return result
+        actual = sim.access_token_info(answer.token)
+        reported = int(answer.body["expires_in"])
+        real = -1 if actual is None else actual.expires_in
+        result.figures.update(
+            reported_expires_in=reported, hubspot_expires_in=real, row_version=row["version"]
+        )
+        if any(a.status != 200 for a in newer):
+            result.problems.append("the survivor's refreshes failed")
+        if reported > real + 1:
+            result.problems.append(f"reported {reported} s left, HubSpot says {real} s")
+    finally:
+        sim.configure(access_token_ttl=1800)
+        c.close()
+    return result
+
+
 SCENARIOS: dict[str, Scenario] = {
     "audit_loss": audit_loss,
     "revoke": _revoke("pass", 1.0),
@@ -457,5 +506,6 @@ SCENARIOS: dict[str, Scenario] = {
     "redis_blackhole": _redis_fault("blackhole"),
     "redis_flushall": flushall_mid_lock,
     "paused_holder": paused_holder,
+    "fenced_holder": fenced_holder,
     "crash_points": crash_points,
 }

@@ -172,7 +172,11 @@ class PostgresPortals:
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                     ON CONFLICT (app, hub_id, COALESCE(user_id, 0)) DO UPDATE SET
                         hub_domain = EXCLUDED.hub_domain, installed_by = EXCLUDED.installed_by,
-                        scopes = EXCLUDED.scopes, state = 'active',
+                        scopes = EXCLUDED.scopes,
+                        -- A re-install connects the grant again (needs_reauth, revoked through
+                        -- an operator's link) but never lifts an operator's quarantine.
+                        state = CASE WHEN portals.state = 'quarantined' THEN 'quarantined'
+                                     ELSE 'active' END,
                         refresh_ct = EXCLUDED.refresh_ct, access_ct = EXCLUDED.access_ct,
                         access_expires_at = EXCLUDED.access_expires_at,
                         refresh_after = EXCLUDED.refresh_after,
