@@ -123,3 +123,38 @@ def test_retry_after_is_honoured(replicas: tuple[Settings, list[str]], sim: Simu
     failing = fetch(settings, "SELECT state, last_error FROM portals WHERE last_error IS NOT NULL")
     assert failing
     assert {(r["state"], r["last_error"]) for r in failing} == {("refresh_failing", "rate_limited")}
+
+
+def test_portals_failing_for_good_are_backed_off_and_do_not_starve_the_others(
+    replicas: tuple[Settings, list[str]], sim: Simulator
+) -> None:
+    """Five portals whose refresh token does not decrypt (an internal failure: not HubSpot's,
+    not the portal's) among fifteen healthy ones, all due every few seconds: the failing ones
+    are retried with backoff, not on every pass, and stay in their state; the healthy ones
+    keep being refreshed."""
+    settings, _ = replicas
+    sim.configure(access_token_ttl=8)  # due again about 5 s after each refresh
+    install_all(settings, sim, HUBS[:20])
+    failing, healthy = HUBS[:5], HUBS[5:20]
+    swapped = ", ".join(str(h) for h in failing)
+    fetch(
+        settings,
+        # Another portal's refresh ciphertext: it is bound to that portal, so never decrypts.
+        f"UPDATE portals SET refresh_ct = (SELECT refresh_ct FROM portals WHERE hub_id = "
+        f"{HUBS[19]}), refresh_after = now() WHERE hub_id IN ({swapped})",
+    )
+    before = {
+        r["hub_id"]: r["version"] for r in fetch(settings, "SELECT hub_id, version FROM portals")
+    }
+    window = 10.0
+    time.sleep(window)
+    rows = {r["hub_id"]: r for r in fetch(settings, "SELECT * FROM portals")}
+    for hub in failing:
+        row = rows[hub]
+        assert row["state"] == "active"  # internal failures never mark a portal
+        assert row["last_error"] == "token_undecryptable"
+        # Backoff from ~1 s doubling: at most a handful of attempts in the window, where
+        # claiming on every 0.2 s pass of two replicas would be ~100.
+        assert 1 <= row["failure_count"] <= 6, (hub, row["failure_count"])
+    refreshed = [hub for hub in healthy if rows[hub]["version"] > before[hub]]
+    assert refreshed == healthy  # every healthy portal refreshed meanwhile

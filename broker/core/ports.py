@@ -301,9 +301,10 @@ class PortalRepository(Protocol):
         ...
 
     async def record_failure(
-        self, lease: Lease, *, failure_class: str, state: PortalState, retry_in: float
-    ) -> None:
-        """Fenced: note the failure, set the state and the next attempt, release the lease."""
+        self, lease: Lease, *, failure_class: str, state: PortalState | None, retry_in: float
+    ) -> bool:
+        """Fenced: note the failure, set the state (``None``: leave it) and the next attempt,
+        release the lease. False when fenced out (the lease moved on): nothing was written."""
         ...
 
     async def release_lease(self, lease: Lease) -> None: ...

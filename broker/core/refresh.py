@@ -14,6 +14,7 @@ replicas, and never a lost refresh token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 import time
@@ -39,6 +40,7 @@ from broker.core.ports import (
 from broker.core.tasks import finish_even_if_cancelled
 from broker.errors import (
     AppMisconfigured,
+    BrokerError,
     DatabaseError,
     GrantDead,
     HubSpotError,
@@ -61,6 +63,8 @@ _GRACE_SECONDS = 1.0  # re-check before declaring a grant dead: a racing commit 
 #: A token with less left than this is not worth serving in place of an error.
 USEFUL_SECONDS = 5.0
 _APP_PAUSE_SECONDS = 60.0  # how long a misconfigured app's proactive refreshes pause
+#: The longest HubSpot's Retry-After is believed (seconds).
+RETRY_AFTER_CAP = 900.0
 #: How many leases past its own a holder keeps trying to journal a response HubSpot sent.
 JOURNAL_GRACE_LEASES = 2
 
@@ -128,10 +132,12 @@ def raise_for_state(record: PortalRecord) -> None:
 
 
 def backoff_seconds(failures: int, retry_after: float | None) -> float:
-    """Full-jitter exponential backoff, never sooner than HubSpot's Retry-After."""
+    """Full-jitter exponential backoff, never sooner than HubSpot's Retry-After, which is
+    believed up to :data:`RETRY_AFTER_CAP` (a huge or bogus value must not park a portal for
+    good)."""
     ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(failures, 16))
     delay = random.uniform(_BACKOFF_BASE / 2, ceiling)  # noqa: S311 - jitter, not crypto
-    return max(delay, retry_after or 0.0)
+    return max(delay, min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 
 def _no_checkpoint(_: str) -> None:
@@ -300,14 +306,14 @@ class RefreshEngine:
                 adopted = await self._adopt(lease)
                 if adopted is not None:
                     return adopted
-            app = await self.app(key.app)
-            client_secrets = await self._secrets.client_secrets(key.app)
             try:
+                app = await self.app(key.app)
+                client_secrets = await self._secrets.client_secrets(key.app)
                 (refresh_token,) = await self._cipher.decrypt(
                     [(lease.refresh_ct, key.context("refresh"))]
                 )
-            except Undecryptable:
-                await self._portals.flag(key, Undecryptable.code)
+            except (VaultError, DatabaseError, NotFound, Undecryptable) as exc:
+                await self._internal_failure(key, lease, exc)
                 raise
             # Self-fence: HubSpot's timeout, the encrypt, the journal and the commit must fit.
             budget = self._settings.refresh_budget_seconds  # HubSpot, Vault encrypt, 2 x DB
@@ -422,6 +428,24 @@ class RefreshEngine:
         log.info("refresh.committed", portal=str(key), version=committed.version)
         return Fresh(committed, grant.access_token)
 
+    async def _internal_failure(self, key: PortalKey, lease: Lease, exc: BrokerError) -> None:
+        """Not the portal's fault, nor HubSpot's (Vault or Postgres down, a client secret
+        missing, a ciphertext that does not decrypt): counted, and backed off like any
+        failure, so a portal failing for good is not claimed on every pass ahead of healthy
+        ones; its state is left alone (DESIGN.md: internal never marks a portal)."""
+        metrics.REFRESHES.labels("failed", "internal").inc()
+        log.warning("refresh.internal_failure", portal=str(key), code=exc.code)
+        if isinstance(exc, Undecryptable):
+            with contextlib.suppress(BrokerError):
+                await self._portals.flag(key, Undecryptable.code)
+        with contextlib.suppress(BrokerError):  # Postgres may be what failed
+            await self._portals.record_failure(
+                lease,
+                failure_class=exc.code,
+                state=None,
+                retry_in=backoff_seconds(lease.failures, None),
+            )
+
     async def _failed(self, key: PortalKey, lease: Lease, exc: HubSpotError) -> None:
         metrics.REFRESHES.labels("failed", exc.failure_class).inc()
         retry_in = backoff_seconds(lease.failures, exc.upstream_retry_after)
@@ -432,8 +456,9 @@ class RefreshEngine:
             await self._portals.release_lease(lease)
             return
         if exc.failure_class == "rate_limited":
-            # Tighten the app's throttle on every replica, not just this portal's schedule.
-            await self._limiter.pause(key.app, max(retry_in, exc.upstream_retry_after or 0))
+            # Tighten the app's throttle on every replica, not just this portal's schedule
+            # (retry_in honours Retry-After, up to RETRY_AFTER_CAP).
+            await self._limiter.pause(key.app, retry_in)
         else:
             self._breaker.failed()
         log.warning("refresh.failed", portal=str(key), failure_class=exc.failure_class)
@@ -482,11 +507,17 @@ class RefreshEngine:
             if time.monotonic() - started >= grace:
                 break
             await asyncio.sleep(min(0.25, grace))
-        metrics.REFRESHES.labels("failed", "grant_dead").inc()
-        log.warning("refresh.grant_dead", portal=str(key), hubspot_status=exc.hubspot_status)
-        await self._portals.record_failure(
+        written = await self._portals.record_failure(
             lease, failure_class="grant_dead", state=PortalState.NEEDS_REAUTH, retry_in=0
         )
+        if not written:
+            # Fenced out: our lease moved on meanwhile (we stalled), so another holder owns
+            # the portal's fate. Report what the row says, not an outcome we did not write.
+            current = await self._reread(key)
+            raise_for_state(current)
+            return Fresh(current)
+        metrics.REFRESHES.labels("failed", "grant_dead").inc()
+        log.warning("refresh.grant_dead", portal=str(key), hubspot_status=exc.hubspot_status)
         self._audit.record("portal.needs_reauth", actor=self._replica, key=key)
         # Every replica must stop serving its cached token of this portal now.
         await self._coordinator.publish_invalidation(str(key))

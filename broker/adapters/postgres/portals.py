@@ -605,14 +605,15 @@ class PostgresPortals:
         )
 
     async def record_failure(
-        self, lease: Lease, *, failure_class: str, state: PortalState, retry_in: float
-    ) -> None:
+        self, lease: Lease, *, failure_class: str, state: PortalState | None, retry_in: float
+    ) -> bool:
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
                 f"""WITH before AS (
                         SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE)
                     UPDATE portals SET
-                        state = $4, failure_count = failure_count + 1, last_error = $5,
+                        state = COALESCE($4, state), failure_count = failure_count + 1,
+                        last_error = $5,
                         next_attempt_at = clock_timestamp() + make_interval(secs => $6),
                         lease_owner = NULL, lease_until = NULL, updated_at = clock_timestamp()
                     FROM before
@@ -622,13 +623,14 @@ class PostgresPortals:
                 lease.portal_id,
                 lease.epoch,
                 lease.owner,
-                state.value,
+                None if state is None else state.value,
                 failure_class,
                 retry_in,
             )
-            if row is not None and row["prev_state"] != state.value:
+            if row is not None and state is not None and row["prev_state"] != state.value:
                 key = PortalKey(row["app"], row["hub_id"], row["user_id"])
                 await _event(conn, f"portal.{state.value}", key, {"class": failure_class})
+            return row is not None
 
     async def release_lease(self, lease: Lease) -> None:
         await self._db.execute(
