@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -136,6 +137,9 @@ class Lease:
     #: The previous holder never released its (expired) lease: it crashed or was paused
     #: and may still hold, or later write, a newer token response.
     stolen: bool = False
+    #: This process's monotonic clock when the claim came back: the lease runs out
+    #: ``seconds`` after it, however long the lease then waits (for a slot, the limiter).
+    granted_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,7 +297,9 @@ class RefreshEngine:
         """Steps 3-5 of the protocol for a lease already granted. Releases the lease on any
         failure; a lease that runs out meanwhile is simply fenced at the write."""
         started = time.monotonic()
-        lease_deadline = started + lease.seconds
+        # From the claim, not from now: a proactive lease may have waited for a slot and the
+        # app's rate limit, and another replica may claim the portal once it runs out.
+        lease_deadline = lease.granted_at + lease.seconds
         self._checkpoint("after_claim")
         try:
             if lease.stolen:

@@ -494,6 +494,51 @@ def fenced_holder(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
     return result
 
 
+def slow_hubspot_batch(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """Two refreshers claim a batch of due portals each, then work through it two at a time
+    against a HubSpot that takes 2.5 s: a lease that ran out while it waited for its slot
+    must not call HubSpot (another replica may have claimed the portal by then). Every
+    upstream refresh call must land as exactly one committed version."""
+    result = Result("slow_hubspot_batch")
+    refresher = {
+        **FAST_LEASE,
+        "BROKER_REFRESHER_ENABLED": "true",
+        "BROKER_REFRESHER_INTERVAL": "0.2",
+        "BROKER_REFRESHER_BATCH": "8",
+        "BROKER_REFRESHER_CONCURRENCY": "2",
+        "BROKER_REFRESH_RATE_PER_APP": "1000",
+    }
+    c = open_cluster(env, sim, sim_url, replicas=2, **refresher)
+    try:
+        hubs = [HUB_BASE + 800 + i for i in range(max(8, size.portals * 3))]
+        c.install(hubs)
+        before = {r["hub_id"]: r["version"] for r in c.sql("SELECT hub_id, version FROM portals")}
+        calls_before = sim.refreshes_by_hub()
+        sim.configure(latency_ms={"token": 2500})
+        c.sql("UPDATE portals SET refresh_after = now()")  # all due at once, on both replicas
+        time.sleep(9)  # four waves of two: the last ones wait past the 6 s lease
+        sim.configure(latency_ms={})
+        time.sleep(3)  # the last calls land
+        after = {r["hub_id"]: r["version"] for r in c.sql("SELECT hub_id, version FROM portals")}
+        calls = sim.refreshes_by_hub()
+        extra = 0
+        for hub in hubs:
+            made = calls.get(hub, 0) - calls_before.get(hub, 0)
+            committed = after[hub] - before[hub]
+            extra += max(0, made - committed)
+        result.figures.update(
+            portals=len(hubs),
+            upstream_calls=sum(calls.get(h, 0) - calls_before.get(h, 0) for h in hubs),
+            versions=sum(after[h] - before[h] for h in hubs),
+            calls_without_a_version=extra,
+        )
+        if extra:
+            result.problems.append(f"{extra} upstream calls landed no version (duplicates)")
+    finally:
+        c.close()
+    return result
+
+
 SCENARIOS: dict[str, Scenario] = {
     "audit_loss": audit_loss,
     "revoke": _revoke("pass", 1.0),
@@ -507,5 +552,6 @@ SCENARIOS: dict[str, Scenario] = {
     "redis_flushall": flushall_mid_lock,
     "paused_holder": paused_holder,
     "fenced_holder": fenced_holder,
+    "slow_hubspot_batch": slow_hubspot_batch,
     "crash_points": crash_points,
 }
