@@ -4,10 +4,11 @@ second, routing only to ready replicas), on backends in their HA shape — a Pos
 primary with a synchronous standby behind a multi-host DSN, Valkey with a replica and three
 sentinels, OpenBao behind a fault proxy — under steady load from callers over many portals.
 
-In order: a rolling restart of all three replicas (start one, wait until it is routed, SIGTERM
-the old one: drain, exit), Redis down, Vault sealed, Vault unreachable, a Sentinel failover,
-and a PostgreSQL failover while refreshes are running (the primary killed, the standby
-promoted two seconds later, as a failover manager would). Each prints one line: failed
+In order: a rolling restart of the three replicas (start one, wait until it is routed,
+SIGTERM the old one: drain, exit; at reduced size only the first is replaced), Redis down,
+Vault sealed, Vault unreachable, a Sentinel failover and a PostgreSQL failover, both while
+refreshes are running (the PostgreSQL primary killed, the standby promoted two seconds
+later, as a failover manager would). Each prints one line: failed
 caller requests (every portal of the steady load holds a token valid for its ``min_ttl``,
 so each failure broke a promise), requests and p99; the failovers also lost tokens and false
 needs_reauth; the rolling restart the new replicas' cold-start p99 and Transit calls per
@@ -57,11 +58,12 @@ class Size:
     callers: int
     rate: float  # steady load, requests per second
     window: float  # seconds each fault lasts
-    storm: int  # portals refreshed over and over during the PostgreSQL failover
+    storm: int  # portals refreshed over and over during the failovers
+    restarts: int  # replicas replaced in the rolling restart (of 3)
 
 
-SMALL = Size(portals=30, callers=16, rate=50.0, window=1.0, storm=6)
-FULL = Size(portals=1000, callers=50, rate=300.0, window=60.0, storm=50)
+SMALL = Size(portals=30, callers=16, rate=50.0, window=1.0, storm=6, restarts=1)
+FULL = Size(portals=1000, callers=50, rate=300.0, window=60.0, storm=50, restarts=3)
 
 
 class Harness:
@@ -191,7 +193,7 @@ def rolling_restart(h: Harness) -> Result:
     def restart_all(result: Result) -> None:
         cold_p99: list[float] = []
         decrypts = misses = prewarmed = 0.0
-        for old in list(h.replicas):
+        for old in list(h.replicas)[: h.size.restarts]:
             new = h._add_replica()  # maxSurge 1: the new pod is routed to before the old goes
             # Deleting a pod: the kubelet sends SIGTERM while the endpoints controller takes
             # the terminating pod out of the Service, which reaches every node a moment

@@ -496,7 +496,7 @@ def fenced_holder(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
 
 def slow_hubspot_batch(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
     """Two refreshers claim a batch of due portals each, then work through it two at a time
-    against a HubSpot that takes 2.5 s: a lease that ran out while it waited for its slot
+    against a HubSpot that takes 2 s: a lease that ran out while it waited for its slot
     must not call HubSpot (another replica may have claimed the portal by then). Every
     upstream refresh call must land as exactly one committed version."""
     result = Result("slow_hubspot_batch")
@@ -514,11 +514,11 @@ def slow_hubspot_batch(env: Env, sim: Simulator, sim_url: str, size: Size) -> Re
         c.install(hubs)
         before = {r["hub_id"]: r["version"] for r in c.sql("SELECT hub_id, version FROM portals")}
         calls_before = sim.refreshes_by_hub()
-        sim.configure(latency_ms={"token": 2500})
+        sim.configure(latency_ms={"token": 2000})
         c.sql("UPDATE portals SET refresh_after = now()")  # all due at once, on both replicas
-        time.sleep(9)  # four waves of two: the last ones wait past the 6 s lease
+        time.sleep(7)  # four waves of two: the last ones wait past the 6 s lease
         sim.configure(latency_ms={})
-        time.sleep(3)  # the last calls land
+        time.sleep(2.5)  # the last calls land
         after = {r["hub_id"]: r["version"] for r in c.sql("SELECT hub_id, version FROM portals")}
         calls = sim.refreshes_by_hub()
         extra = 0
