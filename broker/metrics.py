@@ -7,11 +7,17 @@ children are bound once at import so a request pays no label lookup.
 
 from __future__ import annotations
 
+import bisect
+import math
 import platform
+from collections.abc import Iterator
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TTL_BUCKETS = (0, 60, 120, 300, 600, 900, 1200, 1500, 1800, 3600)
@@ -183,12 +189,61 @@ class Route(StrEnum):
     OTHER = "other"  # anything else (404s)
 
 
-HTTP_REQUEST_SECONDS = Histogram(
-    "broker_http_request_duration_seconds",
-    "Time from a request's arrival to its answer, by route and status class.",
-    ["route", "status_class"],  # status_class: 2xx | 3xx | 4xx | 5xx
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
+class _LatencyChild:
+    """One label set of :class:`RequestLatency`: plain counters, no lock."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * buckets
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(_HTTP_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+class RequestLatency(Collector):
+    """``broker_http_request_duration_seconds``: a histogram written only from the event
+    loop's thread, so it keeps plain counters instead of prometheus_client's locked values
+    (the token route observes every request; a locked Histogram cost ~3% of it)."""
+
+    name = "broker_http_request_duration_seconds"
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str], _LatencyChild] = {}
+
+    def labels(self, route: Route, status_class: str) -> _LatencyChild:
+        """``status_class``: 2xx | 3xx | 4xx | 5xx."""
+        child = self._children.get((route, status_class))
+        if child is None:
+            child = self._children[(route, status_class)] = _LatencyChild(len(_HTTP_BUCKETS) + 1)
+        return child
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield self._family()
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(
+            self.name,
+            "Time from a request's arrival to its answer, by route and status class.",
+            labels=["route", "status_class"],
+        )
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = self._family()
+        for (route, status_class), child in list(self._children.items()):
+            counts, running, buckets = list(child.counts), 0, []
+            for bound, count in zip((*_HTTP_BUCKETS, math.inf), counts, strict=True):
+                running += count
+                buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+            family.add_metric([route, status_class], buckets, child.total)
+        yield family
+
+
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+HTTP_REQUEST_SECONDS = RequestLatency()
+REGISTRY.register(HTTP_REQUEST_SECONDS)
 TOKEN_ROUTE_OK = HTTP_REQUEST_SECONDS.labels(Route.TOKEN, "2xx")
 
 VAULT_REQUESTS = Counter(

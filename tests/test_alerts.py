@@ -71,8 +71,11 @@ def test_metric_names_parser() -> None:
 
 
 # --- what the broker exports -----------------------------------------------------------------
-def _metric_objects() -> Iterator[MetricWrapperBase]:
-    return (m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase))
+def _metric_objects() -> Iterator[MetricWrapperBase | metrics.RequestLatency]:
+    """The metrics of broker/metrics.py: prometheus_client's own kinds and the custom
+    collector (the lock-free request latency histogram)."""
+    kinds = (MetricWrapperBase, metrics.RequestLatency)
+    return (m for m in vars(metrics).values() if isinstance(m, kinds))
 
 
 def metric_families() -> dict[str, set[str]]:
