@@ -31,6 +31,11 @@ TOKEN_CACHE_HIT = TOKEN_REQUESTS.labels("cache_hit")
 TOKEN_DB_HIT = TOKEN_REQUESTS.labels("db_hit")
 TOKEN_REFRESHED = TOKEN_REQUESTS.labels("refreshed")
 TOKEN_ERROR = TOKEN_REQUESTS.labels("error")
+TOKENS_DEGRADED = Counter(
+    "broker_tokens_degraded_total",
+    "Tokens served with less than the caller's min_ttl left (a refresh failed or is stuck "
+    "elsewhere; the answer says degraded).",
+)
 
 REQUEST_ERRORS = Counter(
     "broker_request_errors_total", "Requests answered with a problem, by stable code.", ["code"]

@@ -15,10 +15,11 @@ import pytest
 from broker.adapters.vault import VaultAdapter
 from broker.app import create_app
 from broker.config import Settings
+from broker.core import tokens as tokens_module
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
 from broker.errors import Undecryptable
-from tests.helpers import Deployment, register, serve_app
+from tests.helpers import Deployment, metric_value, register, serve_app
 
 HUB = 4_400_001
 OTHER_HUB = 4_400_002
@@ -227,11 +228,44 @@ def test_hubspot_down_with_expired_token_gives_503_retry_after(deployment: Deplo
 def test_hubspot_down_with_valid_token_still_serves(deployment: Deployment) -> None:
     deployment.install(HUB, access_token_ttl=60)
     deployment.sim.add_fault("token", status=502)
+    fresh = deployment.token(HUB, min_ttl=30)
+    assert fresh.json()["degraded"] is False
+    assert "broker-token-degraded" not in fresh.headers
+    degraded_before = metric_value(deployment.url, "broker_tokens_degraded_total")
     response = deployment.token(HUB, min_ttl=120)  # wants a refresh, HubSpot fails
     assert response.status_code == 200, response.text
     assert 0 < response.json()["expires_in"] <= 60
+    # The caller learns it got less than it asked for, and operators see it counted.
+    assert response.json()["degraded"] is True
+    assert response.headers["broker-token-degraded"] == "below-min-ttl"
+    assert metric_value(deployment.url, "broker_tokens_degraded_total") == degraded_before + 1
     [row] = rows(deployment.settings, f"SELECT state FROM portals WHERE hub_id = {HUB}")
     assert row["state"] == "refresh_failing"
+
+
+def test_a_wall_clock_step_back_does_not_extend_cached_tokens(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token cache runs on the monotonic clock: an NTP step of this machine's wall clock
+    an hour back must not make a cached token look an hour younger."""
+    deployment.install(HUB, access_token_ttl=600)
+    first = deployment.token(HUB, min_ttl=0).json()
+    assert first["expires_in"] <= 600
+
+    class SteppedBack:
+        monotonic = staticmethod(time.monotonic)
+        perf_counter = staticmethod(time.perf_counter)
+
+        @staticmethod
+        def time() -> float:
+            return time.time() - 3600
+
+    monkeypatch.setattr(tokens_module, "time", SteppedBack)
+    again = deployment.token(HUB, min_ttl=0).json()
+    assert again["access_token"] == first["access_token"]  # served from the cache
+    assert again["expires_in"] <= first["expires_in"]
+    # 600 s > min_ttl 500 on the monotonic clock, still: no refresh, no degraded answer.
+    assert deployment.token(HUB, min_ttl=500).json()["degraded"] is False
 
 
 def test_portal_states_map_to_4xx(deployment: Deployment) -> None:

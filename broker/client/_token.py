@@ -30,6 +30,9 @@ class AccessToken:
     app: str
     scopes: tuple[str, ...]
     user_id: int | None = None
+    #: The broker could not satisfy the ``min_ttl`` asked for (refreshing failed) and served
+    #: a token that is still valid instead of an error.
+    degraded: bool = False
 
     def remaining(self) -> float:
         """Seconds this token stays valid, by this machine's wall clock (negative: expired)."""
@@ -95,5 +98,6 @@ def parse_token(response: httpx.Response, sent_at: datetime) -> tuple[AccessToke
         app=app,
         scopes=tuple(scopes),
         user_id=user_id,
+        degraded=body.get("degraded") is True,
     )
     return token, expires_in

@@ -175,6 +175,9 @@ class IssuedToken:
     key: PortalKey
     scopes: tuple[str, ...]
     refreshed: bool = False
+    #: Less than the caller's ``min_ttl`` is left: refreshing failed (HubSpot or a backend
+    #: down, the refresh stuck elsewhere) and a still-valid token beats an error.
+    degraded: bool = False
     #: Scratch space shared by every issue of the same cached token and dropped with it:
     #: the web layer keeps its pre-encoded response parts here (never in a cache of its own,
     #: which would outlive a revocation).

@@ -5,9 +5,13 @@ lookup, a clock read and an audit append. A miss reads the row and decrypts; a s
 goes through :class:`~broker.core.refresh.RefreshEngine`, and callers of the same portal in
 this process share one in-flight attempt.
 
-Times: the database clock decides expiry. Each cache entry stores its expiry translated to
-this process's wall clock using the offset measured when the row was read (conservatively:
-the offset is taken against the local time *before* the query was sent).
+Times: the database clock decides expiry. Each cache entry stores its expiry on this
+process's monotonic clock: the row's remaining lifetime (expiry minus the database's "now")
+counted from a local reading taken *before* the query was sent (conservative). A wall-clock
+step on this machine moves nothing.
+
+An answer with less than the caller's ``min_ttl`` left is *degraded* (refreshing failed and
+a still-valid token beats an error): it says so, and is counted.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, Up
 @dataclass(slots=True)
 class CachedToken:
     access_token: str = field(repr=False)
-    #: Expiry on this process's ``time.time()`` scale, and as a datetime (made once).
+    #: Expiry on this process's ``time.monotonic()`` scale, and as a datetime (made once).
     expires_local: float
     expires_at: datetime
     scopes: tuple[str, ...]
@@ -88,7 +92,7 @@ class TokenService:
         if not caller.may(Role.TOKENS_READ) or not caller.may_access(key.app, key.hub_id):
             raise Forbidden(f"caller {caller.name!r} may not read tokens of portal {key}")
         entry = self._cache.get(key)
-        now = time.time()
+        now = time.monotonic()
         if entry is not None and entry.expires_local - now >= min_ttl:
             metrics.TOKEN_CACHE_HIT.inc()
             return self._issue(caller, key, entry, now, min_ttl, refreshed=False)
@@ -98,7 +102,7 @@ class TokenService:
             metrics.TOKEN_ERROR.inc()
             raise
         (metrics.TOKEN_REFRESHED if refreshed else metrics.TOKEN_DB_HIT).inc()
-        now = time.time()
+        now = time.monotonic()
         return self._issue(caller, key, entry, now, min_ttl, refreshed=refreshed)
 
     def invalidate(self, key: PortalKey | None = None) -> None:
@@ -125,7 +129,7 @@ class TokenService:
 
     def serves_cached(self) -> bool:
         """Whether any cached token could still be served (readiness without Postgres)."""
-        now = time.time()
+        now = time.monotonic()
         return any(e.expires_local - now >= USEFUL_SECONDS for e in self._cache.values())
 
     async def prewarm(self, limit: int, *, within_seconds: float = 900.0) -> int:
@@ -134,7 +138,7 @@ class TokenService:
         tokens), so a restarted replica does not send those callers down the cold path.
         Returns how many were cached; portals that cannot be served are skipped."""
         keys = await self._audit.most_requested(within_seconds=within_seconds, limit=limit)
-        sent_at = time.time()
+        sent_at = time.monotonic()
         generations = {key: self._generation(key) for key in keys}
         records = [
             r
@@ -178,6 +182,9 @@ class TokenService:
     ) -> IssuedToken:
         remaining = entry.expires_local - now
         metrics.REMAINING_TTL.observe(remaining)
+        degraded = remaining < min_ttl
+        if degraded:
+            metrics.TOKENS_DEGRADED.inc()
         self._audit.issued(
             caller.name,
             key,
@@ -193,12 +200,14 @@ class TokenService:
             key,
             entry.scopes,
             refreshed,
+            degraded,
             entry.memo,
         )
 
     async def _slow(
         self, key: PortalKey, min_ttl: int, stale: CachedToken | None
     ) -> tuple[CachedToken, bool]:
+        generation = self._generation(key)
         task = self._inflight.get(key)
         joined = task is not None
         if task is None:
@@ -207,11 +216,15 @@ class TokenService:
             task.add_done_callback(lambda done: self._forget(key, done))
         try:
             entry = await asyncio.shield(task)
-            if joined and entry.expires_local - time.time() < min_ttl:
+            if joined and entry.expires_local - time.monotonic() < min_ttl:
                 # The shared attempt was for a smaller min_ttl than ours: run our own.
                 entry = await self._load(key, min_ttl)
         except UpstreamError:
-            if stale is not None and stale.expires_local - time.time() >= USEFUL_SECONDS:
+            if (
+                stale is not None
+                and stale.expires_local - time.monotonic() >= USEFUL_SECONDS
+                and generation == self._generation(key)  # not revoked meanwhile
+            ):
                 # A backend is down, but a token that is still valid beats an error.
                 metrics.BACKEND_ERRORS.labels("any", "serve_cached").inc()
                 return stale, False
@@ -227,7 +240,7 @@ class TokenService:
         return [found.get(_identity(k)) for k in keys]
 
     async def _load(self, key: PortalKey, min_ttl: int) -> CachedToken:
-        sent_at, generation = time.time(), self._generation(key)
+        sent_at, generation = time.monotonic(), self._generation(key)
         (record,) = await self._reads.submit([key])
         if record is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
@@ -262,12 +275,14 @@ class TokenService:
     def _entry(
         self, record: PortalRecord, access_token: str, sent_at: float, *, refreshed: bool
     ) -> CachedToken:
-        offset = record.db_now.timestamp() - sent_at
         assert record.access_expires_at is not None  # access_ct is set, so is its expiry
+        lifetime = (record.access_expires_at - record.db_now).total_seconds()
+        # The wall-clock expiry for the answer, with the same conservative translation.
+        wall = time.time() - (time.monotonic() - sent_at) + lifetime
         return CachedToken(
             access_token=access_token,
-            expires_local=record.access_expires_at.timestamp() - offset,
-            expires_at=datetime.fromtimestamp(record.access_expires_at.timestamp() - offset, UTC),
+            expires_local=sent_at + lifetime,
+            expires_at=datetime.fromtimestamp(wall, UTC),
             scopes=record.scopes,
             version=record.version,
             fingerprint=fingerprint(self._fp_key, access_token),

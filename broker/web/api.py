@@ -30,6 +30,8 @@ _PREFIX, _SUFFIX = "/v1/portals/", "/token"
 _PARAMS = frozenset({"app", "user_id", "min_ttl"})
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+#: Less than the caller's min_ttl is left (also ``"degraded": true`` in the body).
+_DEGRADED = (b"broker-token-degraded", b"below-min-ttl")
 
 
 class TokenRoute:
@@ -82,6 +84,8 @@ class TokenRoute:
                 *_NO_STORE,
                 (b"x-request-id", rid.encode()),
             ]
+            if issued.degraded:
+                headers.append(_DEGRADED)
             if services.health.draining:
                 headers.append(CLOSE)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -124,10 +128,13 @@ def _body(issued: IssuedToken) -> bytes:
         }
         if issued.key.user_id is not None:
             tail["user_id"] = issued.key.user_id
+        tail["degraded"] = False
         parts = (
             issued.key,
             json.dumps(head)[:-1].encode() + b', "expires_in": ',
             b", " + json.dumps(tail)[1:].encode(),
         )
         issued.memo["json"] = parts
+    if issued.degraded:  # rare: not worth a pre-encoded variant
+        return b"%s%d%s" % (parts[1], issued.expires_in, parts[2][: -len(b"false}")] + b"true}")
     return b"%s%d%s" % (parts[1], issued.expires_in, parts[2])
