@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TypedDict
 
@@ -46,7 +46,7 @@ from broker.core.install_links import InstallLinks, LinkSigner
 from broker.core.invalidation import Invalidations
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations, RevocationRetrier
-from broker.core.refresh import RefreshEngine
+from broker.core.refresh import Checkpoint, RefreshEngine
 from broker.core.refresher import ProactiveRefresher
 from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
 from broker.core.tokens import TokenService
@@ -71,7 +71,7 @@ def replica_id() -> str:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, serving: bool = True, checkpoint: Callable[[str], None] | None = None
+    settings: Settings, *, serving: bool = True, checkpoint: Checkpoint | None = None
 ) -> AsyncIterator[Services]:
     """Build every adapter and use case; close them in reverse order on exit.
 

@@ -171,11 +171,15 @@ class HubSpotError(UpstreamError):
         hubspot_status: str | None = None,
         http_status: int | None = None,
         retry_after: float | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(detail, retry_after=retry_after if retry_after is not None else 5.0)
         self.hubspot_status = hubspot_status
         self.http_status = http_status
         self.upstream_retry_after = retry_after
+        #: The request may have reached HubSpot and no answer came back (a timeout, a cut
+        #: connection): a refresh may have happened, the new token with it.
+        self.outcome_unknown = outcome_unknown
 
 
 class GrantDead(HubSpotError):
@@ -204,6 +208,14 @@ class HubSpotUnavailable(HubSpotError):
     code = "hubspot_unavailable"
     title = "HubSpot is unavailable"
     failure_class = "upstream_unavailable"
+
+
+class RefreshOutcomeUnknown(UpstreamError):
+    """Another holder's refresh call is unanswered and may still land in the journal: the
+    portal waits for it (backing off) instead of being marked ``needs_reauth``."""
+
+    code = "refresh_outcome_unknown"
+    title = "A refresh of this portal is still unresolved"
 
 
 class VaultError(UpstreamError):

@@ -26,7 +26,6 @@ import contextlib
 import os
 import signal
 import ssl
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -35,6 +34,7 @@ import uvicorn
 from broker import logs
 from broker.app import internal_app, open_services, public_app, warm_up
 from broker.config import Settings
+from broker.core.refresh import Checkpoint
 
 log = structlog.get_logger(__name__)
 #: Seconds between looks at the certificate files.
@@ -145,7 +145,7 @@ def listeners(
     return found
 
 
-def run(settings: Settings, *, checkpoint: Callable[[str], None] | None = None) -> None:
+def run(settings: Settings, *, checkpoint: Checkpoint | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain (see the module docstring)."""
     logs.configure(settings.log_level, settings.log_format)
     loop_factory = uvicorn.Config(app="", loop="auto").get_loop_factory()
@@ -153,7 +153,7 @@ def run(settings: Settings, *, checkpoint: Callable[[str], None] | None = None) 
         runner.run(serve(settings, checkpoint=checkpoint))
 
 
-async def serve(settings: Settings, *, checkpoint: Callable[[str], None] | None = None) -> None:
+async def serve(settings: Settings, *, checkpoint: Checkpoint | None = None) -> None:
     stop, hurry = asyncio.Event(), asyncio.Event()
 
     def on_signal(sig: signal.Signals) -> None:

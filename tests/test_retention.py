@@ -95,7 +95,7 @@ def test_revoke_deletes_the_portals_journal_and_the_sweep_a_stalled_holders_row(
             # fenced write: that newer token is owed an upstream revoke too.
             now = await portals.db_now()
             newer = EncryptedGrant("vault:v1:newer", "vault:v1:newer", now, now)
-            journal_id = await portals.journal(lease, newer)
+            journal_id = await portals.journal(lease, newer, None)
             async with open_admin(deployment.settings) as svc:
                 revoked = await svc.operations.revoke(
                     PortalKey("demo", HUB), reason="offboarded", actor="test"
@@ -109,7 +109,7 @@ def test_revoke_deletes_the_portals_journal_and_the_sweep_a_stalled_holders_row(
             assert await portals.commit_refresh(lease, newer, journal_id) is None
             # It wakes up again: journals another response, whose fenced write fails too.
             stale = EncryptedGrant("vault:v1:stale", "vault:v1:stale", now, now)
-            journal_id = await portals.journal(lease, stale)
+            journal_id = await portals.journal(lease, stale, None)
             assert await portals.commit_refresh(lease, stale, journal_id) is None
             assert await _count(url, "token_journal", journal) == 1
             report = await sweeper(db).sweep()

@@ -75,7 +75,9 @@ def _upstream_errors(endpoint: str) -> Iterator[None]:
         yield
     except (httpx.TransportError, TimeoutError) as exc:
         metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
-        raise HubSpotUnavailable(f"no answer from HubSpot ({type(exc).__name__})") from exc
+        raise HubSpotUnavailable(
+            f"no answer from HubSpot ({type(exc).__name__})", outcome_unknown=True
+        ) from exc
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -136,7 +138,10 @@ def _grant(body: dict[str, Any]) -> TokenGrant:
             scopes=tuple(str(s) for s in body.get("scopes") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise HubSpotUnavailable("HubSpot sent a malformed token response") from exc
+        # A 200 whose body does not parse: a refresh may have happened all the same.
+        raise HubSpotUnavailable(
+            "HubSpot sent a malformed token response", outcome_unknown=True
+        ) from exc
 
 
 class HubSpotOAuth:
@@ -186,7 +191,9 @@ class HubSpotOAuth:
                 raise HubSpotUnavailable("cannot connect to HubSpot") from exc
             except (httpx.TransportError, TimeoutError) as exc:
                 metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
-                raise HubSpotUnavailable(f"no answer from HubSpot ({type(exc).__name__})") from exc
+                raise HubSpotUnavailable(
+                    f"no answer from HubSpot ({type(exc).__name__})", outcome_unknown=True
+                ) from exc
             metrics.UPSTREAM_REQUESTS.labels(endpoint, str(response.status_code)).inc()
             return response
         raise AssertionError("unreachable")  # pragma: no cover

@@ -279,8 +279,27 @@ class PortalRepository(Protocol):
         the database time to pass next; the fallback when invalidations are missed."""
         ...
 
-    async def journal(self, lease: Lease, grant: EncryptedGrant) -> int:
-        """Append the response to ``token_journal`` before the fenced commit."""
+    async def intend(self, lease: Lease, *, window: float) -> tuple[int | None, float]:
+        """Record, before HubSpot is called, that a call is about to be sent (a journal row
+        without tokens: portal, epoch, owner, base version, sent_at): ``(id, 0)``. When a
+        call from this version (or later) sent less than ``window`` seconds ago is still
+        unanswered, record nothing and return ``(None, seconds until it can no longer be
+        answered)``: its outcome is unknown, and a second call must wait for it."""
+        ...
+
+    async def forget_intent(self, intent_id: int) -> None:
+        """HubSpot answered without tokens (an error): the call's outcome is known."""
+        ...
+
+    async def unresolved_calls(self, lease: Lease, *, own: int | None, window: float) -> float:
+        """Seconds until the newest call sent from this lease's version (or later) by another
+        holder, still without an answer in the journal and sent less than ``window`` seconds
+        ago, can no longer be answered; 0 when there is none."""
+        ...
+
+    async def journal(self, lease: Lease, grant: EncryptedGrant, intent_id: int | None) -> int:
+        """Store the response in the journal (completing the intent row, or a new row when
+        it is gone) before the fenced commit; not fenced."""
         ...
 
     async def commit_refresh(
@@ -289,11 +308,17 @@ class PortalRepository(Protocol):
         """The fenced write. ``None`` when fenced out (the epoch or owner moved on)."""
         ...
 
-    async def heal(
+    async def apply_late(
         self, lease: Lease, grant: EncryptedGrant, journal_id: int
     ) -> PortalRecord | None:
-        """A fenced-out holder whose response is the newest: restore a portal that was
-        marked ``needs_reauth`` at ``lease.version`` (no other write since) to ``active``."""
+        """A fenced-out holder's journaled response, applied when it is still the newest: the
+        row is at ``lease.version`` (no token stored since), no lease is held, and its state
+        is active, refresh_failing or needs_reauth (healed to active). None otherwise."""
+        ...
+
+    async def heal_from_journal(self, limit: int) -> list[PortalRecord]:
+        """Portals marked ``needs_reauth`` that hold an answered, unapplied journal row from
+        their current version (a late response): apply the newest such row; the healed."""
         ...
 
     async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:

@@ -5,10 +5,16 @@ replicas, and never a lost refresh token.
    "refreshed" notice or poll the row. Redis down → straight to step 2.
 2. Postgres lease, taken on the database clock with a new epoch. Not granted → re-read.
 3. Self-fence: no HubSpot call unless the remaining lease covers it.
-4. HubSpot → journal the encrypted response → fenced write (epoch and owner must match) →
-   publish "refreshed" → release the Redis lock. Fenced out: the journal keeps the response.
+4. Intent (a journal row without tokens: "a call is being sent") → HubSpot → the response
+   completes the journal row → fenced write (epoch and owner must match) → publish
+   "refreshed" → release the Redis lock. Fenced out: the response is applied anyway while the
+   row is still at the version the call started from (nobody stored a newer token), else
+   the journal keeps it.
 5. ``invalid_grant``: a newer unapplied journal entry is adopted; if the version moved on,
-   someone else refreshed; otherwise, after a grace re-check, the portal needs re-auth.
+   someone else refreshed; if another holder's call from this version is still unanswered
+   (its outcome unknown: it may have rotated the token and may still journal it), wait and
+   retry; otherwise, after a grace re-check, the portal needs re-auth. A sweep heals
+   ``needs_reauth`` portals from a response journaled after all.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import contextlib
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -49,6 +55,7 @@ from broker.errors import (
     NeedsReauth,
     NotFound,
     Quarantined,
+    RefreshOutcomeUnknown,
     Revoked,
     Undecryptable,
     UpstreamError,
@@ -140,7 +147,11 @@ def backoff_seconds(failures: int, retry_after: float | None) -> float:
     return max(delay, min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 
-def _no_checkpoint(_: str) -> None:
+#: The fault-test hook awaited at each protocol step (see ``RefreshEngine``).
+Checkpoint = Callable[[str], Awaitable[None]]
+
+
+async def _no_checkpoint(_: str) -> None:
     return None
 
 
@@ -157,13 +168,19 @@ class RefreshEngine:
         limiter: RateLimiter,
         audit: AuditSink,
         replica_id: str,
-        checkpoint: Callable[[str], None] | None = None,
+        checkpoint: Checkpoint | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """``checkpoint`` is called with the name of each protocol step as it is passed
-        (``after_claim``, ``after_hubspot``, ``after_journal``): fault tests kill the
-        process there (:mod:`broker.dev.faults`). Production passes nothing."""
+        """``checkpoint`` is awaited with the name of each protocol step as it is passed
+        (``after_claim``, ``after_hubspot``, ``after_journal``): fault tests kill or pause
+        the process there (:mod:`broker.dev.faults`), the state-machine test interleaves
+        replicas there. ``clock`` and ``sleep`` time the protocol's own waits (the self-fence,
+        the grace re-checks, the journal retries). Production passes none of them."""
         self._settings = settings
         self._checkpoint = checkpoint or _no_checkpoint
+        self._clock = clock
+        self._sleep = sleep
         self._portals = portals
         self._coordinator = coordinator
         self._cipher = cipher
@@ -296,11 +313,11 @@ class RefreshEngine:
     ) -> Fresh:
         """Steps 3-5 of the protocol for a lease already granted. Releases the lease on any
         failure; a lease that runs out meanwhile is simply fenced at the write."""
-        started = time.monotonic()
+        started = self._clock()
         # From the claim, not from now: a proactive lease may have waited for a slot and the
         # app's rate limit, and another replica may claim the portal once it runs out.
         lease_deadline = lease.granted_at + lease.seconds
-        self._checkpoint("after_claim")
+        await self._checkpoint("after_claim")
         try:
             if lease.stolen:
                 # A previous holder died or stalled; it may have journaled a response that
@@ -314,38 +331,74 @@ class RefreshEngine:
                 (refresh_token,) = await self._cipher.decrypt(
                     [(lease.refresh_ct, key.context("refresh"))]
                 )
+                self._breaker.check()
+                # The outcome-unknown record: from here on a call may be out.
+                intent, unknown_for = await self._portals.intend(
+                    lease, window=self._answer_window(lease)
+                )
             except (VaultError, DatabaseError, NotFound, Undecryptable) as exc:
                 await self._internal_failure(key, lease, exc)
                 raise
-            # Self-fence: HubSpot's timeout, the encrypt, the journal and the commit must fit.
-            budget = self._settings.refresh_budget_seconds  # HubSpot, Vault encrypt, 2 x DB
-            if lease_deadline - time.monotonic() < budget:
-                metrics.REFRESHES.labels("failed", "lock_contention").inc()
-                raise LockUnavailable("lease too short to call HubSpot safely")
-            self._breaker.check()
-            if interactive:
-                await self._limiter.acquire(key.app, interactive=True)  # counted, never waits
-            issued_at = lease.db_now + timedelta(seconds=time.monotonic() - started)
+            if intent is None:
+                # An earlier call from this version is unanswered: it may have rotated the
+                # token at HubSpot, and its holder may still journal the answer. A second
+                # call now would be a duplicate, or meet invalid_grant: wait for it.
+                return await self._outcome_unknown(key, lease, unknown_for, state=None)
+            try:
+                # Self-fence: HubSpot's timeout, the encrypt, the journal and the commit
+                # must fit (the intent is written: HubSpot, Vault encrypt, 2 x DB are left).
+                if lease_deadline - self._clock() < self._settings.refresh_budget_seconds:
+                    metrics.REFRESHES.labels("failed", "lock_contention").inc()
+                    raise LockUnavailable("lease too short to call HubSpot safely")
+                if interactive:
+                    await self._limiter.acquire(key.app, interactive=True)  # never waits
+            except BaseException:
+                await self._forget_intent(intent)  # no call went out
+                raise
+            issued_at = lease.db_now + timedelta(seconds=self._clock() - started)
             try:
                 grant = await self._refresh_upstream(app, client_secrets, refresh_token)
             except GrantDead as exc:
                 self._breaker.succeeded()  # HubSpot answered: the host is fine
-                return await self._grant_dead(key, lease, exc)
+                await self._forget_intent(intent)
+                return await self._grant_dead(key, lease, exc, intent)
             except HubSpotError as exc:
+                if not exc.outcome_unknown:  # it answered: no token was issued
+                    await self._forget_intent(intent)
                 await self._failed(key, lease, exc)
                 raise
             self._breaker.succeeded()
-            self._checkpoint("after_hubspot")
+            await self._checkpoint("after_hubspot")
             # The new refresh token exists only in this process until it is journaled:
             # a shutdown or a vanished caller must not cut storing it in half.
             fresh = await finish_even_if_cancelled(
-                self._store(key, lease, grant, issued_at, lease_deadline)
+                self._store(key, lease, grant, issued_at, lease_deadline, intent)
             )
         except BaseException:
             await asyncio.shield(self._portals.release_lease(lease))
             raise
-        metrics.REFRESH_SECONDS.observe(time.monotonic() - started)
+        metrics.REFRESH_SECONDS.observe(self._clock() - started)
         return fresh
+
+    async def _forget_intent(self, intent: int) -> None:
+        """HubSpot answered without a token (or was never called). Best effort: an intent
+        left behind only makes a later ``invalid_grant`` wait out its window."""
+        with contextlib.suppress(BrokerError):
+            await self._portals.forget_intent(intent)
+
+    async def heal_from_journal(self, limit: int = 100) -> int:
+        """The healing sweep: a ``needs_reauth`` portal whose answered, unapplied journal row
+        is from its current version holds a live grant after all (a holder stalled past its
+        lease journaled it after another met ``invalid_grant``): apply it. Returns how many."""
+        healed = await self._portals.heal_from_journal(limit)
+        for record in healed:
+            metrics.REFRESHES.labels("healed", "none").inc()
+            log.warning("refresh.healed", portal=str(record.key), by="sweep")
+            self._audit.record(
+                "portal.healed", actor=self._replica, key=record.key, version=record.version
+            )
+            await self._coordinator.publish_refreshed(record.id, record.version)
+        return len(healed)
 
     async def _refresh_upstream(
         self, app: App, client_secrets: list[Secret], refresh_token: str
@@ -367,6 +420,7 @@ class RefreshEngine:
         grant: TokenGrant,
         issued_at: datetime,
         lease_deadline: float,
+        intent: int,
     ) -> Fresh:
         """Encrypt, journal, commit. HubSpot has answered: the new refresh token exists only
         in memory until the journal row lands, so Vault or Postgres outages (a failover) are
@@ -389,31 +443,31 @@ class RefreshEngine:
                     ]
                 )
                 encrypted = EncryptedGrant(refresh_ct, access_ct, expires_at, refresh_after)
-                journal_id = await self._portals.journal(lease, encrypted)
-                self._checkpoint("after_journal")
+                journal_id = await self._portals.journal(lease, encrypted, intent)
+                await self._checkpoint("after_journal")
                 break
             except (VaultError, DatabaseError):
                 pause = min(2.0, 0.2 * attempt)
-                if time.monotonic() + pause >= give_up:
+                if self._clock() + pause >= give_up:
                     metrics.REFRESHES.labels("lost", "internal").inc()
                     log.error("refresh.response_lost", portal=str(key), attempts=attempt)
                     raise
-                await asyncio.sleep(pause)
+                await self._sleep(pause)
         committed = await self._portals.commit_refresh(lease, encrypted, journal_id)
         if committed is None:
             metrics.FENCED_WRITES.inc()
             metrics.REFRESHES.labels("fenced", "none").inc()
             log.warning("refresh.fenced_out", portal=str(key), epoch=lease.epoch)
+            # We stalled past our lease. If nobody stored a newer token since (another holder
+            # failed, met invalid_grant because our call had rotated the token, or waits on
+            # our unanswered call), our response is the live grant: apply it now.
+            late = await self._portals.apply_late(lease, encrypted, journal_id)
+            if late is not None:
+                metrics.REFRESHES.labels("healed", "none").inc()
+                log.warning("refresh.healed", portal=str(key), by="holder")
+                await self._coordinator.publish_refreshed(lease.portal_id, late.version)
+                return Fresh(late, grant.access_token)
             current = await self._reread(key)
-            if current.state is PortalState.NEEDS_REAUTH and current.version == lease.version:
-                # We stalled past our lease; meanwhile another holder met invalid_grant (our
-                # call had rotated the token) and gave up. Our response is the live one.
-                healed = await self._portals.heal(lease, encrypted, journal_id)
-                if healed is not None:
-                    metrics.REFRESHES.labels("healed", "none").inc()
-                    log.warning("refresh.healed", portal=str(key))
-                    await self._coordinator.publish_refreshed(lease.portal_id, healed.version)
-                    return Fresh(healed, grant.access_token)
             # Our access token is valid at HubSpot even though the row moved on: serve it
             # with its own expiry and scopes, never the newer row's.
             ours = replace(current, access_expires_at=expires_at, scopes=grant.scopes)
@@ -471,6 +525,36 @@ class RefreshEngine:
             retry_in=retry_in,
         )
 
+    @staticmethod
+    def _answer_window(lease: Lease) -> float:
+        """How long after it was sent a call's answer may still reach the journal: the
+        holder's lease, then :data:`JOURNAL_GRACE_LEASES` more of journal retries."""
+        return (1 + JOURNAL_GRACE_LEASES) * lease.seconds
+
+    async def _outcome_unknown(
+        self, key: PortalKey, lease: Lease, wait: float, *, state: PortalState | None
+    ) -> Fresh:
+        """Back the portal off until the unanswered call can no longer be answered (then a
+        call is safe, and an ``invalid_grant`` means what it says), and tell the caller."""
+        written = await self._portals.record_failure(
+            lease, failure_class=RefreshOutcomeUnknown.code, state=state, retry_in=wait
+        )
+        if not written:
+            return self._fenced_out_outcome(await self._reread(key))
+        metrics.REFRESHES.labels("failed", RefreshOutcomeUnknown.code).inc()
+        log.warning("refresh.outcome_unknown", portal=str(key), wait=round(wait))
+        raise RefreshOutcomeUnknown(
+            f"an earlier refresh of portal {key} is still unanswered; retrying",
+            retry_after=wait,
+        )
+
+    @staticmethod
+    def _fenced_out_outcome(current: PortalRecord) -> Fresh:
+        """Our lease moved on meanwhile (we stalled), so another holder owns the portal's
+        fate: report what the row says, never an outcome we did not write."""
+        raise_for_state(current)
+        return Fresh(current)
+
     async def _adopt(self, lease: Lease) -> Fresh | None:
         """Commit an unapplied journal entry written since ``lease.version``, if any."""
         newer = await self._portals.newer_journal_entry(lease)
@@ -486,15 +570,19 @@ class RefreshEngine:
         await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
         return Fresh(committed)
 
-    async def _grant_dead(self, key: PortalKey, lease: Lease, exc: GrantDead) -> Fresh:
+    async def _grant_dead(
+        self, key: PortalKey, lease: Lease, exc: GrantDead, intent: int | None
+    ) -> Fresh:
         """``invalid_grant``: adopt a journaled newer response, or accept that someone else
-        refreshed, or — after a grace re-check — mark the portal ``needs_reauth``.
+        refreshed, or wait on another holder's unanswered call, or — after a grace re-check —
+        mark the portal ``needs_reauth``.
 
         The grace is short, unless this lease was taken over from a holder that never
         released: that holder may be paused with a rotated token in hand, so we wait for its
-        journal row for as long as our own lease allows. If it resumes even later, its
-        fenced-out write heals the portal (see ``_store``)."""
-        started = time.monotonic()
+        journal row for as long as our own lease allows. Past that, while its call may still
+        be journaled (``unresolved_calls``), the portal backs off instead of giving up; if
+        the holder resumes later, its fenced-out write or the healing sweep applies it."""
+        started = self._clock()
         grace = _GRACE_SECONDS
         if lease.stolen:
             grace = max(grace, lease.seconds - self._settings.db_timeout * 2 - 1.0)
@@ -506,18 +594,23 @@ class RefreshEngine:
             if current.version != lease.version:
                 await self._portals.release_lease(lease)
                 return Fresh(current)
-            if time.monotonic() - started >= grace:
+            if self._clock() - started >= grace:
                 break
-            await asyncio.sleep(min(0.25, grace))
+            await self._sleep(min(0.25, grace))
+        # Another call HubSpot may have answered (rotating the token) whose holder can still
+        # journal the answer.
+        unknown_for = await self._portals.unresolved_calls(
+            lease, own=intent, window=self._answer_window(lease)
+        )
+        if unknown_for > 0:
+            return await self._outcome_unknown(
+                key, lease, unknown_for, state=PortalState.REFRESH_FAILING
+            )
         written = await self._portals.record_failure(
             lease, failure_class="grant_dead", state=PortalState.NEEDS_REAUTH, retry_in=0
         )
         if not written:
-            # Fenced out: our lease moved on meanwhile (we stalled), so another holder owns
-            # the portal's fate. Report what the row says, not an outcome we did not write.
-            current = await self._reread(key)
-            raise_for_state(current)
-            return Fresh(current)
+            return self._fenced_out_outcome(await self._reread(key))
         metrics.REFRESHES.labels("failed", "grant_dead").inc()
         log.warning("refresh.grant_dead", portal=str(key), hubspot_status=exc.hubspot_status)
         self._audit.record("portal.needs_reauth", actor=self._replica, key=key)

@@ -6,7 +6,8 @@ Each pass claims Postgres leases for a batch of portals whose ``refresh_after`` 
 protocol as interactive callers, at most ``refresher_concurrency`` at a time and within the
 per-app rate shared by all replicas (interactive refreshes take priority). A failing pass
 never stops the loop; ``close()`` lets in-flight refreshes finish and releases the leases
-that were claimed but not started.
+that were claimed but not started. Every :data:`HEAL_INTERVAL` a pass also heals
+``needs_reauth`` portals from a response journaled after they were marked.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import random
 import secrets
+import time
 
 import structlog
 
@@ -27,6 +29,9 @@ from broker.core.tasks import cancel_and_wait
 from broker.errors import BrokerError
 
 log = structlog.get_logger(__name__)
+
+#: How often the healing sweep looks for needs_reauth portals with a late journaled grant.
+HEAL_INTERVAL = 10.0
 
 
 class ProactiveRefresher:
@@ -88,8 +93,12 @@ class ProactiveRefresher:
             await asyncio.sleep(15.0)
 
     async def _loop(self) -> None:
+        next_heal = 0.0
         while not self._stopping.is_set():
             more = False
+            if time.monotonic() >= next_heal:
+                next_heal = time.monotonic() + HEAL_INTERVAL
+                await self._heal()
             paused = self._engine.hubspot_paused_for()
             if paused > 0:  # the circuit is open: claiming leases now would only churn
                 with contextlib.suppress(TimeoutError):
@@ -109,6 +118,13 @@ class ProactiveRefresher:
                 delay = self._settings.refresher_interval * random.uniform(0.5, 1.5)  # noqa: S311
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    async def _heal(self) -> None:
+        try:
+            await self._engine.heal_from_journal()
+        except BrokerError as exc:
+            metrics.BACKEND_ERRORS.labels("postgres", "heal_sweep").inc()
+            log.warning("refresher.heal_failed", code=exc.code)
 
     async def run_once(self) -> bool:
         """Claim what fits in the free slots and start refreshing it. True when more may be

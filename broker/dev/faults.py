@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import structlog
@@ -23,10 +23,10 @@ POINTS = ("after_claim", "after_hubspot", "after_journal")
 log = structlog.get_logger(__name__)
 
 
-def crash_at(point: str, *, pause: bool = False) -> Callable[[str], None]:
+def crash_at(point: str, *, pause: bool = False) -> Callable[[str], Awaitable[None]]:
     paused = False
 
-    def checkpoint(name: str) -> None:
+    async def checkpoint(name: str) -> None:
         nonlocal paused
         if name != point:
             return

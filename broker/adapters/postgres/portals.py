@@ -80,6 +80,47 @@ async def _event(
     )
 
 
+async def _apply_late(
+    conn: asyncpg.pool.PoolConnectionProxy,
+    portal_id: int,
+    base_version: int,
+    grant: EncryptedGrant,
+    journal_id: int,
+) -> PortalRecord | None:
+    """Apply a journaled response outside its lease: only while the row is still at the
+    version the call started from (no newer token was stored since), nobody holds a lease,
+    and the state is one a refresh may change (never revoked or quarantined)."""
+    row = await conn.fetchrow(
+        f"""WITH before AS (
+                SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE)
+            UPDATE portals SET
+                refresh_ct = $3, access_ct = $4, access_expires_at = $5,
+                refresh_after = $6, version = version + 1, state = 'active',
+                failure_count = 0, last_error = NULL, next_attempt_at = NULL,
+                lease_owner = NULL, lease_until = NULL,
+                refreshed_at = clock_timestamp(), updated_at = clock_timestamp()
+            FROM before
+            WHERE id = $1 AND version = $2
+              AND state IN ('active', 'refresh_failing', 'needs_reauth')
+              AND (lease_until IS NULL OR lease_until <= clock_timestamp())
+            RETURNING {_PORTAL_COLUMNS}, prev_state""",
+        portal_id,
+        base_version,
+        grant.refresh_ct,
+        grant.access_ct,
+        grant.expires_at,
+        grant.refresh_after,
+    )
+    if row is None:
+        return None
+    await _mark_applied(conn, journal_id)
+    record = _portal(row)
+    if row["prev_state"] != PortalState.ACTIVE:
+        healed = row["prev_state"] == PortalState.NEEDS_REAUTH
+        await _event(conn, "portal.recovered", record.key, {"healed": healed})
+    return record
+
+
 async def _mark_applied(conn: asyncpg.pool.PoolConnectionProxy, journal_id: int) -> None:
     await conn.execute(
         "UPDATE token_journal SET applied_at = clock_timestamp() WHERE id = $1", journal_id
@@ -385,7 +426,7 @@ class PostgresPortals:
                                  RETURNING refresh_ct, applied_at)
                    INSERT INTO pending_revocations (app, hub_id, user_id, refresh_ct)
                    SELECT $1::text, $2::bigint, $3::bigint, refresh_ct
-                   FROM gone WHERE applied_at IS NULL""",
+                   FROM gone WHERE applied_at IS NULL AND refresh_ct IS NOT NULL""",
                 *_key_args(key),
                 current["id"],
             )
@@ -511,20 +552,80 @@ class PostgresPortals:
         rows = await self._db.fetch("SELECT state, count(*) AS n FROM portals GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
 
-    async def journal(self, lease: Lease, grant: EncryptedGrant) -> int:
-        journal_id: int = await self._db.fetchval(
-            """INSERT INTO token_journal (portal_id, lease_epoch, lease_owner, base_version,
-                                          refresh_ct, access_ct, access_expires_at, refresh_after)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+    async def intend(self, lease: Lease, *, window: float) -> tuple[int | None, float]:
+        # One statement: the check for an unanswered call and the intent row.
+        row = await self._db.fetchrow(
+            """WITH blocking AS (
+                   SELECT max(sent_at) AS last FROM token_journal
+                   WHERE portal_id = $1 AND refresh_ct IS NULL AND base_version >= $4
+                     AND sent_at > clock_timestamp() - make_interval(secs => $5)),
+               ins AS (
+                   INSERT INTO token_journal (portal_id, lease_epoch, lease_owner,
+                                              base_version, sent_at)
+                   SELECT $1, $2, $3, $4, clock_timestamp() FROM blocking
+                   WHERE blocking.last IS NULL
+                   RETURNING id)
+               SELECT (SELECT id FROM ins) AS id,
+                      extract(epoch FROM (SELECT last FROM blocking)
+                              + make_interval(secs => $5) - clock_timestamp())::float8 AS wait""",
             lease.portal_id,
             lease.epoch,
             lease.owner,
             lease.version,
-            grant.refresh_ct,
-            grant.access_ct,
-            grant.expires_at,
-            grant.refresh_after,
+            window,
         )
+        assert row is not None  # the outer SELECT always returns one row
+        return row["id"], max(0.0, row["wait"] or 0.0)
+
+    async def forget_intent(self, intent_id: int) -> None:
+        await self._db.execute(
+            "DELETE FROM token_journal WHERE id = $1 AND refresh_ct IS NULL", intent_id
+        )
+
+    async def unresolved_calls(self, lease: Lease, *, own: int | None, window: float) -> float:
+        left: float | None = await self._db.fetchval(
+            """SELECT extract(epoch FROM max(sent_at) + make_interval(secs => $4)
+                                         - clock_timestamp())::float8
+               FROM token_journal
+               WHERE portal_id = $1 AND refresh_ct IS NULL AND base_version >= $2
+                 AND id IS DISTINCT FROM $3
+                 AND sent_at > clock_timestamp() - make_interval(secs => $4)""",
+            lease.portal_id,
+            lease.version,
+            own,
+            window,
+        )
+        return max(0.0, left or 0.0)
+
+    async def journal(self, lease: Lease, grant: EncryptedGrant, intent_id: int | None) -> int:
+        journal_id: int | None = None
+        if intent_id is not None:
+            journal_id = await self._db.fetchval(
+                """UPDATE token_journal SET refresh_ct = $2, access_ct = $3,
+                          access_expires_at = $4, refresh_after = $5
+                   WHERE id = $1 AND refresh_ct IS NULL RETURNING id""",
+                intent_id,
+                grant.refresh_ct,
+                grant.access_ct,
+                grant.expires_at,
+                grant.refresh_after,
+            )
+        if journal_id is None:  # no intent, or it went (a revoke shreds the portal's rows)
+            journal_id = await self._db.fetchval(
+                """INSERT INTO token_journal (portal_id, lease_epoch, lease_owner, base_version,
+                                              refresh_ct, access_ct, access_expires_at,
+                                              refresh_after)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+                lease.portal_id,
+                lease.epoch,
+                lease.owner,
+                lease.version,
+                grant.refresh_ct,
+                grant.access_ct,
+                grant.expires_at,
+                grant.refresh_after,
+            )
+        assert journal_id is not None
         return journal_id
 
     async def commit_refresh(
@@ -562,31 +663,34 @@ class PostgresPortals:
                 await _event(conn, "portal.recovered", record.key, {})
             return record
 
-    async def heal(
+    async def apply_late(
         self, lease: Lease, grant: EncryptedGrant, journal_id: int
     ) -> PortalRecord | None:
         async with self._db.transaction() as conn:
-            row = await conn.fetchrow(
-                f"""UPDATE portals SET
-                        refresh_ct = $3, access_ct = $4, access_expires_at = $5,
-                        refresh_after = $6, version = version + 1, state = 'active',
-                        failure_count = 0, last_error = NULL, next_attempt_at = NULL,
-                        refreshed_at = clock_timestamp(), updated_at = clock_timestamp()
-                    WHERE id = $1 AND version = $2 AND state = 'needs_reauth'
-                    RETURNING {_PORTAL_COLUMNS}""",
-                lease.portal_id,
-                lease.version,
-                grant.refresh_ct,
-                grant.access_ct,
-                grant.expires_at,
-                grant.refresh_after,
+            return await _apply_late(conn, lease.portal_id, lease.version, grant, journal_id)
+
+    async def heal_from_journal(self, limit: int) -> list[PortalRecord]:
+        rows = await self._db.fetch(
+            """SELECT DISTINCT ON (p.id) p.id, p.version, j.id AS journal_id, j.refresh_ct,
+                      j.access_ct, j.access_expires_at,
+                      COALESCE(j.refresh_after, j.access_expires_at) AS refresh_after
+               FROM portals p JOIN token_journal j ON j.portal_id = p.id
+               WHERE p.state = 'needs_reauth' AND j.applied_at IS NULL
+                 AND j.refresh_ct IS NOT NULL AND j.base_version >= p.version
+               ORDER BY p.id, j.id DESC
+               LIMIT $1""",
+            limit,
+        )
+        healed = []
+        for r in rows:
+            grant = EncryptedGrant(
+                r["refresh_ct"], r["access_ct"], r["access_expires_at"], r["refresh_after"]
             )
-            if row is None:
-                return None
-            await _mark_applied(conn, journal_id)
-            record = _portal(row)
-            await _event(conn, "portal.recovered", record.key, {"healed": True})
-            return record
+            async with self._db.transaction() as conn:
+                record = await _apply_late(conn, r["id"], r["version"], grant, r["journal_id"])
+            if record is not None:
+                healed.append(record)
+        return healed
 
     async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:
         row = await self._db.fetchrow(
@@ -594,6 +698,7 @@ class PostgresPortals:
                       COALESCE(refresh_after, access_expires_at) AS refresh_after
                FROM token_journal
                WHERE portal_id = $1 AND applied_at IS NULL AND base_version >= $2
+                 AND refresh_ct IS NOT NULL
                ORDER BY id DESC LIMIT 1""",
             lease.portal_id,
             lease.version,

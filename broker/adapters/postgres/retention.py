@@ -82,7 +82,8 @@ class PostgresRetention:
             """DELETE FROM token_journal WHERE id IN (
                    SELECT j.id FROM token_journal j JOIN portals p ON p.id = j.portal_id
                    WHERE j.created_at < clock_timestamp() - make_interval(hours => $1)
-                     AND (j.applied_at IS NOT NULL OR j.base_version < p.version)
+                     AND (j.applied_at IS NOT NULL OR j.base_version < p.version
+                          OR j.refresh_ct IS NULL)  -- a call never answered
                    ORDER BY j.created_at LIMIT $2)""",
             older_than_hours,
             limit,
@@ -104,7 +105,7 @@ class PostgresRetention:
                    INSERT INTO pending_revocations (app, hub_id, user_id, refresh_ct)
                    SELECT p.app, p.hub_id, p.user_id, g.refresh_ct
                    FROM gone g JOIN portals p ON p.id = g.portal_id
-                   WHERE g.applied_at IS NULL)
+                   WHERE g.applied_at IS NULL AND g.refresh_ct IS NOT NULL)
                SELECT count(*) FROM gone""",
             limit,
         )
