@@ -80,36 +80,44 @@ async def _event(
     )
 
 
-async def _apply_late(
+#: The fenced commit: the lease that read the row still holds it.
+_LEASE_HOLDS = "lease_epoch = $6 AND lease_owner = $7 AND " + _SERVING
+#: A journaled answer applied outside its lease: only while the row is still at the version
+#: the call started from (no newer token was stored since), nobody holds a lease, and the
+#: state is one a refresh may change (never revoked or quarantined).
+_STILL_NEWEST = """version = $6 AND state IN ('active', 'refresh_failing', 'needs_reauth')
+    AND (lease_until IS NULL OR lease_until <= clock_timestamp())"""
+
+
+async def _apply(
     conn: asyncpg.pool.PoolConnectionProxy,
+    condition: str,
     portal_id: int,
-    base_version: int,
+    fence: tuple[Any, ...],
     grant: EncryptedGrant,
     journal_id: int,
 ) -> PortalRecord | None:
-    """Apply a journaled response outside its lease: only while the row is still at the
-    version the call started from (no newer token was stored since), nobody holds a lease,
-    and the state is one a refresh may change (never revoked or quarantined)."""
+    """Store a refreshed grant if ``condition`` holds (its ``$6``, ``$7`` are ``fence``),
+    mark its journal row applied, and note a recovery. The CTE locks the row and reads the
+    state before the write, for the event."""
     row = await conn.fetchrow(
         f"""WITH before AS (
                 SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE)
             UPDATE portals SET
-                refresh_ct = $3, access_ct = $4, access_expires_at = $5,
-                refresh_after = $6, version = version + 1, state = 'active',
+                refresh_ct = $2, access_ct = $3, access_expires_at = $4,
+                refresh_after = $5, version = version + 1, state = 'active',
                 failure_count = 0, last_error = NULL, next_attempt_at = NULL,
                 lease_owner = NULL, lease_until = NULL,
                 refreshed_at = clock_timestamp(), updated_at = clock_timestamp()
             FROM before
-            WHERE id = $1 AND version = $2
-              AND state IN ('active', 'refresh_failing', 'needs_reauth')
-              AND (lease_until IS NULL OR lease_until <= clock_timestamp())
+            WHERE id = $1 AND {condition}
             RETURNING {_PORTAL_COLUMNS}, prev_state""",
         portal_id,
-        base_version,
         grant.refresh_ct,
         grant.access_ct,
         grant.expires_at,
         grant.refresh_after,
+        *fence,
     )
     if row is None:
         return None
@@ -117,7 +125,7 @@ async def _apply_late(
     record = _portal(row)
     if row["prev_state"] != PortalState.ACTIVE:
         healed = row["prev_state"] == PortalState.NEEDS_REAUTH
-        await _event(conn, "portal.recovered", record.key, {"healed": healed})
+        await _event(conn, "portal.recovered", record.key, {"healed": healed} if healed else {})
     return record
 
 
@@ -632,42 +640,15 @@ class PostgresPortals:
         self, lease: Lease, grant: EncryptedGrant, journal_id: int
     ) -> PortalRecord | None:
         async with self._db.transaction() as conn:
-            # The CTE locks the row and reads the state before the write, for the event.
-            row = await conn.fetchrow(
-                f"""WITH before AS (
-                        SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE)
-                    UPDATE portals SET
-                        refresh_ct = $4, access_ct = $5, access_expires_at = $6,
-                        refresh_after = $7, version = version + 1,
-                        lease_owner = NULL, lease_until = NULL,
-                        state = 'active', failure_count = 0, last_error = NULL,
-                        next_attempt_at = NULL, refreshed_at = clock_timestamp(),
-                        updated_at = clock_timestamp()
-                    FROM before
-                    WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3
-                      AND {_SERVING}
-                    RETURNING {_PORTAL_COLUMNS}, prev_state""",
-                lease.portal_id,
-                lease.epoch,
-                lease.owner,
-                grant.refresh_ct,
-                grant.access_ct,
-                grant.expires_at,
-                grant.refresh_after,
-            )
-            if row is None:
-                return None
-            await _mark_applied(conn, journal_id)
-            record = _portal(row)
-            if row["prev_state"] == PortalState.REFRESH_FAILING:
-                await _event(conn, "portal.recovered", record.key, {})
-            return record
+            fence = (lease.epoch, lease.owner)
+            return await _apply(conn, _LEASE_HOLDS, lease.portal_id, fence, grant, journal_id)
 
     async def apply_late(
         self, lease: Lease, grant: EncryptedGrant, journal_id: int
     ) -> PortalRecord | None:
         async with self._db.transaction() as conn:
-            return await _apply_late(conn, lease.portal_id, lease.version, grant, journal_id)
+            fence = (lease.version,)
+            return await _apply(conn, _STILL_NEWEST, lease.portal_id, fence, grant, journal_id)
 
     async def heal_from_journal(self, limit: int) -> list[PortalRecord]:
         rows = await self._db.fetch(
@@ -687,7 +668,9 @@ class PostgresPortals:
                 r["refresh_ct"], r["access_ct"], r["access_expires_at"], r["refresh_after"]
             )
             async with self._db.transaction() as conn:
-                record = await _apply_late(conn, r["id"], r["version"], grant, r["journal_id"])
+                record = await _apply(
+                    conn, _STILL_NEWEST, r["id"], (r["version"],), grant, r["journal_id"]
+                )
             if record is not None:
                 healed.append(record)
         return healed
