@@ -1,6 +1,12 @@
 """A cluster of real broker processes for fault scenarios: ``python -m broker serve``
-replicas on one database, with a fault proxy between them and Redis, the HubSpot simulator
-in this process, and helpers to install portals and fire concurrent callers."""
+replicas on one database, with a fault proxy between them and Redis (and, on request,
+PostgreSQL), the HubSpot simulator in this process, and helpers to install portals and fire
+concurrent callers.
+
+Every token a caller gets is checked against the simulator: HubSpot knows it and counts at
+least the ``expires_in`` the broker answered (1 s for rounding), and at least the caller's
+``min_ttl`` unless the answer says it is degraded. What fails is kept in
+``Cluster.violations``; every scenario reports them (``tests.chaos.scenarios``)."""
 
 from __future__ import annotations
 
@@ -109,6 +115,10 @@ class Answer:
     body: dict[str, Any] = field(default_factory=dict)
 
 
+#: Every cluster opened, so each scenario's runner can collect what its asks found.
+OPENED: list[Cluster] = []
+
+
 @dataclass
 class Cluster:
     env: dict[str, str]
@@ -116,9 +126,35 @@ class Cluster:
     sim_url: str
     redis_proxy: FaultProxy
     workdir: Path
+    #: PostgreSQL as the test itself reaches it (never through ``db_proxy``).
+    database_url: str
+    db_proxy: FaultProxy | None = None
     replicas: list[Replica] = field(default_factory=list)
     key: str = ""
     app: str = "demo"
+    checked: int = 0
+    violations: list[str] = field(default_factory=list)
+    #: Portals whose grant the scenario killed at HubSpot: their tokens die with it, and the
+    #: scenario bounds how long replicas may still serve them (not a violation here).
+    killed: set[int] = field(default_factory=set)
+
+    def check(self, hub: int, min_ttl: int, body: dict[str, Any]) -> None:
+        """What HubSpot says of a token a caller was given (see the module's docstring)."""
+        self.checked += 1
+        info = self.sim.access_token_info(str(body.get("access_token")))
+        reported = int(body.get("expires_in", 0))
+        if info is None or not info.active:
+            if hub in self.killed:
+                return
+            self.violations.append(f"hub {hub}: a token HubSpot does not honour")
+        elif info.expires_in < reported - 1:
+            self.violations.append(
+                f"hub {hub}: expires_in {reported} s, HubSpot says {info.expires_in} s"
+            )
+        elif info.expires_in < min_ttl - 1 and body.get("degraded") is not True:
+            self.violations.append(
+                f"hub {hub}: {info.expires_in} s left for min_ttl {min_ttl}, not degraded"
+            )
 
     @property
     def settings(self) -> Settings:
@@ -164,6 +200,8 @@ class Cluster:
         except httpx.TransportError:
             return Answer(0, None, time.monotonic() - started)
         body = response.json()
+        if response.status_code == 200:
+            self.check(hub, min_ttl, body)
         return Answer(
             response.status_code, body.get("access_token"), time.monotonic() - started, body
         )
@@ -187,6 +225,8 @@ class Cluster:
                 except httpx.TransportError:
                     return Answer(0, None, time.monotonic() - started)
                 body = response.json()
+                if response.status_code == 200:
+                    self.check(hub, min_ttl, body)
                 return Answer(
                     response.status_code,
                     body.get("access_token"),
@@ -198,7 +238,7 @@ class Cluster:
 
     def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async def run() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(self.settings.database_url.get())
+            conn = await asyncpg.connect(self.database_url)
             try:
                 return await conn.fetch(query, *args)
             finally:
@@ -210,11 +250,21 @@ class Cluster:
         for replica in self.replicas:
             replica.terminate()
         self.redis_proxy.close()
+        if self.db_proxy is not None:
+            self.db_proxy.close()
 
 
 def open_cluster(
-    env: dict[str, str], sim: Simulator, sim_url: str, *, replicas: int, **extra: str
+    env: dict[str, str],
+    sim: Simulator,
+    sim_url: str,
+    *,
+    replicas: int,
+    postgres_proxy: bool = False,
+    **extra: str,
 ) -> Cluster:
+    """Replicas talk to Redis through a fault proxy, and to PostgreSQL through another
+    with ``postgres_proxy``."""
     redis = httpx.URL(env["BROKER_REDIS_URL"])
     proxy = FaultProxy(redis.host, redis.port or 6379)
     cluster_env = {
@@ -223,8 +273,18 @@ def open_cluster(
         "BROKER_REDIS_URL": f"redis://127.0.0.1:{proxy.port}{redis.path or '/0'}",
         "BROKER_LOG_LEVEL": "INFO",
     }
+    database_url = env["BROKER_DATABASE_URL"]
+    db_proxy = None
+    if postgres_proxy:
+        db = urlsplit(database_url)
+        db_proxy = FaultProxy(db.hostname or "127.0.0.1", db.port or 5432)
+        netloc = db.netloc.rsplit("@", 1)
+        host = f"127.0.0.1:{db_proxy.port}"
+        proxied = db._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
+        cluster_env["BROKER_DATABASE_URL"] = proxied.geturl()
     workdir = Path(tempfile.mkdtemp(prefix="htb-chaos-"))
-    cluster = Cluster(cluster_env, sim, sim_url, proxy, workdir)
+    cluster = Cluster(cluster_env, sim, sim_url, proxy, workdir, database_url, db_proxy)
+    OPENED.append(cluster)
     try:
         for _ in range(replicas):
             cluster.add_replica()

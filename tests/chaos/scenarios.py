@@ -5,6 +5,8 @@ the promises (counts, states, bounds) are asserted."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ import redis
 
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
-from tests.chaos.cluster import Answer, Cluster, open_cluster, percentile
+from tests.chaos.cluster import OPENED, Answer, Cluster, Replica, open_cluster, percentile
 from tests.test_walking_skeleton import decrypt
 
 # Short leases so takeovers happen in seconds: 0.5 (vault) + 3 (hubspot) + 2 x 0.5 (db) + 1.
@@ -324,6 +326,7 @@ def _dead_grant(redis_mode: str, bound: float) -> Scenario:
                     assert c.ask(replica, hub).status == 200
                 c.redis_proxy.set(redis_mode)  # type: ignore[arg-type]
                 sim.kill_grant(hub)
+                c.killed.add(hub)
                 first = c.ask(c.replicas[0], hub, min_ttl=600)
                 if first.status != 409:
                     result.problems.append(f"hub {hub}: first caller got {first.status}")
@@ -449,10 +452,11 @@ def fenced_holder(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
     """A holder stopped right after HubSpot answered; meanwhile its lease runs out and the
     portal is refreshed twice elsewhere. Resumed, its fenced write loses, and it answers its
     caller with its own token: the expiry it reports must be that token's (checked against
-    the simulator), never the newer row's. (The holder carries its own expiry; besides, the
+    the simulator), never the newer row's; asked again, it serves a token HubSpot honours for
+    the min_ttl asked. (The holder carries its own expiry; besides, the
     cached expiry is translated with a clock offset taken before the load began, which
     subtracts at least the time the holder was stopped.)"""
-    result = Result("fenced_holder_own_expiry")
+    result = Result("paused_holder_asked_after_resume")
     c = open_cluster(env, sim, sim_url, replicas=1, **FAST_LEASE)
     survivor = c.replicas[0]
     try:
@@ -488,6 +492,12 @@ def fenced_holder(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
             result.problems.append("the survivor's refreshes failed")
         if reported > real + 1:
             result.problems.append(f"reported {reported} s left, HubSpot says {real} s")
+        # Asked again after it resumed, it must not serve from what it held while stopped
+        # (each answer is checked against the simulator by the cluster).
+        again = [c.ask(holder, hub, 200) for _ in range(3)]
+        result.figures["asked_after_resume"] = sum(a.status == 200 for a in again)
+        if any(a.status != 200 for a in again):
+            result.problems.append(f"asked after resume: {[a.status for a in again]}")
     finally:
         sim.configure(access_token_ttl=1800)
         c.close()
@@ -539,6 +549,353 @@ def slow_hubspot_batch(env: Env, sim: Simulator, sim_url: str, size: Size) -> Re
     return result
 
 
+def _revoke_on(c: Cluster, replica: Replica, hub: int) -> httpx.Response:
+    return httpx.post(
+        f"{replica.url}/v1/admin/portals/{hub}/revoke",
+        params={"app": c.app},
+        json={"reason": "chaos drill"},
+        headers={"Authorization": f"Bearer {c.key}"},
+        timeout=30,
+    )
+
+
+def _install_short(c: Cluster, sim: Simulator, hub: int, ttl: int) -> None:
+    """Install ``hub`` with an access token of ``ttl`` seconds."""
+    sim.configure(access_token_ttl=ttl)
+    try:
+        c.install([hub])
+    finally:
+        sim.configure(access_token_ttl=1800)
+
+
+def revoke_during_slow_refresh(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """R1 refreshes a portal whose token has 250 s left for a caller asking min_ttl=300,
+    against a HubSpot slower than the broker's timeout; an operator revokes the portal
+    through R2 meanwhile. After the revoke returned, R1 serves nothing of it: neither the
+    slow caller's answer (it ends after the revoke) nor 30 requests over 15 s."""
+    result = Result("revoke_during_slow_refresh")
+    c = open_cluster(env, sim, sim_url, replicas=2, **FAST_LEASE)
+    r1, r2 = c.replicas
+    portals = max(1, size.portals // 200)
+    served_after = asked_after = 0
+    try:
+        for i in range(portals):
+            hub = HUB_BASE + 900 + i
+            _install_short(c, sim, hub, 250)
+            if c.ask(r1, hub).status != 200:  # R1 caches it
+                result.problems.append(f"hub {hub}: not served before the revoke")
+            sim.configure(latency_ms={"token": 12_000})  # longer than the 3 s timeout
+            caller, slow = _asking(c, r1, hub, 300)
+            time.sleep(0.5)  # R1's refresh is waiting on HubSpot
+            response = _revoke_on(c, r2, hub)
+            if response.status_code != 200:
+                result.problems.append(f"hub {hub}: revoke answered {response.status_code}")
+            caller.join(40)
+            answers = slow + [c.ask(r1, hub, (0, 300)[n % 2]) for n in range(30) if _pause(0.5)]
+            asked_after += len(answers)
+            served_after += sum(a.status == 200 for a in answers)
+            sim.configure(latency_ms={})
+        result.figures.update(
+            portals=portals, asked_after_revoke=asked_after, served_after_revoke=served_after
+        )
+        if served_after:
+            result.problems.append(f"{served_after} answers served a revoked portal's token")
+    finally:
+        sim.configure(latency_ms={})
+        c.close()
+    return result
+
+
+def _asking(
+    c: Cluster, replica: Replica, hub: int, min_ttl: int
+) -> tuple[threading.Thread, list[Answer]]:
+    """A caller asking in a thread of its own (started); its answer lands in the list."""
+    got: list[Answer] = []
+    caller = threading.Thread(target=lambda: got.append(c.ask(replica, hub, min_ttl, 60)))
+    caller.start()
+    return caller, got
+
+
+def _pause(seconds: float) -> bool:
+    time.sleep(seconds)
+    return True
+
+
+def _grant_kept(c: Cluster, sim: Simulator, hub: int) -> bool:
+    """The portal's stored refresh token, or a newer journaled one, is live at HubSpot."""
+    [row] = c.sql("SELECT id, version, refresh_ct FROM portals WHERE hub_id = $1", hub)
+    rows = c.sql(
+        "SELECT refresh_ct FROM token_journal WHERE portal_id = $1 AND applied_at IS NULL "
+        "AND refresh_ct IS NOT NULL AND base_version >= $2",
+        row["id"],
+        row["version"],
+    )
+    stored = [row["refresh_ct"], *(r["refresh_ct"] for r in rows)]
+    return any(
+        sim.is_refresh_token_valid(_refresh_token(c, hub, ct)) for ct in stored if ct is not None
+    )
+
+
+def postgres_blackhole_after_hubspot(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """HubSpot answers a refresh (rotating the refresh token) while PostgreSQL is blackholed
+    for longer than the lease (8 s against 6 s): the holder keeps the answer, journals it
+    when PostgreSQL is back (it may, for two more leases) and commits it. 0 lost tokens (each
+    checked at the simulator), 0 false needs_reauth."""
+    result = Result("postgres_blackhole_after_hubspot")
+    c = open_cluster(env, sim, sim_url, replicas=1, postgres_proxy=True, **FAST_LEASE)
+    assert c.db_proxy is not None
+    holder = c.replicas[0]
+    portals = max(1, size.portals // 200)
+    lost = false_reauth = answered = 0
+    try:
+        for i in range(portals):
+            hub = HUB_BASE + 950 + i
+            _install_short(c, sim, hub, 120)
+            sim.configure(rotate_refresh_tokens=True, latency_ms={"token": 1500})
+            caller, got = _asking(c, holder, hub, 200)
+            time.sleep(0.5)  # the holder has its lease and waits for HubSpot
+            c.db_proxy.set("blackhole")
+            time.sleep(8.0)
+            c.db_proxy.set("pass")
+            caller.join(60)
+            sim.configure(rotate_refresh_tokens=False, latency_ms={})
+            answered += sum(a.status == 200 for a in got)
+            [row] = c.sql("SELECT state FROM portals WHERE hub_id = $1", hub)
+            false_reauth += row["state"] == "needs_reauth"
+            lost += not _grant_kept(c, sim, hub)
+        result.figures.update(
+            portals=portals, answered=answered, lost_tokens=lost, false_needs_reauth=false_reauth
+        )
+        if lost:
+            result.problems.append(f"{lost} refresh tokens lost")
+        if false_reauth:
+            result.problems.append(f"{false_reauth} false needs_reauth")
+    finally:
+        sim.configure(rotate_refresh_tokens=False, latency_ms={})
+        c.close()
+    return result
+
+
+def sigterm_during_store(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """SIGTERM reaches a replica while it stores HubSpot's answer (stopped right after
+    HubSpot answered, SIGTERM queued, then resumed), with rotation on: the drain lets the
+    store finish, the caller gets the new token, the process exits 0, and the new refresh
+    token is stored and live at HubSpot."""
+    result = Result("sigterm_during_store")
+    c = open_cluster(env, sim, sim_url, replicas=1, **FAST_LEASE)
+    portals = max(1, size.portals // 200)
+    lost = exits = answered = 0
+    try:
+        for i in range(portals):
+            hub = HUB_BASE + 980 + i
+            _install_short(c, sim, hub, 120)
+            [before] = c.sql("SELECT version FROM portals WHERE hub_id = $1", hub)
+            holder = c.add_replica(crash_point="after_hubspot", pause=True)
+            sim.configure(rotate_refresh_tokens=True)
+            caller, got = _asking(c, holder, hub, 200)
+            deadline = time.monotonic() + 15
+            while not holder.stopped():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the holder never reached after_hubspot")
+                time.sleep(0.05)
+            os.kill(holder.process.pid, signal.SIGTERM)  # pending while it is stopped
+            holder.resume()
+            code = holder.process.wait(30)
+            caller.join(30)
+            c.replicas.remove(holder)
+            sim.configure(rotate_refresh_tokens=False)
+            exits += code == 0
+            answered += sum(a.status == 200 for a in got)
+            [row] = c.sql("SELECT version FROM portals WHERE hub_id = $1", hub)
+            if row["version"] <= before["version"] or not _grant_kept(c, sim, hub):
+                lost += 1
+        result.figures.update(portals=portals, answered=answered, exit_0=exits, lost_tokens=lost)
+        if lost:
+            result.problems.append(f"{lost} answers HubSpot gave were not stored")
+        if exits != portals:
+            result.problems.append(f"{portals - exits} replicas did not exit 0")
+        if answered != portals:
+            result.problems.append(f"{portals - answered} callers got no token")
+    finally:
+        sim.configure(rotate_refresh_tokens=False)
+        c.close()
+    return result
+
+
+def failing_among_healthy(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """Portals failing for good (a refresh token that does not decrypt) among healthy ones,
+    on 2 replicas with the proactive refresher, callers asking the healthy ones throughout:
+    0 healthy answers below min_ttl (or degraded), every healthy portal refreshed ahead of
+    time, and no failing portal attempted before its backoff ended (sampled every 0.5 s).
+    Full size: 200 failing among 5,000 healthy."""
+    result = Result("failing_among_healthy")
+    failing_n, healthy_n = max(3, size.portals // 5), max(15, size.portals * 5)
+    ttl = 120 if healthy_n > 100 else 20  # refreshed at 60-72 % of it
+    window = ttl * 1.25
+    refresher = {
+        "BROKER_REFRESHER_ENABLED": "true",
+        "BROKER_REFRESHER_INTERVAL": "0.5",
+        "BROKER_REFRESH_RATE_PER_APP": "1000",
+    }
+    c = open_cluster(env, sim, sim_url, replicas=2, **refresher)
+    hubs = [HUB_BASE + 10_000 + i for i in range(failing_n + healthy_n)]
+    failing, healthy = hubs[:failing_n], hubs[failing_n:]
+    stop = threading.Event()
+    early: list[str] = []
+    answers: list[Answer] = []
+    try:
+        sim.configure(access_token_ttl=ttl)
+        c.install(hubs)
+        # Each failing portal gets another portal's refresh token: it never decrypts.
+        c.sql(
+            "UPDATE portals SET refresh_ct = (SELECT refresh_ct FROM portals WHERE hub_id = $1),"
+            " refresh_after = now() WHERE hub_id = ANY($2)",
+            healthy[0],
+            failing,
+        )
+        before = {r["hub_id"]: r["version"] for r in c.sql("SELECT hub_id, version FROM portals")}
+
+        def sample() -> None:
+            last: dict[int, tuple[int, object]] = {}
+            while not stop.is_set():
+                rows = c.sql(
+                    "SELECT hub_id, failure_count, next_attempt_at, now() AS at FROM portals "
+                    "WHERE hub_id = ANY($1)",
+                    failing,
+                )
+                for r in rows:
+                    previous = last.get(r["hub_id"])
+                    if previous is not None and r["failure_count"] > previous[0]:
+                        allowed = previous[1]
+                        if r["failure_count"] > previous[0] + 1 or (
+                            allowed is not None and allowed > r["at"]  # type: ignore[operator]
+                        ):
+                            early.append(f"hub {r['hub_id']} attempt {r['failure_count']}")
+                    last[r["hub_id"]] = (r["failure_count"], r["next_attempt_at"])
+                stop.wait(0.5)
+
+        def ask() -> None:
+            n = 0
+            while not stop.is_set():
+                hub = healthy[n % len(healthy)]
+                n += 7
+                answers.append(c.ask(c.replicas[n % 2], hub, min_ttl=ttl // 6))
+
+        threads = [threading.Thread(target=sample)] + [
+            threading.Thread(target=ask) for _ in range(min(size.callers, 10))
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(window)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        after = {
+            r["hub_id"]: r for r in c.sql("SELECT hub_id, version, failure_count FROM portals")
+        }
+        stale = [h for h in healthy if after[h]["version"] <= before[h]]
+        bad = [a for a in answers if a.status != 200 or a.body.get("degraded")]
+        attempts = [after[h]["failure_count"] for h in failing]
+        result.figures.update(
+            failing=failing_n,
+            healthy=healthy_n,
+            window_s=window,
+            asked=len(answers),
+            healthy_bad_answers=len(bad),
+            healthy_not_refreshed=len(stale),
+            failing_attempts_max=max(attempts),
+            failing_attempts_mean=round(sum(attempts) / len(attempts), 1),
+            attempts_before_backoff_end=len(early),
+        )
+        if bad:
+            result.problems.append(f"{len(bad)} healthy answers failed or were degraded")
+        if stale:
+            result.problems.append(f"{len(stale)} healthy portals never refreshed")
+        if early:
+            result.problems.append(f"attempted before the backoff ended: {early[:3]}")
+    finally:
+        stop.set()
+        sim.configure(access_token_ttl=1800)
+        c.close()
+    return result
+
+
+def reinstall_quarantined(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+    """An operator quarantines a portal; the app's install link (reusable for days) is opened
+    for it again: it stays quarantined and no replica serves it. A revoked portal re-installed
+    through the app's link stays revoked (install_portal_revoked), and HubSpot's new grant is
+    given back."""
+    result = Result("reinstall_quarantined")
+    c = open_cluster(env, sim, sim_url, replicas=2)
+    portals = max(1, size.portals // 50)
+    served = kept = refused = 0
+    try:
+        hubs = [HUB_BASE + 1_000 + i for i in range(portals)]
+        c.install(hubs)
+        for hub in hubs:
+            quarantined = httpx.post(
+                f"{c.replicas[0].url}/v1/admin/portals/{hub}/quarantine",
+                params={"app": c.app},
+                json={"reason": "chaos drill"},
+                headers={"Authorization": f"Bearer {c.key}"},
+                timeout=30,
+            )
+            if quarantined.status_code != 200:
+                result.problems.append(f"hub {hub}: quarantine answered {quarantined.status_code}")
+            c.install([hub], via=c.replicas[1])  # the app-wide link, on the other replica
+            [row] = c.sql("SELECT state FROM portals WHERE hub_id = $1", hub)
+            kept += row["state"] == "quarantined"
+            served += sum(c.ask(r, hub).status == 200 for r in c.replicas)
+        revoked = hubs[0]
+        httpx.post(
+            f"{c.replicas[0].url}/v1/admin/portals/{revoked}/release",
+            params={"app": c.app},
+            headers={"Authorization": f"Bearer {c.key}"},
+            timeout=30,
+        )
+        _revoke_on(c, c.replicas[0], revoked)
+        calls = sim.counters().get("token.authorization_code", 0)
+        try:
+            c.install([revoked])
+        except RuntimeError:
+            refused = 1
+        [row] = c.sql("SELECT state FROM portals WHERE hub_id = $1", revoked)
+        if row["state"] != "revoked" or not refused:
+            result.problems.append(f"revoked portal re-installed: {row['state']}")
+        served += sum(c.ask(r, revoked).status == 200 for r in c.replicas)
+        result.figures.update(
+            portals=portals,
+            kept_quarantined=kept,
+            served=served,
+            revoked_reinstall_refused=refused,
+            codes_exchanged=sim.counters().get("token.authorization_code", 0) - calls,
+        )
+        if kept != portals:
+            result.problems.append(f"{portals - kept} re-installs lifted a quarantine")
+        if served:
+            result.problems.append(f"{served} answers served a quarantined or revoked portal")
+    finally:
+        c.close()
+    return result
+
+
+def _checked(scenario: Scenario) -> Scenario:
+    """Adds what the scenario's callers were given, checked at the simulator (see
+    ``Cluster.check``): a figure, and a problem for each token HubSpot contradicts."""
+
+    def run(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
+        first = len(OPENED)
+        result = scenario(env, sim, sim_url, size)
+        clusters = OPENED[first:]
+        wrong = [v for c in clusters for v in c.violations]
+        result.figures["checked_at_hubspot"] = sum(c.checked for c in clusters)
+        if wrong:
+            result.problems.append(f"{len(wrong)} tokens contradicted by HubSpot: {wrong[:3]}")
+        return result
+
+    return run
+
+
 SCENARIOS: dict[str, Scenario] = {
     "audit_loss": audit_loss,
     "revoke": _revoke("pass", 1.0),
@@ -554,4 +911,10 @@ SCENARIOS: dict[str, Scenario] = {
     "fenced_holder": fenced_holder,
     "slow_hubspot_batch": slow_hubspot_batch,
     "crash_points": crash_points,
+    "revoke_during_slow_refresh": revoke_during_slow_refresh,
+    "postgres_blackhole_after_hubspot": postgres_blackhole_after_hubspot,
+    "sigterm_during_store": sigterm_during_store,
+    "failing_among_healthy": failing_among_healthy,
+    "reinstall_quarantined": reinstall_quarantined,
 }
+SCENARIOS = {name: _checked(scenario) for name, scenario in SCENARIOS.items()}
