@@ -74,6 +74,13 @@ def _hash(secret: str) -> str:
 _NO_HASH = _hash("")
 
 
+def _refuse_expired(expires_at: datetime | None, detail: str) -> None:
+    """A caller (or key) past its expiry is refused, whichever way it authenticated."""
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        metrics.CALLER_AUTH_FAILURES.labels("expired").inc()
+        raise Unauthenticated(detail)
+
+
 class _LookupBudget:
     """Token bucket over Postgres lookups of key ids this replica does not know."""
 
@@ -142,9 +149,7 @@ class CallerService:
         if caller.disabled:
             metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
             raise Unauthenticated("the caller is disabled")
-        if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
-            metrics.CALLER_AUTH_FAILURES.labels("expired").inc()
-            raise Unauthenticated("the caller key has expired")
+        _refuse_expired(entry.expires_at, "the caller key has expired")
         if charged:
             self._budget.give_back()  # the budget is for failed authentication only
         self._used.add(caller.id)
@@ -204,13 +209,17 @@ class CallerService:
 
     async def _jwt(self, token: str) -> Caller:
         """Workload identity: a JWT from a configured issuer names (issuer, subject), which
-        maps to a caller record. Verified tokens are cached until their expiry (at most
-        ``caller_cache_seconds``), so the hot path does no I/O."""
+        maps to a caller record. Verified tokens are cached until the token's or the
+        caller's expiry, whichever comes first (at most ``caller_cache_seconds``), so the hot
+        path does no I/O; a caller past its ``expires_at`` is refused like an expired key."""
         assert self._verifier is not None
         digest = _hash(token)
         now = time.monotonic()
         cached = self._cache.jwt(digest, now)
         if cached is not None:
+            # The entry never outlives the caller's expiry (below); checked again anyway, as
+            # the key path does, so a wall-clock step cannot stretch it.
+            _refuse_expired(cached.expires_at, "the caller has expired")
             self._used.add(cached.id)
             return cached
         generation = self._cache.generation
@@ -222,7 +231,11 @@ class CallerService:
         if caller.disabled:
             metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
             raise Unauthenticated("the caller is disabled")
-        left = (identity.expires_at - datetime.now(UTC)).total_seconds()
+        _refuse_expired(caller.expires_at, "the caller has expired")
+        wall = datetime.now(UTC)
+        left = (identity.expires_at - wall).total_seconds()
+        if caller.expires_at is not None:
+            left = min(left, (caller.expires_at - wall).total_seconds())
         until = now + min(left, self._settings.caller_cache_seconds)
         self._cache.put_jwt(digest, caller, until, generation)
         self._used.add(caller.id)
