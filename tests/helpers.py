@@ -108,12 +108,14 @@ def deployed(
     *,
     hub_id: int | None = None,
     roles: tuple[str, ...] = (Role.TOKENS_READ.value,),
+    **app_fields: Any,
 ) -> Iterator[Deployment]:
-    """A broker serving ``settings`` with app ``demo`` registered, a caller with ``roles``,
-    and portal ``hub_id`` installed (when given)."""
+    """A broker serving ``settings`` with app ``demo`` registered (``app_fields`` as in
+    :class:`~broker.core.models.App`), a caller with ``roles``, and portal ``hub_id``
+    installed (when given)."""
     with serve_app(create_app(settings)) as url:
         client_id, secret, key = register(
-            settings, sim, f"{url}/oauth/callback", slug="demo", roles=roles
+            settings, sim, f"{url}/oauth/callback", slug="demo", roles=roles, **app_fields
         )
         d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
         if hub_id is not None:

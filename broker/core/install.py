@@ -8,6 +8,11 @@ PKCE S256 verifier; ``complete`` consumes the state exactly once, refuses it unl
 verifies, checks the browser binding in constant time and ``return_to`` against the origins
 allowed now, exchanges the code, and stores the grant. Any failure raises
 :class:`~broker.errors.InstallFailed` (or the app's error) and stores nothing.
+
+A callback with a code and no state (a marketplace install) needs no secret at all, so what
+it can cost is bounded per replica: the apps are read from memory (``APPS_SECONDS``), a
+code HubSpot refused is refused from memory (``BAD_CODE_SECONDS``), and the exchanges are a
+token bucket of ``marketplace_exchange_rate`` (beyond it 429 ``install_throttled``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass, field
 
 import structlog
@@ -25,6 +31,7 @@ from broker import metrics
 from broker.config import Settings
 from broker.core.install_links import LinkSigner, check_return_to, origin_allowed
 from broker.core.install_state import PendingInstall, StateSeal
+from broker.core.limits import Budget, Refusals
 from broker.core.models import App, PortalKey, PortalRecord, PortalState, TokenGrant
 from broker.core.ports import (
     AuditSink,
@@ -39,6 +46,11 @@ from broker.core.refresh import RefreshEngine, schedule
 from broker.errors import BrokerError, InstallFailed, InstallLinkRejected
 
 log = structlog.get_logger(__name__)
+
+#: Seconds the list of apps is read from memory for stateless callbacks.
+APPS_SECONDS = 30.0
+#: Seconds a code HubSpot refused is refused without asking (codes are single use anyway).
+BAD_CODE_SECONDS = 600.0
 
 
 def _b64url(data: bytes) -> str:
@@ -88,6 +100,9 @@ class InstallService:
         self._oauth = oauth
         self._refresher = refresher
         self._audit = audit
+        self._apps: tuple[float, list[App]] = (0.0, [])
+        self._exchanges = Budget(settings.marketplace_exchange_rate)
+        self._bad_codes = Refusals(BAD_CODE_SECONDS)
 
     async def begin(
         self,
@@ -147,7 +162,7 @@ class InstallService:
     ) -> Installed:
         try:
             if not state and code and not error:
-                pending = await self._marketplace(callback_url)
+                pending = await self._marketplace(callback_url, code)
             else:
                 pending = await self._pending(state, error, browser_nonce)
             if not code:
@@ -156,22 +171,35 @@ class InstallService:
                 )
             record = await self._exchange(pending, code)
         except InstallFailed as exc:
+            if exc.code == "install_code_rejected" and code:
+                self._bad_codes.add(_hash(code))
             metrics.INSTALLS.labels(exc.code).inc()
             raise
         metrics.INSTALLS.labels("installed").inc()
         return Installed(record, pending.return_to)
 
-    async def _marketplace(self, callback_url: str) -> PendingInstall:
+    async def _marketplace(self, callback_url: str, code: str) -> PendingInstall:
         """HubSpot's marketplace sends the user here with a code and no state. Accepted only
         for an app that opted in (``allow_marketplace_installs``) and whose registered
         redirect URI is exactly this callback; there is no PKCE for such a code."""
+        now = time.monotonic()
+        if self._apps[0] <= now:
+            self._apps = (now + APPS_SECONDS, await self._portals.list_apps())
         candidates = [
             app
-            for app in await self._portals.list_apps()
+            for app in self._apps[1]
             if app.allow_marketplace_installs and app.redirect_uri == callback_url
         ]
         if len(candidates) != 1:
             raise InstallFailed("the callback has no state parameter", code="install_state_missing")
+        if _hash(code) in self._bad_codes:
+            raise InstallFailed("HubSpot refused this code already", code="install_code_rejected")
+        self._exchanges.spend(
+            now,
+            "too many installs without state on this replica; retry shortly",
+            code="install_throttled",
+            counted=metrics.INSTALLS.labels("install_throttled"),
+        )
         return PendingInstall(candidates[0].slug, "marketplace")
 
     async def _pending(
