@@ -33,7 +33,7 @@ from tests.chaos.cluster import percentile
 from tests.helpers import Deployment, deployed, metric_value, serve_app
 
 HUB = 6_700_001
-FLOOD = int(__import__("os").environ.get("FLOOD", "2000"))
+FLOOD = 2_000
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 AUDIENCE = "hubspot-token-broker"
 SUBJECT = "system:serviceaccount:payments:api"
