@@ -43,6 +43,7 @@ from broker.core.callers import CallerService
 from broker.core.health import Health
 from broker.core.install import InstallService
 from broker.core.install_links import InstallLinks, LinkSigner
+from broker.core.install_state import StateSeal
 from broker.core.invalidation import Invalidations
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations, RevocationRetrier
@@ -241,6 +242,8 @@ async def open_services(
                 refresher=engine,
                 audit=audit,
                 links=link_signer,
+                # The state kept in Redis is sealed under a key derived for it alone.
+                seal=StateSeal(deployment_key),
             ),
             install_links=install_links,
             callers=callers,

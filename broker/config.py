@@ -177,6 +177,10 @@ class Settings:
     # Seconds a minted install link stays valid unless the operator asks for less or more
     # (at most MAX_INSTALL_LINK_TTL, 30 days).
     install_link_ttl: int = 7 * 86400
+    # Per replica: HubSpot code exchanges per second for marketplace installs (a callback
+    # with a code and no state: anyone can send one). A token bucket with two seconds of
+    # burst; beyond it 429 install_throttled. Codes HubSpot refused are refused from memory.
+    marketplace_exchange_rate: float = 1.0
     # Origins an install may return the browser to (``/oauth/install?return_to=``), comma-
     # separated, e.g. "https://admin.example.com". Empty: no return_to accepted.
     return_to_origins: str = ""
@@ -268,6 +272,8 @@ class Settings:
             problems.append(f"{PREFIX}PREWARM_PORTALS: must be >= 0 (0: no pre-warming)")
         if self.auth_lookup_rate <= 0:
             problems.append(f"{PREFIX}AUTH_LOOKUP_RATE: must be > 0")
+        if self.marketplace_exchange_rate <= 0:
+            problems.append(f"{PREFIX}MARKETPLACE_EXCHANGE_RATE: must be > 0")
         if not 0 < self.min_ttl_default <= self.min_ttl_max:
             problems.append(f"{PREFIX}MIN_TTL_DEFAULT: must be > 0 and <= {PREFIX}MIN_TTL_MAX")
         if not 0 < self.install_link_ttl <= MAX_INSTALL_LINK_TTL:

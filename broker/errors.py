@@ -17,6 +17,7 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   │   ├── NeedsReauth            409 needs_reauth
     │   │   └── Quarantined            409 quarantined
     │   ├── Revoked                    410 revoked
+    │   ├── PayloadTooLarge            413 body_too_large
     │   └── InstallFailed              400 install_* (state, code exchange, denial)
     ├── UpstreamError                  a dependency failed; retrying later may help
     │   ├── HubSpotError               HubSpot's token endpoint said no or did not answer
@@ -135,6 +136,14 @@ class Revoked(ClientError):
     status = 410
     code = "revoked"
     title = "Portal was revoked"
+
+
+class PayloadTooLarge(ClientError):
+    """A request body over the route's limit; refused before it is read in full."""
+
+    status = 413
+    code = "body_too_large"
+    title = "Request body too large"
 
 
 class InstallFailed(ClientError):

@@ -92,7 +92,7 @@ CALLER_AUTH_FAILURES = Counter(
 )
 CALLER_KEY_LOOKUPS = Counter(
     "broker_caller_key_lookups_total",
-    "Postgres lookups of caller keys not cached on this replica, by result.",
+    "Postgres lookups of caller keys and workload identities not cached here, by result.",
     ["result"],  # found | unknown | error
 )
 CALLER_LOOKUP_FOUND = CALLER_KEY_LOOKUPS.labels("found")

@@ -16,7 +16,7 @@ import httpx
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.app import open_admin
+from broker.app import create_app, open_admin
 from broker.config import Secret, Settings
 from broker.core.models import App, Role
 from broker.dev.simulator import Simulator
@@ -98,6 +98,30 @@ class Deployment:
             self.link_url = install_link(self.settings, self.app)
         with httpx.Client(timeout=30, follow_redirects=True) as browser:
             return browser.get(self.link_url)
+
+
+@contextmanager
+def deployed(
+    settings: Settings,
+    sim: Simulator,
+    sim_url: str,
+    *,
+    hub_id: int | None = None,
+    roles: tuple[str, ...] = (Role.TOKENS_READ.value,),
+    **app_fields: Any,
+) -> Iterator[Deployment]:
+    """A broker serving ``settings`` with app ``demo`` registered (``app_fields`` as in
+    :class:`~broker.core.models.App`), a caller with ``roles``, and portal ``hub_id``
+    installed (when given)."""
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, key = register(
+            settings, sim, f"{url}/oauth/callback", slug="demo", roles=roles, **app_fields
+        )
+        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+        if hub_id is not None:
+            sim.add_portal(hub_id)
+            assert d.install(hub_id).status_code == 200
+        yield d
 
 
 def install_link(settings: Settings, app: str, **options: Any) -> str:

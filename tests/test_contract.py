@@ -8,6 +8,7 @@ import asyncio
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +18,7 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from schemathesis.core.failures import FailureGroup, ServerError
 from schemathesis.openapi.checks import (
     IgnoredAuth,
@@ -33,7 +35,7 @@ from broker.config import Settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
 from broker.web import api as token_route
-from tests.helpers import Deployment, register, serve_app
+from tests.helpers import Deployment, deployed
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
@@ -41,7 +43,12 @@ HUB = 5_500_001
 FUZZ_EXAMPLES = int(os.environ.get("BROKER_FUZZ_EXAMPLES", "0"))
 #: Printed last by `make fuzz` (tests/conftest.py's terminal summary).
 FUZZ_COUNTS: Counter[str] = Counter(
-    cases=0, server_errors=0, schema_violations=0, unauthorized_successes=0, other_failures=0
+    cases=0,
+    server_errors=0,
+    schema_violations=0,
+    unauthorized_successes=0,
+    echoes=0,
+    other_failures=0,
 )
 schema = schemathesis.openapi.from_path(SPEC_PATH)
 _CURRENT_KEY: dict[str, str] = {}
@@ -88,17 +95,12 @@ def test_every_route_is_documented_and_every_documented_path_is_served(
 
 @pytest.fixture
 def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(
-            settings,
-            sim,
-            f"{url}/oauth/callback",
-            slug="demo",
-            roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value),
-        )
-        sim.add_portal(HUB)
-        _CURRENT_KEY["key"] = key
-        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+    with deployed(
+        settings, sim, sim_url, roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
+    ) as d:
+        _CURRENT_KEY["key"] = d.caller_key
+        d.sim.add_portal(HUB)
+        yield d
 
 
 def _sql(settings: Settings, statement: str) -> None:
@@ -168,16 +170,121 @@ def test_every_documented_token_status_is_produced(deployment: Deployment) -> No
     assert set(answers) == documented
 
 
+# --- hostile inputs: what the schema does not describe ---------------------------------------
+#: Must never come back in a response (an attacker's words on our pages).
+CANARY = "zq-echo-canary"
+# Characters str.isdigit() accepts but int() may not, and other non-ASCII text.
+_UNICODE_DIGITS = "\u00b2\u00b3\u00b9\u0663\u06f4\u07c1\u0967\u09e7\u0e51\u1811\uff11\U0001d7d9"
+_ODD_TEXT = st.one_of(
+    st.text(st.sampled_from(_UNICODE_DIGITS), min_size=1, max_size=4),
+    st.text(
+        st.characters(min_codepoint=0x80, exclude_categories=("Cs", "Cc")), min_size=1, max_size=12
+    ),
+    st.sampled_from(["1\u00b2", "\u202e1", "1\u0301", "\ufeff1", "\uff11\uff12", "\u00a0"]),
+)
+_JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def _nested(depth: int, opener: str) -> bytes:
+    closer = "]" if opener == "[" else "}"
+    inner = "[" if opener == "[" else '{"reason":'
+    return (inner * depth + "1" + closer * depth).encode()
+
+
+def _chunks(size: int) -> Iterator[bytes]:
+    for _ in range(size // 8192 + 1):  # a generator: sent chunked, with no Content-Length
+        yield b" " * 8192
+
+
+_HEADERS = st.sampled_from(
+    [
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer " + "A" * 4000},
+        {"Authorization": b"Bearer hsb_\xff\xfe\xc3\x28"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "bearer  hsb_" + "0" * 16 + "_" + "A" * 43 + "  "},
+        {"Authorization": "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."},
+        {"X-Request-ID": b"\xff" * 10},
+        {"X-Request-ID": "x" * 3000},
+        {"X-Forwarded-For": "not-an-ip, \u00ff", "X-Forwarded-Proto": "gopher"},
+        {"Content-Type": "application/json; charset=utf-16"},
+        {"Content-Type": "multipart/form-data; boundary="},
+        {"Content-Type": b"application/x-www-form-urlencoded\xff"},
+        {"Accept": "application/json, text/html;q=\u00ff"},
+        {"Cookie": "htb_admin=" + "A" * 3000 + "; htb_install=%ff%fe"},
+        {"Cookie": "htb_admin=e30.e30; htb_admin=x.y"},
+        {"Origin": "null", "Sec-Fetch-Site": "\u00ffcross"},
+        {"Host": "evil.example"},
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One way to break a schema-valid request: the class it belongs to, and its payload."""
+
+    kind: str
+    text: str = ""
+    depth: int = 0
+    size: int = 0
+    headers: dict[str, str | bytes] = field(default_factory=dict)
+
+    def apply(self, case: schemathesis.Case) -> dict[str, object]:
+        """Change ``case`` in place; returns extra transport arguments for the call."""
+        if self.kind == "unicode_path":
+            for name in case.path_parameters or {}:
+                case.path_parameters[name] = self.text  # type: ignore[index]
+        elif self.kind == "unicode_query":
+            case.query = {name: self.text for name in case.query or {"app": ""}}
+        elif self.kind == "unknown_names":
+            case.query = {**(case.query or {}), f"{CANARY} {self.text}": "1", f"<i>{CANARY}": "x"}
+        elif self.kind == "nested_body":
+            return {"data": _nested(self.depth, self.text), "headers": _JSON_TYPE}
+        elif self.kind == "oversized_body":
+            body: object = b" " * self.size if self.depth == 0 else _chunks(self.size)
+            return {"data": body, "headers": _JSON_TYPE}
+        elif self.kind == "odd_headers":
+            return {"headers": dict(self.headers)}
+        return {}
+
+
+HOSTILE = st.one_of(
+    st.builds(Hostile, st.just("unicode_path"), _ODD_TEXT),
+    st.builds(Hostile, st.just("unicode_query"), _ODD_TEXT),
+    st.builds(Hostile, st.just("unknown_names"), _ODD_TEXT),
+    st.builds(
+        Hostile,
+        st.just("nested_body"),
+        st.sampled_from(["[", "{"]),
+        depth=st.integers(900, 16_000),
+    ),
+    st.builds(
+        Hostile,
+        st.just("oversized_body"),
+        depth=st.integers(0, 1),
+        size=st.integers(16 * 1024 + 1, 512 * 1024),
+    ),
+    st.builds(Hostile, st.just("odd_headers"), headers=_HEADERS),
+)
+
+
+#: Half of the fuzz cases are broken one hostile way, the other half are sent as generated.
+MAYBE_HOSTILE = st.tuples(st.booleans(), HOSTILE).map(lambda pair: pair[1] if pair[0] else None)
+
+
 @schema.parametrize()
+@schema.given(hostile=MAYBE_HOSTILE)
 @hsettings(
-    max_examples=FUZZ_EXAMPLES or 50,
+    max_examples=FUZZ_EXAMPLES or 60,
     deadline=None,
     derandomize=not FUZZ_EXAMPLES,  # `make test`: the same cases every run; `make fuzz`: new ones
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(
-    case: schemathesis.Case, deployment: Deployment
+    case: schemathesis.Case, hostile: Hostile | None, deployment: Deployment
 ) -> None:
+    """Schema-valid cases, and the same cases broken one way the schema cannot say
+    (:class:`Hostile`): every answer documented, none a 5xx, none repeating the canary."""
     if not getattr(deployment, "_installed", False):
         assert deployment.install(HUB).status_code == 200
         deployment._installed = True  # type: ignore[attr-defined]
@@ -187,19 +294,32 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
         if isinstance(hub_id, int) and hub_id % 2 == 0:
             case.path_parameters["hub_id"] = HUB
     excluded = []
-    if case.path in ("/oauth/callback", "/oauth/install", "/v1/admin/apps/{app}/install-links"):
+    if hostile is not None or case.path in (
+        "/oauth/callback",
+        "/oauth/install",
+        "/v1/admin/apps/{app}/install-links",
+    ):
         # Any state schemathesis can invent is unknown to the broker, any return_to it
         # invents is on an origin nobody allowed, and any link it invents is not signed:
         # such schema-valid requests are rightly refused (400 install_state_invalid, 422,
-        # 403 install_link_*), so that one check cannot apply.
+        # 403 install_link_*), so that one check cannot apply; nor to a case made hostile.
         excluded.append(positive_data_acceptance)
     FUZZ_COUNTS["cases"] += 1
+    extra = {}
+    if hostile is not None:
+        FUZZ_COUNTS[f"hostile_{hostile.kind}"] += 1
+        extra = hostile.apply(case)
     try:
-        case.call_and_validate(base_url=deployment.url, excluded_checks=excluded)
+        response = case.call_and_validate(
+            base_url=deployment.url, excluded_checks=excluded, **extra
+        )
     except FailureGroup as group:
         for failure in group.exceptions:
             FUZZ_COUNTS[_kind(failure)] += 1
         raise
+    if CANARY in response.text:
+        FUZZ_COUNTS["echoes"] += 1
+        raise AssertionError(f"the response repeats a parameter name: {response.text[:300]}")
 
 
 def _kind(failure: BaseException) -> str:

@@ -4,13 +4,17 @@ is down), and nothing is stored."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
 import pytest
+import redis
 
 from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
@@ -217,3 +221,95 @@ def test_marketplace_install_without_state(
             assert_failed(response, 400, "install_state_missing")
             assert portal_count(settings) == 0
             assert sim.counters().get("token.authorization_code", 0) == 0
+
+
+def _rewrite_state(
+    settings: Settings, state: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    """Change the stored install state the way someone with write access to Redis would:
+    decode the payload, edit it, store it again (the seal, if any, left as it was)."""
+    client = redis.Redis.from_url(settings.redis_url.get())
+    try:
+        name = f"{settings.redis_prefix}state:{state}"
+        raw = client.get(name)
+        assert raw is not None
+        body, dot, seal = raw.decode().partition(".")
+        sealed = bool(dot) and not body.startswith("{")
+        data = json.loads(
+            base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)) if sealed else raw
+        )
+        change(data)
+        encoded = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        if sealed:
+            encoded = base64.urlsafe_b64encode(encoded.encode()).rstrip(b"=").decode() + "." + seal
+        client.set(name, encoded, keepttl=True)
+    finally:
+        client.close()
+
+
+def _state_of(callback: str) -> str:
+    return parse_qs(urlsplit(callback).query)["state"][0]
+
+
+TAMPERING: dict[str, Callable[[dict[str, Any]], None]] = {
+    "verifier null": lambda data: data.update(verifier=None),  # would skip PKCE
+    "return_to": lambda data: data.update(return_to="https://evil.example/steal"),
+    "hub_id": lambda data: data.update(hub_id=HUB + 1),  # an app-wide link bound to a portal
+    "app": lambda data: data.update(app="other"),
+}
+
+
+def test_a_tampered_install_state_is_refused(deployment: Deployment) -> None:
+    """Redis is not trusted with the install state: any edit to it is refused before the code
+    is exchanged, with a stable code, and nothing is stored."""
+    with httpx.Client() as browser:
+        for name, change in TAMPERING.items():
+            callback = start(deployment, browser)
+            _rewrite_state(deployment.settings, _state_of(callback), change)
+            response = browser.get(callback, headers={"Accept": "application/json"})
+            assert response.status_code == 400, (name, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "install_state_tampered", name
+        callback = start(deployment, browser)
+        _rewrite_state(deployment.settings, _state_of(callback), TAMPERING["verifier null"])
+        assert_failed(browser.get(callback), 400, "install_state_tampered")  # the page
+    assert portal_count(deployment.settings) == 0
+    assert deployment.sim.counters().get("token.authorization_code", 0) == 0
+
+
+def test_a_sealed_state_does_not_open_under_another_state_id(deployment: Deployment) -> None:
+    with httpx.Client() as first, httpx.Client() as second:
+        one, two = start(deployment, first), start(deployment, second)
+        client = redis.Redis.from_url(deployment.settings.redis_url.get())
+        try:
+            prefix = f"{deployment.settings.redis_prefix}state:"
+            stolen = client.get(prefix + _state_of(one))
+            assert stolen is not None
+            client.set(prefix + _state_of(two), stolen, keepttl=True)
+        finally:
+            client.close()
+        response = second.get(two, headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "install_state_tampered"
+    assert portal_count(deployment.settings) == 0
+
+
+def test_return_to_is_checked_again_at_the_callback(env: dict[str, str], sim: Simulator) -> None:
+    """An origin allowed when the flow began but not when it comes back (the setting changed
+    between the two, on another replica): no redirect there, and no code exchanged."""
+    allowed = "https://admin.example.com"
+    before = load_settings({**env, "BROKER_RETURN_TO_ORIGINS": allowed})
+    with serve_app(create_app(before)) as url, serve_app(create_app(load_settings(env))) as now:
+        register(before, sim, f"{url}/oauth/callback", slug="demo")
+        sim.add_portal(HUB)
+        sim.configure(consent="auto", consent_hub_id=HUB)
+        with httpx.Client() as browser:
+            begun = browser.get(install_link(before, "demo", return_to=f"{allowed}/portals"))
+            assert begun.status_code == 302
+            callback = browser.get(begun.headers["location"]).headers["location"]
+            back = browser.get(callback.replace(url, now))
+        assert_failed(back, 400, "install_return_to_refused")
+        assert "location" not in back.headers
+        assert portal_count(before) == 0
+        assert sim.counters().get("token.authorization_code", 0) == 0

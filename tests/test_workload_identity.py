@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -166,6 +167,37 @@ def test_key_rotation_and_refetch_rate_limit(
         )
         assert ask(deployment, forged).status_code == 401
     assert state.fetches == fetched + 1  # no refetch inside the interval
+
+
+def test_a_workload_caller_is_refused_after_its_expiry(
+    deployment: Deployment, issuer: tuple[Issuer, str]
+) -> None:
+    """``expires_at`` binds workload identities as it binds keys: a token verified (and
+    cached) before the caller's expiry stops working at it, and so does a fresh one."""
+    subject = "system:serviceaccount:payments:batch"
+    expires_at = datetime.now(UTC) + timedelta(seconds=2)
+
+    async def expiring() -> None:
+        async with open_admin(deployment.settings) as svc:
+            await svc.callers.create(
+                "payments-batch",
+                apps=["demo"],
+                identity=(ISSUER, subject),
+                with_key=False,
+                expires_at=expires_at,
+                actor="test",
+            )
+
+    asyncio.run(expiring())
+    cached = issuer[0].mint(sub=subject)
+    assert ask(deployment, cached).status_code == 200  # verified, now cached (10 s)
+    time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.2)
+    for token in (cached, issuer[0].mint(sub=subject, jti="fresh")):
+        refused = ask(deployment, token)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["code"] == "unauthenticated"
+        assert "expired" in refused.json()["detail"]
+    assert ask(deployment, issuer[0].mint()).status_code == 200  # others are unaffected
 
 
 def _hs256_with(public_pem: bytes, now: int) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -284,18 +283,16 @@ class RedisCoordinator:
             )
 
     # --- single-use install state ---------------------------------------------------------
-    async def put_state(self, state: str, payload: dict[str, Any], ttl_seconds: int) -> None:
+    async def put_state(self, state: str, sealed: str, ttl_seconds: int) -> None:
         try:
             await self._bounded(
                 "state_put",
-                self._client.set(
-                    f"{self._prefix}state:{state}", json.dumps(payload), ex=ttl_seconds, nx=True
-                ),
+                self._client.set(f"{self._prefix}state:{state}", sealed, ex=ttl_seconds, nx=True),
             )
         except _UNAVAILABLE as exc:
             raise UpstreamError("Redis is unavailable", code="redis_unavailable") from exc
 
-    async def take_state(self, state: str) -> dict[str, Any] | None:
+    async def take_state(self, state: str) -> str | None:
         try:
             raw = await self._bounded(
                 "state_take", self._client.getdel(f"{self._prefix}state:{state}")
@@ -304,8 +301,8 @@ class RedisCoordinator:
             raise UpstreamError("Redis is unavailable", code="redis_unavailable") from exc
         if raw is None:
             return None
-        payload: dict[str, Any] = json.loads(raw)
-        return payload
+        # Bytes that are not UTF-8 cannot be a sealed state: the seal refuses them.
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
     async def ping(self) -> None:
         try:

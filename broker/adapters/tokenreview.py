@@ -6,8 +6,17 @@ The alternative to JWKS verification for Kubernetes issuers (an issuer entry wit
 the token's service account, and the pod it is bound to, still exist — a token stops working
 when its pod is deleted, not only at its expiry. What it costs: one API server call per
 token not yet cached (verified tokens are cached by
-:class:`~broker.core.callers.CallerService`), so reviews are limited per replica
-(``rate`` per second, two seconds of burst; beyond: 429 ``auth_throttled``).
+:class:`~broker.core.callers.CallerService`), so what strangers can spend is bounded per
+replica, while the workloads already verified here keep their reviews:
+
+* tokens never authenticated on this replica share a budget (``rate`` per second, two
+  seconds of burst; beyond: 429 ``auth_throttled``). Any token whose unverified ``iss`` is
+  the cluster's reaches this point, forged or not;
+* a token the API server authenticated before is re-reviewed (once its cache entry runs
+  out) outside that budget: only its holder can present it, so a flood of forged tokens
+  never throttles a running workload;
+* a token the API server refused is refused from memory for ``DENIED_SECONDS`` (keyed by
+  its SHA-256, bounded), so repeating one costs no review.
 
 The broker authenticates to the API server with its own projected service-account token
 (``token_file``, re-read on every review: kubelet rotates it) and needs the
@@ -18,6 +27,7 @@ The reviewed token is sent only in the request body, never in a URL or a log lin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import time
 from pathlib import Path
@@ -25,9 +35,14 @@ from pathlib import Path
 import httpx
 
 from broker import metrics
-from broker.errors import RateLimitedCaller, Unauthenticated, UpstreamError
+from broker.core.limits import Budget, Refusals
+from broker.errors import Unauthenticated, UpstreamError
 
 _PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+#: How long a token the API server refused is refused without asking again.
+DENIED_SECONDS = 60.0
+#: Tokens remembered as authenticated before; beyond it the memory starts over.
+PASSED_MAX = 10_000
 
 
 class TokenReviewer:
@@ -44,10 +59,9 @@ class TokenReviewer:
         self._audience = audience
         self._token_file = token_file
         self._client = httpx.AsyncClient(base_url=url, timeout=timeout, verify=verify)
-        self._rate = rate
-        self._burst = max(1.0, 2 * rate)
-        self._tokens = self._burst
-        self._stamp = time.monotonic()
+        self._budget = Budget(rate)
+        self._passed: set[str] = set()
+        self._denied = Refusals(DENIED_SECONDS)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -55,7 +69,23 @@ class TokenReviewer:
     async def review(self, token: str) -> str:
         """The token's username (``system:serviceaccount:NAMESPACE:NAME``) when the API
         server authenticates it for our audience; else :class:`Unauthenticated`."""
-        self._take()
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if digest in self._denied:
+            raise _reject("tokenreview_denied")
+        if digest not in self._passed:
+            self._take()
+        try:
+            username = await self._review(token)
+        except Unauthenticated:
+            self._denied.add(digest)
+            self._passed.discard(digest)
+            raise
+        if len(self._passed) >= PASSED_MAX:  # tokens rotate: drop the lot, not memory
+            self._passed.clear()
+        self._passed.add(digest)
+        return username
+
+    async def _review(self, token: str) -> str:
         headers = {"Content-Type": "application/json"}
         if self._token_file:
             own = await asyncio.to_thread(Path(self._token_file).read_text)
@@ -91,17 +121,12 @@ class TokenReviewer:
         return username
 
     def _take(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            metrics.CALLER_AUTH_FAILURES.labels("throttled").inc()
-            raise RateLimitedCaller(
-                "too many workload tokens to review on this replica; retry later",
-                retry_after=(1 - self._tokens) / self._rate,
-                code="auth_throttled",
-            )
-        self._tokens -= 1
+        self._budget.spend(
+            time.monotonic(),
+            "too many workload tokens to review on this replica; retry later",
+            code="auth_throttled",
+            counted=metrics.CALLER_AUTH_FAILURES.labels("throttled"),
+        )
 
 
 def _reject(reason: str) -> Unauthenticated:

@@ -11,8 +11,9 @@ Three maps, all dropped (for the callers concerned) by :meth:`CallerCache.forget
   that whoever presents its secret is a known caller (not a stranger to be rate limited).
 * verified workload JWTs by their SHA-256, until the token's expiry (at most
   ``caller_cache_seconds``);
-* key ids Postgres did not know (negative cache), for a few seconds, bounded in size; any
-  caller change anywhere clears it, so a key created a moment ago works at once.
+* key ids (and ``jwt:``-prefixed workload identities) Postgres did not know (negative
+  cache), for a few seconds, bounded in size; any caller change anywhere clears it, so a key
+  or identity created a moment ago works at once.
 
 A lookup that started before a change may answer with the old state after the change was
 applied here: writers pass the :attr:`CallerCache.generation` they read before the lookup,
@@ -93,6 +94,10 @@ class CallerCache:
     def jwt(self, digest: str, now: float) -> Caller | None:
         cached = self._jwts.get(digest)
         return cached[0] if cached is not None and cached[1] > now else None
+
+    def jwt_known(self, digest: str) -> bool:
+        """Whether this token was verified here (fresh or not): its caller is no stranger."""
+        return digest in self._jwts
 
     def put_jwt(self, digest: str, caller: Caller, until: float, generation: int) -> None:
         if generation != self.generation:

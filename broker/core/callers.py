@@ -29,7 +29,11 @@ Failed authentication is bounded so it cannot load Postgres:
   or the replica just started) must retry, not conclude that its key is bad. Callers
   known here (cached, even when due for a refresh or invalidated) skip the budget: an
   attacker cannot present their secret, so a flood never slows or refuses them. Lookups are
-  counted in ``broker_caller_key_lookups_total{result}``.
+  counted in ``broker_caller_key_lookups_total{result}``;
+* workload JWTs take the same path once their signature is verified (a validly signed
+  token of a subject with no caller must not cost a query each): an identity Postgres did
+  not know is refused from memory for a few seconds, its lookups share the same budget, and
+  a token verified on this replica before is exempt.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ from broker import metrics
 from broker.config import Settings
 from broker.core.caller_cache import CallerCache, KeyEntry
 from broker.core.invalidation import Invalidations
+from broker.core.limits import Budget
 from broker.core.models import Caller, NewCallerKey, Role
-from broker.core.ports import AuditSink, CallerRepository, IdentityVerifier
+from broker.core.ports import AuditSink, CallerRepository, Identity, IdentityVerifier
 from broker.core.tasks import cancel_and_wait
 from broker.errors import (
     InvalidRequest,
@@ -72,28 +77,14 @@ def _hash(secret: str) -> str:
 
 
 _NO_HASH = _hash("")
+_NO_CALLER = "no caller is registered for this workload identity"
 
 
-class _LookupBudget:
-    """Token bucket over Postgres lookups of key ids this replica does not know."""
-
-    def __init__(self, rate: float) -> None:
-        self._rate = rate
-        self._burst = max(1.0, 2 * rate)
-        self._tokens = self._burst
-        self._stamp = time.monotonic()
-
-    def take(self, now: float) -> float:
-        """0 when a lookup may go ahead (a token taken), else seconds until one may."""
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return (1 - self._tokens) / self._rate
-        self._tokens -= 1
-        return 0.0
-
-    def give_back(self) -> None:
-        self._tokens = min(self._burst, self._tokens + 1)
+def _refuse_expired(expires_at: datetime | None, detail: str) -> None:
+    """A caller (or key) past its expiry is refused, whichever way it authenticated."""
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        metrics.CALLER_AUTH_FAILURES.labels("expired").inc()
+        raise Unauthenticated(detail)
 
 
 class CallerService:
@@ -113,7 +104,7 @@ class CallerService:
         self._cache = cache
         self._invalidations = invalidations
         self._verifier = verifier
-        self._budget = _LookupBudget(settings.auth_lookup_rate)
+        self._budget = Budget(settings.auth_lookup_rate)
         self._used: set[int] = set()
         self._buckets: dict[int, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -142,9 +133,7 @@ class CallerService:
         if caller.disabled:
             metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
             raise Unauthenticated("the caller is disabled")
-        if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
-            metrics.CALLER_AUTH_FAILURES.labels("expired").inc()
-            raise Unauthenticated("the caller key has expired")
+        _refuse_expired(entry.expires_at, "the caller key has expired")
         if charged:
             self._budget.give_back()  # the budget is for failed authentication only
         self._used.add(caller.id)
@@ -161,17 +150,7 @@ class CallerService:
         presented_known = known is not None and hmac.compare_digest(digest, known.key_hash)
         charged = False
         if not presented_known:
-            if self._cache.is_unknown(key_id, now):
-                metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
-                raise Unauthenticated("the caller key is not valid")
-            wait = self._budget.take(now)
-            if wait > 0:
-                metrics.CALLER_AUTH_FAILURES.labels("throttled").inc()
-                raise RateLimitedCaller(
-                    "too many unknown caller keys on this replica; retry later",
-                    retry_after=wait,
-                    code="auth_throttled",
-                )
+            self._charge_stranger(key_id, now, "invalid", "the caller key is not valid", "keys")
             charged = True
         generation = self._cache.generation
         try:
@@ -204,28 +183,74 @@ class CallerService:
 
     async def _jwt(self, token: str) -> Caller:
         """Workload identity: a JWT from a configured issuer names (issuer, subject), which
-        maps to a caller record. Verified tokens are cached until their expiry (at most
-        ``caller_cache_seconds``), so the hot path does no I/O."""
+        maps to a caller record. Verified tokens are cached until the token's or the
+        caller's expiry, whichever comes first (at most ``caller_cache_seconds``), so the hot
+        path does no I/O; a caller past its ``expires_at`` is refused like an expired key."""
         assert self._verifier is not None
         digest = _hash(token)
         now = time.monotonic()
         cached = self._cache.jwt(digest, now)
         if cached is not None:
+            # The entry never outlives the caller's expiry (below); checked again anyway, as
+            # the key path does, so a wall-clock step cannot stretch it.
+            _refuse_expired(cached.expires_at, "the caller has expired")
             self._used.add(cached.id)
             return cached
         generation = self._cache.generation
         identity = await self._verifier.verify(token)
-        caller = await self._callers.by_identity(identity.issuer, identity.subject)
-        if caller is None:
-            metrics.CALLER_AUTH_FAILURES.labels("jwt_unknown_subject").inc()
-            raise Unauthenticated("no caller is registered for this workload identity")
+        caller = await self._by_identity(identity, self._cache.jwt_known(digest), now)
         if caller.disabled:
             metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
             raise Unauthenticated("the caller is disabled")
-        left = (identity.expires_at - datetime.now(UTC)).total_seconds()
+        _refuse_expired(caller.expires_at, "the caller has expired")
+        wall = datetime.now(UTC)
+        left = (identity.expires_at - wall).total_seconds()
+        if caller.expires_at is not None:
+            left = min(left, (caller.expires_at - wall).total_seconds())
         until = now + min(left, self._settings.caller_cache_seconds)
         self._cache.put_jwt(digest, caller, until, generation)
         self._used.add(caller.id)
+        return caller
+
+    def _charge_stranger(self, name: str, now: float, reason: str, refusal: str, what: str) -> None:
+        """Before a lookup for someone this replica does not know: refused from memory when
+        Postgres did not know ``name`` a moment ago (401 ``refusal``, counted as
+        ``reason``), else paid from the lookup budget (429 ``auth_throttled`` once spent)."""
+        if self._cache.is_unknown(name, now):
+            metrics.CALLER_AUTH_FAILURES.labels(reason).inc()
+            raise Unauthenticated(refusal)
+        self._budget.spend(
+            now,
+            f"too many unknown caller {what} on this replica; retry later",
+            code="auth_throttled",
+            counted=metrics.CALLER_AUTH_FAILURES.labels("throttled"),
+        )
+
+    async def _by_identity(self, identity: Identity, known: bool, now: float) -> Caller:
+        """The caller of a verified identity, bounded like key lookups: an identity Postgres
+        did not know is refused from memory for a few seconds, and lookups of identities
+        this replica has not verified before share the ``auth_lookup_rate`` budget (given
+        back when one authenticates). A token verified here before (``known``) is exempt:
+        only its holder can present it."""
+        unknown = f"jwt:{identity.issuer}\n{identity.subject}"  # never a hex key id
+        charged = False
+        if not known:
+            self._charge_stranger(unknown, now, "jwt_unknown_subject", _NO_CALLER, "identities")
+            charged = True
+        generation = self._cache.generation
+        try:
+            caller = await self._callers.by_identity(identity.issuer, identity.subject)
+        except UpstreamError:
+            metrics.CALLER_LOOKUP_ERROR.inc()
+            raise
+        if caller is None:
+            metrics.CALLER_LOOKUP_UNKNOWN.inc()
+            self._cache.put_unknown(unknown, now, generation)
+            metrics.CALLER_AUTH_FAILURES.labels("jwt_unknown_subject").inc()
+            raise Unauthenticated(_NO_CALLER)
+        metrics.CALLER_LOOKUP_FOUND.inc()
+        if charged:
+            self._budget.give_back()
         return caller
 
     def admit(self, caller: Caller) -> None:

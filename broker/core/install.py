@@ -2,11 +2,17 @@
 
 ``begin`` needs an operator-signed install link (:mod:`broker.core.install_links`) unless
 ``BROKER_INSTALL_LINKS_REQUIRED`` is off; a link that is present is always verified. It
-then creates a single-use ``state`` (in Redis, with a TTL) bound to the browser through
-a cookie nonce, and a PKCE S256 verifier; ``complete`` consumes the state exactly once,
-checks the browser binding in constant time, exchanges the code, and stores the grant.
-Any failure raises :class:`~broker.errors.InstallFailed` (or the app's error) and stores
-nothing.
+then creates a single-use ``state`` (in Redis, with a TTL, sealed with a key Redis does not
+hold: :mod:`broker.core.install_state`) bound to the browser through a cookie nonce, and a
+PKCE S256 verifier; ``complete`` consumes the state exactly once, refuses it unless its seal
+verifies, checks the browser binding in constant time and ``return_to`` against the origins
+allowed now, exchanges the code, and stores the grant. Any failure raises
+:class:`~broker.errors.InstallFailed` (or the app's error) and stores nothing.
+
+A callback with a code and no state (a marketplace install) needs no secret at all, so what
+it can cost is bounded per replica: the apps are read from memory (``APPS_SECONDS``), a
+code HubSpot refused is refused from memory (``BAD_CODE_SECONDS``), and the exchanges are a
+token bucket of ``marketplace_exchange_rate`` (beyond it 429 ``install_throttled``).
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass, field
-from typing import Any
+
+import structlog
 
 from broker import metrics
 from broker.config import Settings
-from broker.core.install_links import LinkSigner, check_return_to
+from broker.core.install_links import LinkSigner, check_return_to, origin_allowed
+from broker.core.install_state import PendingInstall, StateSeal
+from broker.core.limits import Budget, Refusals
 from broker.core.models import App, PortalKey, PortalRecord, PortalState, TokenGrant
 from broker.core.ports import (
     AuditSink,
@@ -34,6 +44,13 @@ from broker.core.ports import (
 )
 from broker.core.refresh import RefreshEngine, schedule
 from broker.errors import BrokerError, InstallFailed, InstallLinkRejected
+
+log = structlog.get_logger(__name__)
+
+#: Seconds the list of apps is read from memory for stateless callbacks.
+APPS_SECONDS = 30.0
+#: Seconds a code HubSpot refused is refused without asking (codes are single use anyway).
+BAD_CODE_SECONDS = 600.0
 
 
 def _b64url(data: bytes) -> str:
@@ -71,9 +88,11 @@ class InstallService:
         refresher: RefreshEngine,
         audit: AuditSink,
         links: LinkSigner,
+        seal: StateSeal,
     ) -> None:
         self._settings = settings
         self._links = links
+        self._seal = seal
         self._portals = portals
         self._coordinator = coordinator
         self._cipher = cipher
@@ -81,6 +100,9 @@ class InstallService:
         self._oauth = oauth
         self._refresher = refresher
         self._audit = audit
+        self._apps: tuple[float, list[App]] = (0.0, [])
+        self._exchanges = Budget(settings.marketplace_exchange_rate)
+        self._bad_codes = Refusals(BAD_CODE_SECONDS)
 
     async def begin(
         self,
@@ -119,17 +141,9 @@ class InstallService:
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
         nonce = secrets.token_urlsafe(32)
+        pending = PendingInstall(app.slug, actor, verifier, _hash(nonce), return_to, hub_id)
         await self._coordinator.put_state(
-            state,
-            {
-                "app": app.slug,
-                "verifier": verifier,
-                "nonce": _hash(nonce),
-                "actor": actor,
-                "return_to": return_to,
-                "hub_id": hub_id,  # a re-install link: only this portal may be connected
-            },
-            self._settings.install_state_ttl,
+            state, self._seal.seal(state, pending), self._settings.install_state_ttl
         )
         challenge = _b64url(hashlib.sha256(verifier.encode()).digest())
         url = self._oauth.authorize_url(
@@ -148,7 +162,7 @@ class InstallService:
     ) -> Installed:
         try:
             if not state and code and not error:
-                pending = await self._marketplace(callback_url)
+                pending = await self._marketplace(callback_url, code)
             else:
                 pending = await self._pending(state, error, browser_nonce)
             if not code:
@@ -157,42 +171,68 @@ class InstallService:
                 )
             record = await self._exchange(pending, code)
         except InstallFailed as exc:
+            if exc.code == "install_code_rejected" and code:
+                self._bad_codes.add(_hash(code))
             metrics.INSTALLS.labels(exc.code).inc()
             raise
         metrics.INSTALLS.labels("installed").inc()
-        return Installed(record, pending.get("return_to"))
+        return Installed(record, pending.return_to)
 
-    async def _marketplace(self, callback_url: str) -> dict[str, Any]:
+    async def _marketplace(self, callback_url: str, code: str) -> PendingInstall:
         """HubSpot's marketplace sends the user here with a code and no state. Accepted only
         for an app that opted in (``allow_marketplace_installs``) and whose registered
         redirect URI is exactly this callback; there is no PKCE for such a code."""
+        now = time.monotonic()
+        if self._apps[0] <= now:
+            self._apps = (now + APPS_SECONDS, await self._portals.list_apps())
         candidates = [
             app
-            for app in await self._portals.list_apps()
+            for app in self._apps[1]
             if app.allow_marketplace_installs and app.redirect_uri == callback_url
         ]
         if len(candidates) != 1:
             raise InstallFailed("the callback has no state parameter", code="install_state_missing")
-        return {"app": candidates[0].slug, "verifier": None, "actor": "marketplace"}
+        if _hash(code) in self._bad_codes:
+            raise InstallFailed("HubSpot refused this code already", code="install_code_rejected")
+        self._exchanges.spend(
+            now,
+            "too many installs without state on this replica; retry shortly",
+            code="install_throttled",
+            counted=metrics.INSTALLS.labels("install_throttled"),
+        )
+        return PendingInstall(candidates[0].slug, "marketplace")
 
     async def _pending(
         self, state: str | None, error: str | None, nonce: str | None
-    ) -> dict[str, Any]:
+    ) -> PendingInstall:
         if not state:
             raise InstallFailed("the callback has no state parameter", code="install_state_missing")
-        pending = await self._coordinator.take_state(state)  # single use, whatever follows
-        if pending is None:
+        sealed = await self._coordinator.take_state(state)  # single use, whatever follows
+        if sealed is None:
             raise InstallFailed(
                 "this install link is unknown, expired or was already used; start again",
                 code="install_state_invalid",
             )
-        if not nonce or not hmac.compare_digest(_hash(nonce), pending["nonce"]):
+        try:
+            pending = self._seal.open(state, sealed)
+        except InstallFailed:
+            log.warning("install.state_tampered")  # someone wrote to Redis; never the value
+            raise
+        if not nonce or not hmac.compare_digest(_hash(nonce), pending.nonce):
             raise InstallFailed(
                 "this install was started in another browser; start again from this one",
                 code="install_state_mismatch",
             )
         if error:
             raise InstallFailed("the HubSpot user did not grant access", code="install_denied")
+        if pending.return_to is not None and not origin_allowed(pending.return_to, self._settings):
+            # Allowed when the flow began, not now (BROKER_RETURN_TO_ORIGINS changed since):
+            # never an open redirect, and nothing exchanged for a flow that cannot finish.
+            raise InstallFailed(
+                "this install would return to an origin that is no longer allowed; "
+                "nothing was stored, start again from a new install link",
+                code="install_return_to_refused",
+            )
         return pending
 
     async def _give_back(self, app: App, grant: TokenGrant) -> None:
@@ -202,15 +242,15 @@ class InstallService:
                 app, await self._secrets.client_secrets(app.slug), grant.refresh_token
             )
 
-    async def _exchange(self, pending: dict[str, Any], code: str) -> PortalRecord:
-        app = await self._refresher.app(pending["app"])
+    async def _exchange(self, pending: PendingInstall, code: str) -> PortalRecord:
+        app = await self._refresher.app(pending.app)
         client_secret = (await self._secrets.client_secrets(app.slug))[0]
         # Expiry on the database clock, taken before the exchange: never later than HubSpot's.
         issued_at = await self._portals.db_now()
         grant = await self._oauth.exchange_code(
-            app, client_secret, code=code, code_verifier=pending["verifier"]
+            app, client_secret, code=code, code_verifier=pending.verifier
         )
-        expected = pending.get("hub_id")
+        expected = pending.hub_id
         if expected is not None and grant.hub_id != expected:
             # The consent was for another portal than the link's: give the grant back at
             # once (best effort; it is never stored) and say so.
@@ -246,11 +286,11 @@ class InstallService:
             EncryptedGrant(refresh_ct, access_ct, *schedule(issued_at, grant.expires_in)),
             hub_domain=info.hub_domain,
             scopes=grant.scopes or info.scopes,
-            actor=info.user or pending["actor"],
+            actor=info.user or pending.actor,
         )
         self._audit.record(
             "portal.installed",
-            actor=pending["actor"],
+            actor=pending.actor,
             key=key,
             hub_domain=info.hub_domain,
             scopes=list(record.scopes),

@@ -162,9 +162,12 @@ class Coordinator(Protocol):
         """Wait for a "refreshed" notice; False on timeout or when Redis is unavailable."""
         ...
 
-    async def put_state(self, state: str, payload: dict[str, Any], ttl_seconds: int) -> None: ...
+    async def put_state(self, state: str, sealed: str, ttl_seconds: int) -> None:
+        """Store an install's pending state, an opaque string the caller sealed (the store is
+        not trusted with it: :mod:`broker.core.install_state`), unless ``state`` exists."""
+        ...
 
-    async def take_state(self, state: str) -> dict[str, Any] | None:
+    async def take_state(self, state: str) -> str | None:
         """Atomically read and delete (single use)."""
         ...
 

@@ -5,7 +5,6 @@ token, a ciphertext or a secret."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -16,7 +15,7 @@ from starlette.routing import Route
 from broker.core.admin import portal_view
 from broker.core.models import Caller, PortalKey, Role
 from broker.errors import Forbidden, InvalidRequest
-from broker.web.params import bearer, parse_app, parse_int, reject_unknown
+from broker.web.params import bearer, json_body, parse_app, parse_int, reject_unknown
 from broker.web.services import Services, services
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -49,18 +48,14 @@ def _key(request: Request, svc: Services, caller: Caller) -> PortalKey:
 
 
 async def _reason(request: Request, *, required: bool) -> str:
-    raw = await request.body()
-    if not raw:
+    body = await json_body(request)
+    if body is None:
         if required:
             raise InvalidRequest(
                 "a JSON body with a reason is required",
                 errors=[{"field": "reason", "message": "required"}],
             )
         return ""
-    try:
-        body: Any = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest("the body is not JSON") from exc
     reason = body.get("reason") if isinstance(body, dict) else None
     if not isinstance(reason, str) or len(reason) > 500 or not _VISIBLE.search(reason):
         raise InvalidRequest(
@@ -144,13 +139,9 @@ async def app_install_link(request: Request) -> Response:
 
 
 async def _link_options(request: Request) -> tuple[int | None, str | None]:
-    raw = await request.body()
-    if not raw:
+    body = await json_body(request)
+    if body is None:
         return None, None
-    try:
-        body: Any = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest("the body is not JSON") from exc
     if not isinstance(body, dict) or set(body) - {"ttl", "return_to"}:
         raise InvalidRequest("the body must be an object with only ttl and return_to")
     ttl, return_to = body.get("ttl"), body.get("return_to")

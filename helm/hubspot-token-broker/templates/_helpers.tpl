@@ -165,6 +165,7 @@ BROKER_AUTH_LOOKUP_RATE: {{ $c.authLookupRate | quote }}
 BROKER_INSTALL_STATE_TTL: {{ $c.installStateTtl | quote }}
 BROKER_INSTALL_LINKS_REQUIRED: {{ $c.installLinksRequired | quote }}
 BROKER_INSTALL_LINK_TTL: {{ $c.installLinkTtl | quote }}
+BROKER_MARKETPLACE_EXCHANGE_RATE: {{ $c.marketplaceExchangeRate | quote }}
 BROKER_RETURN_TO_ORIGINS: {{ join "," $c.returnToOrigins | quote }}
 BROKER_REFRESHER_ENABLED: {{ $c.refresherEnabled | quote }}
 BROKER_REFRESHER_BATCH: {{ $c.refresherBatch | quote }}

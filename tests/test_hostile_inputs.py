@@ -1,0 +1,102 @@
+"""Inputs that used to end in a 500 or put a stranger's words on our pages, on a real broker:
+Unicode digits where an integer is expected, JSON nested past the decoder's recursion limit,
+bodies of any size, and query parameter names made of sentences. Every answer is a 4xx
+problem (or error page) with a stable code, and none repeats what was sent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from broker.config import load_settings
+from broker.core.models import Role
+from broker.dev.simulator import Simulator
+from tests.helpers import Deployment, deployed
+
+HUB = 3_400_001
+MAX_JSON_BODY = 16 * 1024  # broker.web.params.MAX_JSON_BODY
+SENTENCE = "Your account is locked call 555 0100 now"
+
+
+@pytest.fixture
+def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
+    admin = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
+    with deployed(load_settings(env), sim, sim_url, hub_id=HUB, roles=admin) as d:
+        yield d
+
+
+def _authed(d: Deployment) -> httpx.Client:
+    return d.client(headers={"Authorization": f"Bearer {d.caller_key}"})
+
+
+def test_unicode_digits_are_a_422_not_a_500(deployment: Deployment) -> None:
+    with _authed(deployment) as client:
+        for path, params in [
+            ("/v1/portals/%C2%B2/token", {}),  # "²": str.isdigit() says yes, int() says no
+            ("/v1/portals/%D9%A3/token", {}),  # Arabic-Indic three
+            (f"/v1/portals/{HUB}/token", {"min_ttl": "\u00b9\u00b2"}),
+            (f"/v1/portals/{HUB}/token", {"user_id": "\uff11"}),  # fullwidth one
+            ("/v1/admin/portals/%C2%B2", {}),
+            ("/v1/admin/portals", {"limit": "\u00b3"}),
+        ]:
+            response = client.get(path, params=params)
+            assert response.status_code == 422, (path, params, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "invalid_request"
+        assert client.get(f"/v1/portals/{HUB}/token").status_code == 200
+
+
+def test_admin_bodies_are_bounded_and_deep_nesting_is_a_422(deployment: Deployment) -> None:
+    revoke = f"/v1/admin/portals/{HUB}/revoke"
+    links = "/v1/admin/apps/demo/install-links"
+    json_type = {"Content-Type": "application/json"}
+    with _authed(deployment) as client:
+        for path in (revoke, f"/v1/admin/portals/{HUB}/quarantine", links):
+            for deep in ("[" * 100_000 + "]" * 100_000, '{"a":' * 5_000 + "1" + "}" * 5_000):
+                response = client.post(path, content=deep[: MAX_JSON_BODY - 1], headers=json_type)
+                assert response.status_code == 422, (path, response.text)
+                assert response.json()["code"] == "invalid_request"
+            big = b'{"reason": "' + b"x" * (MAX_JSON_BODY + 1) + b'"}'
+            response = client.post(path, content=big, headers=json_type)
+            assert response.status_code == 413, (path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "body_too_large"
+
+            def chunks() -> Iterator[bytes]:  # no Content-Length: refused while streaming
+                for _ in range(64):
+                    yield b" " * 4096
+
+            response = client.post(path, content=chunks(), headers=json_type)
+            assert response.status_code == 413, (path, response.text)
+            assert response.json()["code"] == "body_too_large"
+        # Bodies within the limit still work.
+        assert client.post(links, json={"ttl": 60}).status_code == 200
+        done = client.post(revoke, params={"app": "demo"}, json={"reason": "test"})
+        assert done.status_code == 200, done.text
+
+
+def test_unknown_parameter_names_are_not_echoed(deployment: Deployment) -> None:
+    """A link can carry any parameter name; the page says a parameter was unknown, and which
+    ones the route accepts, but never repeats the name."""
+    hostile = {SENTENCE: "1", "<b>also this</b>": "x"}
+    with deployment.client() as browser, _authed(deployment) as api:
+        answers = {
+            "admin": browser.get("/admin", params=hostile),
+            "login": browser.get("/admin/login", params=hostile),
+            "install html": browser.get("/oauth/install", params={"app": "demo", **hostile}),
+            "install json": browser.get(
+                "/oauth/install",
+                params={"app": "demo", **hostile},
+                headers={"Accept": "application/json"},
+            ),
+            "token api": api.get(f"/v1/portals/{HUB}/token", params=hostile),
+            "admin api": api.get("/v1/admin/portals", params=hostile),
+        }
+    for name, response in answers.items():
+        assert response.status_code == 422, (name, response.text)
+        text = response.text
+        for word in ("locked", "555", "also this", "also%20this", "call"):
+            assert word not in text, (name, word, text)
+        assert "invalid_request" in text, name
