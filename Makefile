@@ -24,7 +24,7 @@ run: $(STAMP) ## Start embedded Postgres/Valkey/OpenBao, the HubSpot simulator a
 	$(BIN)/broker dev
 
 test: $(STAMP) ## Run the test suite on real backends (embedded unless BROKER_TEST_* URLs are set)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $${TEST_WORKERS:-2} --dist worksteal
 
 fuzz: $(STAMP) ## Schemathesis with fresh random cases (FUZZ_EXAMPLES per operation, default 500); counts last
 	@set -o pipefail; BROKER_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest \

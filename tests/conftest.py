@@ -19,7 +19,9 @@ from broker.dev.simulator import Simulator, run_in_thread
 from broker.dev.stack import BackendUrls
 from tests.backends import provide_backends
 
-TEMPLATE_DB = "htb_template"
+# One per xdist worker: workers sharing a server (BROKER_TEST_* URLs) never drop each
+# other's template.
+TEMPLATE_DB = f"htb_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 def _with_db(url: str, name: str) -> str:

@@ -580,6 +580,13 @@ SCRIPTS: dict[str, list[Callable[[Protocol], None]]] = {
         _operator("quarantine"),
         _run(0, "end"),
     ],
+    # ... also when the holder's lease ran out first (its answer must not be applied late).
+    "quarantine_during_a_stalled_refresh": [
+        _run(0, "after_hubspot"),
+        _time,
+        _operator("quarantine"),
+        _run(0, "end"),
+    ],
     "revoke_during_a_refresh": [_run(0, "after_hubspot"), _operator("revoke"), _run(0, "end")],
     "reinstall_during_a_refresh": [
         _rotation(True),

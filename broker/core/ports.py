@@ -294,12 +294,6 @@ class PortalRepository(Protocol):
         """HubSpot answered without tokens (an error): the call's outcome is known."""
         ...
 
-    async def unresolved_calls(self, lease: Lease, *, own: int | None, window: float) -> float:
-        """Seconds until the newest call sent from this lease's version (or later) by another
-        holder, still without an answer in the journal and sent less than ``window`` seconds
-        ago, can no longer be answered; 0 when there is none."""
-        ...
-
     async def journal(self, lease: Lease, grant: EncryptedGrant, intent_id: int | None) -> int:
         """Store the response in the journal (completing the intent row, or a new row when
         it is gone) before the fenced commit; not fenced."""

@@ -361,7 +361,7 @@ class RefreshEngine:
             except GrantDead as exc:
                 self._breaker.succeeded()  # HubSpot answered: the host is fine
                 await self._forget_intent(intent)
-                return await self._grant_dead(key, lease, exc, intent)
+                return await self._grant_dead(key, lease, exc)
             except HubSpotError as exc:
                 if not exc.outcome_unknown:  # it answered: no token was issued
                     await self._forget_intent(intent)
@@ -570,22 +570,16 @@ class RefreshEngine:
         await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
         return Fresh(committed)
 
-    async def _grant_dead(
-        self, key: PortalKey, lease: Lease, exc: GrantDead, intent: int | None
-    ) -> Fresh:
+    async def _grant_dead(self, key: PortalKey, lease: Lease, exc: GrantDead) -> Fresh:
         """``invalid_grant``: adopt a journaled newer response, or accept that someone else
-        refreshed, or wait on another holder's unanswered call, or — after a grace re-check —
-        mark the portal ``needs_reauth``.
+        refreshed, or — after a short grace re-check (a racing commit may land) — mark the
+        portal ``needs_reauth``.
 
-        The grace is short, unless this lease was taken over from a holder that never
-        released: that holder may be paused with a rotated token in hand, so we wait for its
-        journal row for as long as our own lease allows. Past that, while its call may still
-        be journaled (``unresolved_calls``), the portal backs off instead of giving up; if
-        the holder resumes later, its fenced-out write or the healing sweep applies it."""
+        No call from this version was unanswered when ours went out (``intend`` would have
+        held it back), so a rotated token can only have been lost with a crash, or with a
+        holder stalled past the answer window: if that one resumes, its fenced-out write or
+        the healing sweep applies its answer and the portal heals."""
         started = self._clock()
-        grace = _GRACE_SECONDS
-        if lease.stolen:
-            grace = max(grace, lease.seconds - self._settings.db_timeout * 2 - 1.0)
         while True:
             adopted = await self._adopt(lease)
             if adopted is not None:
@@ -594,18 +588,9 @@ class RefreshEngine:
             if current.version != lease.version:
                 await self._portals.release_lease(lease)
                 return Fresh(current)
-            if self._clock() - started >= grace:
+            if self._clock() - started >= _GRACE_SECONDS:
                 break
-            await self._sleep(min(0.25, grace))
-        # Another call HubSpot may have answered (rotating the token) whose holder can still
-        # journal the answer.
-        unknown_for = await self._portals.unresolved_calls(
-            lease, own=intent, window=self._answer_window(lease)
-        )
-        if unknown_for > 0:
-            return await self._outcome_unknown(
-                key, lease, unknown_for, state=PortalState.REFRESH_FAILING
-            )
+            await self._sleep(0.25)
         written = await self._portals.record_failure(
             lease, failure_class="grant_dead", state=PortalState.NEEDS_REAUTH, retry_in=0
         )

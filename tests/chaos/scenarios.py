@@ -168,7 +168,7 @@ def paused_holder(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
             time.sleep(6.5)  # past the 6 s lease
             taker = threading.Thread(target=c.ask, args=(other, hub, 600))
             taker.start()
-            time.sleep(2.5)  # the taker met invalid_grant (rotated) and is in its grace
+            time.sleep(2.5)  # the taker saw the holder's unanswered call and backed off
             holder.resume()
             taker.join(30)
             asker.join(30)

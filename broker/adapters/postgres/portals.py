@@ -590,21 +590,6 @@ class PostgresPortals:
             "DELETE FROM token_journal WHERE id = $1 AND refresh_ct IS NULL", intent_id
         )
 
-    async def unresolved_calls(self, lease: Lease, *, own: int | None, window: float) -> float:
-        left: float | None = await self._db.fetchval(
-            """SELECT extract(epoch FROM max(sent_at) + make_interval(secs => $4)
-                                         - clock_timestamp())::float8
-               FROM token_journal
-               WHERE portal_id = $1 AND refresh_ct IS NULL AND base_version >= $2
-                 AND id IS DISTINCT FROM $3
-                 AND sent_at > clock_timestamp() - make_interval(secs => $4)""",
-            lease.portal_id,
-            lease.version,
-            own,
-            window,
-        )
-        return max(0.0, left or 0.0)
-
     async def journal(self, lease: Lease, grant: EncryptedGrant, intent_id: int | None) -> int:
         journal_id: int | None = None
         if intent_id is not None:
