@@ -1,6 +1,7 @@
-"""``make chaos``: every fault scenario at full size, one line each, then a summary line
-``chaos: N passed, M failed``. Starts its own backends (like the test session); the
-Kubernetes-shaped harness (:mod:`tests.chaos.k8s`, ``--only k8s``) starts HA ones of its own."""
+"""``make chaos``: every fault scenario at its default size (100 portals; ``--portals 1000``
+for the long run), one line each, then a summary line ``chaos: N passed, M failed``. Starts
+its own backends (like the test session); the Kubernetes-shaped harness
+(:mod:`tests.chaos.k8s`, ``--only k8s``) starts HA ones of its own."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from broker.adapters.postgres.migrate import migrate
 from broker.dev.simulator import Simulator, run_in_thread
 from tests.backends import provide_backends
 from tests.chaos import k8s
-from tests.chaos.scenarios import FULL, SCENARIOS, SMALL, Size
+from tests.chaos.scenarios import DEFAULT, SCENARIOS, SMALL, Size
 from tests.conftest import _admin, _with_db, make_env
 
 
@@ -34,10 +35,10 @@ async def _fresh_database(admin_url: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos")
     parser.add_argument("--small", action="store_true", help="the reduced size of make test")
-    parser.add_argument("--portals", type=int, help="portals per scenario (default 1000)")
+    parser.add_argument("--portals", type=int, help="portals per scenario (default 100)")
     parser.add_argument("--only", action="append", choices=[*SCENARIOS, "k8s"])
     args = parser.parse_args()
-    size = SMALL if args.small else FULL
+    size = SMALL if args.small else DEFAULT
     if args.portals:
         size = Size(portals=args.portals, callers=size.callers)
     passed = failed = 0

@@ -35,8 +35,8 @@ class Size:
     callers: int
 
 
-SMALL = Size(portals=3, callers=20)
-FULL = Size(portals=1000, callers=50)
+SMALL = Size(portals=3, callers=20)  # make test
+DEFAULT = Size(portals=100, callers=50)  # make chaos: every promise, well under 45 minutes
 
 
 @dataclass
