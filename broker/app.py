@@ -33,6 +33,7 @@ from broker.adapters.postgres.outbox import PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.postgres.portals import PostgresPortals
 from broker.adapters.postgres.retention import PostgresRetention
+from broker.adapters.postgres.signing import PostgresInstallLinks, PostgresKeySchedule
 from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
@@ -49,6 +50,7 @@ from broker.core.operations import PortalOperations, RevocationRetrier
 from broker.core.refresh import RefreshEngine
 from broker.core.refresher import ProactiveRefresher
 from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
+from broker.core.signing import Keyring
 from broker.core.tokens import TokenService
 from broker.core.webhooks import WebhookDispatcher
 from broker.errors import BrokerError, FatalError
@@ -124,17 +126,21 @@ async def open_services(
                 ca_bundle=settings.ca_bundle,
             )
             stack.push_async_callback(verifier.close)
-        # A random per-deployment key kept in Vault, the same on every replica: it keys
-        # token fingerprints and (derived) the operator page's session and CSRF signatures
-        # and the install links' signatures.
-        deployment_key = await vault.fingerprint_key()
+        # One Vault Transit key per purpose (sessions and CSRF, install links, fingerprints),
+        # used only through Vault: no replica and no operator ever holds one.
+        keyring = Keyring(
+            macs=vault,
+            schedule=PostgresKeySchedule(db),
+            key_prefix=settings.vault_signing_key_prefix,
+            audit=audit,
+        )
         tokens = TokenService(
             settings,
             portals=portals,
             cipher=vault,
             refresher=engine,
             audit=audit,
-            fingerprint_key=deployment_key,
+            keyring=keyring,
         )
         caller_repository = PostgresCallers(db)
         caller_cache = CallerCache(settings)
@@ -156,9 +162,13 @@ async def open_services(
             verifier=verifier,
         )
         stack.push_async_callback(callers.close)
-        # Install links are signed with a key derived from it under their own label.
-        link_signer = LinkSigner(deployment_key)
-        install_links = InstallLinks(settings, signer=link_signer, engine=engine, audit=audit)
+        install_links = InstallLinks(
+            settings,
+            signer=LinkSigner(keyring),
+            store=PostgresInstallLinks(db),
+            engine=engine,
+            audit=audit,
+        )
         operations = PortalOperations(
             settings,
             portals=portals,
@@ -240,14 +250,14 @@ async def open_services(
                 oauth=oauth_client,
                 refresher=engine,
                 audit=audit,
-                links=link_signer,
+                links=install_links,
             ),
             install_links=install_links,
             callers=callers,
             admin=AdminService(portals=portals, secrets_store=vault, audit=audit),
             operations=operations,
             keys=KeyRotation(keys=vault, store=portals),
-            web_secret=deployment_key,
+            keyring=keyring,
             health=health,
         )
 

@@ -113,6 +113,9 @@ class Settings:
     vault_kv_prefix: str = "hubspot-token-broker"
     vault_transit_mount: str = "transit"
     vault_transit_key: str = "hubspot-tokens"
+    # Signing keys (broker.core.signing): one Transit key per purpose on the Transit mount,
+    # named this prefix + "session", "install-link", "fingerprint".
+    vault_signing_key_prefix: str = "hubspot-token-broker-"
     # PEM bundle of the CA(s) that sign Vault's certificate. Empty: the system's CAs.
     vault_cacert: str = ""
     redis_prefix: str = "htb:"

@@ -21,7 +21,7 @@ from typing import Any
 
 from broker import metrics
 from broker.config import Settings
-from broker.core.install_links import LinkSigner, check_return_to
+from broker.core.install_links import InstallLinks, check_return_to
 from broker.core.models import App, PortalKey, PortalRecord, PortalState, TokenGrant
 from broker.core.ports import (
     AuditSink,
@@ -70,7 +70,7 @@ class InstallService:
         oauth: OAuthProvider,
         refresher: RefreshEngine,
         audit: AuditSink,
-        links: LinkSigner,
+        links: InstallLinks,
     ) -> None:
         self._settings = settings
         self._links = links
@@ -96,7 +96,7 @@ class InstallService:
         hub_id: int | None = None
         try:
             if link is not None:
-                claims = self._links.verify(link, app=app_slug)
+                claims = await self._links.verify(link, app=app_slug)
                 if return_to is not None and return_to != claims.return_to:
                     raise InstallLinkRejected(
                         "return_to is set by the install link, not by the URL",

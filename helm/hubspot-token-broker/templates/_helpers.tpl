@@ -198,6 +198,7 @@ BROKER_VAULT_KV_MOUNT: {{ $v.kvMount | quote }}
 BROKER_VAULT_KV_PREFIX: {{ $v.kvPrefix | quote }}
 BROKER_VAULT_TRANSIT_MOUNT: {{ $v.transitMount | quote }}
 BROKER_VAULT_TRANSIT_KEY: {{ $v.transitKey | quote }}
+BROKER_VAULT_SIGNING_KEY_PREFIX: {{ $v.signingKeyPrefix | quote }}
 {{- end }}
 
 {{/*
