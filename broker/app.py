@@ -227,7 +227,7 @@ async def open_services(
                     outbox=PostgresOutbox(db),
                     sender=sender,
                     urls=settings.webhook_url_list,
-                    secret=settings.webhook_secret,
+                    signing_secrets=lambda: settings.webhook_secrets_by_url,
                     timeout=settings.webhook_timeout,
                     batch=settings.webhook_batch,
                     interval=settings.webhook_interval,

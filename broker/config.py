@@ -7,6 +7,7 @@ key at once (``broker check-config`` prints them without serving). Secrets are w
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -201,6 +202,10 @@ class Settings:
     # --- webhooks: the events outbox, signed and POSTed (broker.core.webhooks); off while
     # webhook_urls is empty. A Secret because receiver URLs may carry credentials.
     webhook_urls: Secret = field(default_factory=lambda: Secret(""))  # comma-separated
+    # One entry per receiver, comma-separated in the order of webhook_urls; an entry is one
+    # or more Standard Webhooks secrets ("whsec_" + base64 of 24-64 random bytes) separated
+    # by spaces: all of them sign (a rotation's overlap: new first, old until the receiver
+    # switched). No secret may serve two receivers.
     webhook_secret: Secret = field(default_factory=lambda: Secret(""))
     webhook_timeout: float = 10.0
     webhook_batch: int = 32  # deliveries in flight per receiver and replica
@@ -285,10 +290,11 @@ class Settings:
         ):
             # The URL itself is not echoed: it may carry credentials.
             problems.append(f"{PREFIX}WEBHOOK_URLS: every URL must be an http(s) URL")
-        if self.webhook_url_list and len(self.webhook_secret.get()) < 32:
-            problems.append(
-                f"{PREFIX}WEBHOOK_SECRET: 32+ characters required with {PREFIX}WEBHOOK_URLS"
-            )
+        if self.webhook_url_list:
+            try:
+                self.webhook_secrets_by_url  # noqa: B018 - parsed for its errors
+            except ValueError as exc:
+                problems.append(f"{PREFIX}WEBHOOK_SECRET: {exc}")
         if min(self.webhook_timeout, self.webhook_batch, self.webhook_interval) <= 0:
             problems.append(f"{PREFIX}WEBHOOK_TIMEOUT, _BATCH and _INTERVAL: must be > 0")
         if not 0 < self.webhook_backoff_base <= self.webhook_backoff_cap:
@@ -363,11 +369,47 @@ class Settings:
         return [url.strip() for url in self.webhook_urls.get().split(",") if url.strip()]
 
     @property
+    def webhook_secrets_by_url(self) -> dict[str, list[Secret]]:
+        """Each receiver URL's signing secrets (``webhook_secret`` parsed; read anew on
+        every call, so a secret file's rotation is seen); ValueError names what is wrong,
+        never a secret."""
+        urls = self.webhook_url_list
+        entries = [e.split() for e in self.webhook_secret.get().split(",")]
+        if len(entries) != len(urls) or any(not entry for entry in entries):
+            raise ValueError(
+                f"one entry per URL of {PREFIX}WEBHOOK_URLS ({len(urls)}), comma-separated, "
+                "each one or more whsec_ secrets separated by spaces"
+            )
+        seen: set[str] = set()
+        for number, entry in enumerate(entries, 1):
+            for secret in entry:
+                if not _is_whsec(secret):
+                    raise ValueError(
+                        f"entry {number}: every secret must be whsec_ and the base64 of "
+                        "24-64 random bytes"
+                    )
+                if secret in seen:
+                    raise ValueError(f"entry {number}: a secret may serve one receiver only")
+                seen.add(secret)
+        return {url: [Secret(s) for s in entry] for url, entry in zip(urls, entries, strict=True)}
+
+    @property
     def refresh_budget_seconds(self) -> float:
         """Worst-case time one refresh holds its lease after taking it (a Vault call may
         try every listed node, each within the Vault timeout)."""
         vault = self.vault_timeout * max(1, len(self.vault_addr_list))
         return vault + self.hubspot_timeout + 2 * self.db_timeout
+
+
+def _is_whsec(secret: str) -> bool:
+    encoded = secret.removeprefix("whsec_")
+    if encoded == secret:
+        return False
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return False
+    return 24 <= len(raw) <= 64
 
 
 def _parse_bool(raw: str) -> bool:

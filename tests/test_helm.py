@@ -49,7 +49,7 @@ PLACEHOLDERS = {
     "BROKER_VAULT_TOKEN": "placeholder",
     "BROKER_VAULT_SECRET_ID": "placeholder",
     "BROKER_WEBHOOK_URLS": "https://receiver.example.com/hook",
-    "BROKER_WEBHOOK_SECRET": "placeholder-placeholder-placeholder-32",
+    "BROKER_WEBHOOK_SECRET": "whsec_cGxhY2Vob2xkZXItcGxhY2Vob2xkZXItcGxhY2Vob2xkZXI=",
 }
 # Settings naming files the server reads: each must point into a read-only mount.
 FILE_SETTINGS = {
@@ -596,7 +596,7 @@ def test_secret_settings_from_value_from_reach_the_deployment(chart: helm.Chart)
                 "secrets": {
                     "redisUrl": "redis://redis:6379/0",
                     "vaultToken": "token-canary",
-                    "webhookSecret": "s" * 32,
+                    "webhookSecret": "whsec_" + "c" * 40,
                     "valueFrom": {"BROKER_DATABASE_URL": pg, "BROKER_WEBHOOK_URLS": hook},
                 },
                 "extraEnv": [
