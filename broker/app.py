@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TypedDict
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from starlette.applications import Starlette
@@ -86,6 +87,7 @@ async def open_services(
             min_size=settings.database_pool_min if serving else 1,
             max_size=settings.database_pool_max if serving else 2,
             timeout=settings.db_timeout,
+            password=_database_password(settings),
         )
         stack.push_async_callback(db.close)
         async with db.connection() as conn:
@@ -260,6 +262,14 @@ async def open_services(
             keyring=keyring,
             health=health,
         )
+
+
+def _database_password(settings: Settings) -> Callable[[], str] | None:
+    """For a URL with a password: asked on every new connection, so a password rotated in
+    BROKER_DATABASE_URL_FILE is used without a restart. None: the URL's own rules."""
+    if urlsplit(settings.database_url.get()).password is None:
+        return None
+    return lambda: unquote(urlsplit(settings.database_url.get()).password or "")
 
 
 def open_admin(settings: Settings) -> AbstractAsyncContextManager[Services]:

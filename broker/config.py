@@ -25,18 +25,52 @@ MAX_INSTALL_LINK_TTL = 30 * 86400
 
 
 class Secret:
-    """A string that never shows itself in a repr, a log line or a traceback."""
+    """A string that never shows itself in a repr, a log line or a traceback.
 
-    __slots__ = ("_value",)
+    :meth:`from_file` makes one backed by a file (``BROKER_<NAME>_FILE``, e.g. a mounted
+    Kubernetes Secret): :meth:`get` reads the file again whenever it changed (its mtime,
+    size or inode: Kubernetes swaps a symlink on rotation), so whoever calls ``get`` at use
+    time sees a rotated secret without a restart. A file that cannot be read any more keeps
+    the last value (and the next ``get`` tries again)."""
+
+    __slots__ = ("_path", "_stamp", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._path = ""
+        self._stamp: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Secret:
+        """Raises OSError when the file cannot be read now."""
+        secret = cls("")
+        secret._path = os.fspath(path)
+        secret._load(os.stat(secret._path))
+        return secret
+
+    def _load(self, stat: os.stat_result) -> None:
+        with open(self._path, encoding="utf-8") as file:
+            # Files written by `echo` or editors end in a newline the value never has.
+            self._value = file.read().strip()
+        self._stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    @property
+    def path(self) -> str:
+        """The file it comes from ('' for a plain value)."""
+        return self._path
 
     def get(self) -> str:
+        if self._path:
+            try:
+                stat = os.stat(self._path)
+                if (stat.st_mtime_ns, stat.st_size, stat.st_ino) != self._stamp:
+                    self._load(stat)
+            except (OSError, UnicodeDecodeError):
+                pass  # mid-rotation or gone: the last value, until the file is back
         return self._value
 
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return bool(self.get())
 
     def __repr__(self) -> str:
         return "Secret('**********')" if self._value else "Secret('')"
@@ -44,10 +78,10 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        return isinstance(other, Secret) and other.get() == self.get()
 
     def __hash__(self) -> int:
-        return hash(self._value)
+        return hash(self.get())
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +488,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for spec in fields(Settings):
         key = PREFIX + spec.name.upper()
         raw = source.get(key)
+        path = source.get(f"{key}_FILE", "") if str(spec.type) == "Secret" else ""
+        if path:
+            # Every secret may come from a file instead (a mounted Kubernetes Secret), and
+            # is then read again whenever the file changes.
+            if raw:
+                problems.append(f"{key} and {key}_FILE: set one, not both")
+                continue
+            try:
+                values[spec.name] = Secret.from_file(path)
+            except (OSError, UnicodeDecodeError):
+                problems.append(f"{key}_FILE: {path} is not a readable file")
+            continue
         if raw is None or raw == "":
             if spec.default is MISSING and spec.default_factory is MISSING:
                 problems.append(f"{key}: required")

@@ -93,6 +93,9 @@ class VaultAdapter:
         """``fn`` on the Vault thread pool. With several addresses (HA nodes), one that is
         unreachable, sealed or failing is left for the next, each tried once per call."""
         loop = asyncio.get_running_loop()
+        if self._settings.vault_auth == "token" and self._client.token:
+            # From a file (BROKER_VAULT_TOKEN_FILE): a rotated token is used at once.
+            self._client.token = self._settings.vault_token.get()
         for tried in range(1, len(self._addrs) + 1):
             metrics.VAULT_REQUESTS.labels(operation).inc()
             used = self._current
