@@ -136,6 +136,7 @@ async def open_services(
             key_prefix=settings.vault_signing_key_prefix,
             audit=audit,
         )
+        await keyring.check()
         tokens = TokenService(
             settings,
             portals=portals,

@@ -314,8 +314,11 @@ class VaultAdapter:
             response: Any = await self._call(
                 "hmac", lambda: self._client.write_data(path, data=data)
             )
-        except hvac.exceptions.InvalidRequest as exc:  # e.g. a version the key does not have
-            raise VaultError("Vault could not sign", code="sign_failed") from exc
+        except hvac.exceptions.InvalidRequest as exc:  # no such key, or no such version
+            raise VaultError(
+                f"Vault could not sign with {key!r} (is it created? deploy/vault/bootstrap.sh)",
+                code="sign_failed",
+            ) from exc
         results = response["data"]["batch_results"]
         macs = [_mac(str(r.get("hmac") or "")) for r in results]
         if len(macs) != len(items) or any(m is None for m in macs):

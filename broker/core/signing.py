@@ -92,6 +92,12 @@ class Keyring:
         (mac,) = await self._batches[purpose].submit([_input(label, data)])
         return mac
 
+    async def check(self) -> None:
+        """Reach Vault and the install-link key (the one both the replicas' and the
+        operators' policies may sign with), so a wrong address, CA, token or a missing key
+        fails at start, not at the first request. Raises :class:`~broker.errors.VaultError`."""
+        await self.sign(Purpose.INSTALL_LINK, "startup-check", b"")
+
     async def verify(self, purpose: Purpose, label: str, data: bytes, mac: Mac) -> bool:
         """Whether ``mac`` is ``data``'s under a version of ``purpose``'s key that has not
         retired. Vault checks the MAC (an unknown or too-old version is simply invalid)."""
