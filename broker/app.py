@@ -14,9 +14,10 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TypedDict
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from starlette.applications import Starlette
@@ -33,6 +34,7 @@ from broker.adapters.postgres.outbox import PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.postgres.portals import PostgresPortals
 from broker.adapters.postgres.retention import PostgresRetention
+from broker.adapters.postgres.signing import PostgresInstallLinks, PostgresKeySchedule
 from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
@@ -50,6 +52,7 @@ from broker.core.operations import PortalOperations, RevocationRetrier
 from broker.core.refresh import Checkpoint, RefreshEngine
 from broker.core.refresher import ProactiveRefresher
 from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
+from broker.core.signing import Keyring
 from broker.core.tokens import TokenService
 from broker.core.webhooks import WebhookDispatcher
 from broker.errors import BrokerError, FatalError
@@ -85,6 +88,7 @@ async def open_services(
             min_size=settings.database_pool_min if serving else 1,
             max_size=settings.database_pool_max if serving else 2,
             timeout=settings.db_timeout,
+            password=_database_password(settings),
         )
         stack.push_async_callback(db.close)
         async with db.connection() as conn:
@@ -125,17 +129,22 @@ async def open_services(
                 ca_bundle=settings.ca_bundle,
             )
             stack.push_async_callback(verifier.close)
-        # A random per-deployment key kept in Vault, the same on every replica: it keys
-        # token fingerprints and (derived) the operator page's session and CSRF signatures
-        # and the install links' signatures.
-        deployment_key = await vault.fingerprint_key()
+        # One Vault Transit key per purpose (sessions and CSRF, install links, fingerprints),
+        # used only through Vault: no replica and no operator ever holds one.
+        keyring = Keyring(
+            macs=vault,
+            schedule=PostgresKeySchedule(db),
+            key_prefix=settings.vault_signing_key_prefix,
+            audit=audit,
+        )
+        await keyring.check()
         tokens = TokenService(
             settings,
             portals=portals,
             cipher=vault,
             refresher=engine,
             audit=audit,
-            fingerprint_key=deployment_key,
+            keyring=keyring,
         )
         caller_repository = PostgresCallers(db)
         caller_cache = CallerCache(settings)
@@ -157,9 +166,13 @@ async def open_services(
             verifier=verifier,
         )
         stack.push_async_callback(callers.close)
-        # Install links are signed with a key derived from it under their own label.
-        link_signer = LinkSigner(deployment_key)
-        install_links = InstallLinks(settings, signer=link_signer, engine=engine, audit=audit)
+        install_links = InstallLinks(
+            settings,
+            signer=LinkSigner(keyring),
+            store=PostgresInstallLinks(db),
+            engine=engine,
+            audit=audit,
+        )
         operations = PortalOperations(
             settings,
             portals=portals,
@@ -218,7 +231,7 @@ async def open_services(
                     outbox=PostgresOutbox(db),
                     sender=sender,
                     urls=settings.webhook_url_list,
-                    secret=settings.webhook_secret,
+                    signing_secrets=lambda: settings.webhook_secrets_by_url,
                     timeout=settings.webhook_timeout,
                     batch=settings.webhook_batch,
                     interval=settings.webhook_interval,
@@ -241,18 +254,26 @@ async def open_services(
                 oauth=oauth_client,
                 refresher=engine,
                 audit=audit,
-                links=link_signer,
-                # The state kept in Redis is sealed under a key derived for it alone.
-                seal=StateSeal(deployment_key),
+                links=install_links,
+                # The state kept in Redis is sealed under the session key, with its own label.
+                seal=StateSeal(keyring),
             ),
             install_links=install_links,
             callers=callers,
             admin=AdminService(portals=portals, secrets_store=vault, audit=audit),
             operations=operations,
             keys=KeyRotation(keys=vault, store=portals),
-            web_secret=deployment_key,
+            keyring=keyring,
             health=health,
         )
+
+
+def _database_password(settings: Settings) -> Callable[[], str] | None:
+    """For a URL with a password: asked on every new connection, so a password rotated in
+    BROKER_DATABASE_URL_FILE is used without a restart. None: the URL's own rules."""
+    if urlsplit(settings.database_url.get()).password is None:
+        return None
+    return lambda: unquote(urlsplit(settings.database_url.get()).password or "")
 
 
 def open_admin(settings: Settings) -> AbstractAsyncContextManager[Services]:

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.config import Secret, Settings, load_settings
 from broker.core.admin import app_view, portal_view
 from broker.core.keys import RewrapReport
 from broker.core.models import DEFAULT_API_VERSION, App, PortalKey, Role
+from broker.core.signing import Purpose
 from broker.errors import BrokerError, ConfigError
+
+if TYPE_CHECKING:
+    from broker.core.install_links import InstallLink
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -79,7 +84,7 @@ async def cmd_apps_add(settings: Settings, args: argparse.Namespace, out: _Out) 
     )
     secret = _read_secret(args)
     async with open_admin(settings) as ctx:
-        saved = await ctx.admin.add_app(app, secret, actor="cli")
+        saved = await ctx.admin.add_app(app, secret, actor=_actor())
     out.emit(app_view(saved), f"app {saved.slug} saved (client secret stored in Vault)")
 
 
@@ -91,13 +96,24 @@ async def cmd_apps_list(settings: Settings, args: argparse.Namespace, out: _Out)
     out.emit(apps, _table(apps, ["slug", "client_id", "api_version", "redirect_uri"]))
 
 
-def _emit_link(out: _Out, url: str, expires_at: datetime) -> None:
+def _actor() -> str:
+    """Who runs this command, for the audit trail: ``cli:`` and the OS login name (an
+    attribution aid, not an authentication: the admin API records authenticated callers)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "cli"
+
+
+def _emit_link(out: _Out, link: InstallLink) -> None:
     """The URL alone on stdout (for scripts); the reminder on stderr."""
-    out.emit({"url": url, "expires_at": expires_at.isoformat()}, url)
+    url, expires_at = link.url, link.expires_at
+    out.emit({"url": url, "expires_at": expires_at.isoformat(), "id": link.id}, url)
     if not out.as_json:
         print(
-            f"valid until {expires_at.isoformat()}; anyone holding it can install a portal "
-            "into the app: send it privately",
+            f"link {link.id}, valid until {expires_at.isoformat()}; anyone holding it can "
+            "install a portal into the app: send it privately (revoke: `broker install-links "
+            f"revoke {link.id}`)",
             file=sys.stderr,
         )
 
@@ -107,9 +123,46 @@ async def cmd_apps_install_link(settings: Settings, args: argparse.Namespace, ou
 
     async with open_admin(settings) as ctx:
         link = await ctx.install_links.mint(
-            args.slug, actor="cli", ttl=args.ttl, return_to=args.return_to
+            args.slug, actor=_actor(), ttl=args.ttl, return_to=args.return_to
         )
-    _emit_link(out, link.url, link.expires_at)
+    _emit_link(out, link)
+
+
+async def cmd_install_links(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    async with open_admin(settings) as ctx:
+        if args.sub == "revoke":
+            links = [await ctx.install_links.revoke(args.id, actor=_actor())]
+        else:
+            links = await ctx.install_links.list_links(app=args.app, include_inactive=args.all)
+    rows = [
+        {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(link).items()}
+        for link in links
+    ]
+    out.emit(rows, _table(rows, ["id", "app", "hub_id", "created_by", "expires_at", "revoked_at"]))
+
+
+async def cmd_signing_keys(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
+    from broker.app import open_admin
+
+    async with open_admin(settings) as ctx:
+        if args.sub == "rotate-signing":
+            chosen = list(Purpose) if "all" in args.purpose else [Purpose(p) for p in args.purpose]
+            await ctx.keyring.rotate(
+                chosen, overlap_seconds=args.overlap_hours * 3600, actor=_actor()
+            )
+        statuses = await ctx.keyring.status()
+    rows = [
+        {
+            "purpose": s.purpose.value,
+            "key": s.key,
+            "latest_version": s.latest_version,
+            "retiring": {str(v): at.isoformat() for v, at in sorted(s.retiring.items())},
+        }
+        for s in statuses
+    ]
+    out.emit(rows, _table(rows, ["purpose", "key", "latest_version", "retiring"]))
 
 
 async def cmd_callers_create(settings: Settings, args: argparse.Namespace, out: _Out) -> None:
@@ -128,7 +181,7 @@ async def cmd_callers_create(settings: Settings, args: argparse.Namespace, out: 
             rate_limit=args.rate,
             identity=None if not args.jwt_subject else (args.jwt_issuer, args.jwt_subject),
             with_key=not args.no_key,
-            actor="cli",
+            actor=_actor(),
         )
     data = {"name": new.caller.name, "key": new.secret or None, "expires_at": new.expires_at}
     text = f"caller {new.caller.name} created"
@@ -160,7 +213,7 @@ async def cmd_callers_rotate(settings: Settings, args: argparse.Namespace, out: 
 
     async with open_admin(settings) as ctx:
         new = await ctx.callers.rotate(
-            args.name, overlap_seconds=args.overlap_hours * 3600, actor="cli"
+            args.name, overlap_seconds=args.overlap_hours * 3600, actor=_actor()
         )
     data = {"name": new.caller.name, "key": new.secret, "old_key_valid_hours": args.overlap_hours}
     out.emit(
@@ -174,7 +227,7 @@ async def cmd_callers_disable(settings: Settings, args: argparse.Namespace, out:
     from broker.app import open_admin
 
     async with open_admin(settings) as ctx:
-        await ctx.callers.disable(args.name, actor="cli")
+        await ctx.callers.disable(args.name, actor=_actor())
     out.emit({"name": args.name, "disabled": True}, f"caller {args.name} disabled")
 
 
@@ -213,21 +266,21 @@ async def cmd_portals_action(settings: Settings, args: argparse.Namespace, out: 
     async with open_admin(settings) as svc:
         ops = svc.operations
         if args.sub == "revoke":
-            done = await ops.revoke(key, reason=args.reason, actor="cli")
+            done = await ops.revoke(key, reason=args.reason, actor=_actor())
             view = {**portal_view(done.record), "upstream": done.upstream}
             text = f"portal {key} revoked (upstream: {done.upstream})"
         elif args.sub == "quarantine":
-            view = portal_view(await ops.quarantine(key, actor="cli", reason=args.reason))
+            view = portal_view(await ops.quarantine(key, actor=_actor(), reason=args.reason))
             text = f"portal {key} quarantined"
         elif args.sub == "release":
-            view = portal_view(await ops.release(key, actor="cli"))
+            view = portal_view(await ops.release(key, actor=_actor()))
             text = f"portal {key} released"
         elif args.sub == "refresh":
-            view = portal_view(await ops.force_refresh(key, actor="cli"))
+            view = portal_view(await ops.force_refresh(key, actor=_actor()))
             text = f"portal {key} refreshed (version {view['version']})"
         else:
-            link = await ops.install_link(key, actor="cli", ttl=args.ttl)
-            _emit_link(out, link.url, link.expires_at)
+            link = await ops.install_link(key, actor=_actor(), ttl=args.ttl)
+            _emit_link(out, link)
             return
     out.emit(view, text)
 
@@ -447,6 +500,28 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("status", help="key versions and what still needs a rewrap").set_defaults(
         run=cmd_keys
     )
+    rotate_signing = keys.add_parser(
+        "rotate-signing",
+        help="rotate signing keys: the new version signs at once, the old ones verify until "
+        "the overlap ends (audited)",
+    )
+    rotate_signing.add_argument("purpose", nargs="+", choices=[*(p.value for p in Purpose), "all"])
+    rotate_signing.add_argument("--overlap-hours", type=float, default=24.0)
+    rotate_signing.set_defaults(run=cmd_signing_keys)
+    keys.add_parser(
+        "signing-status", help="signing keys: latest versions and retirements"
+    ).set_defaults(run=cmd_signing_keys)
+
+    links = sub.add_parser("install-links", help="minted install links").add_subparsers(
+        dest="sub", required=True
+    )
+    llist = links.add_parser("list", help="unexpired, unrevoked links (never the token)")
+    llist.add_argument("--app")
+    llist.add_argument("--all", action="store_true", help="expired and revoked ones too")
+    llist.set_defaults(run=cmd_install_links)
+    lrevoke = links.add_parser("revoke", help="refuse this link from now on, on every replica")
+    lrevoke.add_argument("id")
+    lrevoke.set_defaults(run=cmd_install_links)
 
     audit = sub.add_parser("audit", help="query the audit trail (newest first)")
     audit.add_argument("--hub", type=int)

@@ -7,6 +7,7 @@ key at once (``broker check-config`` prints them without serving). Secrets are w
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -24,18 +25,52 @@ MAX_INSTALL_LINK_TTL = 30 * 86400
 
 
 class Secret:
-    """A string that never shows itself in a repr, a log line or a traceback."""
+    """A string that never shows itself in a repr, a log line or a traceback.
 
-    __slots__ = ("_value",)
+    :meth:`from_file` makes one backed by a file (``BROKER_<NAME>_FILE``, e.g. a mounted
+    Kubernetes Secret): :meth:`get` reads the file again whenever it changed (its mtime,
+    size or inode: Kubernetes swaps a symlink on rotation), so whoever calls ``get`` at use
+    time sees a rotated secret without a restart. A file that cannot be read any more keeps
+    the last value (and the next ``get`` tries again)."""
+
+    __slots__ = ("_path", "_stamp", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._path = ""
+        self._stamp: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Secret:
+        """Raises OSError when the file cannot be read now."""
+        secret = cls("")
+        secret._path = os.fspath(path)
+        secret._load(os.stat(secret._path))
+        return secret
+
+    def _load(self, stat: os.stat_result) -> None:
+        with open(self._path, encoding="utf-8") as file:
+            # Files written by `echo` or editors end in a newline the value never has.
+            self._value = file.read().strip()
+        self._stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    @property
+    def path(self) -> str:
+        """The file it comes from ('' for a plain value)."""
+        return self._path
 
     def get(self) -> str:
+        if self._path:
+            try:
+                stat = os.stat(self._path)
+                if (stat.st_mtime_ns, stat.st_size, stat.st_ino) != self._stamp:
+                    self._load(stat)
+            except (OSError, UnicodeDecodeError):
+                pass  # mid-rotation or gone: the last value, until the file is back
         return self._value
 
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return bool(self.get())
 
     def __repr__(self) -> str:
         return "Secret('**********')" if self._value else "Secret('')"
@@ -43,10 +78,10 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        return isinstance(other, Secret) and other.get() == self.get()
 
     def __hash__(self) -> int:
-        return hash(self._value)
+        return hash(self.get())
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +148,9 @@ class Settings:
     vault_kv_prefix: str = "hubspot-token-broker"
     vault_transit_mount: str = "transit"
     vault_transit_key: str = "hubspot-tokens"
+    # Signing keys (broker.core.signing): one Transit key per purpose on the Transit mount,
+    # named this prefix + "session", "install-link", "fingerprint".
+    vault_signing_key_prefix: str = "hubspot-token-broker-"
     # PEM bundle of the CA(s) that sign Vault's certificate. Empty: the system's CAs.
     vault_cacert: str = ""
     redis_prefix: str = "htb:"
@@ -202,6 +240,10 @@ class Settings:
     # --- webhooks: the events outbox, signed and POSTed (broker.core.webhooks); off while
     # webhook_urls is empty. A Secret because receiver URLs may carry credentials.
     webhook_urls: Secret = field(default_factory=lambda: Secret(""))  # comma-separated
+    # One entry per receiver, comma-separated in the order of webhook_urls; an entry is one
+    # or more Standard Webhooks secrets ("whsec_" + base64 of 24-64 random bytes) separated
+    # by spaces: all of them sign (a rotation's overlap: new first, old until the receiver
+    # switched). No secret may serve two receivers.
     webhook_secret: Secret = field(default_factory=lambda: Secret(""))
     webhook_timeout: float = 10.0
     webhook_batch: int = 32  # deliveries in flight per receiver and replica
@@ -288,10 +330,11 @@ class Settings:
         ):
             # The URL itself is not echoed: it may carry credentials.
             problems.append(f"{PREFIX}WEBHOOK_URLS: every URL must be an http(s) URL")
-        if self.webhook_url_list and len(self.webhook_secret.get()) < 32:
-            problems.append(
-                f"{PREFIX}WEBHOOK_SECRET: 32+ characters required with {PREFIX}WEBHOOK_URLS"
-            )
+        if self.webhook_url_list:
+            try:
+                self.webhook_secrets_by_url  # noqa: B018 - parsed for its errors
+            except ValueError as exc:
+                problems.append(f"{PREFIX}WEBHOOK_SECRET: {exc}")
         if min(self.webhook_timeout, self.webhook_batch, self.webhook_interval) <= 0:
             problems.append(f"{PREFIX}WEBHOOK_TIMEOUT, _BATCH and _INTERVAL: must be > 0")
         if not 0 < self.webhook_backoff_base <= self.webhook_backoff_cap:
@@ -366,11 +409,47 @@ class Settings:
         return [url.strip() for url in self.webhook_urls.get().split(",") if url.strip()]
 
     @property
+    def webhook_secrets_by_url(self) -> dict[str, list[Secret]]:
+        """Each receiver URL's signing secrets (``webhook_secret`` parsed; read anew on
+        every call, so a secret file's rotation is seen); ValueError names what is wrong,
+        never a secret."""
+        urls = self.webhook_url_list
+        entries = [e.split() for e in self.webhook_secret.get().split(",")]
+        if len(entries) != len(urls) or any(not entry for entry in entries):
+            raise ValueError(
+                f"one entry per URL of {PREFIX}WEBHOOK_URLS ({len(urls)}), comma-separated, "
+                "each one or more whsec_ secrets separated by spaces"
+            )
+        seen: set[str] = set()
+        for number, entry in enumerate(entries, 1):
+            for secret in entry:
+                if not _is_whsec(secret):
+                    raise ValueError(
+                        f"entry {number}: every secret must be whsec_ and the base64 of "
+                        "24-64 random bytes"
+                    )
+                if secret in seen:
+                    raise ValueError(f"entry {number}: a secret may serve one receiver only")
+                seen.add(secret)
+        return {url: [Secret(s) for s in entry] for url, entry in zip(urls, entries, strict=True)}
+
+    @property
     def refresh_budget_seconds(self) -> float:
         """Worst-case time one refresh holds its lease after taking it (a Vault call may
         try every listed node, each within the Vault timeout)."""
         vault = self.vault_timeout * max(1, len(self.vault_addr_list))
         return vault + self.hubspot_timeout + 2 * self.db_timeout
+
+
+def _is_whsec(secret: str) -> bool:
+    encoded = secret.removeprefix("whsec_")
+    if encoded == secret:
+        return False
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return False
+    return 24 <= len(raw) <= 64
 
 
 def _parse_bool(raw: str) -> bool:
@@ -415,6 +494,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for spec in fields(Settings):
         key = PREFIX + spec.name.upper()
         raw = source.get(key)
+        path = source.get(f"{key}_FILE", "") if str(spec.type) == "Secret" else ""
+        if path:
+            # Every secret may come from a file instead (a mounted Kubernetes Secret), and
+            # is then read again whenever the file changes.
+            if raw:
+                problems.append(f"{key} and {key}_FILE: set one, not both")
+                continue
+            try:
+                values[spec.name] = Secret.from_file(path)
+            except (OSError, UnicodeDecodeError):
+                problems.append(f"{key}_FILE: {path} is not a readable file")
+            continue
         if raw is None or raw == "":
             if spec.default is MISSING and spec.default_factory is MISSING:
                 problems.append(f"{key}: required")

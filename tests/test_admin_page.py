@@ -169,11 +169,20 @@ def test_a_forged_session_goes_back_to_login(deployment: Deployment) -> None:
     with login(deployment) as client:
         real = client.cookies[admin_page.COOKIE]
         token = csrf(client)
-    body, mac = real.split(".")
+    body, _, mac = real.partition(".")  # mac: v<key version>.<base64url>
     payload = base64.urlsafe_b64decode(body + "==").decode().split("|")
     payload[1] = str(int(payload[1]) + 86_400)  # a longer life, under the old MAC
     longer = base64.urlsafe_b64encode("|".join(payload).encode()).decode().rstrip("=")
-    forgeries = [f"{longer}.{mac}", f"{body}.{mac[:-2]}AA", "garbage", "\xe9.\xe9", ""]
+    version, _, digest = mac.partition(".")
+    forgeries = [
+        f"{longer}.{mac}",
+        f"{body}.{mac[:-2]}AA",
+        f"{body}.v{int(version[1:]) + 1}.{digest}",  # a key version that does not exist
+        f"{body}.{digest}",  # the format before signing keys had versions
+        "garbage",
+        "\xe9.\xe9",
+        "",
+    ]
     for forged in forgeries:
         cookie = f"{admin_page.COOKIE}={forged}".encode("latin-1")
         with deployment.client(headers={"Cookie": cookie}) as client:

@@ -645,10 +645,19 @@ def test_vault_bootstrap_and_policies(backends: BackendUrls) -> None:
             await admin.add_client_secret(app, Secret("second"))
             with pytest.raises(VaultError, match="denied"):
                 await admin.encrypt([("token", b"context")])
-            # broker: read secrets, the fingerprint key, Transit on its key.
+            # broker: read secrets, sign and verify with the signing keys, Transit on its key.
             assert [s.get() for s in await runtime.client_secrets(app)] == ["second", "first"]
-            key = await runtime.fingerprint_key()
-            assert len(key) == 32
+            session = "hubspot-token-broker-session"
+            (mac,) = await runtime.hmac(session, [b"data"])
+            assert await runtime.verify(session, [(b"data", mac), (b"other", mac)]) == [
+                True,
+                False,
+            ]
+            # broker-admin: mints links (signs with the link key) but signs nothing else.
+            (link_mac,) = await admin.hmac("hubspot-token-broker-install-link", [b"link"])
+            assert link_mac.version >= 1
+            with pytest.raises(VaultError, match="denied"):
+                await admin.hmac(session, [b"data"])
             (ciphertext,) = await runtime.encrypt([("token", b"context")])
             assert ciphertext.startswith("vault:v")
             assert await runtime.decrypt([(ciphertext, b"context")]) == ["token"]

@@ -49,7 +49,7 @@ PLACEHOLDERS = {
     "BROKER_VAULT_TOKEN": "placeholder",
     "BROKER_VAULT_SECRET_ID": "placeholder",
     "BROKER_WEBHOOK_URLS": "https://receiver.example.com/hook",
-    "BROKER_WEBHOOK_SECRET": "placeholder-placeholder-placeholder-32",
+    "BROKER_WEBHOOK_SECRET": "whsec_cGxhY2Vob2xkZXItcGxhY2Vob2xkZXItcGxhY2Vob2xkZXI=",
 }
 # Settings naming files the server reads: each must point into a read-only mount.
 FILE_SETTINGS = {
@@ -585,30 +585,25 @@ def test_secret_settings_from_value_from_reach_the_deployment(chart: helm.Chart)
     chart's); extraEnv passes EnvVars with valueFrom through; extraEnvFrom adds sources."""
     pg = {"secretKeyRef": {"name": "broker-pg-app", "key": "uri"}}
     hook = {"secretKeyRef": {"name": "webhook-creds", "key": "urls", "optional": False}}
-    docs = Rendered(
+    docs = _with_webhooks_and_token(
+        chart,
         "value-from",
-        {},
-        render(
-            chart,
-            {
-                "vault": {"auth": {"method": "token"}},
-                "webhooks": {"enabled": True},
-                "secrets": {
-                    "redisUrl": "redis://redis:6379/0",
-                    "vaultToken": "token-canary",
-                    "webhookSecret": "s" * 32,
-                    "valueFrom": {"BROKER_DATABASE_URL": pg, "BROKER_WEBHOOK_URLS": hook},
+        {
+            "redisUrl": "redis://redis:6379/0",
+            "vaultToken": "token-canary",
+            "webhookSecret": "whsec_" + "c" * 40,
+            "valueFrom": {"BROKER_DATABASE_URL": pg, "BROKER_WEBHOOK_URLS": hook},
+        },
+        {
+            "extraEnv": [
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {
+                    "name": "HTTPS_PROXY",
+                    "valueFrom": {"secretKeyRef": {"name": "proxy", "key": "url"}},
                 },
-                "extraEnv": [
-                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                    {
-                        "name": "HTTPS_PROXY",
-                        "valueFrom": {"secretKeyRef": {"name": "proxy", "key": "url"}},
-                    },
-                ],
-                "extraEnvFrom": [{"configMapRef": {"name": "proxy-env"}}],
-            },
-        ),
+            ],
+            "extraEnvFrom": [{"configMapRef": {"name": "proxy-env"}}],
+        },
     )
     env = {e["name"]: e for e in docs.container["env"]}
     assert env["BROKER_DATABASE_URL"]["valueFrom"] == pg
@@ -1018,3 +1013,58 @@ def test_every_value_is_documented() -> None:
     assert root is not None
     found = list(_undocumented(root, schema, schema["definitions"], text.splitlines()))
     assert found == [], f"values.yaml keys without a comment: {found}"
+
+
+def test_secret_settings_can_be_mounted_as_files(chart: helm.Chart) -> None:
+    """secrets.files: the setting comes from a mounted Secret (read-only, no subPath, so a
+    rotation reaches the pod and the broker re-reads the file), never from the environment
+    or the chart's Secret."""
+    files = {
+        "BROKER_VAULT_TOKEN": {"secretName": "vault-token", "key": "token"},
+        "BROKER_WEBHOOK_SECRET": {"secretName": "webhook-secrets", "key": "whsec"},
+        "BROKER_DATABASE_URL": {"secretName": "broker-pg-app", "key": "uri"},
+    }
+    docs = _with_webhooks_and_token(
+        chart,
+        "files",
+        {
+            "redisUrl": "redis://redis:6379/0",
+            "webhookUrls": "https://receiver.example.com/hook",
+            "files": files,
+        },
+    )
+    for pod in (docs.deployment, docs.job):
+        spec = pod["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        for name, ref in files.items():
+            assert name not in env
+            path = env[f"{name}_FILE"]["value"]
+            directory, _, leaf = path.rpartition("/")
+            assert leaf == "value"
+            mount = mounts[directory]
+            assert mount["readOnly"] is True
+            assert "subPath" not in mount
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == ref["secretName"]
+            assert secret["items"] == [{"key": ref["key"], "path": "value"}]
+        assert "BROKER_REDIS_URL" in env  # the others still come from the chart's Secret
+    for secret in docs.all("Secret"):
+        assert set(secret["stringData"]) == {"BROKER_REDIS_URL", "BROKER_WEBHOOK_URLS"}
+    for doc in docs.docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def _with_webhooks_and_token(
+    chart: helm.Chart, name: str, secrets: dict[str, Any], more: dict[str, Any] | None = None
+) -> Rendered:
+    """The chart rendered with token auth, webhooks on and these ``secrets`` values."""
+    values = {
+        "vault": {"auth": {"method": "token"}},
+        "webhooks": {"enabled": True},
+        "secrets": secrets,
+        **(more or {}),
+    }
+    return Rendered(name, {}, render(chart, values))

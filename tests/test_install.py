@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -70,13 +71,33 @@ def link(deployment: Deployment) -> str:
 
 
 def sign(settings: Settings, claims: LinkClaims) -> str:
-    """A link token signed with the deployment's real key, bypassing the minting checks."""
+    """A link token signed with the deployment's real link key and stored as minted links
+    are, bypassing the minting checks (the TTL cap, the origin check, the app lookup)."""
 
     async def run() -> str:
         async with open_admin(settings) as svc:
-            return svc.install_links.signer.sign(claims)
+            token = await svc.install_links.signer.sign(claims)
+        conn = await asyncpg.connect(settings.database_url.get())
+        try:
+            await conn.execute(
+                """INSERT INTO install_links (id, app, hub_id, return_to, created_by, expires_at)
+                   VALUES ($1, $2, $3, $4, 'test', to_timestamp($5))""",
+                claims.id,
+                claims.app,
+                claims.hub_id,
+                claims.return_to,
+                claims.exp,
+            )
+        finally:
+            await conn.close()
+        return token
 
     return asyncio.run(run())
+
+
+def claims(app: str, exp: int, return_to: str | None = None, **more: Any) -> LinkClaims:
+    """Link claims issued now with a fresh id."""
+    return LinkClaims(f"il_{secrets.token_hex(6)}", app, int(time.time()), exp, return_to, **more)
 
 
 def assert_failed(response: httpx.Response, status: int, code: str) -> None:
@@ -171,7 +192,7 @@ def test_json_clients_get_problem_json(deployment: Deployment) -> None:
 
 
 def test_unknown_app(deployment: Deployment) -> None:
-    token = sign(deployment.settings, LinkClaims("nope", int(time.time()) + 60))
+    token = sign(deployment.settings, claims("nope", int(time.time()) + 60))
     response = httpx.get(f"{deployment.url}/oauth/install", params={"app": "nope", "link": token})
     assert_failed(response, 404, "app_not_found")
 
@@ -187,7 +208,7 @@ def test_return_to_only_to_allowed_origins(env: dict[str, str], sim: Simulator) 
         exp = int(time.time()) + 60
         with httpx.Client() as browser:
             # Signed, yet refused: the origin check applies to a link's return_to too.
-            token = sign(settings, LinkClaims("demo", exp, "https://evil.example/steal"))
+            token = sign(settings, claims("demo", exp, "https://evil.example/steal"))
             evil = browser.get(f"{url}/oauth/install", params={"app": "demo", "link": token})
             assert_failed(evil, 422, "invalid_request")
             good = browser.get(

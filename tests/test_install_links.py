@@ -19,13 +19,13 @@ import redis
 
 from broker.app import create_app, open_admin
 from broker.config import MAX_INSTALL_LINK_TTL, Settings, load_settings
-from broker.core.install_links import LinkClaims, LinkSigner
+from broker.core.signing import Purpose
 from broker.dev.simulator import Simulator
 from broker.errors import ConfigError, InvalidRequest
 from broker.web.oauth import COOKIE
 from tests.helpers import Deployment, install_link, register, serve_app
 from tests.test_cli import broker
-from tests.test_install import assert_failed, portal_count, sign
+from tests.test_install import assert_failed, claims, portal_count, sign
 
 HUB = 7_800_001
 
@@ -96,7 +96,7 @@ def test_no_link_is_refused_and_starts_nothing(deployment: Deployment) -> None:
 
 def _tampered(url: str) -> str:
     """The payload of a genuine link rewritten (a later expiry), its signature kept."""
-    body, signature = token_of(url).split(".")
+    body, _, signature = token_of(url).partition(".")
     data = payload_of(url)
     data["exp"] += 3600
     forged = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
@@ -113,8 +113,9 @@ def _tampered(url: str) -> str:
         "malformed",
         "other_app",
         "return_to_not_in_link",
-        "raw_deployment_key",
+        "old_format",
         "unknown_field",
+        "not_stored",
     ],
 )
 def test_bad_links_are_invalid(deployment: Deployment, case: str) -> None:
@@ -124,10 +125,12 @@ def test_bad_links_are_invalid(deployment: Deployment, case: str) -> None:
     if case == "tampered":
         params["link"] = _tampered(install_link(settings, "demo"))
     elif case == "wrong_key":
-        params["link"] = LinkSigner(b"not-this-deployment" * 2).sign(LinkClaims("demo", exp))
+        # Genuinely signed by this deployment, but with another purpose's key (sessions).
+        body = _b64(_json(claims("demo", exp).payload()))
+        params["link"] = _sign_raw(settings, body, purpose=Purpose.SESSION)
     elif case == "bad_signature":
         body = token_of(install_link(settings, "demo")).split(".")[0]
-        params["link"] = f"{body}.{'A' * 43}"
+        params["link"] = f"{body}.v1.{'A' * 43}"
     elif case == "malformed":
         params["link"] = "not-a-link"
     elif case == "other_app":
@@ -135,11 +138,14 @@ def test_bad_links_are_invalid(deployment: Deployment, case: str) -> None:
     elif case == "return_to_not_in_link":
         params["link"] = token_of(install_link(settings, "demo"))
         params["return_to"] = "https://elsewhere.example/"
-    elif case == "raw_deployment_key":  # the deployment key itself never signs a link
-        params["link"] = _sign_raw(settings, _b64(_json({"app": "demo", "exp": exp})), raw=True)
-    else:  # genuinely signed, but a field the broker never writes
-        payload = _json({"app": "demo", "exp": exp, "scope": "all"})
+    elif case == "old_format":  # before signing keys: base64url(payload).base64url(HMAC)
+        body = _b64(_json({"app": "demo", "exp": exp}))
+        params["link"] = f"{body}.{_b64(hmac.digest(b'k' * 32, body.encode(), 'sha256'))}"
+    elif case == "unknown_field":  # genuinely signed, but a field the broker never writes
+        payload = _json({**claims("demo", exp).payload(), "scope": "all"})
         params["link"] = _sign_raw(settings, _b64(payload))
+    else:  # genuinely signed, well formed, but never minted (no stored row): not a link
+        params["link"] = _sign_raw(settings, _b64(_json(claims("demo", exp).payload())))
     assert_refused(deployment, params, "install_link_invalid")
 
 
@@ -151,25 +157,19 @@ def _json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def _sign_raw(settings: Settings, body: str, *, raw: bool = False) -> str:
-    """Sign any payload segment: with the link key (derived from the deployment key under
-    its own label, as DESIGN.md says), or with the deployment key itself when ``raw``."""
+def _sign_raw(settings: Settings, body: str, *, purpose: Purpose = Purpose.INSTALL_LINK) -> str:
+    """Sign any payload segment as a link: with the link key (a Transit key in Vault), or
+    with another purpose's key."""
 
-    async def root() -> bytes:
+    async def run() -> str:
         async with open_admin(settings) as svc:
-            return svc.web_secret  # the per-deployment key from Vault
+            return str(await svc.keyring.sign(purpose, "install-link/v2", body.encode()))
 
-    deployment_key = asyncio.run(root())
-    key = (
-        deployment_key
-        if raw
-        else hmac.digest(deployment_key, b"hubspot-token-broker/install-link/v1", "sha256")
-    )
-    return f"{body}.{_b64(hmac.digest(key, body.encode(), 'sha256'))}"
+    return f"{body}.{asyncio.run(run())}"
 
 
 def test_expired_links(deployment: Deployment) -> None:
-    past = sign(deployment.settings, LinkClaims("demo", int(time.time()) - 1))
+    past = sign(deployment.settings, claims("demo", int(time.time()) - 1))
     assert_refused(deployment, {"app": "demo", "link": past}, "install_link_expired")
     short = install_link(deployment.settings, "demo", ttl=1)
     time.sleep(2.1)
@@ -232,7 +232,7 @@ def test_cli_links_work_and_are_audited_without_the_token(
     again = broker(env, "portals", "install-link", str(HUB), "--app", "demo", "--json")
     assert again.returncode == 0, again.stderr
     reinstall = json.loads(again.stdout)
-    assert set(reinstall) == {"url", "expires_at"}
+    assert set(reinstall) == {"url", "expires_at", "id"}
     assert payload_of(reinstall["url"])["hub_id"] == HUB
 
     async def events() -> list[dict[str, Any]]:
@@ -241,7 +241,7 @@ def test_cli_links_work_and_are_audited_without_the_token(
 
     found = asyncio.run(events())
     assert len(found) == 2
-    assert {e["actor"] for e in found} == {"cli"}
+    assert all(e["actor"].startswith("cli") for e in found)
     by_hub = {e["hub_id"]: e for e in found}
     assert by_hub[HUB]["app"] == "demo"
     assert by_hub[HUB]["detail"]["expires_at"] == reinstall["expires_at"]
@@ -250,7 +250,7 @@ def test_cli_links_work_and_are_audited_without_the_token(
     for minted in (url, reinstall["url"]):
         token = token_of(minted)
         assert token not in dumped
-        assert token.split(".")[1] not in dumped  # not even the signature
+        assert token.partition(".")[2] not in dumped  # not even the signature
 
 
 def test_a_reinstall_link_connects_only_its_portal(deployment: Deployment) -> None:

@@ -256,7 +256,7 @@ async def test_with_webhooks_off_unsent_events_expire_too(
     assert RetentionPolicy.from_settings(load_settings(env)).unsent_events_expire
     webhooks = {
         "BROKER_WEBHOOK_URLS": "https://hooks.example/in",
-        "BROKER_WEBHOOK_SECRET": "s" * 32,
+        "BROKER_WEBHOOK_SECRET": "whsec_" + "c" * 40,  # base64 of 30 bytes
     }
     assert not RetentionPolicy.from_settings(
         load_settings({**env, **webhooks})

@@ -1,15 +1,18 @@
 """The broker running under exactly the least-privilege Vault policies shipped in
 deploy/vault, logged in with AppRole against the real OpenBao: installs, serves and
-refreshes; it cannot write client secrets (only the admin policy can); and a refused login
-is a ``vault_login_failed`` error, not a traceback."""
+refreshes; it cannot write client secrets (only the admin policy can); a refused login
+is a ``vault_login_failed`` error, not a traceback; and no operator can make a Transit key
+exportable or backed up, or retire key versions (only the key custodian, only that)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 from pathlib import Path
+from typing import Any
 
 import hvac
+import hvac.exceptions
 import pytest
 
 from broker.adapters.vault import VaultAdapter
@@ -96,3 +99,56 @@ def test_broker_under_shipped_policies_with_approle(
             await vault.close()
 
     asyncio.run(refused_login_is_a_broker_error())
+
+
+def test_operators_cannot_weaken_transit_keys(backends: BackendUrls) -> None:
+    """The shipped policies on the real OpenBao: the operator policy can set no Transit key
+    configuration at all (exportable, allow_plaintext_backup, min_decryption_version) on the
+    token key or a signing key, nor export one; the key custodian may raise
+    min_decryption_version and nothing else."""
+    root = hvac.Client(url=backends.vault_addr, token=backends.vault_token)
+    key = f"pol-{secrets.token_hex(4)}"  # a key of its own: the custodian retires a version
+    root.secrets.transit.create_key(name=key, key_type="aes256-gcm96", derived=True)
+    root.secrets.transit.rotate_key(name=key)
+    tokens: dict[str, str] = {}
+    for policy in ("broker-admin", "broker-key-custodian"):
+        name = f"{policy}-{key}"
+        text = (POLICIES / f"{policy}.hcl").read_text().replace("hubspot-tokens", key)
+        root.sys.create_or_update_policy(name, text)
+        tokens[policy] = root.auth.token.create(policies=[name], ttl="5m")["auth"]["client_token"]
+
+    def config(policy: str, name: str, **params: Any) -> bool:
+        """Whether ``policy`` may write these parameters to the key's configuration."""
+        client = hvac.Client(url=backends.vault_addr, token=tokens[policy])
+        try:
+            client.write_data(f"transit/keys/{name}/config", data=params)
+        except hvac.exceptions.Forbidden:
+            return False
+        return True
+
+    weakening: list[dict[str, Any]] = [
+        {"exportable": True},
+        {"allow_plaintext_backup": True},
+        {"deletion_allowed": True},
+        {"min_decryption_version": 2, "exportable": True},
+    ]
+    for params in [*weakening, {"min_decryption_version": 2}]:
+        assert not config("broker-admin", key, **params), params
+        assert not config("broker-admin", "hubspot-token-broker-session", **params), params
+    for params in weakening:
+        assert not config("broker-key-custodian", key, **params), params
+    assert config("broker-key-custodian", key, min_decryption_version=2)
+
+    operator = hvac.Client(url=backends.vault_addr, token=tokens["broker-admin"])
+    for path in (
+        "transit/export/hmac-key/hubspot-token-broker-install-link",
+        f"transit/export/encryption-key/{key}",
+        f"transit/backup/{key}",
+    ):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            operator.read(path)
+    state = root.secrets.transit.read_key(name=key)["data"]
+    assert (state["exportable"], state["allow_plaintext_backup"]) == (False, False)
+    assert state["min_decryption_version"] == 2
+    signing = root.secrets.transit.read_key(name="hubspot-token-broker-session")["data"]
+    assert (signing["exportable"], signing["allow_plaintext_backup"]) == (False, False)

@@ -2,17 +2,21 @@
 asyncio HTTP/1.1 server on a loopback port, in its own thread, that records every request,
 can answer any status for a while, and can be stopped and started again on the same port).
 
-What must hold: a verifiable signature and a Webhook-Id stable across retries; no event
-lost while a receiver is down or failing (an idempotent receiver sees each one once); no
-retry before its scheduled time; two replicas split the work and never send one delivery at
-the same time; a claim abandoned by a dead replica is taken over; nothing secret in a body.
+Every receiver has its own ``whsec_`` secret and verifies *every* request it gets with the
+published ``standardwebhooks`` library (``Webhook(secret).verify``), as a real receiver
+would; a request that fails verification fails the test that made it.
+
+What must hold: a signature in the Standard Webhooks format under the receiver's own secret
+(and both secrets during a rotation) and a Webhook-Id stable across retries; no event lost
+while a receiver is down or failing (an idempotent receiver sees each one once); no retry
+before its scheduled time; two replicas split the work and never send one delivery at the
+same time; a claim abandoned by a dead replica is taken over; nothing secret in a body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import base64
 import http
 import json
 import secrets
@@ -28,19 +32,29 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from broker.adapters.postgres.outbox import PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
 from broker.app import create_app
-from broker.config import Secret, Settings
+from broker.config import Secret, Settings, load_settings
 from broker.core.models import PortalKey
 from broker.core.webhooks import WebhookDispatcher, endpoint_key
 from broker.dev.simulator import Simulator
+from broker.errors import ConfigError
 from tests.helpers import Deployment, register, serve_app
 
-SECRET = Secret("whsec_" + secrets.token_hex(24))
+
+def new_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+#: Receiver URL -> the secrets the broker signs with for it (each Receiver registers its own).
+SIGNING: dict[str, list[str]] = {}
 HUB = 4_600_001
 EVENT_TYPES = (
     "portal.installed",
@@ -59,6 +73,7 @@ class Received:
     headers: dict[str, str]  # lower-cased names
     body: bytes
     status: int  # what the receiver answered
+    verified: bool  # standardwebhooks' Webhook(receiver secret).verify accepted it
 
     @property
     def webhook_id(self) -> str:
@@ -76,6 +91,8 @@ class Receiver:
     def __init__(self, *, status: int = 200, delay: float = 0.0) -> None:
         self.status = status
         self.delay = delay
+        #: What this receiver verifies with (a rotation test may change it).
+        self.secret = new_secret()
         self.location = ""
         self.requests: list[Received] = []
         self.overlaps: list[str] = []
@@ -108,6 +125,7 @@ class Receiver:
             self.port = sock.getsockname()[1]
 
         self._call(listen())
+        SIGNING.setdefault(self.url, [self.secret])
 
     def stop(self) -> None:
         async def close() -> None:
@@ -161,7 +179,9 @@ class Receiver:
             if self._active[webhook_id]:
                 self.overlaps.append(webhook_id)
             self._active[webhook_id] += 1
-            self.requests.append(Received(time.time(), headers, body, status))
+            self.requests.append(
+                Received(time.time(), headers, body, status, verified(self.secret, headers, body))
+            )
         try:
             await asyncio.sleep(self.delay)
         finally:
@@ -180,11 +200,21 @@ class Receiver:
         return kept
 
 
+def verified(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """What a receiver does: the published library, with the receiver's secret."""
+    try:
+        Webhook(secret).verify(body, headers)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.shutdown()
+    assert all(request.verified for request in r.requests), "a delivery failed verification"
 
 
 @pytest.fixture
@@ -192,6 +222,7 @@ def other_receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.shutdown()
+    assert all(request.verified for request in r.requests), "a delivery failed verification"
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -207,8 +238,13 @@ async def dispatching(db: Database, urls: list[str], **params: Any) -> AsyncIter
     """A dispatcher with a real HTTP sender; closed (and its sender) on exit."""
     params = {"timeout": 2.0, "batch": 8, "interval": 0.05, **params}
     sender = HttpWebhookSender(timeout=params["timeout"])
+    signing = {url: [Secret(s) for s in SIGNING.get(url) or [new_secret()]] for url in urls}
     dispatcher = WebhookDispatcher(
-        outbox=PostgresOutbox(db), sender=sender, urls=urls, secret=SECRET, **params
+        outbox=PostgresOutbox(db),
+        sender=sender,
+        urls=urls,
+        signing_secrets=lambda: signing,
+        **params,
     )
     try:
         yield dispatcher
@@ -237,16 +273,8 @@ async def eventually(check: Callable[[], bool], timeout: float, what: str) -> No
         await asyncio.sleep(0.02)
 
 
-def verify(request: Received, secret: Secret = SECRET) -> bool:
-    """What a receiver does, written from the documented scheme (not from broker code)."""
-    wid = request.headers["webhook-id"]
-    ts = request.headers["webhook-timestamp"]
-    mac = hmac.new(secret.get().encode(), f"{wid}.{ts}.".encode() + request.body, hashlib.sha256)
-    expected = f"v1={mac.hexdigest()}"
-    fresh = abs(time.time() - int(ts)) <= 300
-    return fresh and any(
-        hmac.compare_digest(expected, s) for s in request.headers["webhook-signature"].split()
-    )
+def verify(request: Received, secret: str) -> bool:
+    return verified(secret, request.headers, request.body)
 
 
 def counted(result: str) -> float:
@@ -267,10 +295,13 @@ async def test_signed_delivery_to_every_receiver_with_a_stable_webhook_id(
         assert request.headers["content-type"] == "application/json"
         assert request.headers["webhook-id"] == f"evt_{event_id}"
         assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 5
-        assert verify(request)
-        assert not verify(request, Secret("whsec_wrong"))
-        tampered = Received(request.at, request.headers, request.body + b" ", request.status)
-        assert not verify(tampered)
+        assert request.verified  # by standardwebhooks, with this receiver's secret
+        assert request.headers["webhook-signature"].startswith("v1,")
+        # Another receiver's secret does not verify it: no receiver can forge for another.
+        assert not verify(request, other_receiver.secret)
+        assert not verify(request, new_secret())
+        tampered = Received(request.at, request.headers, request.body + b" ", 200, False)
+        assert not verify(tampered, receiver.secret)
         row = await db.fetchrow("SELECT at FROM events WHERE id = $1", event_id)
         assert row is not None
         assert json.loads(request.body) == {
@@ -299,8 +330,8 @@ async def test_signed_delivery_to_every_receiver_with_a_stable_webhook_id(
     assert second.status == 200
     assert first.webhook_id == second.webhook_id == f"evt_{event_id}"
     assert first.body == second.body
-    assert verify(first)
-    assert verify(second)
+    assert first.verified
+    assert second.verified
     assert len(receiver.requests) == 1  # never sent again to the receiver that had it
     assert await db.fetchval("SELECT delivered_at FROM events WHERE id = $1", event_id)
     assert counted("delivered") - delivered_before == 2
@@ -332,7 +363,7 @@ async def test_no_event_lost_while_the_receiver_is_down_then_failing(
     # At least once: any copy of an event carries the same id and the same body.
     bodies: dict[str, set[bytes]] = {}
     for request in receiver.requests:
-        assert verify(request)
+        assert request.verified
         bodies.setdefault(request.webhook_id, set()).add(request.body)
     assert all(len(copies) == 1 for copies in bodies.values())
     undelivered = await db.fetchval("SELECT count(*) FROM events WHERE delivered_at IS NULL")
@@ -467,6 +498,56 @@ async def test_a_claim_abandoned_by_a_dead_replica_is_taken_over(
     assert row["delivered_at"] is not None
 
 
+async def test_a_receivers_secret_rotates_with_an_overlap(db: Database, receiver: Receiver) -> None:
+    """During a rotation the broker signs with the new and the old secret: the receiver
+    verifies with either (and switches whenever it likes); once the old one is removed from
+    BROKER_WEBHOOK_SECRET, it no longer verifies."""
+    old, new = receiver.secret, new_secret()
+    SIGNING[receiver.url] = [new, old]  # BROKER_WEBHOOK_SECRET entry "whsec_new whsec_old"
+    await insert_events(db, 1)
+    async with dispatching(db, [receiver.url]) as d:
+        assert await d.run_once() == 1  # still on the old secret: accepted
+        receiver.secret = new  # the receiver switches during the overlap
+        await insert_events(db, 1)
+        assert await d.run_once() == 1
+    during = receiver.requests
+    assert [r.verified for r in during] == [True, True]
+    assert all(len(r.headers["webhook-signature"].split()) == 2 for r in during)
+    assert verify(during[0], new)
+    assert verify(during[1], old)
+
+    SIGNING[receiver.url] = [new]  # the overlap is over
+    await insert_events(db, 1)
+    async with dispatching(db, [receiver.url]) as d:
+        assert await d.run_once() == 1
+    after = receiver.requests[-1]
+    assert after.verified
+    assert not verify(after, old)
+
+
+def test_webhook_secrets_are_per_receiver_and_standard(env: dict[str, str]) -> None:
+    a, b, c = new_secret(), new_secret(), new_secret()
+    urls = "https://a.example/hook,https://b.example/hook"
+    settings = load_settings(
+        {**env, "BROKER_WEBHOOK_URLS": urls, "BROKER_WEBHOOK_SECRET": f"{a} {c}, {b}"}
+    )
+    assert {u: [s.get() for s in v] for u, v in settings.webhook_secrets_by_url.items()} == {
+        "https://a.example/hook": [a, c],
+        "https://b.example/hook": [b],
+    }
+    for bad in (
+        a,  # one entry for two receivers
+        f"{a},{a}",  # one secret shared by two receivers
+        f"{a},{'s' * 40}",  # not a whsec_ secret (the old format)
+        f"{a},whsec_{base64.b64encode(b'short').decode()}",  # under 24 bytes
+        f"{a},whsec_not*base64",
+        f"{a},",
+    ):
+        with pytest.raises(ConfigError, match="BROKER_WEBHOOK_SECRET") as refused:
+            load_settings({**env, "BROKER_WEBHOOK_URLS": urls, "BROKER_WEBHOOK_SECRET": bad})
+        assert a not in str(refused.value)
+
+
 # --- nothing secret leaves ----------------------------------------------------------------
 @pytest.fixture
 def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
@@ -524,7 +605,8 @@ def test_no_token_or_secret_in_any_webhook(
         "refresh token": refresh,
         "client secret": deployment.client_secret,
         "caller key": deployment.caller_key,
-        "webhook secret": SECRET.get(),
+        "webhook secret": receiver.secret,
+        "its key": base64.b64decode(receiver.secret.removeprefix("whsec_")).hex(),
         "vault token": deployment.settings.vault_token.get(),
     }
     for name, value in canaries.items():
@@ -535,5 +617,5 @@ def test_no_token_or_secret_in_any_webhook(
     logs = "\n".join(r.getMessage() for r in caplog.records) + "".join(capsys.readouterr())
     assert "webhooks.delivered" in logs
     for request in receiver.requests:
-        assert request.headers["webhook-signature"].removeprefix("v1=") not in logs
+        assert request.headers["webhook-signature"].removeprefix("v1,") not in logs
         assert request.body.decode() not in logs

@@ -1,10 +1,12 @@
 """Vault / OpenBao adapter: client secrets in KV v2, tokens through Transit.
 
 hvac is blocking, so this is the only module that calls it, always on a small dedicated
-thread pool. Implements ``Cipher`` and ``SecretStore``.
+thread pool. Implements ``Cipher``, ``SecretStore`` and ``MacService``.
 
 * Transit key: ``derived=true``; each ciphertext is bound to the portal identity and token
   kind through the derivation context, so a ciphertext copied to another row won't decrypt.
+* Signing keys (``broker.core.signing``): Transit ``hmac``/``verify`` only; the keys never
+  leave Vault.
 * Client secrets: ``<kv_mount>/<kv_prefix>/apps/<slug>`` holds ``{"client_secrets": [...]}``,
   newest first, written with check-and-set; cached in memory for ``secret_cache_seconds``.
 """
@@ -13,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import random
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +30,7 @@ import structlog
 from broker import metrics
 from broker.config import Secret, Settings
 from broker.core.batching import Coalescer
+from broker.core.models import Mac
 from broker.core.tasks import cancel_and_wait
 from broker.errors import NotFound, Undecryptable, VaultError
 
@@ -54,6 +55,18 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _mac(text: str) -> Mac | None:
+    """``vault:v3:<base64>`` as a :class:`Mac`."""
+    prefix, _, rest = text.partition(":v")
+    version, _, digest = rest.partition(":")
+    if prefix != "vault" or not version.isascii() or not version.isdigit() or not digest:
+        return None
+    try:
+        return Mac(int(version), base64.b64decode(digest, validate=True))
+    except ValueError:
+        return None
+
+
 class VaultAdapter:
     def __init__(self, settings: Settings, *, threads: int = 8) -> None:
         self._settings = settings
@@ -73,7 +86,6 @@ class VaultAdapter:
             self._decrypt_batch, max_items=TRANSIT_BATCH, split_on=(Undecryptable,)
         )
         self._secret_cache: dict[str, tuple[float, list[Secret]]] = {}
-        self._fingerprint_key: bytes | None = None
         self._renewal: asyncio.Task[None] | None = None
 
     # --- plumbing -------------------------------------------------------------------------
@@ -81,6 +93,9 @@ class VaultAdapter:
         """``fn`` on the Vault thread pool. With several addresses (HA nodes), one that is
         unreachable, sealed or failing is left for the next, each tried once per call."""
         loop = asyncio.get_running_loop()
+        if self._settings.vault_auth == "token" and self._client.token:
+            # From a file (BROKER_VAULT_TOKEN_FILE): a rotated token is used at once.
+            self._client.token = self._settings.vault_token.get()
         for tried in range(1, len(self._addrs) + 1):
             metrics.VAULT_REQUESTS.labels(operation).inc()
             used = self._current
@@ -287,6 +302,62 @@ class VaultAdapter:
             ),
         )
 
+    # --- Transit HMAC (signing keys) -------------------------------------------------------
+    async def hmac(
+        self, key: str, items: Sequence[bytes], *, version: int | None = None
+    ) -> list[Mac]:
+        data: dict[str, Any] = {"batch_input": [{"input": _b64(i)} for i in items]}
+        if version is not None:
+            data["key_version"] = version
+        path = f"{self._settings.vault_transit_mount}/hmac/{key}"
+        try:
+            response: Any = await self._call(
+                "hmac", lambda: self._client.write_data(path, data=data)
+            )
+        except hvac.exceptions.InvalidRequest as exc:  # no such key, or no such version
+            raise VaultError(
+                f"Vault could not sign with {key!r} (is it created? deploy/vault/bootstrap.sh)",
+                code="sign_failed",
+            ) from exc
+        results = response["data"]["batch_results"]
+        macs = [_mac(str(r.get("hmac") or "")) for r in results]
+        if len(macs) != len(items) or any(m is None for m in macs):
+            metrics.BACKEND_ERRORS.labels("vault", "hmac").inc()
+            raise VaultError("Vault could not sign", code="sign_failed")
+        return [m for m in macs if m is not None]
+
+    async def verify(self, key: str, items: Sequence[tuple[bytes, Mac]]) -> list[bool]:
+        batch = [
+            {"input": _b64(i), "hmac": f"vault:v{m.version}:{_b64(m.digest)}"} for i, m in items
+        ]
+        path = f"{self._settings.vault_transit_mount}/verify/{key}"
+        try:
+            response: Any = await self._call(
+                "verify", lambda: self._client.write_data(path, data={"batch_input": batch})
+            )
+        except hvac.exceptions.InvalidRequest:  # the whole batch refused: no valid MAC in it
+            return [False] * len(items)
+        results = response["data"]["batch_results"]
+        return [r.get("valid") is True and not r.get("error") for r in results]
+
+    async def rotate(self, key: str) -> int:
+        mount = self._settings.vault_transit_mount
+        await self._call(
+            "rotate_key",
+            lambda: self._client.secrets.transit.rotate_key(name=key, mount_point=mount),  # type: ignore[no-untyped-call]  # untyped in types-hvac
+        )
+        return await self.latest_version(key)
+
+    async def latest_version(self, key: str) -> int:
+        path = f"{self._settings.vault_transit_mount}/keys/{key}"
+        try:
+            response: Any = await self._call("read_key", lambda: self._client.read(path))
+        except hvac.exceptions.InvalidPath as exc:
+            raise NotFound(f"no Transit key {key!r}", code="signing_key_missing") from exc
+        if not response:
+            raise NotFound(f"no Transit key {key!r}", code="signing_key_missing")
+        return int(response["data"]["latest_version"])
+
     # --- KV v2 ----------------------------------------------------------------------------
     def _read_kv(self, path: str) -> tuple[dict[str, Any], int] | None:
         try:
@@ -326,23 +397,3 @@ class VaultAdapter:
 
         await self._call("kv_write", run)
         self._secret_cache.pop(app, None)
-
-    async def fingerprint_key(self) -> bytes:
-        if self._fingerprint_key is not None:
-            return self._fingerprint_key
-        path = self._kv_path("broker", "fingerprint")
-
-        def run() -> bytes:
-            found = self._read_kv(path)
-            if found is None:
-                # Check-and-set: if another replica created it first, read theirs. Under the
-                # least-privilege policy (create, no update) losing that race is a 403.
-                with contextlib.suppress(hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
-                    self._write_kv(path, {"key": secrets.token_hex(32)}, 0)
-                found = self._read_kv(path)
-            if found is None:
-                raise VaultError("cannot create the fingerprint key", code="vault_unavailable")
-            return bytes.fromhex(found[0]["key"])
-
-        self._fingerprint_key = await self._call("kv_read", run)
-        return self._fingerprint_key

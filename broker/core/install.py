@@ -29,7 +29,7 @@ import structlog
 
 from broker import metrics
 from broker.config import Settings
-from broker.core.install_links import LinkSigner, check_return_to, origin_allowed
+from broker.core.install_links import InstallLinks, check_return_to, origin_allowed
 from broker.core.install_state import PendingInstall, StateSeal
 from broker.core.limits import Budget, Refusals
 from broker.core.models import App, PortalKey, PortalRecord, PortalState, TokenGrant
@@ -87,7 +87,7 @@ class InstallService:
         oauth: OAuthProvider,
         refresher: RefreshEngine,
         audit: AuditSink,
-        links: LinkSigner,
+        links: InstallLinks,
         seal: StateSeal,
     ) -> None:
         self._settings = settings
@@ -118,7 +118,7 @@ class InstallService:
         hub_id: int | None = None
         try:
             if link is not None:
-                claims = self._links.verify(link, app=app_slug)
+                claims = await self._links.verify(link, app=app_slug)
                 if return_to is not None and return_to != claims.return_to:
                     raise InstallLinkRejected(
                         "return_to is set by the install link, not by the URL",
@@ -143,7 +143,7 @@ class InstallService:
         nonce = secrets.token_urlsafe(32)
         pending = PendingInstall(app.slug, actor, verifier, _hash(nonce), return_to, hub_id)
         await self._coordinator.put_state(
-            state, self._seal.seal(state, pending), self._settings.install_state_ttl
+            state, await self._seal.seal(state, pending), self._settings.install_state_ttl
         )
         challenge = _b64url(hashlib.sha256(verifier.encode()).digest())
         url = self._oauth.authorize_url(
@@ -214,7 +214,7 @@ class InstallService:
                 code="install_state_invalid",
             )
         try:
-            pending = self._seal.open(state, sealed)
+            pending = await self._seal.open(state, sealed)
         except InstallFailed:
             log.warning("install.state_tampered")  # someone wrote to Redis; never the value
             raise

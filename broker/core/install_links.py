@@ -1,28 +1,32 @@
 """Operator-signed install links (DESIGN.md, "Security: Install flow").
 
 ``/oauth/install`` needs no login, so by default it only starts a flow for a link an operator
-minted: ``/oauth/install?app=SLUG&link=TOKEN``. The token is compact and stateless::
+minted: ``/oauth/install?app=SLUG&link=TOKEN``. The token is compact::
 
-    base64url(JSON payload) "." base64url(HMAC-SHA256(link key, base64url(JSON payload)))
+    base64url(JSON payload) "." MAC        MAC = "v" key-version "." base64url(HMAC)
 
-with the payload ``{"app", "exp"[, "return_to"][, "hub_id"]}`` (``exp`` in unix seconds,
-``hub_id`` for a re-install link of one portal). Security properties:
+with the payload ``{"id", "app", "iat", "exp"[, "return_to"][, "hub_id"]}`` (``iat``/``exp``
+in unix seconds, ``hub_id`` for a re-install link of one portal). Security properties:
 
-- The link key is derived from the per-deployment key in Vault with its own label, so it
-  never signs or verifies anything else (fingerprints, admin sessions, CSRF).
-- The signature is checked in constant time, before the payload is even parsed.
-- A link names one app and expires (``BROKER_INSTALL_LINK_TTL``, at most 30 days); its
-  ``return_to`` passes the same ``BROKER_RETURN_TO_ORIGINS`` check as a bare one, when minted
-  and again when used.
-- Minting is audited (``install_link.created``: actor, app, expiry); the token never is.
+- The MAC is made by the install-link signing key (:mod:`broker.core.signing`), a Vault
+  Transit key no one can read: operators mint links through Vault without ever holding it,
+  and it signs nothing else. Rotating it keeps older links working until the overlap ends.
+- A link names one app and expires (``BROKER_INSTALL_LINK_TTL``, at most 30 days): a
+  genuine link whose ``exp`` lies more than 30 days after its ``iat`` or after now is
+  refused, whoever signed it. Its ``return_to`` passes the same
+  ``BROKER_RETURN_TO_ORIGINS`` check as a bare one, when minted and again when used.
+- Every link is stored by its ``id`` (never the token): listed, revoked (a revoked link is
+  ``install_link_revoked``), and one with no stored row is not a link at all.
+- Minting and revoking are audited (``install_link.created``/``.revoked``: actor, id, app,
+  expiry); the token never is.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,13 +34,16 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
 from broker.config import MAX_INSTALL_LINK_TTL, Settings
-from broker.core.models import PortalKey
-from broker.core.ports import AuditSink
+from broker.core.models import InstallLinkRecord, Mac, PortalKey
+from broker.core.ports import AuditSink, InstallLinkStore
 from broker.core.refresh import RefreshEngine
-from broker.errors import InstallLinkRejected, InvalidRequest
+from broker.core.signing import Keyring, Purpose
+from broker.errors import InstallLinkRejected, InvalidRequest, NotFound
 
-_LABEL = b"hubspot-token-broker/install-link/v1"
+_LABEL = "install-link/v2"
 _MAX_TOKEN = 2048  # characters; a real link is a few hundred
+_SKEW = 300  # seconds an ``iat`` may lie ahead of this replica's clock
+_FIELDS = frozenset({"id", "app", "iat", "exp", "return_to", "hub_id"})
 
 
 def _b64(data: bytes) -> str:
@@ -64,13 +71,15 @@ def check_return_to(return_to: str | None, settings: Settings) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LinkClaims:
+    id: str
     app: str
+    iat: int
     exp: int
     return_to: str | None = None
     hub_id: int | None = None
 
     def payload(self) -> dict[str, object]:
-        data: dict[str, object] = {"app": self.app, "exp": self.exp}
+        data: dict[str, object] = {"id": self.id, "app": self.app, "iat": self.iat, "exp": self.exp}
         if self.return_to is not None:
             data["return_to"] = self.return_to
         if self.hub_id is not None:
@@ -79,32 +88,32 @@ class LinkClaims:
 
 
 class LinkSigner:
-    """Signs and verifies link tokens; pure (no I/O), the clock injectable for tests."""
+    """Signs and verifies link tokens with the install-link key (in Vault); the clock
+    injectable for tests. Stateless: whether a link is stored and unrevoked is
+    :meth:`InstallLinks.verify`'s business."""
 
-    def __init__(self, deployment_key: bytes, *, clock: Callable[[], float] = time.time) -> None:
-        self._key = hmac.digest(deployment_key, _LABEL, "sha256")
+    def __init__(self, keyring: Keyring, *, clock: Callable[[], float] = time.time) -> None:
+        self._keyring = keyring
         self._clock = clock
 
-    def sign(self, claims: LinkClaims) -> str:
+    async def sign(self, claims: LinkClaims) -> str:
         body = _b64(json.dumps(claims.payload(), separators=(",", ":"), sort_keys=True).encode())
-        return f"{body}.{_b64(hmac.digest(self._key, body.encode(), 'sha256'))}"
+        mac = await self._keyring.sign(Purpose.INSTALL_LINK, _LABEL, body.encode())
+        return f"{body}.{mac}"
 
-    def verify(self, token: str, *, app: str) -> LinkClaims:
-        """The claims of a genuine, unexpired link for ``app``; else :class:`InstallLinkRejected`
+    async def verify(self, token: str, *, app: str) -> LinkClaims:
+        """The claims of a genuine, unexpired link for ``app`` whose lifetime is within
+        :data:`MAX_INSTALL_LINK_TTL`; else :class:`InstallLinkRejected`
         (``install_link_invalid`` or ``install_link_expired``)."""
         invalid = InstallLinkRejected(
             "this install link is not valid; ask an operator for a new one",
             code="install_link_invalid",
         )
         body, dot, signature = token.partition(".")
-        if not dot or not body or len(token) > _MAX_TOKEN:
+        mac = Mac.parse(signature)
+        if not dot or not body or mac is None or len(token) > _MAX_TOKEN:
             raise invalid
-        try:
-            presented = _unb64(signature)
-        except (binascii.Error, ValueError):
-            raise invalid from None
-        expected = hmac.digest(self._key, body.encode(), "sha256")
-        if not hmac.compare_digest(presented, expected):
+        if not await self._keyring.verify(Purpose.INSTALL_LINK, _LABEL, body.encode(), mac):
             raise invalid
         try:
             data = json.loads(_unb64(body))
@@ -113,44 +122,60 @@ class LinkSigner:
         claims = _claims(data)
         if claims is None or claims.app != app:
             raise invalid
-        if claims.exp <= self._clock():
+        now = self._clock()
+        if claims.exp <= now:
             raise InstallLinkRejected(
                 "this install link has expired; ask an operator for a new one",
                 code="install_link_expired",
             )
+        # Whoever signed it (an old key, a script calling Vault): no link outlives the cap.
+        too_long = max(claims.exp - claims.iat, claims.exp - now) > MAX_INSTALL_LINK_TTL
+        if too_long or claims.iat > now + _SKEW:
+            raise invalid
         return claims
 
 
 def _claims(data: object) -> LinkClaims | None:
-    if not isinstance(data, dict) or not {"app", "exp"} <= set(data):
+    if not isinstance(data, dict) or not {"id", "app", "iat", "exp"} <= set(data):
         return None
-    if set(data) - {"app", "exp", "return_to", "hub_id"}:
+    if set(data) - _FIELDS:
         return None
-    app, exp = data["app"], data["exp"]
+    link_id, app, iat, exp = data["id"], data["app"], data["iat"], data["exp"]
     return_to, hub_id = data.get("return_to"), data.get("hub_id")
-    if not isinstance(app, str) or type(exp) is not int:
+    if not isinstance(link_id, str) or not isinstance(app, str):
+        return None
+    if type(iat) is not int or type(exp) is not int:
         return None
     if return_to is not None and not isinstance(return_to, str):
         return None
     if hub_id is not None and type(hub_id) is not int:
         return None
-    return LinkClaims(app, exp, return_to, hub_id)
+    return LinkClaims(link_id, app, iat, exp, return_to, hub_id)
 
 
 @dataclass(frozen=True, slots=True)
 class InstallLink:
     url: str = field(repr=False)  # carries the token
     expires_at: datetime
+    id: str
 
 
 class InstallLinks:
-    """Mints install links for operators (CLI, admin API); every one is audited."""
+    """Mints, verifies, lists and revokes install links for operators (CLI, admin API);
+    minting and revoking are audited with the operator's name."""
 
     def __init__(
-        self, settings: Settings, *, signer: LinkSigner, engine: RefreshEngine, audit: AuditSink
+        self,
+        settings: Settings,
+        *,
+        signer: LinkSigner,
+        store: InstallLinkStore,
+        engine: RefreshEngine,
+        audit: AuditSink,
     ) -> None:
         self._settings = settings
         self.signer = signer
+        self._store = store
         self._engine = engine
         self._audit = audit
 
@@ -171,18 +196,75 @@ class InstallLinks:
             )
         check_return_to(return_to, self._settings)
         app = await self._engine.app(app_slug)  # app_not_found for an unknown one
-        exp = int(time.time()) + seconds
-        token = self.signer.sign(LinkClaims(app.slug, exp, return_to, hub_id))
+        now = int(time.time())
+        claims = LinkClaims(
+            f"il_{secrets.token_urlsafe(12)}", app.slug, now, now + seconds, return_to, hub_id
+        )
+        token = await self.signer.sign(claims)
+        expires_at = datetime.fromtimestamp(claims.exp, UTC)
+        await self._store.add(
+            InstallLinkRecord(
+                claims.id,
+                app.slug,
+                hub_id,
+                return_to,
+                datetime.fromtimestamp(now, UTC),
+                actor,
+                expires_at,
+            )
+        )
         # Where browsers reach this broker: the origin of the app's registered callback.
         origin = urlsplit(app.redirect_uri)
         query = urlencode({"app": app.slug, "link": token})
-        expires_at = datetime.fromtimestamp(exp, UTC)
         self._audit.record(
             "install_link.created",
             actor=actor,
             key=None if hub_id is None else PortalKey(app.slug, hub_id),
             app=app.slug,
+            link_id=claims.id,
             expires_at=expires_at.isoformat(),
             return_to=return_to,
         )
-        return InstallLink(f"{origin.scheme}://{origin.netloc}/oauth/install?{query}", expires_at)
+        return InstallLink(
+            f"{origin.scheme}://{origin.netloc}/oauth/install?{query}", expires_at, claims.id
+        )
+
+    async def verify(self, token: str, *, app: str) -> LinkClaims:
+        """A genuine link (:meth:`LinkSigner.verify`) that is stored as minted and not
+        revoked (``install_link_revoked``)."""
+        claims = await self.signer.verify(token, app=app)
+        record = await self._store.get(claims.id)
+        if record is None or (record.app, record.hub_id, record.return_to) != (
+            claims.app,
+            claims.hub_id,
+            claims.return_to,
+        ):
+            raise InstallLinkRejected(
+                "this install link is not valid; ask an operator for a new one",
+                code="install_link_invalid",
+            )
+        if record.revoked_at is not None:
+            raise InstallLinkRejected(
+                "this install link was revoked; ask an operator for a new one",
+                code="install_link_revoked",
+            )
+        return claims
+
+    async def list_links(
+        self, *, app: str | None = None, include_inactive: bool = False
+    ) -> list[InstallLinkRecord]:
+        return await self._store.find(app=app, include_inactive=include_inactive)
+
+    async def revoke(self, link_id: str, *, actor: str) -> InstallLinkRecord:
+        """Revoke a link at once, on every replica (each use reads its row). Audited."""
+        record = await self._store.revoke(link_id, actor=actor)
+        if record is None:
+            raise NotFound(f"no install link {link_id!r}", code="install_link_not_found")
+        self._audit.record(
+            "install_link.revoked",
+            actor=actor,
+            key=None if record.hub_id is None else PortalKey(record.app, record.hub_id),
+            app=record.app,
+            link_id=record.id,
+        )
+        return record

@@ -6,29 +6,30 @@ Install flow").
 trusted with it: whoever can write there could null the verifier (no PKCE), point
 ``return_to`` anywhere, or change the app or portal. So the value is sealed::
 
-    base64url(JSON payload) "." base64url(HMAC-SHA256(state key, state id "\\n" base64url(JSON)))
+    base64url(JSON payload) "." MAC(state id "\n" base64url(JSON payload))
 
-- The state key is derived from the deployment key under its own label (as install links
-  derive theirs), so it never signs anything else, and Redis never holds it.
+- The MAC is made by Vault under the session signing key (:mod:`broker.core.signing`: only
+  replicas may sign with it, operators may not) with a label of its own, so it is never a
+  valid session or CSRF token; it names its key version and rotates with that key.
 - The MAC covers the state id: a sealed value copied under another id does not open.
-- It is checked in constant time before the payload is parsed; a value that does not open,
-  or opens to a payload of the wrong shape, is refused (``install_state_tampered``) and
-  nothing is exchanged.
+- It is checked before the payload is parsed; a value that does not open, or opens to a
+  payload of the wrong shape, is refused (``install_state_tampered``) and nothing is
+  exchanged.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 from dataclasses import asdict, dataclass, field
 
-from broker.core.models import APP_SLUG
+from broker.core.models import APP_SLUG, Mac
+from broker.core.signing import Keyring, Purpose
 from broker.errors import InstallFailed
 
-#: Its own label: the state key signs nothing else (fingerprints, sessions, links).
-_LABEL = b"hubspot-token-broker/install-state/v1"
+#: Its own label under the session key: a state MAC is never a session's or a CSRF token's.
+_LABEL = "install-state"
 _FIELDS = {"app", "verifier", "nonce", "actor", "return_to", "hub_id"}
 
 
@@ -56,16 +57,17 @@ def _unb64(text: str) -> bytes:
 
 
 class StateSeal:
-    """Seals and opens :class:`PendingInstall` values; pure (no I/O)."""
+    """Seals and opens :class:`PendingInstall` values (one Vault call each)."""
 
-    def __init__(self, deployment_key: bytes) -> None:
-        self._key = hmac.digest(deployment_key, _LABEL, "sha256")
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
 
-    def seal(self, state: str, pending: PendingInstall) -> str:
+    async def seal(self, state: str, pending: PendingInstall) -> str:
         body = _b64(json.dumps(asdict(pending), separators=(",", ":"), sort_keys=True).encode())
-        return f"{body}.{_b64(self._mac(state, body))}"
+        mac = await self._keyring.sign(Purpose.SESSION, _LABEL, _signed(state, body))
+        return f"{body}.{mac}"
 
-    def open(self, state: str, sealed: str) -> PendingInstall:
+    async def open(self, state: str, sealed: str) -> PendingInstall:
         """The pending install sealed under ``state``; else :class:`InstallFailed`
         ``install_state_tampered``."""
         tampered = InstallFailed(
@@ -73,11 +75,10 @@ class StateSeal:
             code="install_state_tampered",
         )
         body, dot, signature = sealed.partition(".")
-        try:
-            presented = _unb64(signature)
-        except (binascii.Error, ValueError):
-            raise tampered from None
-        if not dot or not hmac.compare_digest(presented, self._mac(state, body)):
+        mac = Mac.parse(signature)
+        if not dot or mac is None:
+            raise tampered
+        if not await self._keyring.verify(Purpose.SESSION, _LABEL, _signed(state, body), mac):
             raise tampered
         try:
             data = json.loads(_unb64(body))
@@ -88,8 +89,9 @@ class StateSeal:
             raise tampered
         return pending
 
-    def _mac(self, state: str, body: str) -> bytes:
-        return hmac.digest(self._key, f"{state}\n{body}".encode(), "sha256")
+
+def _signed(state: str, body: str) -> bytes:
+    return f"{state}\n{body}".encode()
 
 
 def _pending(data: object) -> PendingInstall | None:

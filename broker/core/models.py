@@ -6,6 +6,8 @@ them from ``repr``; everything that is persisted carries ciphertext only.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import re
 import time
@@ -226,3 +228,45 @@ class NewCallerKey:
     key_id: str
     secret: str = field(repr=False)
     expires_at: datetime | None
+
+
+_MAC = re.compile(r"v([1-9][0-9]{0,5})\.([A-Za-z0-9_-]{16,100})")
+
+
+@dataclass(frozen=True, slots=True)
+class Mac:
+    """A MAC and the key version that made it; ``str()`` is its compact text form."""
+
+    version: int
+    digest: bytes
+
+    def __str__(self) -> str:
+        return f"v{self.version}.{base64.urlsafe_b64encode(self.digest).rstrip(b'=').decode()}"
+
+    @classmethod
+    def parse(cls, text: str) -> Mac | None:
+        match = _MAC.fullmatch(text)
+        if match is None:
+            return None
+        raw = match.group(2)
+        try:
+            digest = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        return cls(int(match.group(1)), digest)
+
+
+@dataclass(frozen=True, slots=True)
+class InstallLinkRecord:
+    """A minted install link as stored: what it allows, who minted it, whether it was
+    revoked. The link token (which carries ``id`` and a MAC) is never stored."""
+
+    id: str
+    app: str
+    hub_id: int | None
+    return_to: str | None
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None

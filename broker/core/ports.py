@@ -30,7 +30,9 @@ from broker.config import Secret
 from broker.core.models import (
     App,
     Caller,
+    InstallLinkRecord,
     Lease,
+    Mac,
     PortalKey,
     PortalRecord,
     PortalState,
@@ -92,10 +94,6 @@ class SecretStore(Protocol):
 
     async def add_client_secret(self, app: str, secret: Secret) -> None:
         """Put ``secret`` first in the app's list (check-and-set, no lost update)."""
-        ...
-
-    async def fingerprint_key(self) -> bytes:
-        """The deployment's key for token fingerprints in audit events (created once)."""
         ...
 
     async def ping(self) -> None: ...
@@ -456,4 +454,59 @@ class AuditSink(Protocol):
         limit: int,
     ) -> list[dict[str, Any]]:
         """Newest first."""
+        ...
+
+
+class MacService(Protocol):
+    """HMACs with keys that never leave the backend (Vault Transit ``hmac``/``verify``):
+    ``key`` names the key; versions are the backend's (1, 2, ...)."""
+
+    async def hmac(
+        self, key: str, items: Sequence[bytes], *, version: int | None = None
+    ) -> list[Mac]:
+        """One MAC per item, with the latest version unless ``version`` is given."""
+        ...
+
+    async def verify(self, key: str, items: Sequence[tuple[bytes, Mac]]) -> list[bool]:
+        """Whether each MAC is its input's; a version the key does not have (or no longer
+        allows) is simply ``False``."""
+        ...
+
+    async def rotate(self, key: str) -> int:
+        """Make a new latest version; returns it."""
+        ...
+
+    async def latest_version(self, key: str) -> int: ...
+
+
+class KeySchedule(Protocol):
+    """When rotated-away signing key versions stop verifying (database clock)."""
+
+    async def retire_below(
+        self, purpose: str, version: int, *, overlap_seconds: float, actor: str
+    ) -> None:
+        """Versions below ``version`` with no retirement yet retire ``overlap_seconds`` from
+        now; a retirement already set is never pushed later."""
+        ...
+
+    async def retired(self, purpose: str, version: int) -> bool:
+        """Whether ``version`` has retired (its overlap is over)."""
+        ...
+
+    async def retirements(self) -> dict[tuple[str, int], datetime]: ...
+
+
+class InstallLinkStore(Protocol):
+    """Minted install links (never the link token: its id and what it allows)."""
+
+    async def add(self, link: InstallLinkRecord) -> None: ...
+
+    async def get(self, link_id: str) -> InstallLinkRecord | None: ...
+
+    async def find(self, *, app: str | None, include_inactive: bool) -> list[InstallLinkRecord]:
+        """Newest first; without ``include_inactive`` only unexpired, unrevoked links."""
+        ...
+
+    async def revoke(self, link_id: str, *, actor: str) -> InstallLinkRecord | None:
+        """Mark it revoked (idempotent: the first revocation is kept); None when unknown."""
         ...

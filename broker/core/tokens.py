@@ -17,8 +17,6 @@ a still-valid token beats an error): it says so, and is counted.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from broker.core.batching import Coalescer
 from broker.core.models import Caller, IssuedToken, PortalKey, PortalRecord, Role
 from broker.core.ports import AuditSink, Cipher, PortalRepository
 from broker.core.refresh import USEFUL_SECONDS, RefreshEngine, raise_for_state
+from broker.core.signing import Keyring, Purpose
 from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, UpstreamError
 
 
@@ -56,14 +55,14 @@ class TokenService:
         cipher: Cipher,
         refresher: RefreshEngine,
         audit: AuditSink,
-        fingerprint_key: bytes,
+        keyring: Keyring,
     ) -> None:
         self._settings = settings
         self._portals = portals
         self._cipher = cipher
         self._refresher = refresher
         self._audit = audit
-        self._fp_key = fingerprint_key
+        self._keyring = keyring
         self._cache: dict[PortalKey, CachedToken] = {}
         self._inflight: dict[PortalKey, asyncio.Task[CachedToken]] = {}
         # Invalidation generations, per portal and for everything: a load that started
@@ -157,15 +156,18 @@ class TokenService:
             ),
             return_exceptions=True,
         )
+        decrypted = [
+            (record, token[0])
+            for record, token in zip(records, tokens, strict=True)
+            if isinstance(token, list)
+        ]
+        # Fingerprints too share Transit calls (one gather, batched by the keyring).
+        prints = await asyncio.gather(*(self._fingerprint(token) for _, token in decrypted))
         warmed = 0
-        for record, token in zip(records, tokens, strict=True):
+        for (record, token), print_ in zip(decrypted, prints, strict=True):
             key = record.key
-            if (
-                isinstance(token, list)
-                and key not in self._cache
-                and generations.get(key) == self._generation(key)  # not invalidated since
-            ):
-                self._cache[key] = self._entry(record, token[0], sent_at, refreshed=False)
+            if key not in self._cache and generations.get(key) == self._generation(key):
+                self._cache[key] = self._entry(record, token, print_, sent_at, refreshed=False)
                 warmed += 1
         return warmed
 
@@ -260,7 +262,13 @@ class TokenService:
                 # Tampered, truncated or copied from another portal: flag it, never serve it.
                 await self._portals.flag(record.key, Undecryptable.code)
                 raise
-        entry = self._entry(record, access_token, sent_at, refreshed=fresh.access_token is not None)
+        entry = self._entry(
+            record,
+            access_token,
+            await self._fingerprint(access_token),
+            sent_at,
+            refreshed=fresh.access_token is not None,
+        )
         if generation == self._generation(key):
             self._cache[key] = entry
         else:
@@ -272,8 +280,20 @@ class TokenService:
             raise_for_state(current)
         return entry
 
+    async def _fingerprint(self, access_token: str) -> str:
+        """A short keyed fingerprint: lets the audit trail correlate tokens without holding
+        them (the fingerprint key's MAC, in Vault; comparable within one key version)."""
+        mac = await self._keyring.sign(Purpose.FINGERPRINT, "token", access_token.encode())
+        return mac.digest.hex()[:16]
+
     def _entry(
-        self, record: PortalRecord, access_token: str, sent_at: float, *, refreshed: bool
+        self,
+        record: PortalRecord,
+        access_token: str,
+        fingerprint: str,
+        sent_at: float,
+        *,
+        refreshed: bool,
     ) -> CachedToken:
         assert record.access_expires_at is not None  # access_ct is set, so is its expiry
         lifetime = (record.access_expires_at - record.db_now).total_seconds()
@@ -285,7 +305,7 @@ class TokenService:
             expires_at=datetime.fromtimestamp(wall, UTC),
             scopes=record.scopes,
             version=record.version,
-            fingerprint=fingerprint(self._fp_key, access_token),
+            fingerprint=fingerprint,
             refreshed=refreshed,
         )
 
@@ -293,8 +313,3 @@ class TokenService:
 def _identity(key: PortalKey) -> tuple[str, int, int]:
     """What the database's unique index compares (no user_id and user_id 0 are one grant)."""
     return key.app, key.hub_id, key.user_id or 0
-
-
-def fingerprint(key: bytes, token: str) -> str:
-    """A short keyed fingerprint: lets the audit trail correlate tokens without holding them."""
-    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:16]

@@ -7,24 +7,23 @@ Every event is POSTed to every configured URL, as one JSON object::
     {"id": "42", "type": "portal.needs_reauth", "occurred_at": "2026-05-04T09:30:12.345678Z",
      "app": "demo", "hub_id": 12345678, "user_id": null, "data": {"class": "grant_dead"}}
 
-with these headers::
+signed in the Standard Webhooks format (https://www.standardwebhooks.com/), with these
+headers::
 
     Content-Type: application/json
     Webhook-Id: evt_42               the idempotency key: the same on every retry
     Webhook-Timestamp: 1777887012    unix seconds when this attempt was signed
-    Webhook-Signature: v1=<hex>      HMAC-SHA256 with the shared secret, see below
+    Webhook-Signature: v1,<base64>   HMAC-SHA256 under the receiver's own secret
 
-The signed content is ``f"{webhook_id}.{timestamp}.".encode() + body``: the Webhook-Id
-header value, a dot, the Webhook-Timestamp header value, a dot, and the raw request body
-bytes exactly as received (never a re-serialized JSON). To verify::
+The signed content is ``f"{webhook_id}.{timestamp}.".encode() + body`` (the raw body bytes
+as received), keyed with the base64-decoded part of the receiver's ``whsec_`` secret. Every
+receiver has its own secrets (``BROKER_WEBHOOK_SECRET``), so no receiver can forge events
+for another. During a secret rotation the header carries one space-separated ``v1,``
+signature per configured secret of that receiver, so a receiver verifying with either the
+old or the new secret accepts. Receivers verify with the published library::
 
-    expected = "v1=" + hmac.new(secret, f"{wid}.{ts}.".encode() + body, "sha256").hexdigest()
-    ok = any(hmac.compare_digest(expected, s) for s in signature_header.split())
-    ok = ok and abs(time.time() - int(ts)) <= 300      # refuse replays of old requests
-
-Accept any one of several space-separated signatures (room for a secret rotation). The
-scheme is Standard Webhooks' (``webhook-id``/``-timestamp``/``-signature``, the same signed
-content) with a hex digest after ``v1=`` instead of base64 after ``v1,``.
+    from standardwebhooks import Webhook
+    event = Webhook("whsec_...").verify(body, headers)   # also refuses stale timestamps
 
 Delivery is **at least once**: answer 2xx only once the event is stored, and deduplicate by
 Webhook-Id (a retry after a lost answer, or a replica that lost its claim, sends it again).
@@ -46,6 +45,7 @@ or dead receiver never holds back another. A failing pass never stops the loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -53,7 +53,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -185,10 +185,17 @@ def render(event: OutboxEvent) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def sign(secret: Secret, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The ``Webhook-Signature`` value (see the module docstring)."""
+def sign(keys: Sequence[Secret], webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The ``Webhook-Signature`` value: a ``v1,<base64>`` signature per ``whsec_`` secret
+    (see the module docstring)."""
     content = f"{webhook_id}.{timestamp}.".encode() + body
-    return "v1=" + hmac.new(secret.get().encode(), content, hashlib.sha256).hexdigest()
+    return " ".join(
+        "v1,"
+        + base64.b64encode(
+            hmac.digest(base64.b64decode(s.get().removeprefix("whsec_")), content, "sha256")
+        ).decode()
+        for s in keys
+    )
 
 
 def classify(status: int) -> str:
@@ -218,7 +225,7 @@ class WebhookDispatcher:
         outbox: Outbox,
         sender: WebhookSender,
         urls: Sequence[str],
-        secret: Secret,
+        signing_secrets: Callable[[], Mapping[str, Sequence[Secret]]],
         timeout: float = 10.0,
         batch: int = 32,
         interval: float = 1.0,
@@ -228,12 +235,15 @@ class WebhookDispatcher:
         replica_id: str = "replica",
         jitter: Callable[[float], float] = full_jitter,
     ) -> None:
-        if not urls or not secret:
-            raise FatalError("webhooks need at least one URL and a secret", code="config_invalid")
+        if not urls or any(not signing_secrets().get(url) for url in urls):
+            raise FatalError(
+                "webhooks need at least one URL and a secret for each", code="config_invalid"
+            )
         self._outbox = outbox
         self._sender = sender
         self._urls = {endpoint_key(url): url for url in dict.fromkeys(urls)}
-        self._secret = secret
+        # Asked on every delivery: a secret rotated in its file is used at once.
+        self._secrets = signing_secrets
         self._timeout = timeout
         self._batch = batch
         self._interval = interval
@@ -380,7 +390,7 @@ class WebhookDispatcher:
             "Content-Type": "application/json",
             "Webhook-Id": item.webhook_id,
             "Webhook-Timestamp": str(timestamp),
-            "Webhook-Signature": sign(self._secret, item.webhook_id, timestamp, body),
+            "Webhook-Signature": sign(self._secrets()[url], item.webhook_id, timestamp, body),
         }
         started = time.perf_counter()
         try:

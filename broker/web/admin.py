@@ -122,7 +122,7 @@ async def install_link(request: Request) -> Response:
     svc, caller = await _admin(request)
     key = _key(request, svc, caller)
     link = await svc.operations.install_link(key, actor=caller.name)
-    return _json({"url": link.url, "expires_at": link.expires_at.isoformat()})
+    return _json({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
 
 
 async def app_install_link(request: Request) -> Response:
@@ -135,7 +135,7 @@ async def app_install_link(request: Request) -> Response:
     reject_unknown(request, frozenset())
     ttl, return_to = await _link_options(request)
     link = await svc.install_links.mint(app, actor=caller.name, ttl=ttl, return_to=return_to)
-    return _json({"url": link.url, "expires_at": link.expires_at.isoformat()})
+    return _json({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
 
 
 async def _link_options(request: Request) -> tuple[int | None, str | None]:

@@ -6,13 +6,15 @@ Security properties:
 
 - **Login** takes a caller key with the ``portals:admin`` role, checked by
   ``CallerService.authenticate``; the key is never stored. The session is the cookie
-  ``htb_admin`` = base64url(caller id | expiry | session id | caller name) + HMAC-SHA256 under
-  a key derived from the deployment's secret, so every replica accepts it and nobody can forge
-  one. HttpOnly, SameSite=Strict, Path=/admin, Secure over https, 30 minutes, never extended.
+  ``htb_admin`` = base64url(caller id | expiry | session id | caller name) + its MAC under
+  the session signing key (a Vault Transit key no one can read, rotatable with an overlap),
+  so every replica accepts it and nobody can forge one. HttpOnly, SameSite=Strict,
+  Path=/admin, Secure over https, 30 minutes, never extended.
   Every request re-reads the caller: disabling it, its key expiring or it losing
   ``portals:admin`` ends its sessions at once. Logging out deletes the cookie; a copied cookie
   stays valid until it expires (stateless sessions), hence the short lifetime.
-- **CSRF**: every form carries HMAC(csrf key, session id), compared in constant time; a POST
+- **CSRF**: every form carries the MAC of the session id under the session key's CSRF label
+  (the version that sealed the session), compared in constant time; a POST
   whose ``Origin`` is not this origin, or whose ``Sec-Fetch-Site`` names another site, is
   refused before anything else.
 - **Pages** run no script at all: the CSP allows nothing but the one inline stylesheet (by
@@ -55,7 +57,6 @@ from broker.web.admin_session import (
     require_operator,
     same_origin,
     seal,
-    session_keys,
 )
 from broker.web.params import parse_app, parse_int, reject_unknown
 from broker.web.services import Services, services
@@ -414,7 +415,7 @@ async def login(request: Request) -> Response:
     response = _redirect("/admin", request)
     response.set_cookie(
         COOKIE,
-        seal(session_keys(svc).session, session),
+        await seal(svc.keyring, session),
         max_age=expires - now,
         path="/admin",
         httponly=True,

@@ -1,6 +1,11 @@
 """The operator page's sessions and CSRF protection (see :mod:`broker.web.admin_page` for
 the security properties): a stateless signed cookie naming the caller, re-checked against
-the live caller record on every request, and a per-session CSRF token."""
+the live caller record on every request, and a per-session CSRF token.
+
+Both are MACed by the session signing key (:mod:`broker.core.signing`, a Vault Transit key
+no one can read) under two labels, so a session MAC is never a CSRF token. The cookie names
+the key version that sealed it; its CSRF token is made with that same version, so after a
+rotation both keep working until the overlap ends, and are refused together afterwards."""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 
-from broker.core.models import Caller, Role
+from broker.core.models import Caller, Mac, Role
+from broker.core.signing import Keyring, Purpose
 from broker.errors import Forbidden, Unauthenticated
 from broker.web.services import Services
 
@@ -26,12 +32,7 @@ class Session:
     caller_name: str
     expires: int  # unix seconds
     sid: str
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    session: bytes
-    csrf: bytes
+    version: int = 0  # the session key version that sealed it (0: not sealed yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +40,6 @@ class Operator:
     caller: Caller
     session: Session
     csrf: str
-
-
-def session_keys(svc: Services) -> Keys:
-    # Derived from the per-deployment key (random, in Vault, the same on every replica),
-    # each under its own label, so no two purposes share a key.
-    root = svc.web_secret
-    return Keys(
-        session=hmac.digest(root, b"hubspot-token-broker/admin-page/session/v1", "sha256"),
-        csrf=hmac.digest(root, b"hubspot-token-broker/admin-page/csrf/v1", "sha256"),
-    )
 
 
 def _b64(raw: bytes) -> str:
@@ -59,30 +50,34 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
-def seal(key: bytes, session: Session) -> str:
-    """The cookie value: the session in base64url, a dot, its HMAC-SHA256."""
+async def seal(keyring: Keyring, session: Session) -> str:
+    """The cookie value: the session in base64url, a dot, its MAC (``v<version>.<mac>``)."""
     payload = f"{session.caller_id}|{session.expires}|{session.sid}|{session.caller_name}"
-    return f"{_b64(payload.encode())}.{_b64(hmac.digest(key, payload.encode(), 'sha256'))}"
+    mac = await keyring.sign(Purpose.SESSION, "session", payload.encode())
+    return f"{_b64(payload.encode())}.{mac}"
 
 
-def unseal(key: bytes, cookie: str | None, now: float) -> Session | None:
-    """The session in ``cookie`` if its MAC is right and it has not expired, else ``None``."""
+async def unseal(keyring: Keyring, cookie: str | None, now: float) -> Session | None:
+    """The session in ``cookie`` if its MAC is right under a key version that has not
+    retired and it has not expired, else ``None``."""
     if not cookie or len(cookie) > 600:
         return None
-    body, _, mac = cookie.partition(".")
+    body, _, rest = cookie.partition(".")
+    mac = Mac.parse(rest)
     try:
-        payload, presented = _unb64(body), _unb64(mac)
+        payload = _unb64(body)
     except ValueError:  # not base64url, or not ASCII
         return None
-    if not hmac.compare_digest(presented, hmac.digest(key, payload, "sha256")):
+    if mac is None or not await keyring.verify(Purpose.SESSION, "session", payload, mac):
         return None
     caller_id, expires, sid, name = payload.decode().split("|", 3)  # we wrote it
-    session = Session(int(caller_id), name, int(expires), sid)
+    session = Session(int(caller_id), name, int(expires), sid, mac.version)
     return session if session.expires > now else None
 
 
-def csrf_token(keys: Keys, session: Session) -> str:
-    return _b64(hmac.digest(keys.csrf, session.sid.encode(), "sha256"))
+async def csrf_token(keyring: Keyring, session: Session) -> str:
+    mac = await keyring.sign(Purpose.SESSION, "csrf", session.sid.encode(), version=session.version)
+    return str(mac)
 
 
 def same_origin(request: Request) -> None:
@@ -106,8 +101,7 @@ def check_csrf(operator: Operator, presented: str | None) -> None:
 async def current_operator(request: Request, svc: Services) -> Operator | None:
     """The logged-in operator, re-checked against the live caller record; ``None`` when the
     session is missing, forged, expired, or its caller is gone, disabled or expired."""
-    keys = session_keys(svc)
-    session = unseal(keys.session, request.cookies.get(COOKIE), time.time())
+    session = await unseal(svc.keyring, request.cookies.get(COOKIE), time.time())
     if session is None:
         return None
     caller = next((c for c in await svc.callers.list() if c.id == session.caller_id), None)
@@ -121,7 +115,7 @@ async def current_operator(request: Request, svc: Services) -> Operator | None:
     if not caller.may(Role.PORTALS_ADMIN):
         raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
     svc.callers.admit(caller)
-    return Operator(caller, session, csrf_token(keys, session))
+    return Operator(caller, session, await csrf_token(svc.keyring, session))
 
 
 async def require_operator(request: Request, svc: Services) -> Operator:

@@ -14,6 +14,7 @@ from broker.core.install import InstallService
 from broker.core.install_links import InstallLinks
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations
+from broker.core.signing import Keyring
 from broker.core.tokens import TokenService
 
 
@@ -27,8 +28,8 @@ class Services:
     admin: AdminService
     operations: PortalOperations
     keys: KeyRotation
-    #: Root key for the web layer's own signatures (sessions, CSRF); never sent anywhere.
-    web_secret: bytes
+    #: Signing keys per purpose (sessions and CSRF here), held by Vault.
+    keyring: Keyring
     #: The lifecycle phase and backend health (``/readyz``).
     health: Health
 

@@ -10,7 +10,9 @@
 #                         mount dedicated to the broker, as in deploy/compose.yaml)
 #   TRANSIT_MOUNT         Transit mount                              (default: transit)
 #   TRANSIT_KEY           Transit key: aes256-gcm96, derived=true    (default: hubspot-tokens)
-#   POLICY_DIR            where broker.hcl and broker-admin.hcl are  (default: beside this file)
+#   SIGNING_KEY_PREFIX    signing keys PREFIX{session,install-link,fingerprint}: aes256-gcm96,
+#                         never exportable          (default: hubspot-token-broker-)
+#   POLICY_DIR            where the policies (*.hcl) are             (default: beside this file)
 #   BROKER_ROLE_ID, BROKER_SECRET_ID   when both are set, an AppRole "hubspot-token-broker"
 #                         with the broker policy and exactly these credentials (dev only:
 #                         in production let Vault generate the secret id, see README.md)
@@ -23,6 +25,7 @@ KV_MOUNT=${KV_MOUNT:-secret}
 KV_CAS_REQUIRED=${KV_CAS_REQUIRED:-false}
 TRANSIT_MOUNT=${TRANSIT_MOUNT:-transit}
 TRANSIT_KEY=${TRANSIT_KEY:-hubspot-tokens}
+SIGNING_KEY_PREFIX=${SIGNING_KEY_PREFIX:-hubspot-token-broker-}
 POLICY_DIR=${POLICY_DIR:-$(dirname "$0")}
 TOKEN_TTL=${TOKEN_TTL:-24h}
 
@@ -68,9 +71,22 @@ derived=$("$BAO" read -field=derived "$TRANSIT_MOUNT/keys/$TRANSIT_KEY")
   die "$TRANSIT_MOUNT/keys/$TRANSIT_KEY is $key_type derived=$derived, not aes256-gcm96 derived=true"
 say "transit key $TRANSIT_MOUNT/keys/$TRANSIT_KEY: aes256-gcm96, derived"
 
+# --- signing keys (sessions and CSRF, install links, fingerprints): HMAC only, in Vault ----
+for purpose in session install-link fingerprint; do
+  key="$TRANSIT_MOUNT/keys/$SIGNING_KEY_PREFIX$purpose"
+  if ! "$BAO" read "$key" >/dev/null 2>&1; then
+    "$BAO" write -f "$key" type=aes256-gcm96 >/dev/null
+  fi
+  [ "$("$BAO" read -field=type "$key")" = aes256-gcm96 ] || die "$key is not aes256-gcm96"
+  [ "$("$BAO" read -field=exportable "$key") $("$BAO" read -field=allow_plaintext_backup "$key")" = "false false" ] ||
+    die "$key may be exported or backed up: make a new key, this one is not secret any more"
+  say "signing key $key: not exportable"
+done
+
 # --- policies ------------------------------------------------------------------------------
 "$BAO" policy write hubspot-token-broker "$POLICY_DIR/broker.hcl"
 "$BAO" policy write hubspot-token-broker-admin "$POLICY_DIR/broker-admin.hcl"
+"$BAO" policy write hubspot-token-broker-key-custodian "$POLICY_DIR/broker-key-custodian.hcl"
 
 # --- AppRoles with fixed credentials (dev) -------------------------------------------------
 approle() { # role policy role_id secret_id

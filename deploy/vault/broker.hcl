@@ -2,20 +2,13 @@
 #
 # Written for the default settings: BROKER_VAULT_KV_MOUNT=secret,
 # BROKER_VAULT_KV_PREFIX=hubspot-token-broker, BROKER_VAULT_TRANSIT_MOUNT=transit,
-# BROKER_VAULT_TRANSIT_KEY=hubspot-tokens. Change the paths below if you change those.
-# KV v2 puts secret data under <mount>/data/<path>.
+# BROKER_VAULT_TRANSIT_KEY=hubspot-tokens, BROKER_VAULT_SIGNING_KEY_PREFIX=hubspot-token-broker-.
+# Change the paths below if you change those. KV v2 puts secret data under <mount>/data/<path>.
 
 # HubSpot app client secrets: read only. They are written by `broker apps add`, which runs
 # under broker-admin.hcl.
 path "secret/data/hubspot-token-broker/apps/*" {
   capabilities = ["read"]
-}
-
-# The key behind the audit log's token fingerprints: read it, and create it once (the first
-# replica writes it with check-and-set cas=0). No update and no delete: a running broker can
-# never replace it.
-path "secret/data/hubspot-token-broker/broker/fingerprint" {
-  capabilities = ["create", "read"]
 }
 
 # Tokens at rest: encrypt and decrypt with the one Transit key, nothing else. No key reads,
@@ -24,6 +17,25 @@ path "transit/encrypt/hubspot-tokens" {
   capabilities = ["update"]
 }
 path "transit/decrypt/hubspot-tokens" {
+  capabilities = ["update"]
+}
+
+# Signing keys (broker.core.signing), one Transit key per purpose: sign and verify through
+# Vault, nothing else. The keys never leave Vault: no read of their material, no export, no
+# backup, no configuration, no rotation (operators rotate, broker-admin.hcl).
+path "transit/hmac/hubspot-token-broker-session" {
+  capabilities = ["update"]
+}
+path "transit/verify/hubspot-token-broker-session" {
+  capabilities = ["update"]
+}
+path "transit/hmac/hubspot-token-broker-install-link" {
+  capabilities = ["update"]
+}
+path "transit/verify/hubspot-token-broker-install-link" {
+  capabilities = ["update"]
+}
+path "transit/hmac/hubspot-token-broker-fingerprint" {
   capabilities = ["update"]
 }
 

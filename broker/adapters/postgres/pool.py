@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -64,10 +64,21 @@ class Database:
         self._timeout = timeout
 
     @classmethod
-    async def connect(cls, url: str, *, min_size: int, max_size: int, timeout: float) -> Database:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        password: Callable[[], str] | None = None,
+    ) -> Database:
+        """``password``, when given, is asked for on every new connection (a password
+        rotated in a secret file is used by the next connection, without a restart)."""
         with _guarded():
             pool = await asyncpg.create_pool(
                 url,
+                password=password,
                 min_size=min_size,
                 max_size=max_size,
                 timeout=timeout,

@@ -1,4 +1,4 @@
-"""Making a Vault or OpenBao server ready for the broker (KV v2, the Transit key)."""
+"""Making a Vault or OpenBao server ready for the broker (KV v2, the Transit keys)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
+from broker.core.signing import Purpose
 from broker.dev.stack._common import VaultBootstrapError
 
 
@@ -17,13 +18,16 @@ def bootstrap_vault(
     *,
     transit_mount: str = "transit",
     key_name: str = "hubspot-tokens",
+    signing_key_prefix: str = "hubspot-token-broker-",
     cacert: str | None = None,
 ) -> None:
     """Make a Vault or OpenBao server ready for the broker; idempotent, safe to run concurrently.
 
     Afterwards KV v2 is mounted at ``secret/``, the Transit engine at *transit_mount*, and the
     Transit key *key_name* exists as ``aes256-gcm96`` with ``derived=True`` (every encryption
-    needs a context). Missing pieces are created; existing ones are verified, never changed:
+    needs a context), and so does one signing key per :class:`Purpose`
+    (``<signing_key_prefix><purpose>``, ``aes256-gcm96``, used only for HMACs; never
+    exportable). Missing pieces are created; existing ones are verified, never changed:
     a mount of another type, KV v1 at ``secret/`` or a key of another type or not derived
     raises :class:`VaultBootstrapError`. Transport and permission errors propagate as hvac
     (or requests) exceptions. The token needs rights on ``sys/mounts`` and the transit mount.
@@ -34,6 +38,10 @@ def bootstrap_vault(
         _ensure_mount(client, "secret", "kv", version="2")
         _ensure_mount(client, transit_mount, "transit", version=None)
         _ensure_transit_key(client, transit_mount, key_name)
+        for purpose in Purpose:
+            _ensure_transit_key(
+                client, transit_mount, f"{signing_key_prefix}{purpose.value}", derived=False
+            )
     finally:
         client.adapter.close()
 
@@ -63,19 +71,23 @@ def _ensure_mount(client: hvac.Client, path: str, engine: str, *, version: str |
         raise VaultBootstrapError(f"{path}/ is a {kind} v{found_version} mount, not {wanted}")
 
 
-def _ensure_transit_key(client: hvac.Client, mount: str, name: str) -> None:
+def _ensure_transit_key(
+    client: hvac.Client, mount: str, name: str, *, derived: bool = True
+) -> None:
     transit = client.secrets.transit
     try:
         key: dict[str, Any] = transit.read_key(name=name, mount_point=mount)  # type: ignore[no-untyped-call]  # untyped in types-hvac
     except hvac.exceptions.InvalidPath:
         # Creating a key that already exists is a no-op, so a concurrent bootstrap is fine.
         transit.create_key(  # type: ignore[no-untyped-call]  # untyped in types-hvac
-            name=name, key_type="aes256-gcm96", derived=True, mount_point=mount
+            name=name, key_type="aes256-gcm96", derived=derived, mount_point=mount
         )
         key = transit.read_key(name=name, mount_point=mount)  # type: ignore[no-untyped-call]  # untyped in types-hvac
     data = key["data"]
-    if data.get("type") != "aes256-gcm96" or not data.get("derived"):
+    if data.get("type") != "aes256-gcm96" or bool(data.get("derived")) != derived:
         raise VaultBootstrapError(
             f"transit key {mount}/{name} is {data.get('type')} derived={data.get('derived')},"
-            " not aes256-gcm96 derived=True"
+            f" not aes256-gcm96 derived={derived}"
         )
+    if data.get("exportable") or data.get("allow_plaintext_backup"):
+        raise VaultBootstrapError(f"transit key {mount}/{name} may be exported or backed up")

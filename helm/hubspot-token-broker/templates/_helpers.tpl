@@ -199,6 +199,7 @@ BROKER_VAULT_KV_MOUNT: {{ $v.kvMount | quote }}
 BROKER_VAULT_KV_PREFIX: {{ $v.kvPrefix | quote }}
 BROKER_VAULT_TRANSIT_MOUNT: {{ $v.transitMount | quote }}
 BROKER_VAULT_TRANSIT_KEY: {{ $v.transitKey | quote }}
+BROKER_VAULT_SIGNING_KEY_PREFIX: {{ $v.signingKeyPrefix | quote }}
 {{- end }}
 
 {{/*
@@ -270,9 +271,42 @@ not taken from secrets.valueFrom.
 {{- $s := .Values.secrets }}
 {{- $fromValues := dict "BROKER_DATABASE_URL" $s.databaseUrl "BROKER_REDIS_URL" $s.redisUrl "BROKER_VAULT_TOKEN" $s.vaultToken "BROKER_VAULT_SECRET_ID" $s.vaultSecretId "BROKER_WEBHOOK_URLS" $s.webhookUrls "BROKER_WEBHOOK_SECRET" $s.webhookSecret }}
 {{- range (include "hubspot-token-broker.secretKeys" . | fromYamlArray) }}
-{{- if not (hasKey $s.valueFrom .) }}
+{{- if not (or (hasKey $s.valueFrom .) (hasKey $s.files .)) }}
 {{ . }}: {{ index $fromValues . | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where secrets.files mounts a secret setting's Secret (the file is "value" inside).
+Usage: include "hubspot-token-broker.secretFileDir" "BROKER_VAULT_TOKEN"
+*/}}
+{{- define "hubspot-token-broker.secretFileDir" -}}
+/etc/hubspot-token-broker/secrets/{{ . | lower | replace "_" "-" }}
+{{- end }}
+
+{{/*
+A volume per secrets.files entry: the one key of the named Secret as the file "value", no
+subPath, so a rotated Secret reaches the pod (the broker reads the file again when it
+changes).
+*/}}
+{{- define "hubspot-token-broker.secretFileVolumes" -}}
+{{- range $name, $ref := .Values.secrets.files }}
+- name: {{ $name | lower | replace "_" "-" }}
+  secret:
+    secretName: {{ $ref.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ $ref.key }}
+        path: value
+{{- end }}
+{{- end }}
+
+{{- define "hubspot-token-broker.secretFileMounts" -}}
+{{- range $name, $ref := .Values.secrets.files }}
+- name: {{ $name | lower | replace "_" "-" }}
+  mountPath: {{ include "hubspot-token-broker.secretFileDir" $name }}
+  readOnly: true
 {{- end }}
 {{- end }}
 
@@ -285,6 +319,10 @@ Usage: include "hubspot-token-broker.secretEnv" (list . $secretName)
 {{- $root := index . 0 }}
 {{- $secretName := index . 1 }}
 {{- range (include "hubspot-token-broker.secretKeys" $root | fromYamlArray) }}
+{{- if hasKey $root.Values.secrets.files . }}
+- name: {{ . }}_FILE
+  value: {{ include "hubspot-token-broker.secretFileDir" . }}/value
+{{- else }}
 - name: {{ . }}
   valueFrom:
     {{- if hasKey $root.Values.secrets.valueFrom . }}
@@ -294,6 +332,7 @@ Usage: include "hubspot-token-broker.secretEnv" (list . $secretName)
       name: {{ $secretName }}
       key: {{ . }}
     {{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -355,6 +394,9 @@ The server pod's volumes: /tmp, the TLS Secret, the CA bundles, extraVolumes.
 {{- if include "hubspot-token-broker.fileSourceName" .Values.caBundle }}
 {{ include "hubspot-token-broker.fileSourceVolume" (list "ca-bundle" .Values.caBundle) }}
 {{- end }}
+{{- with include "hubspot-token-broker.secretFileVolumes" . }}
+{{ . }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -380,6 +422,9 @@ The server container's volumeMounts, all read-only but /tmp.
 - name: ca-bundle
   mountPath: {{ include "hubspot-token-broker.caBundleDir" . }}
   readOnly: true
+{{- end }}
+{{- with include "hubspot-token-broker.secretFileMounts" . }}
+{{ . }}
 {{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}

@@ -1,0 +1,146 @@
+"""Signing keys: one per purpose, none readable by anyone, each rotatable with an overlap
+(DESIGN.md, "Security: Keys").
+
+Every purpose has its own Vault Transit key (``<BROKER_VAULT_SIGNING_KEY_PREFIX><purpose>``),
+used only through Transit's ``hmac`` and ``verify`` endpoints: the key material never leaves
+Vault, and no shipped policy may read, export or back it up (``deploy/vault/``). Operators
+may *sign* with the install-link key (that is minting a link) and *rotate* every signing
+key, nothing more; replicas sign and verify.
+
+Rotation (``broker keys rotate-signing``, like a caller key's):
+
+- Transit ``rotate`` makes a new version; from that moment every signature is made with it,
+  on every replica (Transit signs with the latest version: nothing is cached here).
+- The versions below it are recorded as retiring at ``now + overlap`` (the database clock):
+  until then they still verify, from then on they are refused. A version that was never
+  rotated away (no row) verifies; a retirement is never pushed later by a second rotation.
+
+A MAC names the version that made it (:class:`Mac`, ``v<version>.<base64url>``), so a
+verifier knows which version to check and whether it has retired. Inputs are separated per
+use within a purpose by a label (:meth:`Keyring.sign` ``label``), so, e.g., a session's MAC
+is never a valid CSRF token.
+
+Adding a purpose: a member of :class:`Purpose`, its Transit key in ``bootstrap_vault`` /
+``deploy/vault/bootstrap.sh`` and the policies, and a :meth:`Keyring.sign` /
+:meth:`Keyring.verify` call with a label of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from functools import partial
+
+from broker.core.batching import Coalescer
+from broker.core.models import Mac
+from broker.core.ports import AuditSink, KeySchedule, MacService
+from broker.errors import InvalidRequest
+
+
+class Purpose(StrEnum):
+    """What a key signs; each has its own Transit key."""
+
+    SESSION = "session"  # operator page sessions and their CSRF tokens (two labels)
+    INSTALL_LINK = "install-link"  # operator-minted install links (operators may sign)
+    FINGERPRINT = "fingerprint"  # short keyed fingerprints of tokens in the audit trail
+
+
+#: Most inputs one Transit hmac call takes (OpenBao refuses batches of 250 or more).
+_BATCH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    purpose: Purpose
+    key: str
+    latest_version: int
+    retiring: dict[int, datetime]  # version -> when it stops (or stopped) verifying
+
+
+class Keyring:
+    """Signs and verifies for every purpose, through Vault (``macs``) and the retirement
+    schedule (``schedule``, PostgreSQL)."""
+
+    def __init__(
+        self, *, macs: MacService, schedule: KeySchedule, key_prefix: str, audit: AuditSink
+    ) -> None:
+        self._macs = macs
+        self._schedule = schedule
+        self._prefix = key_prefix
+        self._audit = audit
+        # Fingerprints are made on every cache fill: concurrent fills share Transit calls.
+        self._batches = {
+            purpose: Coalescer(partial(macs.hmac, self.key_name(purpose)), max_items=_BATCH)
+            for purpose in Purpose
+        }
+
+    def key_name(self, purpose: Purpose) -> str:
+        return f"{self._prefix}{purpose.value}"
+
+    async def sign(
+        self, purpose: Purpose, label: str, data: bytes, *, version: int | None = None
+    ) -> Mac:
+        """The MAC of ``data`` under ``purpose``'s latest key version (or ``version``, e.g.
+        a CSRF token made with the version of the session it belongs to)."""
+        if version is not None:
+            (mac,) = await self._macs.hmac(
+                self.key_name(purpose), [_input(label, data)], version=version
+            )
+            return mac
+        (mac,) = await self._batches[purpose].submit([_input(label, data)])
+        return mac
+
+    async def check(self) -> None:
+        """Reach Vault and the install-link key (the one both the replicas' and the
+        operators' policies may sign with), so a wrong address, CA, token or a missing key
+        fails at start, not at the first request. Raises :class:`~broker.errors.VaultError`."""
+        await self.sign(Purpose.INSTALL_LINK, "startup-check", b"")
+
+    async def verify(self, purpose: Purpose, label: str, data: bytes, mac: Mac) -> bool:
+        """Whether ``mac`` is ``data``'s under a version of ``purpose``'s key that has not
+        retired. Vault checks the MAC (an unknown or too-old version is simply invalid)."""
+        (valid,) = await self._macs.verify(self.key_name(purpose), [(_input(label, data), mac)])
+        return valid and not await self._schedule.retired(purpose.value, mac.version)
+
+    async def rotate(
+        self, purposes: Sequence[Purpose], *, overlap_seconds: float, actor: str
+    ) -> dict[Purpose, int]:
+        """Rotate each key: the new version signs at once, the older ones verify for
+        ``overlap_seconds`` more and are refused afterwards. Audited (``signing_key.rotated``).
+        Returns the new version per purpose."""
+        if overlap_seconds < 0:
+            raise InvalidRequest(
+                "the overlap must be >= 0 seconds",
+                errors=[{"field": "overlap", "message": ">= 0"}],
+            )
+        rotated: dict[Purpose, int] = {}
+        for purpose in purposes:
+            latest = await self._macs.rotate(self.key_name(purpose))
+            await self._schedule.retire_below(
+                purpose.value, latest, overlap_seconds=overlap_seconds, actor=actor
+            )
+            self._audit.record(
+                "signing_key.rotated",
+                actor=actor,
+                purpose=purpose.value,
+                version=latest,
+                overlap_seconds=overlap_seconds,
+            )
+            rotated[purpose] = latest
+        return rotated
+
+    async def status(self) -> list[KeyStatus]:
+        schedule = await self._schedule.retirements()
+        found = []
+        for purpose in Purpose:
+            latest = await self._macs.latest_version(self.key_name(purpose))
+            retiring = {v: at for (p, v), at in schedule.items() if p == purpose.value}
+            found.append(KeyStatus(purpose, self.key_name(purpose), latest, retiring))
+        return found
+
+
+def _input(label: str, data: bytes) -> bytes:
+    # The label is ASCII without "|": no two (label, data) pairs give one input.
+    return label.encode() + b"|" + data
