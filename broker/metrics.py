@@ -49,7 +49,9 @@ REMAINING_TTL = Histogram(
 REFRESHES = Counter(
     "broker_refreshes_total",
     "Upstream refresh attempts by outcome and failure class.",
-    ["outcome", "failure_class"],  # outcome: success | failed | fenced | adopted
+    # outcome: success | failed | fenced | adopted | healed (a late answer applied) |
+    # lost (an answer that never reached the journal) | skipped (circuit breaker open)
+    ["outcome", "failure_class"],
 )
 REFRESH_SECONDS = Histogram(
     "broker_refresh_seconds", "Duration of one refresh, lease to commit.", buckets=_LATENCY_BUCKETS

@@ -382,7 +382,7 @@ class RefreshEngine:
 
     async def _forget_intent(self, intent: int) -> None:
         """HubSpot answered without a token (or was never called). Best effort: an intent
-        left behind only makes a later ``invalid_grant`` wait out its window."""
+        left behind only holds the portal's next call back until its window ends."""
         with contextlib.suppress(BrokerError):
             await self._portals.forget_intent(intent)
 
