@@ -378,6 +378,9 @@ class Settings:
                 raise ValueError("each issuer needs exactly one of jwks_url and tokenreview_url")
             if urlsplit(str(entry[urls[0]])).scheme not in ("http", "https"):
                 raise ValueError(f"{urls[0]} must be an http(s) URL")
+            for number in ("refetch_seconds", "review_rate"):
+                if number in entry and not _positive(entry[number]):
+                    raise ValueError(f"{number} must be a number above 0")
         return parsed
 
     @property
@@ -450,6 +453,10 @@ def _is_whsec(secret: str) -> bool:
     except ValueError:
         return False
     return 24 <= len(raw) <= 64
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def _parse_bool(raw: str) -> bool:

@@ -28,6 +28,8 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   ├── VaultError                 Vault/OpenBao unreachable, sealed or refusing
     │   │   └── Undecryptable          500 token_undecryptable: a stored ciphertext is bad
     │   ├── DatabaseError              PostgreSQL unreachable or failing
+    │   ├── RefreshOutcomeUnknown      503 refresh_outcome_unknown: an earlier call is
+    │   │                              unanswered and may still land; retry later
     │   └── LockUnavailable            could not get the refresh lease in time
     └── FatalError                     configuration or programming error; do not retry
         └── ConfigError                settings missing or invalid (names every bad key)

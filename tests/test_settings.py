@@ -4,6 +4,8 @@ tests/chaos/k8s.py)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from broker.config import SentinelUrl, load_settings
@@ -60,3 +62,18 @@ def test_a_vault_node_list_is_checked_and_counted_in_the_lease_budget() -> None:
     assert settings.refresh_budget_seconds == 3 * 5 + 10 + 2 * 5
     with pytest.raises(ConfigError):
         load_settings({**BASE, "BROKER_VAULT_ADDR": "https://vault-0:8200,vault-1:8200"})
+
+
+@pytest.mark.parametrize("field", ["review_rate", "refetch_seconds"])
+@pytest.mark.parametrize("value", [0, -1, "fast", True])
+def test_issuer_rates_must_be_positive_numbers(field: str, value: object) -> None:
+    """A review rate of 0 used to pass and divide by zero on the first throttled token."""
+    issuer = {
+        "issuer": "https://kubernetes.default.svc",
+        "audience": "hubspot-token-broker",
+        "tokenreview_url": "https://kubernetes.default.svc",
+        field: value,
+    }
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**BASE, "BROKER_JWT_ISSUERS": json.dumps([issuer])})
+    assert any(field in p for p in refused.value.problems)

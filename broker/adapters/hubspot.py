@@ -127,6 +127,17 @@ def _classify(response: httpx.Response, *, grant_type: str) -> HubSpotError | In
     return HubSpotUnavailable(detail, **kwargs)
 
 
+def _json(response: httpx.Response) -> dict[str, Any]:
+    """A 200's body; one that is not a JSON object may still mean a refresh happened."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise HubSpotUnavailable("HubSpot sent a malformed token response", outcome_unknown=True)
+    return body
+
+
 def _grant(body: dict[str, Any]) -> TokenGrant:
     try:
         return TokenGrant(
@@ -213,7 +224,7 @@ class HubSpotOAuth:
         response = await self._post("token", f"/oauth/{app.api_version}/token", form)
         if response.status_code != 200:
             raise _classify(response, grant_type="authorization_code")
-        return _grant(response.json())
+        return _grant(_json(response))
 
     async def refresh(self, app: App, secrets: Sequence[Secret], refresh_token: str) -> TokenGrant:
         last: AppMisconfigured | None = None
@@ -226,7 +237,7 @@ class HubSpotOAuth:
             }
             response = await self._post("token", f"/oauth/{app.api_version}/token", form)
             if response.status_code == 200:
-                return _grant(response.json())
+                return _grant(_json(response))
             error = _classify(response, grant_type="refresh_token")
             if not isinstance(error, AppMisconfigured) or error.hubspot_status == "BAD_CLIENT_ID":
                 raise error

@@ -145,6 +145,20 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Intent:
+    """What recording a refresh call's intent found (``PortalRepository.intend``)."""
+
+    #: The intent's id: the call may go out. None: it may not (see the other fields).
+    id: int | None
+    #: The lease is no longer held (it ran out and was claimed, or released).
+    lease_lost: bool = False
+    #: An answered, unapplied journal row from this version waits: adopt it.
+    answer_waiting: bool = False
+    #: Seconds until an unanswered call from this version can no longer be answered.
+    unanswered_for: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class TokenGrant:
     """One 200 answer of HubSpot's token endpoint. Plaintext: memory only."""
 

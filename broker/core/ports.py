@@ -31,6 +31,7 @@ from broker.core.models import (
     App,
     Caller,
     InstallLinkRecord,
+    Intent,
     Lease,
     Mac,
     PortalKey,
@@ -280,21 +281,21 @@ class PortalRepository(Protocol):
         the database time to pass next; the fallback when invalidations are missed."""
         ...
 
-    async def intend(self, lease: Lease, *, window: float) -> tuple[int | None, float]:
-        """Record, before HubSpot is called, that a call is about to be sent (a journal row
-        without tokens: portal, epoch, owner, base version, sent_at): ``(id, 0)``. When a
-        call from this version (or later) sent less than ``window`` seconds ago is still
-        unanswered, record nothing and return ``(None, seconds until it can no longer be
-        answered)``: its outcome is unknown, and a second call must wait for it."""
+    async def intend(self, lease: Lease, *, window: float) -> Intent:
+        """Record, before HubSpot is called, that a call is about to be sent (portal, epoch,
+        owner, base version, sent_at), in one statement serialized per portal, and only if
+        the lease is still held, no answered journal row from this version (or later) waits
+        to be applied, and no call from this version (or later) sent less than ``window``
+        seconds ago is unanswered (its outcome unknown: a second call must wait for it)."""
         ...
 
     async def forget_intent(self, intent_id: int) -> None:
-        """HubSpot answered without tokens (an error): the call's outcome is known."""
+        """HubSpot answered without a token (an error), or the call never went out."""
         ...
 
     async def journal(self, lease: Lease, grant: EncryptedGrant, intent_id: int | None) -> int:
-        """Store the response in the journal (completing the intent row, or a new row when
-        it is gone) before the fenced commit; not fenced."""
+        """Append the response to the journal before the fenced commit, and drop the call's
+        intent (answered) in the same statement; not fenced."""
         ...
 
     async def commit_refresh(

@@ -319,12 +319,6 @@ class RefreshEngine:
         lease_deadline = lease.granted_at + lease.seconds
         await self._checkpoint("after_claim")
         try:
-            if lease.stolen:
-                # A previous holder died or stalled; it may have journaled a response that
-                # carries the only live refresh token (rotation). Adopt it before anything.
-                adopted = await self._adopt(lease)
-                if adopted is not None:
-                    return adopted
             try:
                 app = await self.app(key.app)
                 client_secrets = await self._secrets.client_secrets(key.app)
@@ -333,17 +327,26 @@ class RefreshEngine:
                 )
                 self._breaker.check()
                 # The outcome-unknown record: from here on a call may be out.
-                intent, unknown_for = await self._portals.intend(
-                    lease, window=self._answer_window(lease)
-                )
+                recorded = await self._portals.intend(lease, window=self._answer_window(lease))
             except (VaultError, DatabaseError, NotFound, Undecryptable) as exc:
                 await self._internal_failure(key, lease, exc)
                 raise
-            if intent is None:
+            if recorded.answer_waiting:
+                # An earlier holder journaled an answer it never applied (it died, stalled,
+                # or its commit failed): with rotation it holds the only live refresh token.
+                adopted = await self._adopt(lease)
+                if adopted is not None:
+                    return adopted
+                raise LockUnavailable(f"the journaled answer of portal {key} moved on")
+            if recorded.lease_lost:
+                metrics.REFRESHES.labels("failed", "lock_contention").inc()
+                raise LockUnavailable("the lease ran out before HubSpot was called")
+            if recorded.id is None:
                 # An earlier call from this version is unanswered: it may have rotated the
                 # token at HubSpot, and its holder may still journal the answer. A second
                 # call now would be a duplicate, or meet invalid_grant: wait for it.
-                return await self._outcome_unknown(key, lease, unknown_for, state=None)
+                return await self._outcome_unknown(key, lease, recorded.unanswered_for, state=None)
+            intent = recorded.id
             try:
                 # Self-fence: HubSpot's timeout, the encrypt, the journal and the commit
                 # must fit (the intent is written: HubSpot, Vault encrypt, 2 x DB are left).
@@ -525,11 +528,11 @@ class RefreshEngine:
             retry_in=retry_in,
         )
 
-    @staticmethod
-    def _answer_window(lease: Lease) -> float:
+    def _answer_window(self, lease: Lease) -> float:
         """How long after it was sent a call's answer may still reach the journal: the
-        holder's lease, then :data:`JOURNAL_GRACE_LEASES` more of journal retries."""
-        return (1 + JOURNAL_GRACE_LEASES) * lease.seconds
+        holder's lease, :data:`JOURNAL_GRACE_LEASES` more of journal retries, and the last
+        attempt's own duration (the refresh budget bounds it)."""
+        return (1 + JOURNAL_GRACE_LEASES) * lease.seconds + self._settings.refresh_budget_seconds
 
     async def _outcome_unknown(
         self, key: PortalKey, lease: Lease, wait: float, *, state: PortalState | None

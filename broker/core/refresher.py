@@ -125,6 +125,9 @@ class ProactiveRefresher:
         except BrokerError as exc:
             metrics.BACKEND_ERRORS.labels("postgres", "heal_sweep").inc()
             log.warning("refresher.heal_failed", code=exc.code)
+        except Exception:  # a bug must not stop proactive refreshing for good
+            metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
+            log.exception("refresher.heal_crashed")
 
     async def run_once(self) -> bool:
         """Claim what fits in the free slots and start refreshing it. True when more may be

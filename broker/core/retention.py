@@ -24,13 +24,17 @@ can still need, whatever the retention window:
   lease was taken. ``version`` only ever grows (refresh, heal, re-install and revoke bump it;
   nothing lowers it), so a row that is applied or superseded now stays so and can never
   match again. The rows adoption can match — unapplied, not superseded — are never swept.
-* *Heal* (``_store`` after a fenced write) restores the portal only while its ``version``
-  still equals the stalled holder's ``lease.version``, i.e. while that holder's own row is
-  unapplied and not superseded — again never swept. Such a row may carry the only live
-  refresh token (a rotation while its holder was paused), so it is kept for as long as the
-  portal sits at that version, e.g. in ``needs_reauth``, until a re-install supersedes it.
-* ``commit_refresh``/``heal`` mark their row applied in the same transaction as the
+* *Late applies* (``apply_late``, a fenced-out holder) and the *healing sweep*
+  (``heal_from_journal``) use a row only while the portal's ``version`` still equals the
+  row's ``base_version``, i.e. while the row is unapplied and not superseded — again never
+  swept. Such a row may carry the only live refresh token (a rotation while its holder was
+  paused), so it is kept for as long as the portal sits at that version, e.g. in
+  ``needs_reauth``, until a re-install supersedes it.
+* ``commit_refresh``/``apply_late`` mark their row applied in the same transaction as the
   portal write; a row that vanished meanwhile would only make that stamp a no-op.
+* *Intents* (``refresh_intents``) of calls never answered block a second call for a few
+  leases after they were sent; the sweep deletes them only after the journal's window
+  (hours), long after they stopped blocking anything.
 * The revoked-portal rule: a revoked portal serves nothing and takes no lease, so nothing
   adopts or heals from it. A re-install makes it ``active`` again, but a row of the new
   grant can only be journaled under a lease taken after the re-install committed; the

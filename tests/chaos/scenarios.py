@@ -626,7 +626,7 @@ def _grant_kept(c: Cluster, sim: Simulator, hub: int) -> bool:
     [row] = c.sql("SELECT id, version, refresh_ct FROM portals WHERE hub_id = $1", hub)
     rows = c.sql(
         "SELECT refresh_ct FROM token_journal WHERE portal_id = $1 AND applied_at IS NULL "
-        "AND refresh_ct IS NOT NULL AND base_version >= $2",
+        "AND base_version >= $2",
         row["id"],
         row["version"],
     )

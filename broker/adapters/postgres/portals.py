@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from broker.adapters.postgres.pool import Database
-from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState
+from broker.core.models import App, Intent, Lease, PortalKey, PortalRecord, PortalState
 from broker.core.ports import EncryptedGrant
 
 _PORTAL_COLUMNS = """
@@ -434,7 +434,7 @@ class PostgresPortals:
                                  RETURNING refresh_ct, applied_at)
                    INSERT INTO pending_revocations (app, hub_id, user_id, refresh_ct)
                    SELECT $1::text, $2::bigint, $3::bigint, refresh_ct
-                   FROM gone WHERE applied_at IS NULL AND refresh_ct IS NOT NULL""",
+                   FROM gone WHERE applied_at IS NULL""",
                 *_key_args(key),
                 current["id"],
             )
@@ -560,20 +560,33 @@ class PostgresPortals:
         rows = await self._db.fetch("SELECT state, count(*) AS n FROM portals GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
 
-    async def intend(self, lease: Lease, *, window: float) -> tuple[int | None, float]:
-        # One statement: the check for an unanswered call and the intent row.
+    async def intend(self, lease: Lease, *, window: float) -> Intent:
+        # One statement, serialized per portal by the row lock: the lease must still be held
+        # (a lapsed holder writes nothing), no journaled answer may wait to be applied, and
+        # no call from this version may be unanswered.
         row = await self._db.fetchrow(
-            """WITH blocking AS (
-                   SELECT max(sent_at) AS last FROM token_journal
-                   WHERE portal_id = $1 AND refresh_ct IS NULL AND base_version >= $4
+            """WITH held AS (
+                   SELECT id FROM portals
+                   WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3
+                     AND lease_until > clock_timestamp()
+                   FOR UPDATE),
+               answered AS (
+                   SELECT EXISTS (SELECT 1 FROM token_journal
+                                  WHERE portal_id = $1 AND applied_at IS NULL
+                                    AND base_version >= $4) AS found),
+               blocking AS (
+                   SELECT max(sent_at) AS last FROM refresh_intents
+                   WHERE portal_id = $1 AND base_version >= $4
                      AND sent_at > clock_timestamp() - make_interval(secs => $5)),
                ins AS (
-                   INSERT INTO token_journal (portal_id, lease_epoch, lease_owner,
-                                              base_version, sent_at)
-                   SELECT $1, $2, $3, $4, clock_timestamp() FROM blocking
-                   WHERE blocking.last IS NULL
+                   INSERT INTO refresh_intents (portal_id, lease_epoch, lease_owner,
+                                                base_version)
+                   SELECT $1, $2, $3, $4 FROM held, answered, blocking
+                   WHERE NOT answered.found AND blocking.last IS NULL
                    RETURNING id)
                SELECT (SELECT id FROM ins) AS id,
+                      EXISTS (SELECT 1 FROM held) AS held,
+                      (SELECT found FROM answered) AS answered,
                       extract(epoch FROM (SELECT last FROM blocking)
                               + make_interval(secs => $5) - clock_timestamp())::float8 AS wait""",
             lease.portal_id,
@@ -583,42 +596,33 @@ class PostgresPortals:
             window,
         )
         assert row is not None  # the outer SELECT always returns one row
-        return row["id"], max(0.0, row["wait"] or 0.0)
-
-    async def forget_intent(self, intent_id: int) -> None:
-        await self._db.execute(
-            "DELETE FROM token_journal WHERE id = $1 AND refresh_ct IS NULL", intent_id
+        return Intent(
+            id=row["id"],
+            lease_lost=not row["held"],
+            answer_waiting=row["answered"],
+            unanswered_for=max(0.0, row["wait"] or 0.0),
         )
 
+    async def forget_intent(self, intent_id: int) -> None:
+        await self._db.execute("DELETE FROM refresh_intents WHERE id = $1", intent_id)
+
     async def journal(self, lease: Lease, grant: EncryptedGrant, intent_id: int | None) -> int:
-        journal_id: int | None = None
-        if intent_id is not None:
-            journal_id = await self._db.fetchval(
-                """UPDATE token_journal SET refresh_ct = $2, access_ct = $3,
-                          access_expires_at = $4, refresh_after = $5
-                   WHERE id = $1 AND refresh_ct IS NULL RETURNING id""",
-                intent_id,
-                grant.refresh_ct,
-                grant.access_ct,
-                grant.expires_at,
-                grant.refresh_after,
-            )
-        if journal_id is None:  # no intent, or it went (a revoke shreds the portal's rows)
-            journal_id = await self._db.fetchval(
-                """INSERT INTO token_journal (portal_id, lease_epoch, lease_owner, base_version,
-                                              refresh_ct, access_ct, access_expires_at,
-                                              refresh_after)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
-                lease.portal_id,
-                lease.epoch,
-                lease.owner,
-                lease.version,
-                grant.refresh_ct,
-                grant.access_ct,
-                grant.expires_at,
-                grant.refresh_after,
-            )
-        assert journal_id is not None
+        journal_id: int = await self._db.fetchval(
+            """WITH answered AS (DELETE FROM refresh_intents WHERE id = $9)
+               INSERT INTO token_journal (portal_id, lease_epoch, lease_owner, base_version,
+                                          refresh_ct, access_ct, access_expires_at,
+                                          refresh_after)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+            lease.portal_id,
+            lease.epoch,
+            lease.owner,
+            lease.version,
+            grant.refresh_ct,
+            grant.access_ct,
+            grant.expires_at,
+            grant.refresh_after,
+            intent_id,
+        )
         return journal_id
 
     async def commit_refresh(
@@ -642,7 +646,7 @@ class PostgresPortals:
                       COALESCE(j.refresh_after, j.access_expires_at) AS refresh_after
                FROM portals p JOIN token_journal j ON j.portal_id = p.id
                WHERE p.state = 'needs_reauth' AND j.applied_at IS NULL
-                 AND j.refresh_ct IS NOT NULL AND j.base_version >= p.version
+                 AND j.base_version >= p.version
                ORDER BY p.id, j.id DESC
                LIMIT $1""",
             limit,
@@ -666,7 +670,6 @@ class PostgresPortals:
                       COALESCE(refresh_after, access_expires_at) AS refresh_after
                FROM token_journal
                WHERE portal_id = $1 AND applied_at IS NULL AND base_version >= $2
-                 AND refresh_ct IS NOT NULL
                ORDER BY id DESC LIMIT 1""",
             lease.portal_id,
             lease.version,

@@ -78,17 +78,26 @@ class PostgresRetention:
         return _deleted(status)
 
     async def delete_spent_journal(self, *, older_than_hours: int, limit: int) -> int:
+        # Intents of calls never answered (a crash, a timeout) that old block nothing any
+        # more: their window is a few leases long.
+        intents = await self._db.execute(
+            """DELETE FROM refresh_intents WHERE id IN (
+                   SELECT id FROM refresh_intents
+                   WHERE sent_at < clock_timestamp() - make_interval(hours => $1)
+                   ORDER BY sent_at LIMIT $2)""",
+            older_than_hours,
+            limit,
+        )
         status = await self._db.execute(
             """DELETE FROM token_journal WHERE id IN (
                    SELECT j.id FROM token_journal j JOIN portals p ON p.id = j.portal_id
                    WHERE j.created_at < clock_timestamp() - make_interval(hours => $1)
-                     AND (j.applied_at IS NOT NULL OR j.base_version < p.version
-                          OR j.refresh_ct IS NULL)  -- a call never answered
+                     AND (j.applied_at IS NOT NULL OR j.base_version < p.version)
                    ORDER BY j.created_at LIMIT $2)""",
             older_than_hours,
             limit,
         )
-        return _deleted(status)
+        return _deleted(intents) + _deleted(status)
 
     async def delete_revoked_journal(self, *, limit: int) -> int:
         # An unapplied row may hold a newer (rotated) refresh token than the one the revoke
@@ -105,7 +114,7 @@ class PostgresRetention:
                    INSERT INTO pending_revocations (app, hub_id, user_id, refresh_ct)
                    SELECT p.app, p.hub_id, p.user_id, g.refresh_ct
                    FROM gone g JOIN portals p ON p.id = g.portal_id
-                   WHERE g.applied_at IS NULL AND g.refresh_ct IS NOT NULL)
+                   WHERE g.applied_at IS NULL)
                SELECT count(*) FROM gone""",
             limit,
         )
