@@ -91,13 +91,16 @@ class Deployment:
                 headers={"Authorization": f"Bearer {self.caller_key}"},
             )
 
-    def install(self, hub_id: int, **sim_config: Any) -> httpx.Response:
-        """Run the browser flow against the simulator (auto consent) for ``hub_id``."""
+    def install(self, hub_id: int, link: str | None = None, **sim_config: Any) -> httpx.Response:
+        """Run the browser flow against the simulator (auto consent) for ``hub_id``, from
+        the install link ``link`` (by default one minted for ``app``)."""
         self.sim.configure(consent="auto", consent_hub_id=hub_id, **sim_config)
-        if not self.link_url:
-            self.link_url = install_link(self.settings, self.app)
+        if link is None:
+            if not self.link_url:
+                self.link_url = install_link(self.settings, self.app)
+            link = self.link_url
         with httpx.Client(timeout=30, follow_redirects=True) as browser:
-            return browser.get(self.link_url)
+            return browser.get(link)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -16,10 +17,24 @@ import httpx
 import pytest
 import schemathesis
 import yaml
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, Phase
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
+from schemathesis.checks import CheckFunction
+from schemathesis.config import PositiveDataAcceptanceConfig
 from schemathesis.core.failures import FailureGroup, ServerError
+from schemathesis.core.result import Ok
+from schemathesis.core.transforms import UNRESOLVABLE
+from schemathesis.core.transport import Response
+from schemathesis.engine.errors import is_inconsistent_replay
+from schemathesis.generation import GenerationMode
+from schemathesis.generation.stateful.state_machine import (
+    StepInput,
+    StepOutput,
+    Transition,
+    normalize_name,
+)
 from schemathesis.openapi.checks import (
     IgnoredAuth,
     JsonSchemaError,
@@ -27,6 +42,7 @@ from schemathesis.openapi.checks import (
     UndefinedStatusCode,
 )
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.expressions import MultiMatch
 from starlette.applications import Starlette
 from starlette.routing import Route
 
@@ -49,8 +65,17 @@ FUZZ_COUNTS: Counter[str] = Counter(
     unauthorized_successes=0,
     echoes=0,
     other_failures=0,
+    stateful_sequences=0,
+    stateful_steps=0,
+    stateful_installs=0,
+    stateful_failures=0,
+    stateful_restarts=0,
 )
 schema = schemathesis.openapi.from_path(SPEC_PATH)
+# A schema-valid request for a revoked portal's token (or a refresh) is rightly 410 Gone.
+schema.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(
+    expected_statuses=[*schema.config.checks.positive_data_acceptance.expected_statuses, 410]
+)
 _CURRENT_KEY: dict[str, str] = {}
 
 
@@ -293,17 +318,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
         hub_id = case.path_parameters.get("hub_id")
         if isinstance(hub_id, int) and hub_id % 2 == 0:
             case.path_parameters["hub_id"] = HUB
-    excluded = []
-    if hostile is not None or case.path in (
-        "/oauth/callback",
-        "/oauth/install",
-        "/v1/admin/apps/{app}/install-links",
-    ):
-        # Any state schemathesis can invent is unknown to the broker, any return_to it
-        # invents is on an origin nobody allowed, and any link it invents is not signed:
-        # such schema-valid requests are rightly refused (400 install_state_invalid, 422,
-        # 403 install_link_*), so that one check cannot apply; nor to a case made hostile.
-        excluded.append(positive_data_acceptance)
+    excluded = _excluded_checks(case)
+    if hostile is not None:
+        excluded = [positive_data_acceptance]  # a case made hostile is not valid data
     FUZZ_COUNTS["cases"] += 1
     extra = {}
     if hostile is not None:
@@ -322,6 +339,16 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
         raise AssertionError(f"the response repeats a parameter name: {response.text[:300]}")
 
 
+def _excluded_checks(case: schemathesis.Case) -> list[CheckFunction]:
+    if case.path in ("/oauth/callback", "/oauth/install", "/v1/admin/apps/{app}/install-links"):
+        # Any state schemathesis can invent is unknown to the broker, any return_to it
+        # invents is on an origin nobody allowed, and any link it invents is not signed:
+        # such schema-valid requests are rightly refused (400 install_state_invalid, 422,
+        # 403 install_link_*), so that one check cannot apply.
+        return [positive_data_acceptance]
+    return []
+
+
 def _kind(failure: BaseException) -> str:
     if isinstance(failure, ServerError):
         return "server_errors"
@@ -330,3 +357,163 @@ def _kind(failure: BaseException) -> str:
     if isinstance(failure, (JsonSchemaError, UndefinedStatusCode, UndefinedContentType)):
         return "schema_violations"
     return "other_failures"
+
+
+# --- stateful phase: sequences of calls along the links openapi.yaml documents -----------
+#: Portals the simulator installs before the sequences start (the one above, and these).
+SEQUENCE_HUBS = tuple(range(HUB + 1, HUB + 5))
+#: Portals that app install links followed in a sequence install, one new one each time.
+_NEW_HUBS = iter(range(HUB + 1000, HUB + 1_000_000))
+#: Every sequence starts from the portal list, then follows links to a listed portal (its
+#: token, show, quarantine, release, revoke, refresh, a link to install it again, an
+#: install link for its app) and on from each answer.
+_ENTRY = "GET /v1/admin/portals"
+_ENTRY_RULE = normalize_name(f"RANDOM -> {_ENTRY}")
+
+schema.config.phases.stateful.inference.algorithms = []  # only the documented links
+# The stateless phase sends invalid and unauthenticated requests; these sequences are the
+# authorized caller's, acting on real portals.
+schema.config.phases.stateful.generation.modes = [GenerationMode.POSITIVE]
+_Links = schema.as_state_machine()
+
+
+class PortalSequences(_Links):  # type: ignore[misc, valid-type]
+    """Schemathesis' link-following state machine, run as the stateless phase's caller
+    (``CallerKeyAuth``) against :attr:`deployment`, with the same checks and counts. An
+    install link answered in a sequence is followed through the simulator's consent, so
+    later steps act on the portal it installed (again)."""
+
+    deployment: Deployment
+
+    def setup(self) -> None:
+        self.steps = 0
+
+    def teardown(self) -> None:
+        if self.steps:  # Hypothesis also starts machines it then abandons before a step
+            FUZZ_COUNTS["stateful_sequences"] += 1
+
+    def step(self, input: StepInput) -> StepOutput | None:  # type: ignore[override]
+        if input.transition is not None:
+            if not _names_a_portal(input.transition):
+                return None  # e.g. from an empty list: nothing to act on, no call
+            _name_the_linked_portal(input)
+        return super().step(input)
+
+    def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
+        return {"base_url": self.deployment.url}
+
+    def validate_response(  # type: ignore[override]
+        self, response: Response, case: schemathesis.Case, **kwargs: object
+    ) -> None:
+        FUZZ_COUNTS["stateful_steps"] += 1
+        self.steps += 1
+        try:
+            case.validate_response(
+                response,
+                excluded_checks=_excluded_checks(case),
+                transport_kwargs=kwargs or None,
+                recorder=self.recorder,
+            )
+        except FailureGroup as group:
+            FUZZ_COUNTS["stateful_failures"] += 1
+            for failure in group.exceptions:
+                FUZZ_COUNTS[_kind(failure)] += 1
+            raise
+        if case.operation.label in _INSTALL_LINKS and response.status_code == 200:
+            link = response.json()
+            # A link asked for with "ttl": 1 may expire before it is followed (its expiry
+            # is whole seconds).
+            if datetime.fromisoformat(link["expires_at"]) > datetime.now(UTC) + _LINK_MARGIN:
+                self._install(case, link["url"])
+
+    def _install(self, case: schemathesis.Case, url: str) -> None:
+        path = case.path_parameters or {}
+        hub_id = path["hub_id"] if "hub_id" in path else next(_NEW_HUBS)
+        self.deployment.sim.add_portal(hub_id)
+        answer = self.deployment.install(hub_id, link=url)
+        FUZZ_COUNTS["stateful_installs"] += 1
+        if answer.status_code != 200:
+            FUZZ_COUNTS["stateful_failures"] += 1
+            FUZZ_COUNTS["other_failures"] += 1
+            raise AssertionError(f"the install link {url} failed: {answer.status_code}")
+
+
+def _names_a_portal(transition: Transition) -> bool:
+    """Whether the link found a value for each required parameter (a list may be empty)."""
+    return all(
+        isinstance(extracted.value, Ok) and extracted.value.ok() not in (None, UNRESOLVABLE)
+        for parameters in transition.parameters.values()
+        for extracted in parameters.values()
+        if extracted.is_required
+    )
+
+
+def _name_the_linked_portal(input: StepInput) -> None:
+    """Send the portal the link names. Schemathesis leaves out a value a link gives about
+    half the time for an optional parameter (``app``, ``user_id``), and generates one of
+    its own instead or skips a null one; the stateless phase sends such values already,
+    while this phase is for sequences on one existing portal."""
+    assert input.transition is not None
+    applied = {name for _, name in input.applied_parameters}
+    for container, parameters in input.transition.parameters.items():
+        values = getattr(input.case, container) or {}
+        for name, extracted in parameters.items():
+            if name in applied or not isinstance(extracted.value, Ok):
+                continue
+            value = extracted.value.ok()
+            if isinstance(value, MultiMatch):  # one of a list's portals: only if all agree
+                if any(other != value.values[0] for other in value.values):
+                    continue
+                value = value.values[0]
+            if value is None:  # a portal without a user, or a request without an app
+                values.pop(name, None)
+            elif value is not UNRESOLVABLE:
+                values[name] = value
+        setattr(input.case, container, values)
+
+
+_LINK_MARGIN = timedelta(seconds=2)
+_INSTALL_LINKS = {
+    "POST /v1/admin/portals/{hub_id}/install-link",
+    "POST /v1/admin/apps/{app}/install-links",
+}
+for _rule in PortalSequences.root_rules - {_ENTRY_RULE}:
+    setattr(PortalSequences, _rule, None)  # hides the rule: no sequence starts there
+PortalSequences.root_rules = frozenset({_ENTRY_RULE})
+PortalSequences._root_labels = frozenset({_ENTRY})
+
+
+@pytest.mark.timeout(120 + FUZZ_EXAMPLES)  # `make fuzz`: about 0.2 s a sequence
+def test_schemathesis_stateful_sequences_on_installed_portals(deployment: Deployment) -> None:
+    """Sequences along the links (list → a listed portal's token, quarantine, release,
+    revoke, refresh, install link → its token ...) on portals installed through the
+    simulator: every answer documented, none a 5xx, none a success without credentials."""
+    for hub_id in (HUB, *SEQUENCE_HUBS):
+        deployment.sim.add_portal(hub_id)
+        assert deployment.install(hub_id).status_code == 200
+    PortalSequences.deployment = deployment
+    wanted = FUZZ_EXAMPLES or 15
+    started, failed = FUZZ_COUNTS["stateful_sequences"], FUZZ_COUNTS["stateful_failures"]
+    while (done := FUZZ_COUNTS["stateful_sequences"] - started) < wanted:
+        try:
+            PortalSequences.run(
+                settings=hsettings(
+                    max_examples=wanted - done,
+                    stateful_step_count=8,
+                    deadline=None,
+                    database=None,
+                    phases=[Phase.generate],
+                    suppress_health_check=list(HealthCheck),
+                )
+            )
+            break
+        except (Flaky, AssertionError) as exc:
+            # Each sequence changes the broker's state (a portal revoked, quarantined,
+            # installed), so Hypothesis cannot replay earlier choices to the same sequence
+            # and says so; the schemathesis engine starts over then, and so does this.
+            if FUZZ_COUNTS["stateful_failures"] > failed or not (
+                isinstance(exc, Flaky) or is_inconsistent_replay(exc)
+            ):
+                raise
+            FUZZ_COUNTS["stateful_restarts"] += 1
+    assert FUZZ_COUNTS["stateful_failures"] == failed
