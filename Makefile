@@ -31,7 +31,7 @@ fuzz: $(STAMP) ## Schemathesis with fresh random cases (FUZZ_EXAMPLES per operat
 		tests/test_contract.py -k schemathesis -p no:cacheprovider | tee .fuzz.log; \
 		status=$$?; grep '^fuzz:' .fuzz.log; rm -f .fuzz.log; exit $$status
 
-chaos: $(STAMP) ## Fault scenarios on real processes (100 portals; PORTALS=1000 long run), one line each
+chaos: $(STAMP) ## Fault scenarios on real processes (50 portals; PORTALS=1000 long run), one line each
 	$(BIN)/python -m tests.chaos $${PORTALS:+--portals $$PORTALS}
 
 bench: $(STAMP) ## Benchmarks on real processes (~12 min): one table, also in bench/results.md

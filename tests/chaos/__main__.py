@@ -1,4 +1,4 @@
-"""``make chaos``: every fault scenario at its default size (100 portals; ``--portals 1000``
+"""``make chaos``: every fault scenario at its default size (50 portals; ``--portals 1000``
 for the long run), one line each, then a summary line ``chaos: N passed, M failed``. Starts
 its own backends (like the test session); the Kubernetes-shaped harness
 (:mod:`tests.chaos.k8s`, ``--only k8s``) starts HA ones of its own."""
@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import secrets
 import sys
+import time
 
 from broker.adapters.postgres.migrate import migrate
 from broker.dev.simulator import Simulator, run_in_thread
@@ -35,13 +36,14 @@ async def _fresh_database(admin_url: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos")
     parser.add_argument("--small", action="store_true", help="the reduced size of make test")
-    parser.add_argument("--portals", type=int, help="portals per scenario (default 100)")
+    parser.add_argument("--portals", type=int, help="portals per scenario (default 50)")
     parser.add_argument("--only", action="append", choices=[*SCENARIOS, "k8s"])
     args = parser.parse_args()
     size = SMALL if args.small else DEFAULT
     if args.portals:
         size = Size(portals=args.portals, callers=size.callers)
     passed = failed = 0
+    started = time.monotonic()
     with provide_backends() as backends:
         sim = Simulator()
         with run_in_thread(sim) as sim_url:
@@ -61,7 +63,8 @@ def main() -> int:
                 for result in k8s.run(sim, sim_url, k8s.SMALL if args.small else k8s.FULL):
                     print(result.line(), flush=True)
                     passed, failed = passed + result.passed, failed + (not result.passed)
-    print(f"chaos: {passed} passed, {failed} failed", flush=True)
+    minutes = (time.monotonic() - started) / 60
+    print(f"chaos: {passed} passed, {failed} failed in {minutes:.1f} min", flush=True)
     return 0 if failed == 0 else 1
 
 

@@ -36,7 +36,7 @@ class Size:
 
 
 SMALL = Size(portals=3, callers=20)  # make test
-DEFAULT = Size(portals=100, callers=50)  # make chaos: every promise, well under 45 minutes
+DEFAULT = Size(portals=50, callers=50)  # make chaos: every promise, well under 45 minutes
 
 
 @dataclass
