@@ -12,6 +12,7 @@ import json
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,10 +22,10 @@ import pytest
 from broker.app import create_app, open_admin
 from broker.config import MAX_INSTALL_LINK_TTL, load_settings
 from broker.core.install_links import LinkClaims
-from broker.core.signing import Purpose
+from broker.core.signing import VERIFY_RATE, Purpose
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls, bootstrap_vault
-from broker.errors import InstallLinkRejected
+from broker.errors import InstallLinkRejected, RateLimitedCaller
 from broker.web import admin_page
 from tests.helpers import Deployment, install_link, register, serve_app
 from tests.test_admin_page import ADMIN, csrf, error_code, login
@@ -260,5 +261,51 @@ def test_verifying_needs_the_right_purpose_and_version(deployment: Deployment) -
                 with pytest.raises(InstallLinkRejected):
                     await svc.install_links.signer.verify(forged, app="demo")
             assert (await svc.install_links.signer.verify(token, app="demo")).id == "il_x"
+
+    asyncio.run(run())
+
+
+def test_unjudged_macs_are_limited_and_verdicts_remembered(deployment: Deployment) -> None:
+    """Install links and session cookies arrive unauthenticated and each new MAC costs a
+    Transit call: Vault's verdict is remembered (a flood of one forged link costs one call),
+    and MACs Vault has not judged are limited per replica (429 ``verify_throttled``)."""
+
+    async def run() -> None:
+        async with open_admin(deployment.settings) as svc:
+            keyring = svc.install_links.signer._keyring
+            calls = 0
+            real_verify = keyring._macs.verify
+
+            async def counting(*args: Any, **kwargs: Any) -> list[bool]:
+                nonlocal calls
+                calls += 1
+                return await real_verify(*args, **kwargs)
+
+            keyring._macs.verify = counting  # type: ignore[method-assign]
+            now = int(time.time())
+            token = await svc.install_links.signer.sign(LinkClaims("il_y", "demo", now, now + 60))
+            body, _, mac = token.partition(".")
+            forged = f"{body}.{mac[:-2]}AA"
+            for _ in range(500):  # the same forged link, again and again
+                with pytest.raises(InstallLinkRejected):
+                    await svc.install_links.signer.verify(forged, app="demo")
+            assert calls == 1
+            for _ in range(20):  # the genuine one, too: judged once
+                assert (await svc.install_links.signer.verify(token, app="demo")).id == "il_y"
+            assert calls == 2
+            started, codes = time.monotonic(), Counter[str]()
+            for i in range(2_000):  # distinct forgeries: Vault is asked at a bounded rate
+                try:
+                    await svc.install_links.signer.verify(f"{body}.v1.{i:024d}", app="demo")
+                except (RateLimitedCaller, InstallLinkRejected) as refused:
+                    codes[refused.code] += 1
+            throttled = codes["verify_throttled"]
+            elapsed = time.monotonic() - started
+            budget = 2 * VERIFY_RATE + VERIFY_RATE * elapsed
+            assert calls - 2 <= budget, (calls, elapsed)
+            assert throttled > 0
+            assert throttled + codes["install_link_invalid"] == 2_000
+            # The genuine link was judged before the flood: it still opens during it.
+            assert (await svc.install_links.signer.verify(token, app="demo")).id == "il_y"
 
     asyncio.run(run())

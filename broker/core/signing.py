@@ -27,13 +27,17 @@ Adding a purpose: a member of :class:`Purpose`, its Transit key in ``bootstrap_v
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import partial
 
+from broker import metrics
 from broker.core.batching import Coalescer
+from broker.core.limits import Budget, Refusals
 from broker.core.models import Mac
 from broker.core.ports import AuditSink, KeySchedule, MacService
 from broker.errors import InvalidRequest
@@ -49,6 +53,12 @@ class Purpose(StrEnum):
 
 #: Most inputs one Transit hmac call takes (OpenBao refuses batches of 250 or more).
 _BATCH = 200
+#: How long Vault's verdict on one MAC is remembered (a MAC is valid or not for good; the
+#: retirement of its version is checked on every use).
+REMEMBER_SECONDS = 300.0
+#: MACs Vault has not judged yet, checked per second on this replica: install links and
+#: session cookies arrive unauthenticated, and each new one would cost a Transit call.
+VERIFY_RATE = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,9 @@ class Keyring:
         self._schedule = schedule
         self._prefix = key_prefix
         self._audit = audit
+        self._genuine = Refusals(REMEMBER_SECONDS)
+        self._forged = Refusals(REMEMBER_SECONDS)
+        self._verifies = Budget(VERIFY_RATE)
         # Fingerprints are made on every cache fill: concurrent fills share Transit calls.
         self._batches = {
             purpose: Coalescer(partial(macs.hmac, self.key_name(purpose)), max_items=_BATCH)
@@ -100,9 +113,26 @@ class Keyring:
 
     async def verify(self, purpose: Purpose, label: str, data: bytes, mac: Mac) -> bool:
         """Whether ``mac`` is ``data``'s under a version of ``purpose``'s key that has not
-        retired. Vault checks the MAC (an unknown or too-old version is simply invalid)."""
-        (valid,) = await self._macs.verify(self.key_name(purpose), [(_input(label, data), mac)])
-        return valid and not await self._schedule.retired(purpose.value, mac.version)
+        retired. Vault checks the MAC (an unknown or too-old version is simply invalid); its
+        verdict is remembered, so a replayed cookie or a flood of one forged link costs one
+        Transit call, and MACs it has not judged are limited to :data:`VERIFY_RATE` per second
+        (429 ``verify_throttled`` beyond)."""
+        signed = _input(label, data)
+        seen = hashlib.sha256(f"{purpose.value}|{mac}|".encode() + signed).hexdigest()
+        if seen in self._forged:
+            return False
+        if seen not in self._genuine:
+            self._verifies.spend(
+                time.monotonic(),
+                "too many signatures to check right now; try again shortly",
+                code="verify_throttled",
+                counted=metrics.CALLER_AUTH_FAILURES.labels("throttled"),
+            )
+            (valid,) = await self._macs.verify(self.key_name(purpose), [(signed, mac)])
+            (self._genuine if valid else self._forged).add(seen)
+            if not valid:
+                return False
+        return not await self._schedule.retired(purpose.value, mac.version)
 
     async def rotate(
         self, purposes: Sequence[Purpose], *, overlap_seconds: float, actor: str
