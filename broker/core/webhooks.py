@@ -242,8 +242,11 @@ class WebhookDispatcher:
         self._outbox = outbox
         self._sender = sender
         self._urls = {endpoint_key(url): url for url in dict.fromkeys(urls)}
-        # Asked on every delivery: a secret rotated in its file is used at once.
+        # Asked on every delivery: a secret rotated in its file is used at once; a file
+        # rotated into something invalid keeps the last valid secrets in use (and says so).
         self._secrets = signing_secrets
+        self._last_secrets = signing_secrets()
+        self._secrets_invalid = False
         self._timeout = timeout
         self._batch = batch
         self._interval = interval
@@ -382,15 +385,27 @@ class WebhookDispatcher:
             metrics.BACKEND_ERRORS.labels("any", "webhook_bug").inc()
             log.exception("webhooks.delivery_crashed", **where)
 
+    def _signing_secrets(self) -> Mapping[str, Sequence[Secret]]:
+        try:
+            self._last_secrets = self._secrets()
+            self._secrets_invalid = False
+        except ValueError as exc:  # its message names what is wrong, never a secret
+            if not self._secrets_invalid:
+                self._secrets_invalid = True
+                metrics.BACKEND_ERRORS.labels("webhooks", "secret_invalid").inc()
+                log.error("webhooks.secret_invalid", problem=str(exc), using="the last valid")
+        return self._last_secrets
+
     async def _post(self, url: str, item: OutboxEvent) -> tuple[str, str]:
         """POST ``item`` once: (result, error code), result as in :func:`classify`."""
         body = render(item)
         timestamp = int(time.time())
+        secrets_now = self._signing_secrets()[url]
         headers = {
             "Content-Type": "application/json",
             "Webhook-Id": item.webhook_id,
             "Webhook-Timestamp": str(timestamp),
-            "Webhook-Signature": sign(self._secrets()[url], item.webhook_id, timestamp, body),
+            "Webhook-Signature": sign(secrets_now, item.webhook_id, timestamp, body),
         }
         started = time.perf_counter()
         try:
