@@ -481,13 +481,17 @@ class Protocol(RuleBasedStateMachine):
         assert any(self.sim.is_refresh_token_valid(t) for t in candidates)
 
 
+EXAMPLES = int(os.environ.get("BROKER_STATEFUL_EXAMPLES", "60"))
+
+
+@pytest.mark.timeout(120 + 3 * EXAMPLES)
 def test_refresh_protocol_state_machine(env: dict[str, str], sim: Simulator) -> None:
     Protocol.env = {**env, "BROKER_HUBSPOT_TIMEOUT": "5", "BROKER_LEASE_SECONDS": str(LEASE)}
     Protocol.sim = sim
     run_state_machine_as_test(
         Protocol,
         settings=settings(
-            max_examples=int(os.environ.get("BROKER_STATEFUL_EXAMPLES", "60")),
+            max_examples=EXAMPLES,
             stateful_step_count=40,
             deadline=None,
             derandomize=True,
