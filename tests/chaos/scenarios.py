@@ -449,13 +449,13 @@ def audit_loss(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
 
 
 def fenced_holder(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
-    """A holder stopped right after HubSpot answered; meanwhile its lease runs out and the
-    portal is refreshed twice elsewhere. Resumed, its fenced write loses, and it answers its
-    caller with its own token: the expiry it reports must be that token's (checked against
-    the simulator), never the newer row's; asked again, it serves a token HubSpot honours for
-    the min_ttl asked. (The holder carries its own expiry; besides, the
-    cached expiry is translated with a clock offset taken before the load began, which
-    subtracts at least the time the holder was stopped.)"""
+    """A holder stopped right after HubSpot answered. Its lease runs out: asked then, the
+    survivor must not call HubSpot (the holder's call is unanswered); once the answer window
+    has passed, the survivor refreshes the portal twice. Resumed, the holder's fenced write
+    loses, and it answers its caller with its own token: the expiry it reports must be that
+    token's (checked against the simulator), never the newer row's; asked again, it serves a
+    token HubSpot honours for the min_ttl asked. (The holder carries its own expiry; besides,
+    the cached expiry is translated from a reading taken before the load began.)"""
     result = Result("paused_holder_asked_after_resume")
     c = open_cluster(env, sim, sim_url, replicas=1, **FAST_LEASE)
     survivor = c.replicas[0]
@@ -473,6 +473,12 @@ def fenced_holder(env: Env, sim: Simulator, sim_url: str, size: Size) -> Result:
                 raise RuntimeError("the holder never reached after_hubspot")
             time.sleep(0.05)
         time.sleep(6.5)  # past its 6 s lease
+        calls = sim.refreshes_by_hub().get(hub, 0)
+        c.ask(survivor, hub, 200)  # within the answer window: no second call
+        result.figures["calls_while_unanswered"] = sim.refreshes_by_hub().get(hub, 0) - calls
+        if result.figures["calls_while_unanswered"]:
+            result.problems.append("the survivor called HubSpot while a call was unanswered")
+        time.sleep(17.0)  # past the answer window (3 leases + the refresh budget, ~23 s)
         newer = [c.ask(survivor, hub, 200) for _ in range(2)]
         time.sleep(1.0)  # the row's expiry is now well past the stopped holder's token's
         holder.resume()
