@@ -345,7 +345,7 @@ class RefreshEngine:
                 # An earlier call from this version is unanswered: it may have rotated the
                 # token at HubSpot, and its holder may still journal the answer. A second
                 # call now would be a duplicate, or meet invalid_grant: wait for it.
-                return await self._outcome_unknown(key, lease, recorded.unanswered_for, state=None)
+                return await self._outcome_unknown(key, lease, recorded.unanswered_for)
             intent = recorded.id
             try:
                 # Self-fence: HubSpot's timeout, the encrypt, the journal and the commit
@@ -534,13 +534,12 @@ class RefreshEngine:
         attempt's own duration (the refresh budget bounds it)."""
         return (1 + JOURNAL_GRACE_LEASES) * lease.seconds + self._settings.refresh_budget_seconds
 
-    async def _outcome_unknown(
-        self, key: PortalKey, lease: Lease, wait: float, *, state: PortalState | None
-    ) -> Fresh:
-        """Back the portal off until the unanswered call can no longer be answered (then a
-        call is safe, and an ``invalid_grant`` means what it says), and tell the caller."""
+    async def _outcome_unknown(self, key: PortalKey, lease: Lease, wait: float) -> Fresh:
+        """Back the portal off (its state untouched) until the unanswered call can no longer
+        be answered (then a call is safe, and an ``invalid_grant`` means what it says), and
+        tell the caller."""
         written = await self._portals.record_failure(
-            lease, failure_class=RefreshOutcomeUnknown.code, state=state, retry_in=wait
+            lease, failure_class=RefreshOutcomeUnknown.code, state=None, retry_in=wait
         )
         if not written:
             return self._fenced_out_outcome(await self._reread(key))
