@@ -340,6 +340,7 @@ class RefreshEngine:
                 raise LockUnavailable(f"the journaled answer of portal {key} moved on")
             if recorded.lease_lost:
                 metrics.REFRESHES.labels("failed", "lock_contention").inc()
+                log.warning("refresh.lease_lost", portal=str(key))
                 raise LockUnavailable("the lease ran out before HubSpot was called")
             if recorded.id is None:
                 # An earlier call from this version is unanswered: it may have rotated the
@@ -350,8 +351,10 @@ class RefreshEngine:
             try:
                 # Self-fence: HubSpot's timeout, the encrypt, the journal and the commit
                 # must fit (the intent is written: HubSpot, Vault encrypt, 2 x DB are left).
-                if lease_deadline - self._clock() < self._settings.refresh_budget_seconds:
+                left = lease_deadline - self._clock()
+                if left < self._settings.refresh_budget_seconds:
                     metrics.REFRESHES.labels("failed", "lock_contention").inc()
+                    log.warning("refresh.lease_too_short", portal=str(key), left=round(left, 1))
                     raise LockUnavailable("lease too short to call HubSpot safely")
                 if interactive:
                     await self._limiter.acquire(key.app, interactive=True)  # never waits

@@ -814,7 +814,11 @@ def failing_among_healthy(env: Env, sim: Simulator, sim_url: str, size: Size) ->
             attempts_before_backoff_end=len(early),
         )
         if bad:
-            result.problems.append(f"{len(bad)} healthy answers failed or were degraded")
+            shown = [(a.status, a.body.get("expires_in"), round(a.seconds, 1)) for a in bad[:3]]
+            result.problems.append(
+                f"{len(bad)} healthy answers failed or were degraded (status, expires_in, "
+                f"seconds): {shown}"
+            )
         if stale:
             result.problems.append(f"{len(stale)} healthy portals never refreshed")
         if early:
