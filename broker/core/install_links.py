@@ -23,9 +23,6 @@ in unix seconds, ``hub_id`` for a re-install link of one portal). Security prope
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -34,7 +31,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
 from broker.config import MAX_INSTALL_LINK_TTL, Settings
-from broker.core.models import InstallLinkRecord, Mac, PortalKey
+from broker.core.models import InstallLinkRecord, PortalKey
 from broker.core.ports import AuditSink, InstallLinkStore
 from broker.core.refresh import RefreshEngine
 from broker.core.signing import Keyring, Purpose
@@ -44,14 +41,6 @@ _LABEL = "install-link/v2"
 _MAX_TOKEN = 2048  # characters; a real link is a few hundred
 _SKEW = 300  # seconds an ``iat`` may lie ahead of this replica's clock
 _FIELDS = frozenset({"id", "app", "iat", "exp", "return_to", "hub_id"})
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def origin_allowed(url: str, settings: Settings) -> bool:
@@ -97,9 +86,7 @@ class LinkSigner:
         self._clock = clock
 
     async def sign(self, claims: LinkClaims) -> str:
-        body = _b64(json.dumps(claims.payload(), separators=(",", ":"), sort_keys=True).encode())
-        mac = await self._keyring.sign(Purpose.INSTALL_LINK, _LABEL, body.encode())
-        return f"{body}.{mac}"
+        return await self._keyring.seal(Purpose.INSTALL_LINK, _LABEL, claims.payload())
 
     async def verify(self, token: str, *, app: str) -> LinkClaims:
         """The claims of a genuine, unexpired link for ``app`` whose lifetime is within
@@ -109,17 +96,10 @@ class LinkSigner:
             "this install link is not valid; ask an operator for a new one",
             code="install_link_invalid",
         )
-        body, dot, signature = token.partition(".")
-        mac = Mac.parse(signature)
-        if not dot or not body or mac is None or len(token) > _MAX_TOKEN:
+        if len(token) > _MAX_TOKEN:
             raise invalid
-        if not await self._keyring.verify(Purpose.INSTALL_LINK, _LABEL, body.encode(), mac):
-            raise invalid
-        try:
-            data = json.loads(_unb64(body))
-        except (binascii.Error, ValueError):
-            raise invalid from None
-        claims = _claims(data)
+        data = await self._keyring.open(Purpose.INSTALL_LINK, _LABEL, token)
+        claims = None if data is None else _claims(data)
         if claims is None or claims.app != app:
             raise invalid
         now = self._clock()

@@ -19,12 +19,9 @@ trusted with it: whoever can write there could null the verifier (no PKCE), poin
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import asdict, dataclass, field
 
-from broker.core.models import APP_SLUG, Mac
+from broker.core.models import APP_SLUG
 from broker.core.signing import Keyring, Purpose
 from broker.errors import InstallFailed
 
@@ -48,14 +45,6 @@ class PendingInstall:
     hub_id: int | None = None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class StateSeal:
     """Seals and opens :class:`PendingInstall` values (one Vault call each)."""
 
@@ -63,35 +52,19 @@ class StateSeal:
         self._keyring = keyring
 
     async def seal(self, state: str, pending: PendingInstall) -> str:
-        body = _b64(json.dumps(asdict(pending), separators=(",", ":"), sort_keys=True).encode())
-        mac = await self._keyring.sign(Purpose.SESSION, _LABEL, _signed(state, body))
-        return f"{body}.{mac}"
+        return await self._keyring.seal(Purpose.SESSION, _LABEL, asdict(pending), bound_to=state)
 
     async def open(self, state: str, sealed: str) -> PendingInstall:
         """The pending install sealed under ``state``; else :class:`InstallFailed`
         ``install_state_tampered``."""
-        tampered = InstallFailed(
-            "this install's stored state was altered; nothing was stored, start again",
-            code="install_state_tampered",
-        )
-        body, dot, signature = sealed.partition(".")
-        mac = Mac.parse(signature)
-        if not dot or mac is None:
-            raise tampered
-        if not await self._keyring.verify(Purpose.SESSION, _LABEL, _signed(state, body), mac):
-            raise tampered
-        try:
-            data = json.loads(_unb64(body))
-        except (binascii.Error, ValueError):
-            raise tampered from None
-        pending = _pending(data)
+        data = await self._keyring.open(Purpose.SESSION, _LABEL, sealed, bound_to=state)
+        pending = None if data is None else _pending(data)
         if pending is None:
-            raise tampered
+            raise InstallFailed(
+                "this install's stored state was altered; nothing was stored, start again",
+                code="install_state_tampered",
+            )
         return pending
-
-
-def _signed(state: str, body: str) -> bytes:
-    return f"{state}\n{body}".encode()
 
 
 def _pending(data: object) -> PendingInstall | None:

@@ -27,9 +27,12 @@ Adding a purpose: a member of :class:`Purpose`, its Transit key in ``bootstrap_v
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -111,6 +114,33 @@ class Keyring:
         fails at start, not at the first request. Raises :class:`~broker.errors.VaultError`."""
         await self.sign(Purpose.INSTALL_LINK, "startup-check", b"")
 
+    async def seal(
+        self, purpose: Purpose, label: str, payload: Mapping[str, object], *, bound_to: str = ""
+    ) -> str:
+        """``base64url(JSON payload) "." MAC``: the MAC covers the encoded payload and, when
+        given, ``bound_to`` (a token that only opens under that same value)."""
+        body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+        mac = await self.sign(purpose, label, _sealed(body, bound_to))
+        return f"{body}.{mac}"
+
+    async def open(
+        self, purpose: Purpose, label: str, token: str, *, bound_to: str = ""
+    ) -> object | None:
+        """The JSON payload of a token :meth:`seal` made (same purpose, label and
+        ``bound_to``; a key version not retired), else None. Its shape is the caller's to
+        check."""
+        body, dot, signature = token.partition(".")
+        mac = Mac.parse(signature)
+        if not dot or not body or mac is None:
+            return None
+        if not await self.verify(purpose, label, _sealed(body, bound_to), mac):
+            return None
+        try:
+            payload: object = json.loads(_unb64(body))
+        except (binascii.Error, ValueError):
+            return None
+        return payload
+
     async def verify(self, purpose: Purpose, label: str, data: bytes, mac: Mac) -> bool:
         """Whether ``mac`` is ``data``'s under a version of ``purpose``'s key that has not
         retired. Vault checks the MAC (an unknown or too-old version is simply invalid); its
@@ -169,6 +199,18 @@ class Keyring:
             retiring = {v: at for (p, v), at in schedule.items() if p == purpose.value}
             found.append(KeyStatus(purpose, self.key_name(purpose), latest, retiring))
         return found
+
+
+def _sealed(body: str, bound_to: str) -> bytes:
+    return f"{bound_to}\n{body}".encode() if bound_to else body.encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _input(label: str, data: bytes) -> bytes:
