@@ -17,6 +17,8 @@ import contextlib
 import random
 import secrets
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import structlog
 
@@ -29,6 +31,7 @@ from broker.core.tasks import cancel_and_wait
 from broker.errors import BrokerError
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: How often the healing sweep looks for needs_reauth portals with a late journaled grant.
 HEAL_INTERVAL = 10.0
@@ -98,20 +101,13 @@ class ProactiveRefresher:
             more = False
             if time.monotonic() >= next_heal:
                 next_heal = time.monotonic() + HEAL_INTERVAL
-                await self._heal()
+                await self._survive(self._engine.heal_from_journal(), "heal")
             paused = self._engine.hubspot_paused_for()
             if paused > 0:  # the circuit is open: claiming leases now would only churn
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=paused)
                 continue
-            try:
-                more = await self.run_once()
-            except BrokerError as exc:
-                metrics.BACKEND_ERRORS.labels("any", "refresher_pass").inc()
-                log.warning("refresher.pass_failed", code=exc.code)
-            except Exception:  # a bug must not stop proactive refreshing for good
-                metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
-                log.exception("refresher.pass_crashed")
+            more = bool(await self._survive(self.run_once(), "pass"))
             if not more:
                 # Nothing (more) is due: wait, jittered so replicas started together do not
                 # scan in lockstep.
@@ -119,15 +115,19 @@ class ProactiveRefresher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
-    async def _heal(self) -> None:
+    @staticmethod
+    async def _survive(work: Awaitable[T], step: str) -> T | None:
+        """One pass or healing sweep: a failure is counted and logged, never raised (a bug
+        must not stop proactive refreshing for good). None when it failed."""
         try:
-            await self._engine.heal_from_journal()
+            return await work
         except BrokerError as exc:
-            metrics.BACKEND_ERRORS.labels("postgres", "heal_sweep").inc()
-            log.warning("refresher.heal_failed", code=exc.code)
-        except Exception:  # a bug must not stop proactive refreshing for good
+            metrics.BACKEND_ERRORS.labels("any", f"refresher_{step}").inc()
+            log.warning(f"refresher.{step}_failed", code=exc.code)
+        except Exception:
             metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
-            log.exception("refresher.heal_crashed")
+            log.exception(f"refresher.{step}_crashed")
+        return None
 
     async def run_once(self) -> bool:
         """Claim what fits in the free slots and start refreshing it. True when more may be
