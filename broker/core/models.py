@@ -136,9 +136,6 @@ class Lease:
     seconds: float
     #: The database clock at the moment of the claim.
     db_now: datetime
-    #: The previous holder never released its (expired) lease: it crashed or was paused
-    #: and may still hold, or later write, a newer token response.
-    stolen: bool = False
     #: This process's monotonic clock when the claim came back: the lease runs out
     #: ``seconds`` after it, however long the lease then waits (for a slot, the limiter).
     granted_at: float = field(default_factory=time.monotonic)

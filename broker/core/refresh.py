@@ -5,16 +5,15 @@ replicas, and never a lost refresh token.
    "refreshed" notice or poll the row. Redis down → straight to step 2.
 2. Postgres lease, taken on the database clock with a new epoch. Not granted → re-read.
 3. Self-fence: no HubSpot call unless the remaining lease covers it.
-4. Intent (a journal row without tokens: "a call is being sent") → HubSpot → the response
-   completes the journal row → fenced write (epoch and owner must match) → publish
-   "refreshed" → release the Redis lock. Fenced out: the response is applied anyway while the
-   row is still at the version the call started from (nobody stored a newer token), else
-   the journal keeps it.
+4. Intent ("a call is being sent", under the lease): none while another call from this
+   version is unanswered (its outcome unknown: the portal waits), and an answer journaled
+   but never applied is adopted instead → HubSpot → journal the response (the intent goes)
+   → fenced write (epoch and owner must match) → publish "refreshed" → release the Redis
+   lock. Fenced out: the response is applied anyway while the row is still at the version
+   the call started from (nobody stored a newer token), else the journal keeps it.
 5. ``invalid_grant``: a newer unapplied journal entry is adopted; if the version moved on,
-   someone else refreshed; if another holder's call from this version is still unanswered
-   (its outcome unknown: it may have rotated the token and may still journal it), wait and
-   retry; otherwise, after a grace re-check, the portal needs re-auth. A sweep heals
-   ``needs_reauth`` portals from a response journaled after all.
+   someone else refreshed; otherwise, after a grace re-check, the portal needs re-auth. A
+   sweep heals ``needs_reauth`` portals from a response journaled after all.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ _PORTAL_COLUMNS = """
 # Matches the unique index portals_identity.
 _IDENTITY = "app = $1 AND hub_id = $2 AND COALESCE(user_id, 0) = COALESCE($3::bigint, 0)"
 _SERVING = "state IN ('active', 'refresh_failing')"
+#: What a claim returns to build its :class:`Lease` (``_lease``).
+_LEASE_COLUMNS = """id, lease_epoch, version, refresh_ct, failure_count, lease_until,
+                    clock_timestamp() AS now"""
 
 
 def _app(row: asyncpg.Record) -> App:
@@ -62,6 +65,19 @@ def _portal(row: asyncpg.Record) -> PortalRecord:
         refreshed_at=row["refreshed_at"],
         revoked_at=row["revoked_at"],
         db_now=row["db_now"],
+    )
+
+
+def _lease(row: asyncpg.Record, owner: str) -> Lease:
+    return Lease(
+        portal_id=row["id"],
+        owner=owner,
+        epoch=row["lease_epoch"],
+        version=row["version"],
+        refresh_ct=row["refresh_ct"],
+        failures=row["failure_count"],
+        seconds=(row["lease_until"] - row["now"]).total_seconds(),
+        db_now=row["now"],
     )
 
 
@@ -258,43 +274,24 @@ class PostgresPortals:
         min_ttl: float,
         ignore_backoff: bool,
     ) -> Lease | None:
-        # The CTE reads the row before the claim: a lease_owner still recorded means an
-        # earlier holder never released (crashed, or paused past its lease).
         row = await self._db.fetchrow(
-            f"""WITH before AS (
-                    SELECT lease_owner IS NOT NULL AS stolen FROM portals
-                    WHERE id = $1 FOR UPDATE)
-                UPDATE portals SET
+            f"""UPDATE portals SET
                     lease_owner = $2, lease_epoch = lease_epoch + 1,
                     lease_until = clock_timestamp() + make_interval(secs => $3)
-                FROM before
                 WHERE id = $1 AND {_SERVING}
                   AND refresh_ct IS NOT NULL
                   AND (lease_until IS NULL OR lease_until <= clock_timestamp())
                   AND (access_expires_at IS NULL
                        OR access_expires_at < clock_timestamp() + make_interval(secs => $4))
                   AND ($5 OR next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())
-                RETURNING lease_epoch, version, refresh_ct, failure_count, lease_until, stolen,
-                          clock_timestamp() AS now""",
+                RETURNING {_LEASE_COLUMNS}""",
             portal_id,
             owner,
             lease_seconds,
             min_ttl,
             ignore_backoff,
         )
-        if row is None:
-            return None
-        return Lease(
-            portal_id=portal_id,
-            owner=owner,
-            epoch=row["lease_epoch"],
-            version=row["version"],
-            refresh_ct=row["refresh_ct"],
-            failures=row["failure_count"],
-            seconds=(row["lease_until"] - row["now"]).total_seconds(),
-            db_now=row["now"],
-            stolen=row["stolen"],
-        )
+        return None if row is None else _lease(row, owner)
 
     async def claim_due(
         self, owner: str, *, limit: int, lease_seconds: float
@@ -303,7 +300,7 @@ class PostgresPortals:
         ``SKIP LOCKED``: replicas scanning at once split the work instead of queueing."""
         rows = await self._db.fetch(
             f"""WITH due AS (
-                    SELECT id, lease_owner IS NOT NULL AS stolen FROM portals
+                    SELECT id AS due_id FROM portals
                     WHERE {_SERVING} AND refresh_ct IS NOT NULL
                       AND refresh_after <= clock_timestamp()
                       AND (lease_until IS NULL OR lease_until <= clock_timestamp())
@@ -316,31 +313,13 @@ class PostgresPortals:
                 UPDATE portals p SET
                     lease_owner = $1, lease_epoch = p.lease_epoch + 1,
                     lease_until = clock_timestamp() + make_interval(secs => $3)
-                FROM due WHERE p.id = due.id
-                RETURNING p.id, p.app, p.hub_id, p.user_id, p.lease_epoch, p.version,
-                          p.refresh_ct, p.failure_count, p.lease_until, due.stolen,
-                          clock_timestamp() AS now""",
+                FROM due WHERE p.id = due.due_id
+                RETURNING p.app, p.hub_id, p.user_id, {_LEASE_COLUMNS}""",
             owner,
             limit,
             lease_seconds,
         )
-        return [
-            (
-                PortalKey(r["app"], r["hub_id"], r["user_id"]),
-                Lease(
-                    portal_id=r["id"],
-                    owner=owner,
-                    epoch=r["lease_epoch"],
-                    version=r["version"],
-                    refresh_ct=r["refresh_ct"],
-                    failures=r["failure_count"],
-                    seconds=(r["lease_until"] - r["now"]).total_seconds(),
-                    db_now=r["now"],
-                    stolen=r["stolen"],
-                ),
-            )
-            for r in rows
-        ]
+        return [(PortalKey(r["app"], r["hub_id"], r["user_id"]), _lease(r, owner)) for r in rows]
 
     async def pause_app(self, slug: str, seconds: float, reason: str) -> None:
         """Stop proactive refreshes of every portal of an app for a while (portals untouched)."""
