@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from broker import metrics
-from broker.core.limits import Budget, Refusals
+from broker.core.limits import Budget, Remembered
 from broker.errors import Unauthenticated, UpstreamError
 
 _PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -61,7 +61,7 @@ class TokenReviewer:
         self._client = httpx.AsyncClient(base_url=url, timeout=timeout, verify=verify)
         self._budget = Budget(rate)
         self._passed: set[str] = set()
-        self._denied = Refusals(DENIED_SECONDS)
+        self._denied = Remembered(DENIED_SECONDS)
 
     async def close(self) -> None:
         await self._client.aclose()

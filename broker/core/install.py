@@ -31,7 +31,7 @@ from broker import metrics
 from broker.config import Settings
 from broker.core.install_links import InstallLinks, check_return_to, origin_allowed
 from broker.core.install_state import PendingInstall, StateSeal
-from broker.core.limits import Budget, Refusals
+from broker.core.limits import Budget, Remembered
 from broker.core.models import App, PortalKey, PortalRecord, PortalState, TokenGrant
 from broker.core.ports import (
     AuditSink,
@@ -102,7 +102,7 @@ class InstallService:
         self._audit = audit
         self._apps: tuple[float, list[App]] = (0.0, [])
         self._exchanges = Budget(settings.marketplace_exchange_rate)
-        self._bad_codes = Refusals(BAD_CODE_SECONDS)
+        self._bad_codes = Remembered(BAD_CODE_SECONDS)
 
     async def begin(
         self,

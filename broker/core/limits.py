@@ -1,6 +1,6 @@
 """Bounds on the work strangers can make a replica do: a token bucket for calls that cost a
 backend (a Postgres lookup, a Kubernetes token review, a HubSpot code exchange), and a
-bounded negative cache for answers known to be "no". Per replica, in memory, no I/O; called
+bounded memory of answers already known (mostly a "no"). Per replica, in memory, no I/O; called
 only from the event loop."""
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ class Budget:
         self._tokens = min(self._burst, self._tokens + 1)
 
 
-class Refusals:
-    """Keys known to be refused, each for ``seconds``; at most ``size`` (the oldest go first).
-    One lifetime for all, so insertion order is expiry order."""
+class Remembered:
+    """Keys remembered (a known "no", or a verdict already paid for), each for ``seconds``;
+    at most ``size`` (the oldest go first). One lifetime for all, so insertion order is
+    expiry order."""
 
     def __init__(self, seconds: float, size: int = 10_000) -> None:
         self._seconds = seconds

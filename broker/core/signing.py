@@ -40,7 +40,7 @@ from functools import partial
 
 from broker import metrics
 from broker.core.batching import Coalescer
-from broker.core.limits import Budget, Refusals
+from broker.core.limits import Budget, Remembered
 from broker.core.models import Mac
 from broker.core.ports import AuditSink, KeySchedule, MacService
 from broker.errors import InvalidRequest
@@ -83,8 +83,8 @@ class Keyring:
         self._schedule = schedule
         self._prefix = key_prefix
         self._audit = audit
-        self._genuine = Refusals(REMEMBER_SECONDS)
-        self._forged = Refusals(REMEMBER_SECONDS)
+        self._genuine = Remembered(REMEMBER_SECONDS)
+        self._forged = Remembered(REMEMBER_SECONDS)
         self._verifies = Budget(VERIFY_RATE)
         # Fingerprints are made on every cache fill: concurrent fills share Transit calls.
         self._batches = {
