@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from hubspot_token_broker_client import (
@@ -41,7 +40,7 @@ from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, deployed, register, serve_app
+from tests.helpers import Deployment, deployed, register, serve_app, sql
 
 HUB = 4_500_001
 OTHER_HUB = 4_500_002
@@ -88,17 +87,6 @@ def counting() -> Counting:
 def broker(deployment: Deployment, counting: Counting) -> Iterator[BrokerClient]:
     with BrokerClient(deployment.url, deployment.caller_key, app="demo", transport=counting) as c:
         yield c
-
-
-def sql(settings: Settings, statement: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(settings.database_url.get())
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 def assert_no_secret(error: BaseException, *secrets: str) -> None:
