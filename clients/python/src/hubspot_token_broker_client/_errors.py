@@ -77,23 +77,11 @@ class Unauthorized(BrokerClientError):
 
 
 class InvalidRequest(BrokerClientError):
-    """400 / 422: the broker rejected a parameter.
+    """400 / 422: the broker rejected a parameter."""
 
-    ``min_ttl_max`` is the broker's largest allowed ``min_ttl`` when the rejected parameter
-    was a too-large ``min_ttl`` (the problem's ``errors`` item for it names its
-    ``maximum``), else None."""
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        status: int | None = None,
-        code: str = "error",
-        request_id: str | None = None,
-        min_ttl_max: int | None = None,
-    ) -> None:
-        super().__init__(detail, status=status, code=code, request_id=request_id)
-        self.min_ttl_max = min_ttl_max
+    #: The broker's largest allowed ``min_ttl`` when the rejected parameter was a too-large
+    #: ``min_ttl`` (the problem's ``errors`` item for it names its ``maximum``), else None.
+    min_ttl_max: int | None = None
 
 
 class PortalNotFound(BrokerClientError):
@@ -252,11 +240,10 @@ def error_from_response(response: httpx.Response) -> BrokerClientError:
     if issubclass(cls, _Transient):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         return cls(detail, status=status, code=code, request_id=request_id, retry_after=retry_after)
-    if cls is InvalidRequest:
-        return InvalidRequest(
-            detail, status=status, code=code, request_id=request_id, min_ttl_max=_min_ttl_max(body)
-        )
-    return cls(detail, status=status, code=code, request_id=request_id)
+    error = cls(detail, status=status, code=code, request_id=request_id)
+    if isinstance(error, InvalidRequest):
+        error.min_ttl_max = _min_ttl_max(body)
+    return error
 
 
 def error_from_transport(exc: httpx.TransportError) -> BrokerUnavailable:
