@@ -1,6 +1,7 @@
-"""`broker.client` against a real broker (real Postgres, Valkey, OpenBao) and the HubSpot
-simulator over HTTP. Requests to the broker are counted by a transport that wraps httpx's
-real one, so "served from the cache" means "no request left this process"."""
+"""The Python client (`hubspot_token_broker_client`, clients/python) against a real broker
+(real Postgres, Valkey, OpenBao) and the HubSpot simulator over HTTP. Requests to the broker
+are counted by a transport that wraps httpx's real one, so "served from the cache" means "no
+request left this process"."""
 
 from __future__ import annotations
 
@@ -436,6 +437,26 @@ def test_hubspot_auth_learns_a_lowered_min_ttl_cap(
                 client.token(HUB, min_ttl=5000)
             assert (too_long.value.status, too_long.value.min_ttl_max) == (422, 600)
     assert sim.counters()["contacts"] == 3
+
+
+def test_default_min_ttl_above_a_lowered_cap_is_lowered_to_it(
+    env: dict[str, str], sim: Simulator, sim_url: str
+) -> None:
+    """The client's default min_ttl (300) is its own guess: under a broker whose cap is 200
+    the first call learns the cap and asks again within it, instead of failing every call."""
+    settings = load_settings({**env, "BROKER_MIN_TTL_MAX": "200"})
+    transport = AsyncCounting()
+
+    async def ask(url: str, key: str) -> None:
+        async with AsyncBrokerClient(url, key, app="demo", transport=transport) as client:
+            token = await client.token(HUB)
+            assert (client.min_ttl_max, transport.requests) == (200, 2)
+            assert token.remaining() > 1700
+            assert await client.token(HUB) is token
+            assert transport.requests == 2
+
+    with deployed(settings, sim, sim_url, hub_id=HUB) as deployment:
+        asyncio.run(ask(deployment.url, deployment.caller_key))
 
 
 async def test_hubspot_auth_with_the_async_client(deployment: Deployment) -> None:
