@@ -1,6 +1,7 @@
-"""Build the TypeScript client (clients/typescript) once per test session, for the tests that
-run it: ``npm ci`` only when ``node_modules`` is missing or older than the lockfile, then
-``npm run build``; under a file lock, as two pytest-xdist workers may ask at once."""
+"""Build the TypeScript client (clients/typescript) for the tests that run it: ``npm ci``
+only when ``node_modules`` is missing or was installed from another lockfile, ``npm run
+build`` only when a source changed; under a file lock, as two pytest-xdist workers may ask
+at once."""
 
 from __future__ import annotations
 
@@ -47,7 +48,15 @@ def build() -> Path:
         if not stamp.exists() or stamp.read_text() != wanted:
             _run(NPM, "ci", "--no-audit", "--no-fund")
             stamp.write_text(wanted)
-        _run(NPM, "run", "build")
+        # Only when a source changed: another worker may be running the built files now.
+        sources = sorted([*TS_DIR.glob("src/*.ts"), *TS_DIR.glob("test/*.ts")])
+        digest = hashlib.sha256(wanted.encode())
+        for path in [TS_DIR / "tsconfig.json", *sources]:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        built = TS_DIR / "dist" / ".sources-sha256"
+        if not built.exists() or built.read_text() != digest.hexdigest():
+            _run(NPM, "run", "build")
+            built.write_text(digest.hexdigest())
     return TS_DIR / "dist" / "src" / "index.js"
 
 
