@@ -40,6 +40,8 @@ answered as a bare 500 ``internal`` problem, never swallowed silently.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 
 class BrokerError(Exception):
     """Base of every deliberate broker error."""
@@ -70,9 +72,11 @@ class InvalidRequest(ClientError):
     code = "invalid_request"
     title = "Invalid request"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, detail: str, *, errors: Sequence[Mapping[str, str | int]] | None = None
+    ) -> None:
         super().__init__(detail)
-        self.errors = errors or []
+        self.errors = list(errors or ())
 
 
 class Unauthenticated(ClientError):

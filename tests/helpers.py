@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
@@ -173,3 +174,16 @@ def register(
             return new.secret
 
     return client_id, client_secret, asyncio.run(seed())
+
+
+def sql(settings: Settings, statement: str) -> None:
+    """Run one SQL statement on the deployment's database (to put a portal in a state)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(settings.database_url.get())
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

@@ -1,12 +1,12 @@
-"""`broker.client` against a real broker (real Postgres, Valkey, OpenBao) and the HubSpot
-simulator over HTTP. Requests to the broker are counted by a transport that wraps httpx's
-real one, so "served from the cache" means "no request left this process"."""
+"""The Python client (`hubspot_token_broker_client`, clients/python) against a real broker
+(real Postgres, Valkey, OpenBao) and the HubSpot simulator over HTTP. Requests to the broker
+are counted by a transport that wraps httpx's real one, so "served from the cache" means "no
+request left this process"."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,12 +16,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
-
-from broker.app import create_app, open_admin
-from broker.client import (
+from hubspot_token_broker_client import (
     AccessToken,
     AsyncBrokerClient,
     BrokerClient,
@@ -38,11 +35,13 @@ from broker.client import (
     Unauthorized,
     hubspot_client,
 )
-from broker.client._errors import error_from_response
-from broker.config import Settings
+from hubspot_token_broker_client._errors import error_from_response
+
+from broker.app import create_app, open_admin
+from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, serve_app
+from tests.helpers import Deployment, deployed, register, serve_app, sql
 
 HUB = 4_500_001
 OTHER_HUB = 4_500_002
@@ -89,17 +88,6 @@ def counting() -> Counting:
 def broker(deployment: Deployment, counting: Counting) -> Iterator[BrokerClient]:
     with BrokerClient(deployment.url, deployment.caller_key, app="demo", transport=counting) as c:
         yield c
-
-
-def sql(settings: Settings, statement: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(settings.database_url.get())
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 def assert_no_secret(error: BaseException, *secrets: str) -> None:
@@ -256,6 +244,8 @@ def test_broker_answers_become_typed_errors(
     seen.append(invalid.value)
     assert (invalid.value.status, invalid.value.code) == (422, "invalid_request")
     assert "min_ttl" in invalid.value.detail
+    assert invalid.value.min_ttl_max == 1500  # the broker's cap, named in its 422
+    assert broker.min_ttl_max == 1500  # and learned
 
     # served, 401, the narrow caller's two, 404, 422: one request each, no 4xx is retried
     assert counting.requests == 6
@@ -414,6 +404,61 @@ def test_hubspot_auth_surfaces_a_dead_grant(
     assert counting.requests == 2
 
 
+def test_hubspot_auth_learns_a_lowered_min_ttl_cap(
+    env: dict[str, str], sim: Simulator, sim_url: str, counting: Counting
+) -> None:
+    """An operator lowered BROKER_MIN_TTL_MAX to 600: the retry after a 401 wants more than
+    that, so the client learns the cap from the broker's 422 and asks again within it."""
+    settings = load_settings({**env, "BROKER_MIN_TTL_MAX": "600"})
+    with deployed(settings, sim, sim_url) as deployment:
+        sim.add_portal(HUB)
+        deployment.install(HUB, access_token_ttl=590)
+        client = BrokerClient(deployment.url, deployment.caller_key, app="demo", transport=counting)
+        with client, httpx.Client(base_url=sim_url, auth=HubSpotAuth(client, HUB)) as hubspot:
+            assert hubspot.get("/crm/v3/objects/contacts").status_code == 200
+            assert client.min_ttl_max is None  # nothing asked for more yet
+            first = client.token(HUB)
+            sim.kill_grant(HUB)
+            deployment.install(HUB, access_token_ttl=1800)
+            # The retry wants the rejected token's ~590 s left + 60 > 600: refused, lowered.
+            contacts = hubspot.get("/crm/v3/objects/contacts")
+            assert contacts.status_code == 200, contacts.text
+            assert [r.status_code for r in contacts.history] == [401]
+            assert client.min_ttl_max == 600
+            assert counting.requests == 3  # the first token, the 422, the one within the cap
+            renewed = client.token(HUB)
+            assert renewed.access_token != first.access_token
+            assert renewed.remaining() > 1700
+            # Learned: a clamped call stays within the cap without asking; an explicit
+            # min_ttl above it is still the caller's mistake.
+            assert client.token(HUB, min_ttl=5000, clamp=True) is renewed
+            assert counting.requests == 3
+            with pytest.raises(InvalidRequest) as too_long:
+                client.token(HUB, min_ttl=5000)
+            assert (too_long.value.status, too_long.value.min_ttl_max) == (422, 600)
+    assert sim.counters()["contacts"] == 3
+
+
+def test_default_min_ttl_above_a_lowered_cap_is_lowered_to_it(
+    env: dict[str, str], sim: Simulator, sim_url: str
+) -> None:
+    """The client's default min_ttl (300) is its own guess: under a broker whose cap is 200
+    the first call learns the cap and asks again within it, instead of failing every call."""
+    settings = load_settings({**env, "BROKER_MIN_TTL_MAX": "200"})
+    transport = AsyncCounting()
+
+    async def ask(url: str, key: str) -> None:
+        async with AsyncBrokerClient(url, key, app="demo", transport=transport) as client:
+            token = await client.token(HUB)
+            assert (client.min_ttl_max, transport.requests) == (200, 2)
+            assert token.remaining() > 1700
+            assert await client.token(HUB) is token
+            assert transport.requests == 2
+
+    with deployed(settings, sim, sim_url, hub_id=HUB) as deployment:
+        asyncio.run(ask(deployment.url, deployment.caller_key))
+
+
 async def test_hubspot_auth_with_the_async_client(deployment: Deployment) -> None:
     deployment.install(HUB)
     async with AsyncBrokerClient(deployment.url, deployment.caller_key, app="demo") as client:
@@ -469,22 +514,10 @@ async def test_closed_async_client_refuses_to_be_used(deployment: Deployment) ->
         await client.token(HUB)
 
 
-_ISOLATED = """
-import importlib.abc, json, os, sys
+_IN_VENV = """
+import importlib.metadata, importlib.util, json, os, sys
 
-BLOCKED = {"starlette", "asyncpg", "redis", "hvac", "structlog", "prometheus_client",
-           "uvicorn", "hubspot"}
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        top = name.split(".")[0]
-        if top in BLOCKED or (top == "broker" and name not in ("broker", "broker.client")
-                              and not name.startswith("broker.client.")):
-            raise ImportError(f"blocked: {name}")
-        return None
-
-sys.meta_path.insert(0, Block())
-from broker.client import BrokerClient, hubspot_client
+from hubspot_token_broker_client import BrokerClient, hubspot_client
 
 with BrokerClient(os.environ["URL"], lambda: os.environ["KEY"], app="demo") as client:
     token = client.token(int(os.environ["HUB"]))
@@ -492,27 +525,69 @@ with BrokerClient(os.environ["URL"], lambda: os.environ["KEY"], app="demo") as c
         hubspot_client(client, token.hub_id)
         sdk = "imported"
     except ImportError as exc:
-        sdk = str(exc)
-print(json.dumps({"hub_id": token.hub_id, "app": token.app, "ttl": token.remaining(),
-                  "sdk": sdk, "modules": sorted(m for m in sys.modules if m.startswith("broker"))}))
+        sdk = exc.name
+print(json.dumps({
+    "hub_id": token.hub_id, "app": token.app, "ttl": token.remaining(), "sdk": sdk,
+    "dists": sorted(d.metadata["Name"].lower() for d in importlib.metadata.distributions()),
+    "server": importlib.util.find_spec("broker") is not None,
+    "module": sys.modules["hubspot_token_broker_client"].__file__,
+}))
 """
+#: The broker server's dependencies: none may come with the client.
+SERVER_ONLY = {
+    "asyncpg",
+    "hvac",
+    "uvicorn",
+    "starlette",
+    "redis",
+    "structlog",
+    "hubspot-token-broker",
+}
 
 
-def test_client_needs_nothing_but_httpx(deployment: Deployment) -> None:
+@pytest.fixture(scope="session")
+def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv holding only the client's wheel (and what pip pulls in for it)."""
+    where = tmp_path_factory.mktemp("client-wheel")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(where), str(ROOT / "clients" / "python")],
+        check=True,
+        timeout=180,
+    )
+    (wheel,) = where.glob("hubspot_token_broker_client-*.whl")
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", "--quiet", "install", str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    return python
+
+
+def test_client_wheel_alone_needs_nothing_of_the_server(
+    deployment: Deployment, client_venv: Path, tmp_path: Path
+) -> None:
     deployment.install(HUB)
-    env = {**os.environ, "URL": deployment.url, "KEY": deployment.caller_key, "HUB": str(HUB)}
+    env = {"URL": deployment.url, "KEY": deployment.caller_key, "HUB": str(HUB), "PATH": ""}
     done = subprocess.run(
-        [sys.executable, "-c", _ISOLATED],
-        cwd=ROOT,
+        [str(client_venv), "-c", _IN_VENV],
+        cwd=tmp_path,  # not the repository: its `broker` package must not be importable
         env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         check=False,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert (result["hub_id"], result["app"]) == (HUB, "demo")
     assert result["ttl"] > 1700
-    assert result["sdk"] == "blocked: hubspot"  # imported only when asked for
-    assert all(m == "broker" or m.startswith("broker.client") for m in result["modules"])
+    assert result["sdk"] == "hubspot"  # the SDK is imported only when asked for: not here
+    assert "hubspot-token-broker-client" in result["dists"]
+    assert "httpx" in result["dists"]
+    assert not SERVER_ONLY & set(result["dists"])
+    assert not result["server"]
+    assert result["module"].startswith(str(client_venv.parent.parent))  # the wheel's copy

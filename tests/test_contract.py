@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 import schemathesis
@@ -51,7 +50,7 @@ from broker.config import Settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
 from broker.web import api as token_route
-from tests.helpers import Deployment, deployed
+from tests.helpers import Deployment, deployed, sql
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
@@ -128,17 +127,6 @@ def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Dep
         yield d
 
 
-def _sql(settings: Settings, statement: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(settings.database_url.get())
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 def test_every_documented_token_status_is_produced(deployment: Deployment) -> None:
     """Drive the token endpoint into each documented answer, on real backends."""
     documented = {
@@ -150,17 +138,17 @@ def test_every_documented_token_status_is_produced(deployment: Deployment) -> No
         assert deployment.install(hub).status_code == 200
     expire = "UPDATE portals SET access_expires_at = now() - interval '1 second' WHERE hub_id = "
     deployment.sim.kill_grant(hubs["dead"])
-    _sql(deployment.settings, expire + str(hubs["dead"]))
-    _sql(
+    sql(deployment.settings, expire + str(hubs["dead"]))
+    sql(
         deployment.settings,
         f"UPDATE portals SET state = 'revoked' WHERE hub_id = {hubs['revoked']}",
     )
-    _sql(
+    sql(
         deployment.settings,
         f"UPDATE portals SET access_ct = 'vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAA' "
         f"WHERE hub_id = {hubs['corrupt']}",
     )
-    _sql(deployment.settings, expire + str(hubs["down"]))
+    sql(deployment.settings, expire + str(hubs["down"]))
 
     answers: dict[int, httpx.Response] = {}
     answers[200] = deployment.token(hubs["ok"], min_ttl=0)

@@ -83,7 +83,15 @@ class TokenService:
         if not 0 <= raw <= self._settings.min_ttl_max:
             raise InvalidRequest(
                 f"min_ttl must be between 0 and {self._settings.min_ttl_max} seconds",
-                errors=[{"field": "min_ttl", "message": "out of range"}],
+                # The bounds let clients learn the cap (BROKER_MIN_TTL_MAX) and ask again.
+                errors=[
+                    {
+                        "field": "min_ttl",
+                        "message": "out of range",
+                        "minimum": 0,
+                        "maximum": self._settings.min_ttl_max,
+                    }
+                ],
             )
         return raw
 

@@ -13,13 +13,20 @@ from datetime import UTC, datetime
 
 import httpx
 
-from broker.client._cache import CacheKey, Entry, TokenCache
-from broker.client._errors import BrokerClientError, error_from_response
-from broker.client._retry import RetryPolicy
-from broker.client._token import AccessToken, Credentials, parse_token, read_credentials
+from hubspot_token_broker_client._cache import CacheKey, Entry, TokenCache
+from hubspot_token_broker_client._errors import (
+    BrokerClientError,
+    InvalidRequest,
+    error_from_response,
+)
+from hubspot_token_broker_client._retry import RetryPolicy
+from hubspot_token_broker_client._token import (
+    AccessToken,
+    Credentials,
+    parse_token,
+    read_credentials,
+)
 
-#: The broker's contract (openapi.yaml): ``min_ttl`` may be at most this many seconds.
-MAX_MIN_TTL = 1500
 _USER_AGENT = "hubspot-token-broker-client/0.1"
 
 
@@ -64,6 +71,7 @@ class BaseClient:
         self._retry = retry
         self._cache = TokenCache()
         self._state = ClientState.UNOPENED
+        self._min_ttl_max: int | None = None
 
     def __repr__(self) -> str:
         # The credentials are deliberately left out.
@@ -72,6 +80,14 @@ class BaseClient:
     @property
     def default_min_ttl(self) -> int:
         return self._default_min_ttl
+
+    @property
+    def min_ttl_max(self) -> int | None:
+        """The broker's largest allowed ``min_ttl`` (its ``BROKER_MIN_TTL_MAX``), once learned.
+
+        None until the broker refused a ``min_ttl`` as too large: its 422 names the maximum
+        (``errors[].maximum``), so learning it costs nothing while no call asks for more."""
+        return self._min_ttl_max
 
     @property
     def is_closed(self) -> bool:
@@ -104,18 +120,39 @@ class BaseClient:
             raise RuntimeError("Cannot get a token, as the client has been closed.")
 
     def _prepare(
-        self, hub_id: int, app: str | None, user_id: int | None, min_ttl: int | None
-    ) -> tuple[CacheKey, int]:
-        """Validate a ``token()`` call: its cache key and the ``min_ttl`` it needs."""
+        self,
+        hub_id: int,
+        app: str | None,
+        user_id: int | None,
+        min_ttl: int | None,
+        clamp: bool,
+    ) -> tuple[CacheKey, int, bool]:
+        """Validate a ``token()`` call: its cache key, the ``min_ttl`` it asks for, and
+        whether that may be lowered to the broker's cap (always for the default)."""
         self._check_usable()
         # hub_id goes into the URL path: only a positive int may get there.
         _check_int("hub_id", hub_id, 1)
         if user_id is not None:
             _check_int("user_id", user_id, 1)
         if min_ttl is None:
-            min_ttl = self._default_min_ttl
+            min_ttl, clamp = self._default_min_ttl, True
         _check_int("min_ttl", min_ttl, 0)
-        return CacheKey(app or self._app, hub_id, user_id), min_ttl
+        return CacheKey(app or self._app, hub_id, user_id), min_ttl, clamp
+
+    def _capped(self, min_ttl: int, clamp: bool) -> int:
+        """``min_ttl``, lowered to the broker's cap when the call allows it and it is known."""
+        if clamp and self._min_ttl_max is not None:
+            return min(min_ttl, self._min_ttl_max)
+        return min_ttl
+
+    def _lowered(self, error: BrokerClientError, min_ttl: int, clamp: bool) -> int | None:
+        """After ``error``, the smaller ``min_ttl`` to ask again with at once: when the
+        broker refused ``min_ttl`` as above its cap and the call allows clamping. The cap is
+        learned either way."""
+        if not isinstance(error, InvalidRequest) or error.min_ttl_max is None:
+            return None
+        self._min_ttl_max = error.min_ttl_max
+        return error.min_ttl_max if clamp and min_ttl > error.min_ttl_max else None
 
     def _request_parts(
         self, key: CacheKey, min_ttl: int

@@ -1,6 +1,6 @@
 """The Python client for internal services: HubSpot access tokens from the broker.
 
-    from broker.client import BrokerClient, HubSpotAuth
+    from hubspot_token_broker_client import BrokerClient, HubSpotAuth
 
     with BrokerClient("http://broker:8080", caller_key, app="my-app") as broker:
         token = broker.token(12345678)               # cached until min_ttl is at risk
@@ -9,13 +9,14 @@
 
 It needs only ``httpx``: it imports nothing else from ``broker`` (the server's modules and
 their dependencies are not required), and ``hubspot-api-client`` only inside
-:func:`hubspot_client`. Errors are documented in ``broker.client._errors``.
+:func:`hubspot_client`. Errors are documented in ``hubspot_token_broker_client._errors``.
 """
 
-from broker.client._async import AsyncBrokerClient
-from broker.client._auth import HubSpotAuth
-from broker.client._base import ClientState
-from broker.client._errors import (
+from hubspot_token_broker_client._async import AsyncBrokerClient
+from hubspot_token_broker_client._auth import HubSpotAuth
+from hubspot_token_broker_client._base import ClientState
+from hubspot_token_broker_client._errors import (
+    PROBLEM_CODES,
     BrokerClientError,
     BrokerUnavailable,
     InvalidRequest,
@@ -24,14 +25,16 @@ from broker.client._errors import (
     PortalRevoked,
     Quarantined,
     RateLimited,
+    ServerError,
     Unauthorized,
 )
-from broker.client._hubspot import hubspot_client
-from broker.client._retry import RetryPolicy
-from broker.client._sync import BrokerClient
-from broker.client._token import AccessToken, Credentials
+from hubspot_token_broker_client._hubspot import hubspot_client
+from hubspot_token_broker_client._retry import RetryPolicy
+from hubspot_token_broker_client._sync import BrokerClient
+from hubspot_token_broker_client._token import AccessToken, Credentials
 
 __all__ = [
+    "PROBLEM_CODES",
     "AccessToken",
     "AsyncBrokerClient",
     "BrokerClient",
@@ -47,6 +50,7 @@ __all__ = [
     "Quarantined",
     "RateLimited",
     "RetryPolicy",
+    "ServerError",
     "Unauthorized",
     "hubspot_client",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from broker.client._sync import BrokerClient
+from hubspot_token_broker_client._sync import BrokerClient
 
 if TYPE_CHECKING:
     from hubspot import HubSpot

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeAlias, TypeGuard
+from typing import TypeAlias
 
 import httpx
 
-from broker.client._errors import BrokerClientError, Unauthorized
+from hubspot_token_broker_client._errors import BrokerClientError, Unauthorized
 
 #: The caller key (``hsb_...``), or a callable returning it, called before every request to
 #: the broker so a rotated key or a re-projected service-account token file is picked up.
@@ -57,9 +57,30 @@ def _invalid(detail: str, response: httpx.Response) -> BrokerClientError:
     )
 
 
-def _count(value: object) -> TypeGuard[int]:
-    """An int >= 0 that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+#: The broker's token answer (openapi.yaml ``components.schemas.Token``) as this client reads
+#: it: each field's JSON type and whether the broker always sends it. Every field is checked
+#: against it before use; tests/test_client_contract.py holds it to the spec.
+TOKEN_FIELDS: dict[str, tuple[str, bool]] = {
+    "access_token": ("string", True),
+    "token_type": ("string", True),
+    "expires_at": ("string", True),
+    "expires_in": ("integer", True),
+    "hub_id": ("integer", True),
+    "user_id": ("integer", False),
+    "app": ("string", True),
+    "scopes": ("array<string>", True),
+    "degraded": ("boolean", True),
+}
+
+
+def _is(kind: str, value: object) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "integer":  # a count or an id: an int >= 0 that is not a bool
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind == "boolean":
+        return isinstance(value, bool)
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def parse_token(response: httpx.Response, sent_at: datetime) -> tuple[AccessToken, int]:
@@ -73,31 +94,20 @@ def parse_token(response: httpx.Response, sent_at: datetime) -> tuple[AccessToke
         raise _invalid("not JSON", response) from None
     if not isinstance(body, dict):
         raise _invalid("not a JSON object", response)
-    access_token = body.get("access_token")
-    if not isinstance(access_token, str) or not access_token:
-        raise _invalid("access_token is missing", response)
-    expires_in = body.get("expires_in")
-    if not _count(expires_in):
-        raise _invalid("expires_in is not a non-negative integer", response)
-    hub_id = body.get("hub_id")
-    if not _count(hub_id):
-        raise _invalid("hub_id is not an integer", response)
-    app = body.get("app")
-    if not isinstance(app, str):
-        raise _invalid("app is not a string", response)
-    scopes = body.get("scopes")
-    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-        raise _invalid("scopes is not a list of strings", response)
-    user_id = body.get("user_id")
-    if user_id is not None and not _count(user_id):
-        raise _invalid("user_id is not an integer", response)
+    for name, (kind, required) in TOKEN_FIELDS.items():
+        value = body.get(name)
+        if (value is not None or required) and not _is(kind, value):
+            raise _invalid(f"{name} is not {kind}", response)
+    if not body["access_token"]:
+        raise _invalid("access_token is empty", response)
+    expires_in: int = body["expires_in"]
     token = AccessToken(
-        access_token=access_token,
+        access_token=body["access_token"],
         expires_at=sent_at + timedelta(seconds=expires_in),
-        hub_id=hub_id,
-        app=app,
-        scopes=tuple(scopes),
-        user_id=user_id,
-        degraded=body.get("degraded") is True,
+        hub_id=body["hub_id"],
+        app=body["app"],
+        scopes=tuple(body["scopes"]),
+        user_id=body.get("user_id"),
+        degraded=body["degraded"],
     )
     return token, expires_in

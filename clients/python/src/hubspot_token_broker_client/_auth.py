@@ -7,10 +7,9 @@ from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
-from broker.client._async import AsyncBrokerClient
-from broker.client._base import MAX_MIN_TTL
-from broker.client._sync import BrokerClient
-from broker.client._token import AccessToken
+from hubspot_token_broker_client._async import AsyncBrokerClient
+from hubspot_token_broker_client._sync import BrokerClient
+from hubspot_token_broker_client._token import AccessToken
 
 #: After a 401 the token is asked for again with this much more life than the rejected one
 #: had left, so neither this client's cache nor the broker's can hand back the same token.
@@ -20,10 +19,11 @@ _RENEW_MARGIN = 60
 def renewal_min_ttl(rejected: AccessToken, min_ttl: int) -> int:
     """The ``min_ttl`` that makes the broker return a token other than ``rejected``.
 
-    Capped at the broker's maximum: a token with more than ``MAX_MIN_TTL - _RENEW_MARGIN``
-    seconds left (a few minutes old) cannot be forced out, and comes back again."""
+    It is asked for with ``clamp=True``: lowered to the broker's cap, which it learns from
+    the broker (``BROKER_MIN_TTL_MAX``). A token with more than the cap left (a few minutes
+    old) cannot be forced out, and comes back again."""
     wanted = math.ceil(max(0.0, rejected.remaining())) + _RENEW_MARGIN
-    return max(min_ttl, min(MAX_MIN_TTL, wanted))
+    return max(min_ttl, wanted)
 
 
 class HubSpotAuth(httpx.Auth):
@@ -85,7 +85,7 @@ class HubSpotAuth(httpx.Auth):
             return
         client.invalidate(self._hub_id, app=app, user_id=user_id, token=token)
         renew_ttl = self._renew_ttl(token)
-        fresh = client.token(self._hub_id, app=app, user_id=user_id, min_ttl=renew_ttl)
+        fresh = client.token(self._hub_id, app=app, user_id=user_id, min_ttl=renew_ttl, clamp=True)
         if fresh.access_token != token.access_token:
             yield self._sign(request, fresh)
 
@@ -102,6 +102,8 @@ class HubSpotAuth(httpx.Auth):
             return
         client.invalidate(self._hub_id, app=app, user_id=user_id, token=token)
         renew_ttl = self._renew_ttl(token)
-        fresh = await client.token(self._hub_id, app=app, user_id=user_id, min_ttl=renew_ttl)
+        fresh = await client.token(
+            self._hub_id, app=app, user_id=user_id, min_ttl=renew_ttl, clamp=True
+        )
         if fresh.access_token != token.access_token:
             yield self._sign(request, fresh)

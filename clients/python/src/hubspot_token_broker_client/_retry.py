@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from broker.client._errors import BrokerClientError, BrokerUnavailable, RateLimited
+from hubspot_token_broker_client._errors import BrokerClientError, BrokerUnavailable, RateLimited
 
 
 @dataclass(frozen=True, slots=True)

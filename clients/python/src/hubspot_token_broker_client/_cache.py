@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from broker.client._token import AccessToken
+from hubspot_token_broker_client._token import AccessToken
 
 
 @dataclass(frozen=True, slots=True)

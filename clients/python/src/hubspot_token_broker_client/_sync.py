@@ -9,11 +9,11 @@ from typing import Self
 
 import httpx
 
-from broker.client._base import BaseClient, ClientState
-from broker.client._cache import CacheKey, Entry
-from broker.client._errors import BrokerClientError, error_from_transport
-from broker.client._retry import RetryPolicy
-from broker.client._token import AccessToken, Credentials
+from hubspot_token_broker_client._base import BaseClient, ClientState
+from hubspot_token_broker_client._cache import CacheKey, Entry
+from hubspot_token_broker_client._errors import BrokerClientError, error_from_transport
+from hubspot_token_broker_client._retry import RetryPolicy
+from hubspot_token_broker_client._token import AccessToken, Credentials
 
 
 class _Flight:
@@ -82,14 +82,20 @@ class BrokerClient(BaseClient):
         app: str | None = None,
         user_id: int | None = None,
         min_ttl: int | None = None,
+        clamp: bool = False,
     ) -> AccessToken:
         """A token for ``hub_id`` valid for at least ``min_ttl`` seconds.
 
         Raises a :class:`BrokerClientError` subclass when the broker says no. While HubSpot
         is failing the broker may serve a still-valid token with less than ``min_ttl`` left;
-        it is returned as is (check :meth:`AccessToken.remaining` if that matters)."""
-        key, min_ttl = self._prepare(hub_id, app, user_id, min_ttl)
+        it is returned as is (check :meth:`AccessToken.remaining` if that matters).
+
+        A ``min_ttl`` above the broker's cap (``BROKER_MIN_TTL_MAX``) raises
+        :class:`InvalidRequest`; with ``clamp=True`` it is lowered to the cap instead (see
+        :attr:`min_ttl_max`), as the default ``min_ttl`` always is."""
+        key, requested, clamp = self._prepare(hub_id, app, user_id, min_ttl, clamp)
         while True:
+            min_ttl = self._capped(requested, clamp)
             cached = self._cache.get(key, min_ttl)
             if cached is not None:
                 return cached.token
@@ -99,17 +105,17 @@ class BrokerClient(BaseClient):
                 if flight is None:
                     flight = self._flights[key] = _Flight()
             if leader:
-                return self._lead(key, min_ttl, flight).token
+                return self._lead(key, min_ttl, clamp, flight).token
             entry = flight.wait()
             if entry is not None and entry.satisfies(min_ttl):
                 return entry.token
             # The shared request asked for less than we need (or was abandoned): go again.
 
-    def _lead(self, key: CacheKey, min_ttl: int, flight: _Flight) -> Entry:
+    def _lead(self, key: CacheKey, min_ttl: int, clamp: bool, flight: _Flight) -> Entry:
         entry: Entry | None = None
         error: Exception | None = None
         try:
-            entry = self._fetch(key, min_ttl)
+            entry = self._fetch(key, min_ttl, clamp)
             return entry
         except Exception as exc:
             error = exc
@@ -119,7 +125,7 @@ class BrokerClient(BaseClient):
                 del self._flights[key]
             flight.finish(entry, error)
 
-    def _fetch(self, key: CacheKey, min_ttl: int) -> Entry:
+    def _fetch(self, key: CacheKey, min_ttl: int, clamp: bool) -> Entry:
         """Ask the broker, retrying per the policy."""
         waited = 0.0
         attempt = 0
@@ -136,6 +142,10 @@ class BrokerClient(BaseClient):
                     return self._accept(key, response, sent)
                 except BrokerClientError as exc:
                     error = exc
+            lowered = self._lowered(error, min_ttl, clamp)
+            if lowered is not None:
+                min_ttl = lowered  # not a retry: a different request, sent at once
+                continue
             delay = self._retry.delay(attempt, error, waited)
             if delay is None:
                 raise error

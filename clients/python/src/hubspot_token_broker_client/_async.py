@@ -9,11 +9,11 @@ from typing import Self
 
 import httpx
 
-from broker.client._base import BaseClient, ClientState
-from broker.client._cache import CacheKey, Entry
-from broker.client._errors import BrokerClientError, error_from_transport
-from broker.client._retry import RetryPolicy
-from broker.client._token import AccessToken, Credentials
+from hubspot_token_broker_client._base import BaseClient, ClientState
+from hubspot_token_broker_client._cache import CacheKey, Entry
+from hubspot_token_broker_client._errors import BrokerClientError, error_from_transport
+from hubspot_token_broker_client._retry import RetryPolicy
+from hubspot_token_broker_client._token import AccessToken, Credentials
 
 
 class AsyncBrokerClient(BaseClient):
@@ -53,18 +53,21 @@ class AsyncBrokerClient(BaseClient):
         app: str | None = None,
         user_id: int | None = None,
         min_ttl: int | None = None,
+        clamp: bool = False,
     ) -> AccessToken:
         """A token for ``hub_id`` valid for at least ``min_ttl`` seconds (see
         :meth:`BrokerClient.token`)."""
-        key, min_ttl = self._prepare(hub_id, app, user_id, min_ttl)
+        key, requested, clamp = self._prepare(hub_id, app, user_id, min_ttl, clamp)
         while True:
+            min_ttl = self._capped(requested, clamp)
             cached = self._cache.get(key, min_ttl)
             if cached is not None:
                 return cached.token
             task = self._flights.get(key)
             leader = task is None or task.done()
             if task is None or task.done():
-                task = asyncio.create_task(self._fetch(key, min_ttl), name=f"broker-token {key}")
+                fetch = self._fetch(key, min_ttl, clamp)
+                task = asyncio.create_task(fetch, name=f"broker-token {key}")
                 self._flights[key] = task
                 task.add_done_callback(functools.partial(self._forget, key))
             entry = await asyncio.shield(task)
@@ -80,7 +83,7 @@ class AsyncBrokerClient(BaseClient):
             # and asyncio would log "exception was never retrieved".
             task.exception()
 
-    async def _fetch(self, key: CacheKey, min_ttl: int) -> Entry:
+    async def _fetch(self, key: CacheKey, min_ttl: int, clamp: bool) -> Entry:
         """Ask the broker, retrying per the policy."""
         waited = 0.0
         attempt = 0
@@ -97,6 +100,10 @@ class AsyncBrokerClient(BaseClient):
                     return self._accept(key, response, sent)
                 except BrokerClientError as exc:
                     error = exc
+            lowered = self._lowered(error, min_ttl, clamp)
+            if lowered is not None:
+                min_ttl = lowered  # not a retry: a different request, sent at once
+                continue
             delay = self._retry.delay(attempt, error, waited)
             if delay is None:
                 raise error
