@@ -69,7 +69,9 @@ def csrf(client: httpx.Client) -> str:
 
 
 def state(client: httpx.Client) -> str:
-    match = re.search(rf'id="portal-demo-{HUB}">.*?class="state (\w+)"', client.get("/admin").text)
+    match = re.search(
+        rf'id="portal-demo-{HUB}">.*?class="state (\w+)"', client.get("/admin").text, re.DOTALL
+    )
     assert match is not None
     return match.group(1)
 

@@ -1,0 +1,6 @@
+-- The operator page's portal timeline (broker.adapters.postgres.portal_search): a portal's
+-- audit events newest first, without the token.issued tallies, which outnumber every other
+-- action by far on a busy portal (one per caller, token and flush window). Without this
+-- index an old quarantine or install sits behind every issue since in audit_events_hub.
+CREATE INDEX audit_events_portal_timeline ON audit_events (hub_id, at DESC, id DESC)
+    WHERE action <> 'token.issued';

@@ -1,0 +1,84 @@
+"""``GET /admin/portals/{hub_id}?app=...``: one portal's details (the operator API's view:
+never a token, a ciphertext or a secret), its actions, and its timeline from the audit
+trail, newest first, a page at a time.
+
+The timeline is what the audit trail holds for the portal: installs, refreshes
+(``portal.refreshed``, one per stored token), needs-reauth and heals, revokes, quarantines,
+releases, forced refreshes and install links, plus, on request, the token-issue tallies.
+A refresh *failure* that only moves the portal to ``refresh_failing`` is not audited (the
+outbox event and the portal row record it): the details show the row's failure count, last
+error and next attempt instead."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from broker.core.ports import TimelineEntry
+from broker.web.admin_page._query import cursor_text, flash, invalid, path_key, timeline_cursor
+from broker.web.admin_page._render import page, pages
+from broker.web.admin_page._views import operator_or_login, portal_row, portal_url, signed_in
+from broker.web.params import reject_unknown
+from broker.web.services import services
+
+_PARAMS = frozenset({"app", "user_id", "before", "issues", "done", "portal"})
+_TIMELINE_PAGE = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: object
+    action: str
+    actor: str
+    #: The event's detail as (name, text) pairs, values as JSON unless plain strings.
+    detail: list[tuple[str, str]]
+
+
+def _event(entry: TimelineEntry) -> Event:
+    detail = [
+        (name, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+        for name, value in sorted(entry.detail.items())
+    ]
+    return Event(entry.at, entry.action, entry.actor, detail)
+
+
+@pages
+async def portal_page(request: Request) -> Response:
+    svc = services(request)
+    reject_unknown(request, _PARAMS)
+    query = request.query_params
+    key = path_key(request, svc.settings.default_app, query.get("app"), query.get("user_id"))
+    before = timeline_cursor(query.get("before"))
+    issues = query.get("issues")
+    if issues not in (None, "1"):
+        raise invalid("issues", "must be 1 (show token issues) or absent")
+    message = flash(query)
+    operator = await operator_or_login(request, svc)
+    if isinstance(operator, Response):
+        return operator
+    record = await svc.browser.portal(operator.caller, key)
+    found = await svc.browser.timeline(
+        operator.caller, key, before=before, limit=_TIMELINE_PAGE, issues=issues is not None
+    )
+    here = portal_url(key)
+
+    def link(**extra: str) -> str:
+        kept = {"issues": "1"} if issues else {}
+        return f"{here}&{urlencode(kept | extra)}" if kept or extra else here
+
+    context = {
+        **signed_in(operator),
+        "flash": message,
+        "row": portal_row(record),
+        "events": [_event(e) for e in found.entries],
+        "issues": issues is not None,
+        "newest_url": link() if before else None,
+        "older_url": None if found.older is None else link(before=cursor_text(found.older)),
+        "toggle_url": f"{here}&issues=1" if issues is None else here,
+        "back": link(**({} if before is None else {"before": cursor_text(before)})),
+    }
+    return page(request, "portal.html", context)
