@@ -31,7 +31,7 @@ FLASH = {
     "quarantined": "is quarantined: no token is served until it is released.",
     "released": "is released and serves tokens again.",
 }
-PAGE_SIZES = (25, 50, 100, 200)
+PAGE_SIZES = (10, 25, 50, 100, 200)
 DEFAULT_SIZE = 50
 
 
@@ -79,6 +79,13 @@ def flash(query: QueryParams) -> Flash | None:
     return Flash("" if portal is None else str(portal), FLASH[done])
 
 
+def page_size(query: QueryParams) -> int:
+    size = parse_int(_given(query, "size"), "size") or DEFAULT_SIZE
+    if size not in PAGE_SIZES:
+        raise invalid("size", f"must be one of {', '.join(map(str, PAGE_SIZES))}")
+    return size
+
+
 @dataclass(frozen=True, slots=True)
 class Filters:
     """The list's search, filters and page size, as they go back into links."""
@@ -103,10 +110,7 @@ class Filters:
         app = _given(query, "app")
         if app is not None and not APP_SLUG.match(app):
             raise invalid("app", "must be an app slug: 1-63 lowercase letters, digits or '-'")
-        size = parse_int(_given(query, "size"), "size") or DEFAULT_SIZE
-        if size not in PAGE_SIZES:
-            raise invalid("size", f"must be one of {', '.join(map(str, PAGE_SIZES))}")
-        return cls(text, None if state is None else PortalState(state), app, size)
+        return cls(text, None if state is None else PortalState(state), app, page_size(query))
 
     def url(self, **changes: str | None) -> str:
         """``/admin`` with these filters, ``changes`` applied (``None`` drops a parameter)."""

@@ -19,14 +19,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.core.ports import TimelineEntry
-from broker.web.admin_page._query import cursor_text, flash, invalid, path_key, timeline_cursor
+from broker.web.admin_page._query import (
+    DEFAULT_SIZE,
+    cursor_text,
+    flash,
+    invalid,
+    page_size,
+    path_key,
+    timeline_cursor,
+)
 from broker.web.admin_page._render import page, pages
 from broker.web.admin_page._views import operator_or_login, portal_row, portal_url, signed_in
 from broker.web.params import reject_unknown
 from broker.web.services import services
 
-_PARAMS = frozenset({"app", "user_id", "before", "issues", "done", "portal"})
-_TIMELINE_PAGE = 50
+_PARAMS = frozenset({"app", "user_id", "before", "issues", "size", "done", "portal"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,7 @@ async def portal_page(request: Request) -> Response:
     query = request.query_params
     key = path_key(request, svc.settings.default_app, query.get("app"), query.get("user_id"))
     before = timeline_cursor(query.get("before"))
+    size = page_size(query)
     issues = query.get("issues")
     if issues not in (None, "1"):
         raise invalid("issues", "must be 1 (show token issues) or absent")
@@ -62,13 +70,17 @@ async def portal_page(request: Request) -> Response:
         return operator
     record = await svc.browser.portal(operator.caller, key)
     found = await svc.browser.timeline(
-        operator.caller, key, before=before, limit=_TIMELINE_PAGE, issues=issues is not None
+        operator.caller, key, before=before, limit=size, issues=issues is not None
     )
     here = portal_url(key)
+    kept: dict[str, str | None] = {
+        "issues": issues,
+        "size": None if size == DEFAULT_SIZE else str(size),
+    }
 
-    def link(**extra: str) -> str:
-        kept = {"issues": "1"} if issues else {}
-        return f"{here}&{urlencode(kept | extra)}" if kept or extra else here
+    def link(**changes: str | None) -> str:
+        params = {k: v for k, v in (kept | changes).items() if v is not None}
+        return f"{here}&{urlencode(params)}" if params else here
 
     context = {
         **signed_in(operator),
@@ -78,7 +90,7 @@ async def portal_page(request: Request) -> Response:
         "issues": issues is not None,
         "newest_url": link() if before else None,
         "older_url": None if found.older is None else link(before=cursor_text(found.older)),
-        "toggle_url": f"{here}&issues=1" if issues is None else here,
-        "back": link(**({} if before is None else {"before": cursor_text(before)})),
+        "toggle_url": link(issues=None if issues else "1"),
+        "back": link(before=None if before is None else cursor_text(before)),
     }
     return page(request, "portal.html", context)

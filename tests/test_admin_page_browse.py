@@ -1,0 +1,334 @@
+"""The operator page at scale, on a real broker and the simulator: search by Hub ID or
+domain, state and app filters, keyset pages, a caller's scope inside the query, one portal's
+page with its audit timeline, actions that return to the page they came from, hostile values
+escaped by the templates, and the whole flow in a real headless Chromium with screenshots.
+
+Screenshots go to ``test-artifacts/admin_page/`` at the top of the checkout (git-ignored,
+kept by CI with the workspace), or to ``$BROKER_TEST_ARTIFACTS/admin_page/`` when set."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from broker.app import create_app, open_admin
+from broker.config import load_settings
+from broker.core.models import Role
+from broker.dev.simulator import Simulator
+from tests.helpers import Deployment, register, serve_app
+from tests.test_admin_page import ADMIN, CHROMIUM_FLAGS, chromium, csrf, error_code, login
+
+__all__ = ["chromium"]  # the fixture, shared with tests/test_admin_page.py
+
+FIRST = 3_500_001
+HUBS = [FIRST + i for i in range(12)]
+ACME = FIRST + 4
+HOSTILE = FIRST + 11
+HOSTILE_DOMAIN = '<script>alert("dom")</script>.example'
+ROW = re.compile(r'<tr id="portal-demo-(\d+)">')
+EVENT = re.compile(r'<code class="action">([a-z_.]+)</code>')
+ARTIFACTS = Path(
+    os.environ.get("BROKER_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")
+)
+
+
+def domain(hub: int) -> str:
+    if hub == ACME:
+        return "acme-corp.example.org"
+    return HOSTILE_DOMAIN if hub == HOSTILE else f"shop{hub - FIRST}.example.com"
+
+
+@pytest.fixture
+def fleet(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
+    """A broker with twelve installed portals of app ``demo``, one of them with a domain
+    that is an HTML script element."""
+    settings = load_settings(env)
+    with serve_app(create_app(settings)) as url:
+        client_id, secret, key = register(
+            settings, sim, f"{url}/oauth/callback", slug="demo", roles=ADMIN
+        )
+        found = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+        for hub in HUBS:
+            sim.add_portal(hub, domain(hub))
+            assert found.install(hub).status_code == 200
+        yield found
+
+
+def hubs(page: httpx.Response) -> list[int]:
+    assert page.status_code == 200, page.text
+    return [int(h) for h in ROW.findall(page.text)]
+
+
+def link(page: httpx.Response, rel: str) -> str | None:
+    found = re.search(rf'rel="{rel}" href="([^"]+)"', page.text)
+    return None if found is None else html.unescape(found.group(1))
+
+
+def matching(page: httpx.Response) -> int:
+    found = re.search(r'<span id="matching">(\d+)</span>', page.text)
+    assert found is not None, page.text
+    return int(found.group(1))
+
+
+def events(client: httpx.Client, url: str, until: Callable[[list[str]], bool]) -> list[str]:
+    """The timeline's actions, newest first, once ``until`` holds: the audit trail is written
+    in batches a moment after the action (at most half a second by default)."""
+    deadline = time.monotonic() + 15
+    while True:
+        page = client.get(url)
+        assert page.status_code == 200, page.text
+        actions = EVENT.findall(page.text)
+        if until(actions) or time.monotonic() > deadline:
+            return actions
+        time.sleep(0.2)
+
+
+def test_search_filters_and_keyset_pages(fleet: Deployment) -> None:
+    with login(fleet) as client:
+        first = client.get("/admin?size=10")
+        assert hubs(first) == HUBS[:10]
+        assert matching(first) == 12
+        assert link(first, "prev") is None
+        following = link(first, "next")
+        assert following == f"/admin?size=10&after=demo%2F{HUBS[9]}"
+        second = client.get(following)
+        assert hubs(second) == HUBS[10:]
+        assert link(second, "next") is None
+        back = link(second, "prev")
+        assert back is not None
+        assert hubs(client.get(back)) == HUBS[:10]
+
+        assert hubs(client.get("/admin?q=350001")) == HUBS[9:]  # a Hub ID prefix
+        assert hubs(client.get(f"/admin?q={FIRST + 6}")) == [FIRST + 6]
+        for text in ("ACME", "corp.example", "example.org"):  # a domain's part, any case
+            assert hubs(client.get(f"/admin?q={text}")) == [ACME]
+        assert hubs(client.get("/admin?q=nowhere")) == []
+        assert hubs(client.get("/admin?q=&state=&app=")) == HUBS  # a blank search form
+        assert hubs(client.get("/admin?app=demo")) == HUBS
+        assert hubs(client.get("/admin?app=other")) == []
+
+        token = csrf(client)
+        held = client.post(
+            f"/admin/portals/{FIRST + 2}/quarantine",
+            data={"app": "demo", "reason": "audit", "csrf": token, "back": "/admin?q=35&size=10"},
+        )
+        assert held.headers["location"] == (
+            f"/admin?q=35&size=10&done=quarantined&portal=demo%2F{FIRST + 2}"
+        )
+        assert f"Portal <code>demo/{FIRST + 2}</code> is quarantined" in (
+            client.get(held.headers["location"]).text
+        )
+        quarantined = client.get("/admin?state=quarantined&q=35")
+        assert hubs(quarantined) == [FIRST + 2]
+        assert matching(quarantined) == 1
+        assert re.search(
+            r'aria-current="page">quarantined <span class="count">1<', quarantined.text
+        )
+        assert re.search(r'>active <span class="count">11<', quarantined.text)
+        assert FIRST + 2 not in hubs(client.get("/admin?state=active"))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "q=%3Cb%3Ex",
+        "q=a+b",
+        f"q={'x' * 101}",
+        "state=gone",
+        "app=Not_A_Slug",
+        "size=7",
+        "after=%3Cb%3E",
+        "after=demo%2F1&before=demo%2F2",
+        "page=2",
+    ],
+)
+def test_bad_list_parameters_are_a_clear_422(fleet: Deployment, query: str) -> None:
+    with login(fleet) as client:
+        refused = client.get(f"/admin?{query}")
+    assert (refused.status_code, error_code(refused)) == (422, "invalid_request")
+    assert "<b>" not in refused.text
+    assert "Not_A_Slug" not in refused.text
+
+
+def test_a_scoped_operator_finds_and_opens_only_its_portals(fleet: Deployment) -> None:
+    mine = [FIRST + 1, FIRST + 6]
+
+    async def create() -> str:
+        async with open_admin(fleet.settings) as svc:
+            new = await svc.callers.create(
+                "ops-scoped",
+                roles=[Role.PORTALS_ADMIN.value],
+                apps=["demo"],
+                hub_ids=mine,
+                actor="test",
+            )
+            return new.secret
+
+    scoped = Deployment(**{**fleet.__dict__, "caller_key": asyncio.run(create())})
+    with login(scoped) as client:
+        page = client.get("/admin?size=10")
+        assert hubs(page) == mine
+        assert matching(page) == 2
+        assert hubs(client.get("/admin?q=3500")) == mine
+        other = client.get(f"/admin/portals/{FIRST}?app=demo")
+        assert (other.status_code, error_code(other)) == (403, "forbidden")
+        refused = client.post(
+            f"/admin/portals/{FIRST}/revoke",
+            data={"app": "demo", "reason": "not mine", "csrf": csrf(client)},
+        )
+        assert (refused.status_code, error_code(refused)) == (403, "forbidden")
+        assert client.get(f"/admin/portals/{mine[0]}?app=demo").status_code == 200
+    assert fleet.token(FIRST).status_code == 200
+
+
+def test_a_portals_timeline_and_hostile_values_escaped(fleet: Deployment) -> None:
+    token = fleet.token(HOSTILE).json()["access_token"]
+    url = f"/admin/portals/{HOSTILE}?app=demo"
+    hostile_reason = '<script>alert("reason")</script>'
+    with login(fleet) as client:
+        for page in (client.get("/admin"), client.get(url)):
+            assert page.status_code == 200
+            assert "&lt;script&gt;alert(" in page.text  # the domain, escaped
+            assert "<script" not in page.text
+            for secret in (token, "vault:v", fleet.caller_key, fleet.client_secret):
+                assert secret not in page.text
+        form = {"app": "demo", "csrf": csrf(client), "back": url}
+        held = client.post(f"/admin/portals/{HOSTILE}/quarantine", data={**form, "reason": "look"})
+        assert held.headers["location"] == f"{url}&done=quarantined&portal=demo%2F{HOSTILE}"
+        assert client.post(f"/admin/portals/{HOSTILE}/release", data=form).status_code == 303
+        done = client.post(
+            f"/admin/portals/{HOSTILE}/revoke", data={**form, "reason": hostile_reason}
+        )
+        assert done.headers["location"] == f"{url}&done=revoked&portal=demo%2F{HOSTILE}"
+        after = client.get(done.headers["location"])
+        assert f"Portal <code>demo/{HOSTILE}</code> is revoked" in after.text
+        assert 'class="state revoked"' in after.text
+
+        newest = ["portal.revoked", "portal.released", "portal.quarantined", "portal.installed"]
+        assert events(client, url, lambda a: a[:1] == ["portal.revoked"]) == newest
+        page = client.get(url)
+        assert "&lt;script&gt;alert(&#34;reason&#34;)&lt;/script&gt;" in page.text
+        assert "<script" not in page.text
+        assert token not in page.text
+        # The token issue is a tally, shown only on request.
+        assert "token.issued" in events(client, f"{url}&issues=1", lambda a: "token.issued" in a)
+        assert "token.issued" not in EVENT.findall(page.text)
+
+
+def test_the_timeline_is_paged_newest_first(fleet: Deployment) -> None:
+    url = f"/admin/portals/{FIRST}?app=demo"
+    with login(fleet) as client:
+        form = {"app": "demo", "csrf": csrf(client)}
+        for _ in range(5):
+            assert client.post(f"{url[:-9]}/quarantine", data={**form, "reason": "x"}).is_redirect
+            assert client.post(f"{url[:-9]}/release", data=form).is_redirect
+        page_url = f"{url}&size=10"
+        newest = events(client, page_url, lambda a: len(a) == 10 and a[0] == "portal.released")
+        assert newest == ["portal.released", "portal.quarantined"] * 5
+        first = client.get(page_url)
+        older = link(first, "next")
+        assert older is not None
+        assert older.startswith(f"{page_url}&before=")
+        last = client.get(older)
+        assert EVENT.findall(last.text) == ["portal.installed"]
+        assert link(last, "next") is None
+        assert link(last, "first") == page_url
+        for bad in ("before=1.x", "before=99999999999999999999.1", "issues=yes", "size=3"):
+            refused = client.get(f"{url}&{bad}")
+            assert (refused.status_code, error_code(refused)) == (422, "invalid_request")
+        missing = client.get("/admin/portals/999?app=demo")
+        assert (missing.status_code, error_code(missing)) == (404, "portal_not_found")
+
+
+@pytest.mark.parametrize(
+    "back", ["https://evil.example/admin", "//evil.example/admin", "/oauth/install", "/admin#x"]
+)
+def test_an_action_returns_only_to_the_operator_page(fleet: Deployment, back: str) -> None:
+    with login(fleet) as client:
+        refused = client.post(
+            f"/admin/portals/{FIRST}/revoke",
+            data={"app": "demo", "reason": "x", "csrf": csrf(client), "back": back},
+        )
+        assert (refused.status_code, error_code(refused)) == (422, "invalid_request")
+    assert fleet.token(FIRST).status_code == 200  # refused before anything was done
+
+
+def shot(page: Page, name: str) -> None:
+    folder = ARTIFACTS / "admin_page"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=folder / f"{name}.png", full_page=True)
+
+
+def test_an_operator_finds_a_portal_reads_its_timeline_and_revokes_it_in_a_browser(
+    fleet: Deployment, chromium: str
+) -> None:
+    base = fleet.url
+    row = f"#portal-demo-{ACME}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 800})
+            page.set_default_timeout(10_000)
+            problems: list[str] = []  # CSP violations are reported as console errors
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(f"{base}/admin/login")
+            page.fill("#key", fleet.caller_key)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/admin")
+            assert page.inner_text("#matching") == "12"
+
+            page.select_option("#size", "10")  # paginate
+            page.click("form.search button[type=submit]")
+            page.wait_for_url(f"{base}/admin?q=&state=&app=&size=10")
+            assert page.locator("tbody tr").count() == 10
+            shot(page, "1-portals-page-1")
+            page.click("a[rel=next]")
+            page.wait_for_url(f"{base}/admin?size=10&after=*")
+            assert page.locator("tbody tr").count() == 2
+            shot(page, "2-portals-page-2")
+
+            page.fill("#q", "acme")  # search, then filter by state
+            page.select_option("#state", "active")
+            page.click("form.search button[type=submit]")
+            page.wait_for_url(f"{base}/admin?q=acme&state=active*")
+            assert page.locator("tbody tr").count() == 1
+            assert page.inner_text(f"{row} .state") == "active"
+            assert page.inner_text("nav a[aria-current]").startswith("active")
+            shot(page, "3-search-acme-active")
+
+            page.click(f"{row} a.portal")  # the portal's own page
+            page.wait_for_url(f"{base}/admin/portals/{ACME}?app=demo")
+            assert "acme-corp.example.org" in page.inner_text("dl.details")
+            assert page.inner_text("#timeline tbody tr.event code.action") == "portal.installed"
+            shot(page, "4-portal-timeline")
+
+            page.fill(".actions input[name=reason]", "browser drill")
+            page.click(".actions button.danger")
+            page.wait_for_url(f"{base}/admin/portals/{ACME}?app=demo&done=revoked*")
+            assert f"Portal demo/{ACME} is revoked" in page.inner_text(".flash")
+            assert page.inner_text("section.portal .state") == "revoked"
+            deadline = time.monotonic() + 15  # the audit trail is written a moment later
+            while "portal.revoked" not in page.inner_text("#timeline"):
+                assert time.monotonic() < deadline, page.inner_text("#timeline")
+                page.reload()
+            assert page.inner_text("#timeline tbody tr.event code.action") == "portal.revoked"
+            assert "browser drill" in page.inner_text("#timeline")
+            # The stylesheet applied under the CSP (style-src 'self').
+            badge = page.eval_on_selector(
+                "section.portal .state", "e => getComputedStyle(e).backgroundColor"
+            )
+            assert badge == "rgb(229, 231, 235)"
+            shot(page, "5-portal-revoked")
+            assert problems == []
+        finally:
+            browser.close()
+    assert fleet.token(ACME).status_code == 410
