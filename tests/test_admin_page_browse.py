@@ -3,8 +3,9 @@ domain, state and app filters, keyset pages, a caller's scope inside the query, 
 page with its audit timeline, actions that return to the page they came from, hostile values
 escaped by the templates, and the whole flow in a real headless Chromium with screenshots.
 
-Screenshots go to ``test-artifacts/admin_page/`` at the top of the checkout (git-ignored,
-kept by CI with the workspace), or to ``$BROKER_TEST_ARTIFACTS/admin_page/`` when set."""
+Screenshots (``tests.test_admin_page.shot``) go to ``test-artifacts/admin_page/`` at the top
+of the checkout (git-ignored, kept by CI with the workspace), or to
+``$BROKER_TEST_ARTIFACTS/admin_page/`` when that is set."""
 
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, sync_playwright
 
 from broker.app import create_app, open_admin
 from broker.config import load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
 from tests.helpers import Deployment, register, serve_app
-from tests.test_admin_page import ADMIN, CHROMIUM_FLAGS, chromium, csrf, error_code, login
+from tests.test_admin_page import ADMIN, browser, chromium, csrf, error_code, login, shot
 
 __all__ = ["chromium"]  # the fixture, shared with tests/test_admin_page.py
 
@@ -262,73 +262,60 @@ def test_an_action_returns_only_to_the_operator_page(fleet: Deployment, back: st
     assert fleet.token(FIRST).status_code == 200  # refused before anything was done
 
 
-def shot(page: Page, name: str) -> None:
-    folder = ARTIFACTS / "admin_page"
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=folder / f"{name}.png", full_page=True)
-
-
 def test_an_operator_finds_a_portal_reads_its_timeline_and_revokes_it_in_a_browser(
     fleet: Deployment, chromium: str
 ) -> None:
     base = fleet.url
     row = f"#portal-demo-{ACME}"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 800})
-            page.set_default_timeout(10_000)
-            problems: list[str] = []  # CSP violations are reported as console errors
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.goto(f"{base}/admin/login")
-            page.fill("#key", fleet.caller_key)
-            page.click("button[type=submit]")
-            page.wait_for_url(f"{base}/admin")
-            assert page.inner_text("#matching") == "12"
+    with browser(chromium, height=800) as b:
+        page = b.page
+        page.goto(f"{base}/admin/login")
+        page.fill("#key", fleet.caller_key)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/admin")
+        assert page.inner_text("#matching") == "12"
 
-            page.select_option("#size", "10")  # paginate
-            page.click("form.search button[type=submit]")
-            page.wait_for_url(f"{base}/admin?q=&state=&app=&size=10")
-            assert page.locator("tbody tr").count() == 10
-            shot(page, "1-portals-page-1")
-            page.click("a[rel=next]")
-            page.wait_for_url(f"{base}/admin?size=10&after=*")
-            assert page.locator("tbody tr").count() == 2
-            shot(page, "2-portals-page-2")
+        page.select_option("#size", "10")  # paginate
+        page.click("form.search button[type=submit]")
+        page.wait_for_url(f"{base}/admin?q=&state=&app=&size=10")
+        assert page.locator("tbody tr").count() == 10
+        shot(page, "1-portals-page-1")
+        page.click("a[rel=next]")
+        page.wait_for_url(f"{base}/admin?size=10&after=*")
+        assert page.locator("tbody tr").count() == 2
+        shot(page, "2-portals-page-2")
 
-            page.fill("#q", "acme")  # search, then filter by state
-            page.select_option("#state", "active")
-            page.click("form.search button[type=submit]")
-            page.wait_for_url(f"{base}/admin?q=acme&state=active*")
-            assert page.locator("tbody tr").count() == 1
-            assert page.inner_text(f"{row} .state") == "active"
-            assert page.inner_text("nav a[aria-current]").startswith("active")
-            shot(page, "3-search-acme-active")
+        page.fill("#q", "acme")  # search, then filter by state
+        page.select_option("#state", "active")
+        page.click("form.search button[type=submit]")
+        page.wait_for_url(f"{base}/admin?q=acme&state=active*")
+        assert page.locator("tbody tr").count() == 1
+        assert page.inner_text(f"{row} .state") == "active"
+        assert page.inner_text("nav a[aria-current]").startswith("active")
+        shot(page, "3-search-acme-active")
 
-            page.click(f"{row} a.portal")  # the portal's own page
-            page.wait_for_url(f"{base}/admin/portals/{ACME}?app=demo")
-            assert "acme-corp.example.org" in page.inner_text("dl.details")
-            assert page.inner_text("#timeline tbody tr.event code.action") == "portal.installed"
-            shot(page, "4-portal-timeline")
+        page.click(f"{row} a.portal")  # the portal's own page
+        page.wait_for_url(f"{base}/admin/portals/{ACME}?app=demo")
+        assert "acme-corp.example.org" in page.inner_text("dl.details")
+        assert page.inner_text("#timeline tbody tr.event code.action") == "portal.installed"
+        shot(page, "4-portal-timeline")
 
-            page.fill(".actions input[name=reason]", "browser drill")
-            page.click(".actions button.danger")
-            page.wait_for_url(f"{base}/admin/portals/{ACME}?app=demo&done=revoked*")
-            assert f"Portal demo/{ACME} is revoked" in page.inner_text(".flash")
-            assert page.inner_text("section.portal .state") == "revoked"
-            deadline = time.monotonic() + 15  # the audit trail is written a moment later
-            while "portal.revoked" not in page.inner_text("#timeline"):
-                assert time.monotonic() < deadline, page.inner_text("#timeline")
-                page.reload()
-            assert page.inner_text("#timeline tbody tr.event code.action") == "portal.revoked"
-            assert "browser drill" in page.inner_text("#timeline")
-            # The stylesheet applied under the CSP (style-src 'self').
-            badge = page.eval_on_selector(
-                "section.portal .state", "e => getComputedStyle(e).backgroundColor"
-            )
-            assert badge == "rgb(229, 231, 235)"
-            shot(page, "5-portal-revoked")
-            assert problems == []
-        finally:
-            browser.close()
+        page.fill(".actions input[name=reason]", "browser drill")
+        page.click(".actions button.danger")
+        page.wait_for_url(f"{base}/admin/portals/{ACME}?app=demo&done=revoked*")
+        assert f"Portal demo/{ACME} is revoked" in page.inner_text(".flash")
+        assert page.inner_text("section.portal .state") == "revoked"
+        deadline = time.monotonic() + 15  # the audit trail is written a moment later
+        while "portal.revoked" not in page.inner_text("#timeline"):
+            assert time.monotonic() < deadline, page.inner_text("#timeline")
+            page.reload()
+        assert page.inner_text("#timeline tbody tr.event code.action") == "portal.revoked"
+        assert "browser drill" in page.inner_text("#timeline")
+        # The stylesheet applied under the CSP (style-src 'self').
+        badge = page.eval_on_selector(
+            "section.portal .state", "e => getComputedStyle(e).backgroundColor"
+        )
+        assert badge == "rgb(229, 231, 235)"
+        shot(page, "5-portal-revoked")
+        assert b.problems == []
     assert fleet.token(ACME).status_code == 410

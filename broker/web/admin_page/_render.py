@@ -53,9 +53,11 @@ def _moment(value: datetime | str | None) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
-def _when(value: datetime | str | None) -> str:
+def _when(value: datetime | str | None, seconds: bool = False) -> str:
     moment = _moment(value)
-    return "—" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    if moment is None:
+        return "—"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M{':%S' if seconds else ''}} UTC"
 
 
 def _iso(value: datetime | str | None) -> str:
