@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.datastructures import QueryParams
@@ -20,7 +20,10 @@ from broker.web.params import parse_app, parse_int
 _PORTAL_TEXT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}/[1-9][0-9]{0,18}(/user/[1-9][0-9]{0,18})?\Z")
 #: A Hub ID prefix or a piece of a hub domain: letters, digits, dots and dashes.
 _SEARCH = re.compile(r"[a-z0-9.-]{1,100}\Z")
-_TIMELINE_CURSOR = re.compile(r"([0-9]{1,19})\.([1-9][0-9]{0,18})\Z")
+# At most 17 digits of microseconds (past the year 5000) and an 18-digit event id: every
+# cursor the pattern admits is a real time and a bigint.
+_TIMELINE_CURSOR = re.compile(r"([0-9]{1,17})\.([1-9][0-9]{0,17})\Z")
+_PAGE = re.compile(r"(after|before):(.+)\Z", re.DOTALL)
 _BACK_PATH = re.compile(r"/admin(/portals/[1-9][0-9]{0,18})?\Z")
 #: ``done`` -> what the message after an action says after "Portal <key>".
 FLASH = {
@@ -59,6 +62,27 @@ def path_key(request: Request, default_app: str, app: str | None, user_id: str |
         parse_int(request.path_params["hub_id"], "hub_id") or 0,
         parse_int(user_id, "user_id"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """``page=after:<portal key>`` (the page after that portal) or ``before:<portal key>``:
+    one parameter, so a link cannot name two cursors at once."""
+
+    before: bool
+    key: PortalKey
+
+    def __str__(self) -> str:
+        return f"{'before' if self.before else 'after'}:{self.key}"
+
+
+def page_cursor(raw: str | None) -> PageCursor | None:
+    if raw is None:
+        return None
+    found = _PAGE.match(raw)
+    if found is None or not _PORTAL_TEXT.match(found.group(2)):
+        raise invalid("page", "must be after:<portal key> or before:<portal key>")
+    return PageCursor(found.group(1) == "before", PortalKey.parse(found.group(2)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +157,7 @@ def timeline_cursor(raw: str | None) -> TimelineCursor | None:
     if found is None:
         raise invalid("before", "must be a timeline cursor from this page's links")
     micros = int(found.group(1))
-    try:
-        at = datetime.fromtimestamp(micros // 1_000_000, UTC).replace(
-            microsecond=micros % 1_000_000
-        )
-    except (OverflowError, OSError, ValueError) as exc:
-        raise invalid("before", "must be a timeline cursor from this page's links") from exc
+    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
     return TimelineCursor(at, int(found.group(2)))
 
 
@@ -154,7 +173,13 @@ def back_to(raw: str | None, done: str, key: PortalKey) -> str:
     path, pairs = "/admin", []
     if raw:
         parts = urlsplit(raw)
-        if parts.scheme or parts.netloc or parts.fragment or not _BACK_PATH.match(parts.path):
+        if (
+            len(raw) > 2000
+            or parts.scheme
+            or parts.netloc
+            or parts.fragment
+            or not _BACK_PATH.match(parts.path)
+        ):
             raise invalid("back", "must be a page of the operator page")
         try:
             pairs = parse_qsl(parts.query, strict_parsing=bool(parts.query), max_num_fields=20)

@@ -8,13 +8,13 @@ from starlette.responses import Response
 
 from broker.core.models import PortalState
 from broker.core.ports import PortalQuery
-from broker.web.admin_page._query import PAGE_SIZES, Filters, flash, invalid, portal_key
+from broker.web.admin_page._query import PAGE_SIZES, Filters, PageCursor, flash, page_cursor
 from broker.web.admin_page._render import page, pages
 from broker.web.admin_page._views import operator_or_login, portal_row, signed_in
 from broker.web.params import reject_unknown
 from broker.web.services import services
 
-_PARAMS = frozenset({"q", "state", "app", "size", "after", "before", "done", "portal"})
+_PARAMS = frozenset({"q", "state", "app", "size", "page", "done", "portal"})
 
 
 @pages
@@ -24,12 +24,7 @@ async def portals_page(request: Request) -> Response:
     query = request.query_params
     # Checked before the session, so a malformed link is a 422 whether logged in or not.
     filters = Filters.parse(query)
-    after, before = (
-        portal_key(query.get("after"), "after"),
-        portal_key(query.get("before"), "before"),
-    )
-    if after is not None and before is not None:
-        raise invalid("before", "must not come with after: a page follows one cursor")
+    cursor = page_cursor(query.get("page"))
     message = flash(query)
     operator = await operator_or_login(request, svc)
     if isinstance(operator, Response):
@@ -41,8 +36,8 @@ async def portals_page(request: Request) -> Response:
             text=filters.text,
             state=filters.state,
             app=filters.app,
-            after=after,
-            before=before,
+            after=None if cursor is None or cursor.before else cursor.key,
+            before=cursor.key if cursor is not None and cursor.before else None,
             limit=filters.size,
         ),
     )
@@ -59,9 +54,7 @@ async def portals_page(request: Request) -> Response:
         )
         for s in PortalState
     ]
-    here = filters.url(
-        after=None if after is None else str(after), before=None if before is None else str(before)
-    )
+    here = filters.url(page=None if cursor is None else str(cursor))
     context = {
         **signed_in(operator),
         "flash": message,
@@ -72,9 +65,13 @@ async def portals_page(request: Request) -> Response:
         "tabs": tabs,
         "matching": found.by_state.get(filters.state, 0) if filters.state else total,
         "rows": [portal_row(r) for r in found.portals],
-        "first_url": filters.url() if (after or before) else None,
-        "previous_url": None if found.previous is None else filters.url(before=str(found.previous)),
-        "next_url": None if found.next is None else filters.url(after=str(found.next)),
+        "first_url": None if cursor is None else filters.url(),
+        "previous_url": None
+        if found.previous is None
+        else filters.url(page=str(PageCursor(True, found.previous))),
+        "next_url": None
+        if found.next is None
+        else filters.url(page=str(PageCursor(False, found.next))),
         "back": here,
     }
     return page(request, "portals.html", context)
