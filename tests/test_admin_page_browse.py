@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import html
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.portal_search import PostgresPortalTimeline
 from broker.app import create_app, open_admin
-from broker.config import load_settings
-from broker.core.models import Role
+from broker.config import Settings, load_settings
+from broker.core.models import PortalKey, Role
+from broker.core.ports import TimelineEntry
 from broker.dev.simulator import Simulator
 from tests.helpers import Deployment, register, serve_app
 from tests.test_admin_page import ADMIN, browser, chromium, csrf, error_code, login, shot
@@ -36,9 +37,6 @@ HOSTILE = FIRST + 11
 HOSTILE_DOMAIN = '<script>alert("dom")</script>.example'
 ROW = re.compile(r'<tr id="portal-demo-(\d+)">')
 EVENT = re.compile(r'<code class="action">([a-z_.]+)</code>')
-ARTIFACTS = Path(
-    os.environ.get("BROKER_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")
-)
 
 
 def domain(hub: int) -> str:
@@ -244,11 +242,76 @@ def test_the_timeline_is_paged_newest_first(fleet: Deployment) -> None:
         assert EVENT.findall(last.text) == ["portal.installed"]
         assert link(last, "next") is None
         assert link(last, "first") == page_url
-        for bad in ("before=1.x", "before=999999999999999999.1", "before=1.0", "issues=yes"):
+        for bad in ("before=1.x", "before=999999999999999999.a1", "before=1.a0", "before=1.1"):
             refused = client.get(f"{url}&{bad}")
             assert (refused.status_code, error_code(refused)) == (422, "invalid_request")
         missing = client.get("/admin/portals/999?app=demo")
         assert (missing.status_code, error_code(missing)) == (404, "portal_not_found")
+
+
+def test_a_refresh_failure_shows_in_the_timeline(fleet: Deployment) -> None:
+    """Failure transitions are outbox events, not audit events: the timeline has them too.
+    An audit event's time is when its batch was written (up to half a second late), so the
+    failure is caused only once the re-install's audit event is written: the order is sure."""
+    url = f"/admin/portals/{FIRST}?app=demo"
+    fleet.install(FIRST, access_token_ttl=60)
+    with login(fleet) as client:
+        installed = events(client, url, lambda a: a.count("portal.installed") == 2)
+        assert installed == ["portal.installed", "portal.installed"]
+        fleet.sim.add_fault("token", status=502, times=1, hub_id=FIRST)
+        degraded = fleet.token(FIRST, min_ttl=120)  # wants a refresh, HubSpot fails once
+        assert degraded.json()["degraded"] is True
+        actions = events(client, url, lambda a: len(a) == 3)
+        assert actions == ["portal.refresh_failing", "portal.installed", "portal.installed"]
+        page = client.get(url)
+        failing = re.search(r'<tr class="event">(.*?)</tr>', page.text, re.DOTALL)
+        assert failing is not None
+        assert "portal.refresh_failing" in failing.group(1)
+        assert "<td>broker</td>" in failing.group(1)
+        assert '<span class="muted">class</span> upstream_unavailable' in failing.group(1)
+        assert 'class="state refresh_failing"' in page.text
+        assert hubs(client.get("/admin?state=refresh_failing")) == [FIRST]
+
+
+async def walk(settings: Settings, key: PortalKey, limit: int) -> list[TimelineEntry]:
+    """Every timeline entry of ``key``, read ``limit`` at a time through the cursors."""
+    db = await Database.connect(settings.database_url.get(), min_size=1, max_size=1, timeout=10)
+    try:
+        timeline, found, before = PostgresPortalTimeline(db), [], None
+        while True:
+            page = await timeline.timeline(key, before=before, limit=limit, issues=True)
+            found += page.entries
+            if page.older is None:
+                return found
+            before = page.older
+    finally:
+        await db.close()
+
+
+def test_timeline_cursors_cross_both_sources(fleet: Deployment) -> None:
+    """Pages of one entry each, through audit events and outbox events alike, give what one
+    large page gives: nothing twice, nothing skipped, in the same order."""
+    key = PortalKey("demo", FIRST)
+    fleet.install(FIRST, access_token_ttl=60)
+    fleet.sim.add_fault("token", status=502, times=1, hub_id=FIRST)
+    assert fleet.token(FIRST, min_ttl=120).json()["degraded"] is True
+    with login(fleet) as client:  # quarantine and release: audit events after the failure
+        form = {"app": "demo", "csrf": csrf(client)}
+        assert client.post(f"/admin/portals/{FIRST}/quarantine", data={**form, "reason": "x"})
+        assert client.post(f"/admin/portals/{FIRST}/release", data=form).is_redirect
+        events(client, f"/admin/portals/{FIRST}?app=demo", lambda a: "portal.released" in a)
+    whole = asyncio.run(walk(fleet.settings, key, 100))
+    assert {e.action for e in whole} >= {
+        "portal.installed",
+        "portal.refresh_failing",
+        "portal.quarantined",
+        "portal.released",
+        "token.issued",
+    }
+    assert {e.outbox for e in whole} == {False, True}
+    times = [(e.at, e.outbox, e.id) for e in whole]
+    assert times == sorted(times, reverse=True)
+    assert asyncio.run(walk(fleet.settings, key, 1)) == whole
 
 
 @pytest.mark.parametrize(

@@ -497,20 +497,27 @@ class PortalSearch(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class TimelineEntry:
-    """One audit event of a portal (audit events never hold a token or a secret)."""
+    """One event of a portal: an audit event, or a failure transition from the outbox
+    (``outbox``). Neither ever holds a token or a secret."""
 
     id: int
     at: datetime
     actor: str
     action: str
     detail: dict[str, object]
+    outbox: bool = False
+
+    def cursor(self) -> TimelineCursor:
+        return TimelineCursor(self.at, self.outbox, self.id)
 
 
 @dataclass(frozen=True, slots=True)
 class TimelineCursor:
-    """Where an older page of a timeline starts: strictly before (``at``, ``id``)."""
+    """Where an older page of a timeline starts: strictly after (``at``, ``outbox``, ``id``)
+    in the timeline's order, which is that triple descending."""
 
     at: datetime
+    outbox: bool
     id: int
 
 
@@ -522,7 +529,9 @@ class TimelinePage:
 
 
 class PortalTimeline(Protocol):
-    """A portal's audit events, newest first (``at``, then ``id``, descending)."""
+    """A portal's history, newest first: its audit events, and the failure transitions that
+    only the outbox records (``portal.refresh_failing``, ``portal.flagged``,
+    ``portal.recovered``), each kept as long as retention keeps its table."""
 
     async def timeline(
         self, key: PortalKey, *, before: TimelineCursor | None, limit: int, issues: bool

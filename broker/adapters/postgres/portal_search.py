@@ -8,8 +8,9 @@ Hub ID prefix or a domain substring) and the state counts scan the rows the othe
 leave; that is cheap at the sizes a broker serves (a count of 100,000 rows takes
 milliseconds) and needs no extension such as ``pg_trgm``.
 
-Timelines read ``audit_events`` newest first; without the token issues they ride the
-partial index of migration 0013, which leaves those (by far the most numerous) out.
+Timelines read ``audit_events`` and the failure transitions of ``events`` (the outbox)
+newest first, each through a partial index of migration 0013: without the token issues (by
+far the most numerous audit events), and only the failure types of the outbox.
 """
 
 from __future__ import annotations
@@ -113,12 +114,22 @@ class PostgresPortalSearch:
         )
 
 
-_TIMELINE = """SELECT id, at, actor, action, detail FROM audit_events
-    WHERE hub_id = $1 AND app = $2 AND COALESCE(user_id, 0) = COALESCE($3::bigint, 0)"""
+_PORTAL = "hub_id = $1 AND app = $2 AND COALESCE(user_id, 0) = COALESCE($3::bigint, 0)"
+_AUDIT = f"""SELECT id, at, actor, action, detail, false AS outbox FROM audit_events
+    WHERE {_PORTAL}"""
 #: The partial index ``audit_events_portal_timeline`` (0013) names this very predicate.
 _NO_ISSUES = " AND action <> 'token.issued'"
-_BEFORE = " AND (at, id) < ($5::timestamptz, $6::bigint)"
-_ORDER = " ORDER BY at DESC, id DESC LIMIT $4"
+#: Failure transitions are outbox events only (the refresher does not audit them); the
+#: partial index ``events_portal_failures`` (0013) names this very predicate. The other
+#: portal events of the outbox repeat audit events.
+_FAILURES = f"""SELECT id, at, 'broker' AS actor, type AS action, payload AS detail,
+        true AS outbox
+    FROM events WHERE {_PORTAL}
+      AND type IN ('portal.refresh_failing', 'portal.flagged', 'portal.recovered')"""
+#: Strictly older than the cursor in the order (at, outbox, id) descending; ``at <= $5``
+#: lets the index range start at the cursor.
+_BEFORE = " AND at <= $5 AND (at, {outbox}, id) < ($5::timestamptz, $6::boolean, $7::bigint)"
+_NEWEST = " ORDER BY at DESC, id DESC LIMIT $4"
 
 
 class PostgresPortalTimeline:
@@ -128,17 +139,23 @@ class PostgresPortalTimeline:
     async def timeline(
         self, key: PortalKey, *, before: TimelineCursor | None, limit: int, issues: bool
     ) -> TimelinePage:
-        sql = _TIMELINE + ("" if issues else _NO_ISSUES)
+        audit = _AUDIT + ("" if issues else _NO_ISSUES)
+        failures = _FAILURES
         args: list[Any] = [key.hub_id, key.app, key.user_id, limit + 1]
         if before is not None:
-            sql += _BEFORE
-            args += [before.at, before.id]
-        rows = await self._db.fetch(sql + _ORDER, *args)
+            audit += _BEFORE.format(outbox="false")
+            failures += _BEFORE.format(outbox="true")
+            args += [before.at, before.outbox, before.id]
+        rows = await self._db.fetch(
+            f"""SELECT * FROM (({audit}{_NEWEST}) UNION ALL ({failures}{_NEWEST})) AS timeline
+                ORDER BY at DESC, outbox DESC, id DESC LIMIT $4""",
+            *args,
+        )
         entries = tuple(
-            TimelineEntry(r["id"], r["at"], r["actor"], r["action"], dict(r["detail"] or {}))
+            TimelineEntry(
+                r["id"], r["at"], r["actor"], r["action"], dict(r["detail"] or {}), r["outbox"]
+            )
             for r in rows[:limit]
         )
-        older = None
-        if len(rows) > limit:
-            older = TimelineCursor(entries[-1].at, entries[-1].id)
+        older = entries[-1].cursor() if len(rows) > limit else None
         return TimelinePage(entries, older)

@@ -22,7 +22,7 @@ _PORTAL_TEXT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}/[1-9][0-9]{0,18}(/user/[1-9
 _SEARCH = re.compile(r"[a-z0-9.-]{1,100}\Z")
 # At most 17 digits of microseconds (past the year 5000) and an 18-digit event id: every
 # cursor the pattern admits is a real time and a bigint.
-_TIMELINE_CURSOR = re.compile(r"([0-9]{1,17})\.([1-9][0-9]{0,17})\Z")
+_TIMELINE_CURSOR = re.compile(r"([0-9]{1,17})\.([ae])([1-9][0-9]{0,17})\Z")
 _PAGE = re.compile(r"(after|before):(.+)\Z", re.DOTALL)
 _BACK_PATH = re.compile(r"/admin(/portals/[1-9][0-9]{0,18})?\Z")
 #: ``done`` -> what the message after an action says after "Portal <key>".
@@ -150,7 +150,8 @@ class Filters:
 
 
 def timeline_cursor(raw: str | None) -> TimelineCursor | None:
-    """``<microseconds since the epoch>.<event id>``, as :func:`cursor_text` writes it."""
+    """``<microseconds since the epoch>.<a|e><event id>`` (``a``: an audit event, ``e``: an
+    outbox event), as :func:`cursor_text` writes it."""
     if raw is None:
         return None
     found = _TIMELINE_CURSOR.match(raw)
@@ -158,13 +159,13 @@ def timeline_cursor(raw: str | None) -> TimelineCursor | None:
         raise invalid("before", "must be a timeline cursor from this page's links")
     micros = int(found.group(1))
     at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
-    return TimelineCursor(at, int(found.group(2)))
+    return TimelineCursor(at, found.group(2) == "e", int(found.group(3)))
 
 
 def cursor_text(cursor: TimelineCursor) -> str:
     delta = cursor.at - datetime(1970, 1, 1, tzinfo=UTC)
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return f"{micros}.{cursor.id}"
+    return f"{micros}.{'e' if cursor.outbox else 'a'}{cursor.id}"
 
 
 def back_to(raw: str | None, done: str, key: PortalKey) -> str:

@@ -5,9 +5,10 @@ trail, newest first, a page at a time.
 The timeline is what the audit trail holds for the portal: installs, refreshes
 (``portal.refreshed``, one per stored token), needs-reauth and heals, revokes, quarantines,
 releases, forced refreshes and install links, plus, on request, the token-issue tallies.
-A refresh *failure* that only moves the portal to ``refresh_failing`` is not audited (the
-outbox event and the portal row record it): the details show the row's failure count, last
-error and next attempt instead."""
+Refresh *failures* are not audited per attempt (the hot path counts them in metrics and on
+the portal row): the timeline adds the outbox's failure transitions (``refresh_failing``,
+``flagged``, ``recovered``: one per change of state, not per attempt), and the details
+show the row's failure count, last error and next attempt."""
 
 from __future__ import annotations
 

@@ -4,3 +4,8 @@
 -- index an old quarantine or install sits behind every issue since in audit_events_hub.
 CREATE INDEX audit_events_portal_timeline ON audit_events (hub_id, at DESC, id DESC)
     WHERE action <> 'token.issued';
+
+-- Its failure transitions (refresh_failing, flagged, recovered) are outbox events only: the
+-- refresher does not audit them.
+CREATE INDEX events_portal_failures ON events (hub_id, at DESC, id DESC)
+    WHERE type IN ('portal.refresh_failing', 'portal.flagged', 'portal.recovered');
