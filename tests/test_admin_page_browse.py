@@ -25,10 +25,20 @@ from broker.config import Settings, load_settings
 from broker.core.models import PortalKey, Role
 from broker.core.ports import TimelineEntry
 from broker.dev.simulator import Simulator
+from broker.web import admin_page
 from tests.helpers import Deployment, register, serve_app
-from tests.test_admin_page import ADMIN, browser, chromium, csrf, error_code, login, shot
+from tests.test_admin_page import (
+    ADMIN,
+    browser,
+    chromium,
+    csrf,
+    deployment,
+    error_code,
+    login,
+    shot,
+)
 
-__all__ = ["chromium"]  # the fixture, shared with tests/test_admin_page.py
+__all__ = ["chromium", "deployment"]  # fixtures shared with tests/test_admin_page.py
 
 FIRST = 3_500_001
 HUBS = [FIRST + i for i in range(12)]
@@ -384,3 +394,21 @@ def test_an_operator_finds_a_portal_reads_its_timeline_and_revokes_it_in_a_brows
         shot(page, "5-portal-revoked")
         assert b.problems == []
     assert fleet.token(ACME).status_code == 410
+
+
+def test_the_stylesheet_is_served_under_the_pages_headers(deployment: Deployment) -> None:
+    """The CSP allows styles from this origin only (no inline style): the page links the
+    broker's own stylesheet, served without a session (the login page needs it)."""
+    with deployment.client() as anonymous:
+        css = anonymous.get("/admin/static/admin.css")
+        login_page = anonymous.get("/admin/login")
+    assert css.status_code == 200
+    assert css.headers["content-type"].startswith("text/css")
+    assert css.headers["x-content-type-options"] == "nosniff"
+    assert css.headers["content-security-policy"] == admin_page.CSP
+    assert ".state" in css.text
+    assert "style-src 'self'" in admin_page.CSP
+    assert "unsafe-inline" not in admin_page.CSP
+    assert '<link rel="stylesheet" href="/admin/static/admin.css">' in login_page.text
+    assert "<style" not in login_page.text
+    assert "style=" not in login_page.text
