@@ -32,6 +32,7 @@ from broker.adapters.postgres.callers import PostgresCallers
 from broker.adapters.postgres.migrate import migrate, pending
 from broker.adapters.postgres.outbox import PostgresOutbox
 from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.portal_search import PostgresPortalSearch, PostgresPortalTimeline
 from broker.adapters.postgres.portals import PostgresPortals
 from broker.adapters.postgres.retention import PostgresRetention
 from broker.adapters.postgres.signing import PostgresInstallLinks, PostgresKeySchedule
@@ -40,6 +41,7 @@ from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
 from broker.config import Settings
 from broker.core.admin import AdminService
+from broker.core.browse import PortalBrowser
 from broker.core.caller_cache import CallerCache
 from broker.core.callers import CallerService
 from broker.core.health import Health
@@ -262,6 +264,11 @@ async def open_services(
             callers=callers,
             admin=AdminService(portals=portals, secrets_store=vault, audit=audit),
             operations=operations,
+            browser=PortalBrowser(
+                portals=portals,
+                search=PostgresPortalSearch(db),
+                timeline=PostgresPortalTimeline(db),
+            ),
             keys=KeyRotation(keys=vault, store=portals),
             keyring=keyring,
             health=health,

@@ -11,11 +11,12 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
 from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
@@ -69,7 +70,9 @@ def csrf(client: httpx.Client) -> str:
 
 
 def state(client: httpx.Client) -> str:
-    match = re.search(rf'id="portal-demo-{HUB}">.*?class="state (\w+)"', client.get("/admin").text)
+    match = re.search(
+        rf'id="portal-demo-{HUB}">.*?class="state (\w+)"', client.get("/admin").text, re.DOTALL
+    )
     assert match is not None
     return match.group(1)
 
@@ -292,36 +295,65 @@ def chromium() -> str:
     return found
 
 
+#: Browser screenshots: ``test-artifacts/`` at the top of the checkout (git-ignored; CI keeps
+#: the workspace), or ``$BROKER_TEST_ARTIFACTS`` when set; one folder per test module.
+ARTIFACTS = Path(
+    os.environ.get("BROKER_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")
+)
+
+
+def shot(page: Page, name: str) -> None:
+    """A full-page PNG of ``page`` as ``<artifacts>/admin_page/<name>.png``."""
+    folder = ARTIFACTS / "admin_page"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=folder / f"{name}.png", full_page=True)
+
+
+@dataclass
+class Browser:
+    page: Page
+    #: Console errors: a CSP violation (a blocked style or script) is reported as one.
+    problems: list[str]
+
+
+@contextmanager
+def browser(chromium: str, height: int = 700) -> Iterator[Browser]:
+    """A page in the system Chromium (headless, nothing downloaded)."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = launched.new_page(viewport={"width": 1500, "height": height})
+            page.set_default_timeout(10_000)
+            found = Browser(page, [])
+            page.on(
+                "console", lambda m: found.problems.append(m.text) if m.type == "error" else None
+            )
+            yield found
+        finally:
+            launched.close()
+
+
 def test_an_operator_revokes_a_portal_in_a_real_browser(
-    deployment: Deployment, chromium: str, tmp_path: Path
+    deployment: Deployment, chromium: str
 ) -> None:
     row = f"#portal-demo-{HUB}"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 700})
-            page.set_default_timeout(10_000)
-            problems: list[str] = []  # CSP violations are reported as console errors
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.goto(f"{deployment.url}/admin/login")
-            page.screenshot(path=tmp_path / "login.png")
-            page.fill("#key", deployment.caller_key)
-            page.click("button[type=submit]")
-            page.wait_for_url(f"{deployment.url}/admin")
-            assert page.inner_text(f"{row} .state") == "active"
-            page.fill(f"{row} input[name=reason]", "browser drill")
-            page.screenshot(path=tmp_path / "portals.png", full_page=True)
-            page.click(f"{row} button.danger")
-            page.wait_for_url(f"{deployment.url}/admin?done=revoked*")
-            assert page.inner_text(f"{row} .state") == "revoked"
-            assert f"Portal demo/{HUB} is revoked" in page.inner_text(".flash")
-            # The stylesheet applied, so the CSP's hash matches it.
-            badge = page.eval_on_selector(
-                f"{row} .state", "e => getComputedStyle(e).backgroundColor"
-            )
-            assert badge == "rgb(229, 231, 235)"
-            page.screenshot(path=tmp_path / "revoked.png", full_page=True)
-            assert problems == []
-        finally:
-            browser.close()
+    with browser(chromium) as b:
+        page = b.page
+        page.goto(f"{deployment.url}/admin/login")
+        shot(page, "login")
+        page.fill("#key", deployment.caller_key)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{deployment.url}/admin")
+        assert page.inner_text(f"{row} .state") == "active"
+        page.fill(f"{row} input[name=reason]", "browser drill")
+        shot(page, "portals")
+        page.click(f"{row} button.danger")
+        page.wait_for_url(f"{deployment.url}/admin?done=revoked*")
+        assert page.inner_text(f"{row} .state") == "revoked"
+        assert f"Portal demo/{HUB} is revoked" in page.inner_text(".flash")
+        # The stylesheet applied: served by the broker, allowed by the CSP (style-src 'self').
+        badge = page.eval_on_selector(f"{row} .state", "e => getComputedStyle(e).backgroundColor")
+        assert badge == "rgb(229, 231, 235)"
+        shot(page, "revoked")
+        assert b.problems == []
     assert deployment.token(HUB).status_code == 410

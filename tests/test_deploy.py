@@ -392,6 +392,16 @@ def test_image_build_steps(
         outside,
     )
     assert int(migrations) >= 1
+    # So do the operator page's templates and stylesheet (files, not modules).
+    page = _installed(
+        venv,
+        "from importlib.resources import files; p = files('broker.web.admin_page'); "
+        "print(sorted(f.name for f in (p / 'templates').iterdir()), "
+        "(p / 'static' / 'admin.css').is_file())",
+        outside,
+    )
+    assert "'portals.html'" in page, page
+    assert page.strip().endswith("True"), page
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     installed = set(

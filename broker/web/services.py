@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from broker.config import Settings
 from broker.core.admin import AdminService
+from broker.core.browse import PortalBrowser
 from broker.core.callers import CallerService
 from broker.core.health import Health
 from broker.core.install import InstallService
@@ -27,6 +28,8 @@ class Services:
     callers: CallerService
     admin: AdminService
     operations: PortalOperations
+    #: The operator page's reads: portal search, one portal, its timeline.
+    browser: PortalBrowser
     keys: KeyRotation
     #: Signing keys per purpose (sessions and CSRF here), held by Vault.
     keyring: Keyring
