@@ -27,6 +27,7 @@ from starlette.types import Lifespan
 from broker import metrics
 from broker.adapters.hubspot import HubSpotOAuth
 from broker.adapters.jwks import IssuerConfig, JwksVerifier
+from broker.adapters.oidc import OidcClient
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.callers import PostgresCallers
 from broker.adapters.postgres.migrate import migrate, pending
@@ -39,6 +40,7 @@ from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
 from broker.config import Settings
+from broker.config_sso import grants_of
 from broker.core.admin import AdminService
 from broker.core.caller_cache import CallerCache
 from broker.core.callers import CallerService
@@ -53,10 +55,11 @@ from broker.core.refresh import Checkpoint, RefreshEngine
 from broker.core.refresher import ProactiveRefresher
 from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
 from broker.core.signing import Keyring
+from broker.core.sso import SsoLogin
 from broker.core.tokens import TokenService
 from broker.core.webhooks import WebhookDispatcher
 from broker.errors import BrokerError, FatalError
-from broker.web import admin, admin_page, health, oauth
+from broker.web import admin, admin_page, admin_sso, health, oauth
 from broker.web.api import TokenRoute
 from broker.web.middleware import RequestIdMiddleware
 from broker.web.problems import HANDLERS
@@ -242,6 +245,24 @@ async def open_services(
                 )
                 webhooks.start()
                 stack.push_async_callback(webhooks.close)  # LIFO: closed before the sender
+        sso = None
+        if settings.oidc_enabled:
+            identity_provider = OidcClient(
+                issuer=settings.oidc_issuer,
+                client_id=settings.oidc_client_id,
+                client_secret=settings.oidc_client_secret,
+                scopes=settings.oidc_scopes,
+                groups_claim=settings.oidc_groups_claim,
+                ca_bundle=settings.ca_bundle,
+            )
+            stack.push_async_callback(identity_provider.close)
+            sso = SsoLogin(
+                provider=identity_provider,
+                keyring=keyring,
+                coordinator=coordinator,
+                audit=audit,
+                grants=grants_of(settings),
+            )
         yield Services(
             settings=settings,
             tokens=tokens,
@@ -265,6 +286,7 @@ async def open_services(
             keys=KeyRotation(keys=vault, store=portals),
             keyring=keyring,
             health=health,
+            sso=sso,
         )
 
 
@@ -379,7 +401,7 @@ def internal_app(*, with_oauth: bool, lifespan: Lifespan[Starlette] | None = Non
     """``/v1/*``, ``/admin``, ``/metrics`` and the probes (and the install flow too unless a
     public listener serves it): the token route (raw ASGI, see :mod:`broker.web.api`) in
     front of the Starlette app."""
-    routes = [*admin.routes, *admin_page.routes, *health.routes]
+    routes = [*admin.routes, *admin_page.routes, *admin_sso.routes, *health.routes]
     return TokenRoute(
         Starlette(
             routes=[*routes, *oauth.routes] if with_oauth else routes,

@@ -258,3 +258,19 @@ VAULT_REQUESTS = Counter(
     "Requests sent to Vault, by operation (a Transit batch counts once).",
     ["operation"],
 )
+
+
+class SsoOutcome(StrEnum):
+    """``outcome`` label values of :data:`SSO_LOGINS`."""
+
+    OK = "ok"
+    NO_ROLE = "no_role"  # signed in at the IdP, in no mapped group: refused (403)
+    REFUSED = "refused"  # state, ID token, code or denial: the sso_* error code says which
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+
+
+SSO_LOGINS = Counter(
+    "broker_sso_logins_total",
+    "Operator page sign-ins through the OIDC issuer that finished, by outcome.",
+    ["outcome"],
+)

@@ -43,6 +43,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from broker import metrics
+from broker.config import Settings
 from broker.core.admin import portal_view
 from broker.core.models import PortalKey, PortalRecord, PortalState, Role
 from broker.errors import BrokerError, Forbidden, InvalidRequest, Unauthenticated
@@ -56,7 +57,7 @@ from broker.web.admin_session import (
     current_operator,
     require_operator,
     same_origin,
-    seal,
+    start_session,
 )
 from broker.web.params import parse_app, parse_int, reject_unknown
 from broker.web.services import Services, services
@@ -107,6 +108,8 @@ _STYLE = (
     "color:#fff}button.primary{background:#1f2d3d;color:#fff}"
     ".flash{background:#e0f2fe;border-left:4px solid #0284c7;padding:.6rem .9rem}"
     ".error{background:#fee2e2;border-left:4px solid #b91c1c;padding:.6rem .9rem}"
+    "a.button{display:inline-block;padding:.4rem .9rem;border-radius:4px;background:#1f2d3d;"
+    "color:#fff;text-decoration:none}"
     "label{display:block;margin:1rem 0 .3rem;font-weight:600}main.narrow input{width:100%;"
     "box-sizing:border-box}"
 )
@@ -232,22 +235,32 @@ def _pages(endpoint: Endpoint) -> Endpoint:
     return run
 
 
-def _login_page(error: BrokerError | None = None) -> Response:
+def _login_page(settings: Settings, error: BrokerError | None = None) -> Response:
     problem = (
         f'<p class="error" role="alert">{_e(error.detail)} (<code>{_e(error.code)}</code>)</p>'
         if error
         else ""
     )
-    body = (
-        '<main class="narrow"><h1>Operator login</h1>'
-        "<p>Paste a broker caller key with the <code>portals:admin</code> role. It is checked "
+    sso = (
+        "<p>Sign in with your company account; your groups there decide what you may do. "
+        "The session lasts 30 minutes.</p>"
+        '<p><a class="button" href="/admin/oidc/login">Sign in with SSO</a></p>'
+        if settings.oidc_enabled
+        else ""
+    )
+    keys = (
+        ("<p>Or paste a broker caller key (break-glass).</p>" if sso else "")
+        + "<p>Paste a broker caller key with the <code>portals:admin</code> role. It is checked "
         "once and never stored; the session lasts 30 minutes.</p>"
-        f'{problem}<form method="post" action="/admin/login">'
+        '<form method="post" action="/admin/login">'
         '<label for="key">Caller key</label>'
         '<input id="key" name="key" type="password" required autocomplete="off" '
         'spellcheck="false" placeholder="hsb_…">'
-        '<p><button class="primary" type="submit">Log in</button></p></form></main>'
+        '<p><button class="primary" type="submit">Log in</button></p></form>'
+        if settings.key_login_enabled
+        else ""
     )
+    body = f'<main class="narrow"><h1>Operator login</h1>{problem}{sso}{keys}</main>'
     if error is None:
         return _page("Operator login", body)
     metrics.REQUEST_ERRORS.labels(error.code).inc()
@@ -393,17 +406,23 @@ async def portals_page(request: Request) -> Response:
 @_pages
 async def login(request: Request) -> Response:
     reject_unknown(request, frozenset())
-    if request.method != "POST":
-        return _login_page()
     svc = services(request)
+    if request.method != "POST":
+        return _login_page(svc.settings)
     same_origin(request)
+    if not svc.settings.key_login_enabled:
+        raise Forbidden(
+            "caller-key login is off while single sign-on is configured: sign in with SSO "
+            "(BROKER_ADMIN_KEY_LOGIN=true turns it back on)",
+            code="key_login_disabled",
+        )
     try:
         key = (await _form(request, frozenset({"key"}))).get("key", "").strip()
         if not key:
             raise InvalidRequest("paste a caller key")
         caller = await svc.callers.authenticate(key)
     except (InvalidRequest, Unauthenticated) as exc:
-        return _login_page(exc)
+        return _login_page(svc.settings, exc)
     svc.callers.admit(caller)
     if not caller.may(Role.PORTALS_ADMIN):
         raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
@@ -413,15 +432,7 @@ async def login(request: Request) -> Response:
         expires = min(expires, int(caller.expires_at.timestamp()))
     session = Session(caller.id, caller.name, expires, secrets.token_urlsafe(16))
     response = _redirect("/admin", request)
-    response.set_cookie(
-        COOKIE,
-        await seal(svc.keyring, session),
-        max_age=expires - now,
-        path="/admin",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    await start_session(response, request, svc, session, now=now)
     log.info("admin_page.login", caller=caller.name)
     return response
 

@@ -1,0 +1,122 @@
+"""Single sign-on for the operator page (:mod:`broker.core.sso` has the security
+properties): ``GET /admin/oidc/login`` sends the browser to the OpenID Provider, and
+``GET /admin/oidc/callback`` is where it comes back, with a session on success.
+
+The flow cookie ``htb_sso`` (the sealed ``state``, ``nonce`` and PKCE verifier) is HttpOnly,
+``Path=/admin/oidc``, Secure over https and lives 10 minutes. It is ``SameSite=Lax``, not
+Strict like the session: the callback is a top-level navigation from the IdP's site, which
+Strict would send without it. It is deleted by the callback, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from broker.core.sso import FLOW_SECONDS, Callback, SsoLogin
+from broker.errors import BrokerError, NotFound
+from broker.web.admin_page import _error_page, _pages, _redirect
+from broker.web.admin_session import SESSION_SECONDS, Session, start_session
+from broker.web.params import reject_unknown
+from broker.web.services import Services, services
+
+log = structlog.get_logger(__name__)
+
+FLOW_COOKIE = "htb_sso"
+_FLOW_PATH = "/admin/oidc"
+CALLBACK_PATH = "/admin/oidc/callback"
+#: What an OpenID Provider may put on the callback (RFC 6749, 4.1.2; RFC 9207; OIDC
+#: session management); anything else is refused.
+_CALLBACK_PARAMS = frozenset(
+    {"state", "code", "error", "error_description", "error_uri", "iss", "session_state"}
+)
+
+
+def _sso(svc: Services) -> SsoLogin:
+    if svc.sso is None:
+        raise NotFound("single sign-on is not configured here", code="sso_not_configured")
+    return svc.sso
+
+
+def _redirect_uri(request: Request, svc: Services) -> str:
+    configured = svc.settings.oidc_redirect_uri
+    return configured or f"{request.url.scheme}://{request.url.netloc}{CALLBACK_PATH}"
+
+
+def _drop_flow(response: Response, request: Request) -> None:
+    response.delete_cookie(
+        FLOW_COOKIE,
+        path=_FLOW_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+
+
+@_pages
+async def login(request: Request) -> Response:
+    svc = services(request)
+    sso = _sso(svc)
+    reject_unknown(request, frozenset())
+    start = await sso.begin(_redirect_uri(request, svc))
+    response = _redirect(start.url, request)
+    response.set_cookie(
+        FLOW_COOKIE,
+        start.flow,
+        max_age=FLOW_SECONDS,
+        path=_FLOW_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@_pages
+async def callback(request: Request) -> Response:
+    svc = services(request)
+    sso = _sso(svc)
+    try:
+        reject_unknown(request, _CALLBACK_PARAMS)
+        query = request.query_params
+        caller = await sso.finish(
+            Callback(
+                flow=request.cookies.get(FLOW_COOKIE),
+                state=query.get("state"),
+                code=query.get("code"),
+                error=query.get("error"),
+                iss=query.get("iss"),
+            )
+        )
+    except BrokerError as exc:
+        log.info("admin_page.sso_refused", code=exc.code)
+        response = _error_page(request, exc)
+        _drop_flow(response, request)
+        return response
+    svc.callers.admit(caller)
+    now = int(time.time())
+    session = Session(
+        caller.id,
+        caller.name,
+        now + SESSION_SECONDS,
+        secrets.token_urlsafe(16),
+        kind="oidc",
+        roles=caller.roles,
+        apps=caller.apps,
+    )
+    response = _redirect("/admin", request)
+    await start_session(response, request, svc, session, now=now)
+    _drop_flow(response, request)
+    log.info("admin_page.login", caller=caller.name, via="oidc")
+    return response
+
+
+routes = [
+    Route("/admin/oidc/login", login, methods=["GET"]),
+    Route(CALLBACK_PATH, callback, methods=["GET"]),
+]
