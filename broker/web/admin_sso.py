@@ -1,6 +1,7 @@
 """Single sign-on for the operator page (:mod:`broker.core.sso` has the security
 properties): ``GET /admin/oidc/login`` sends the browser to the OpenID Provider, and
-``GET /admin/oidc/callback`` is where it comes back, with a session on success.
+``GET /admin/oidc/callback`` is where it comes back, with a session on success (a page
+that moves on to ``/admin`` at once, see :func:`callback`).
 
 The flow cookie ``htb_sso`` (the sealed ``state``, ``nonce`` and PKCE verifier) is HttpOnly,
 ``Path=/admin/oidc``, Secure over https and lives 10 minutes. It is ``SameSite=Lax``, not
@@ -20,7 +21,7 @@ from starlette.routing import Route
 
 from broker.core.sso import FLOW_SECONDS, Callback, SsoLogin
 from broker.errors import BrokerError, NotFound
-from broker.web.admin_page import _error_page, _pages, _redirect
+from broker.web.admin_page import _e, _error_page, _page, _pages, _redirect
 from broker.web.admin_session import SESSION_SECONDS, Session, start_session
 from broker.web.params import reject_unknown
 from broker.web.services import Services, services
@@ -109,7 +110,15 @@ async def callback(request: Request) -> Response:
         roles=caller.roles,
         apps=caller.apps,
     )
-    response = _redirect("/admin", request)
+    # Not a redirect: the browser arrived here from the IdP's site, and a redirect would
+    # carry that cross-site origin on to /admin, where the SameSite=Strict session cookie
+    # is then withheld. A refresh from this page is a navigation of this site.
+    response = _page(
+        "Signed in",
+        f'<main class="narrow"><h1>Signed in</h1><p>Signed in as <strong>{_e(caller.name)}'
+        '</strong>.</p><p><a class="button" href="/admin">Continue to the portals</a></p></main>',
+        headers={"Refresh": "0; url=/admin"},
+    )
     await start_session(response, request, svc, session, now=now)
     _drop_flow(response, request)
     log.info("admin_page.login", caller=caller.name, via="oidc")
