@@ -247,14 +247,7 @@ async def open_services(
                 stack.push_async_callback(webhooks.close)  # LIFO: closed before the sender
         sso = None
         if settings.oidc_enabled:
-            identity_provider = OidcClient(
-                issuer=settings.oidc_issuer,
-                client_id=settings.oidc_client_id,
-                client_secret=settings.oidc_client_secret,
-                scopes=settings.oidc_scopes,
-                groups_claim=settings.oidc_groups_claim,
-                ca_bundle=settings.ca_bundle,
-            )
+            identity_provider = _identity_provider(settings)
             stack.push_async_callback(identity_provider.close)
             sso = SsoLogin(
                 provider=identity_provider,
@@ -373,7 +366,32 @@ async def probe_backends(settings: Settings) -> dict[str, str]:
         report["vault"] = exc.code
     finally:
         await vault.close()
+    if settings.oidc_enabled:
+        report["oidc"] = await _probe_identity_provider(settings)
     return report
+
+
+def _identity_provider(settings: Settings) -> OidcClient:
+    return OidcClient(
+        issuer=settings.oidc_issuer,
+        client_id=settings.oidc_client_id,
+        client_secret=settings.oidc_client_secret,
+        scopes=settings.oidc_scopes,
+        groups_claim=settings.oidc_groups_claim,
+        ca_bundle=settings.ca_bundle,
+    )
+
+
+async def _probe_identity_provider(settings: Settings) -> str:
+    """The OIDC issuer's discovery document, fetched and checked: "ok" or a problem code."""
+    provider = _identity_provider(settings)
+    try:
+        await provider.check()
+        return "ok"
+    except BrokerError as exc:
+        return exc.code
+    finally:
+        await provider.close()
 
 
 async def warm_up(services: Services) -> None:

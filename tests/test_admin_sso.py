@@ -20,7 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
-from broker.app import create_app, open_admin
+from broker.app import create_app, open_admin, probe_backends
 from broker.config import ConfigError, Settings, load_settings
 from broker.core.signing import Purpose
 from broker.dev.simulator import Simulator
@@ -386,3 +386,42 @@ def test_flow_cookie_is_lax_scoped_and_short_lived(deployment: Deployment) -> No
     assert "httponly" in cookie.lower()
     assert "Max-Age=600" in cookie
     assert re.search(r"[?&]nonce=[\w-]{43}", begun.headers["location"])
+
+
+def test_the_idp_refusing_or_odd_callbacks_are_pages_not_errors(
+    deployment: Deployment, idp: Idp
+) -> None:
+    with deployment.client() as client:
+        state = query(start(client))["state"]
+        flow = client.cookies[admin_sso.FLOW_COOKIE]
+        denied = client.get(CALLBACK, params={"state": state, "error": "access_denied"})
+        assert (denied.status_code, error_code(denied)) == (400, "sso_denied")
+        for params in ({"state": state, "code": "x", "extra": "1"}, {"state": [state, state]}):
+            odd = client.get(CALLBACK, params=params)  # unknown or repeated parameters
+            assert (odd.status_code, error_code(odd)) == (422, "invalid_request")
+        client.cookies.set(admin_sso.FLOW_COOKIE, flow + "A" * 3000)  # oversized
+        huge = client.get(CALLBACK, params={"state": state, "code": "x"})
+        assert (huge.status_code, error_code(huge)) == (400, "sso_state_invalid")
+        assert "<script" not in huge.text
+        assert huge.headers["cache-control"] == "no-store"
+
+
+def test_check_config_reaches_the_issuer(env: dict[str, str], idp: Idp) -> None:
+    sso = {
+        "BROKER_OIDC_CLIENT_ID": "hubspot-token-broker",
+        "BROKER_OIDC_CLIENT_SECRET": "s",
+        "BROKER_OIDC_ROLES": "platform-admins=portals:admin",
+    }
+    trusted = {**env, **sso, "BROKER_CA_BUNDLE": str(idp.ca)}
+    reports = [
+        asyncio.run(probe_backends(load_settings({**trusted, "BROKER_OIDC_ISSUER": idp.issuer}))),
+        # Not the issuer its discovery document names (a trailing slash is another issuer).
+        asyncio.run(
+            probe_backends(load_settings({**trusted, "BROKER_OIDC_ISSUER": f"{idp.issuer}/"}))
+        ),
+        # The IdP's certificate is from a CA only BROKER_CA_BUNDLE makes trusted.
+        asyncio.run(
+            probe_backends(load_settings({**env, **sso, "BROKER_OIDC_ISSUER": idp.issuer}))
+        ),
+    ]
+    assert [r["oidc"] for r in reports] == ["ok", *["sso_provider_unavailable"] * 2]

@@ -81,6 +81,11 @@ class OidcClient:
     async def close(self) -> None:
         await self._http.aclose()
 
+    async def check(self) -> None:
+        """Fetch and check the discovery document now (``broker check-config``)."""
+        self._metadata = None
+        await self._discover()
+
     async def authorization_url(
         self, *, redirect_uri: str, state: str, nonce: str, code_challenge: str
     ) -> str:

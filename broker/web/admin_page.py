@@ -4,15 +4,19 @@ authorization as the JSON operator API (``broker.web.admin``); it never shows a 
 
 Security properties:
 
-- **Login** takes a caller key with the ``portals:admin`` role, checked by
+- **Login** is single sign-on through the OpenID Provider when ``BROKER_OIDC_ISSUER`` is
+  set (:mod:`broker.web.admin_sso`, :mod:`broker.core.sso`), and otherwise (or with
+  ``BROKER_ADMIN_KEY_LOGIN=true``) a caller key with the ``portals:admin`` role, checked by
   ``CallerService.authenticate``; the key is never stored. The session is the cookie
-  ``htb_admin`` = base64url(caller id | expiry | session id | caller name) + its MAC under
-  the session signing key (a Vault Transit key no one can read, rotatable with an overlap),
-  so every replica accepts it and nobody can forge one. HttpOnly, SameSite=Strict,
-  Path=/admin, Secure over https, 30 minutes, never extended.
-  Every request re-reads the caller: disabling it, its key expiring or it losing
-  ``portals:admin`` ends its sessions at once. Logging out deletes the cookie; a copied cookie
-  stays valid until it expires (stateless sessions), hence the short lifetime.
+  ``htb_admin`` = base64url(JSON: kind, caller id and name, expiry, session id, and for SSO
+  the mapped roles and apps) + its MAC under the session signing key (a Vault Transit key
+  no one can read, rotatable with an overlap), so every replica accepts it and nobody can
+  forge one (:mod:`broker.web.admin_session`). HttpOnly, SameSite=Strict, Path=/admin,
+  Secure over https, 30 minutes, never extended. Every request re-reads a key session's
+  caller: disabling it, its key expiring or it losing ``portals:admin`` ends its sessions
+  at once; an SSO session's roles are those its groups mapped to at sign-in. Logging out
+  deletes the cookie; a copied cookie stays valid until it expires (stateless sessions),
+  hence the short lifetime.
 - **CSRF**: every form carries the MAC of the session id under the session key's CSRF label
   (the version that sealed the session), compared in constant time; a POST
   whose ``Origin`` is not this origin, or whose ``Sec-Fetch-Site`` names another site, is

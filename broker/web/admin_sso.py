@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from broker.core.sso import FLOW_SECONDS, Callback, SsoLogin
-from broker.errors import BrokerError, NotFound
+from broker.errors import BrokerError, InvalidRequest, NotFound
 from broker.web.admin_page import _e, _error_page, _page, _pages, _redirect
 from broker.web.admin_session import SESSION_SECONDS, Session, start_session
 from broker.web.params import reject_unknown
@@ -85,6 +85,8 @@ async def callback(request: Request) -> Response:
     try:
         reject_unknown(request, _CALLBACK_PARAMS)
         query = request.query_params
+        if len(query.multi_items()) != len(query):  # RFC 6749, 3.1: none may repeat
+            raise InvalidRequest("a query parameter is repeated")
         caller = await sso.finish(
             Callback(
                 flow=request.cookies.get(FLOW_COOKIE),
