@@ -113,6 +113,7 @@ def test_a_mapped_user_signs_in_and_revokes_in_a_real_browser(
             page.set_default_timeout(15_000)
             page.goto(f"{deployment.url}/admin/login")
             assert page.locator("#key").count() == 0  # no key form while SSO is on
+            page.screenshot(path=tmp_path / "login.png")
             page.click("text=Sign in with SSO")
             page.wait_for_url(f"{idp.issuer}/interaction/*")
             page.fill("#login", "alice")
@@ -137,6 +138,7 @@ def test_a_mapped_user_signs_in_and_revokes_in_a_real_browser(
                 other.click("#sign-in")
             assert answered.value.status == 403
             assert "sso_no_role" in other.inner_text("main")
+            other.screenshot(path=tmp_path / "refused.png")
             # (cookies are not per port: the IdP's, on 127.0.0.1 too, are listed as well)
             names = {c["name"] for c in other.context.cookies(deployment.url)}
             assert admin_page.COOKIE not in names

@@ -253,9 +253,9 @@ def _login_page(settings: Settings, error: BrokerError | None = None) -> Respons
         else ""
     )
     keys = (
-        ("<p>Or paste a broker caller key (break-glass).</p>" if sso else "")
-        + "<p>Paste a broker caller key with the <code>portals:admin</code> role. It is checked "
-        "once and never stored; the session lasts 30 minutes.</p>"
+        f"<p>{'Or, as a break-glass way in, paste' if sso else 'Paste'} a broker caller key "
+        "with the <code>portals:admin</code> role. It is checked once and never stored; the "
+        "session lasts 30 minutes.</p>"
         '<form method="post" action="/admin/login">'
         '<label for="key">Caller key</label>'
         '<input id="key" name="key" type="password" required autocomplete="off" '
