@@ -83,7 +83,8 @@ UPSTREAM_REVOKES = Counter(
 BACKEND_ERRORS = Counter(
     "broker_backend_errors_total",
     "Backend failures by backend and operation.",
-    ["backend", "operation"],  # backend: postgres | redis | vault
+    # backend: postgres | redis | vault | jwks | kubernetes | webhooks | oidc (discovery, token)
+    ["backend", "operation"],
 )
 INSTALLS = Counter("broker_installs_total", "Install attempts by result.", ["result"])
 CALLER_AUTH_FAILURES = Counter(
