@@ -42,9 +42,9 @@ class Idp:
     ca: Path
     process: subprocess.Popen[bytes] = field(repr=False)
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        context = ssl.create_default_context(cafile=str(self.ca))
-        return httpx.Client(verify=context, timeout=15, **kwargs)  # type: ignore[arg-type]
+    def client(self) -> httpx.Client:
+        """An HTTP client that trusts the IdP's CA (and no other)."""
+        return httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca)), timeout=15)
 
     def register(self, client_id: str, secret: str, redirect_uri: str) -> None:
         """A confidential web client (client_secret_basic) with one redirect URI."""
