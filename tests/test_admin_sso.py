@@ -10,6 +10,7 @@ import asyncio
 import base64
 import re
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -427,3 +428,40 @@ def test_check_config_reaches_the_issuer(env: dict[str, str], idp: Idp) -> None:
         ),
     ]
     assert [r["oidc"] for r in reports] == ["ok", *["sso_provider_unavailable"] * 2]
+
+
+def test_a_group_limited_to_other_apps_sees_and_manages_nothing_here(
+    env: dict[str, str], sim: Simulator, idp: Idp
+) -> None:
+    limited = {"BROKER_OIDC_APPS": "platform-admins=billing"}
+    with sso_deployment(env, sim, idp, **limited) as (d, _), d.client() as client:
+        assert sign_in(d, idp, client, "alice").status_code == 200
+        page = client.get("/admin")
+        assert page.status_code == 200
+        assert f'id="portal-demo-{HUB}"' not in page.text  # the demo app is not theirs
+        refused = client.post(
+            f"/admin/portals/{HUB}/revoke",
+            data={"app": "demo", "reason": "not mine", "csrf": csrf(client)},
+        )
+        assert (refused.status_code, error_code(refused)) == (403, "forbidden")
+        assert d.token(HUB).status_code == 200
+
+
+def test_an_unreachable_issuer_is_a_503_page(env: dict[str, str]) -> None:
+    with socket.socket() as held:  # a loopback port nothing answers on
+        held.bind(("127.0.0.1", 0))
+        issuer = f"https://127.0.0.1:{held.getsockname()[1]}"
+        settings = load_settings(
+            {
+                **env,
+                "BROKER_OIDC_ISSUER": issuer,
+                "BROKER_OIDC_CLIENT_ID": "c",
+                "BROKER_OIDC_CLIENT_SECRET": "s",
+                "BROKER_OIDC_ROLES": "platform-admins=portals:admin",
+            }
+        )
+        with serve_app(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+            down = client.get("/admin/oidc/login")
+    assert (down.status_code, error_code(down)) == (503, "sso_provider_unavailable")
+    assert "retry-after" in down.headers
+    assert admin_sso.FLOW_COOKIE not in down.headers.get("set-cookie", "")
