@@ -268,10 +268,11 @@ class SsoOutcome(StrEnum):
     NO_ROLE = "no_role"  # signed in at the IdP, in no mapped group: refused (403)
     REFUSED = "refused"  # state, ID token, code or denial: the sso_* error code says which
     PROVIDER_UNAVAILABLE = "provider_unavailable"
+    THROTTLED = "throttled"  # not started: over the replica's rate of sign-ins begun (429)
 
 
 SSO_LOGINS = Counter(
     "broker_sso_logins_total",
-    "Operator page sign-ins through the OIDC issuer that finished, by outcome.",
+    "Operator page sign-ins through the OIDC issuer, by outcome (throttled: never started).",
     ["outcome"],
 )

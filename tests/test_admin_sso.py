@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -465,3 +466,17 @@ def test_an_unreachable_issuer_is_a_503_page(env: dict[str, str]) -> None:
     assert (down.status_code, error_code(down)) == (503, "sso_provider_unavailable")
     assert "retry-after" in down.headers
     assert admin_sso.FLOW_COOKIE not in down.headers.get("set-cookie", "")
+
+
+def test_sign_ins_begun_are_rate_limited_per_replica(deployment: Deployment) -> None:
+    def begin(_: int) -> httpx.Response:
+        with deployment.client() as client:
+            return client.get("/admin/oidc/login")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(begin, range(60)))  # far beyond 2 s of burst at 5/s
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused, [a.status_code for a in answers]
+    assert {error_code(a) for a in refused} == {"sso_throttled"}
+    assert all("retry-after" in a.headers for a in refused)
+    assert {a.status_code for a in answers} == {303, 429}

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from broker import metrics
 from broker.config_sso import GroupGrant
+from broker.core.limits import Budget
 from broker.core.models import Caller, Role
 from broker.core.ports import AuditSink, Coordinator, IdentityProvider, SsoIdentity
 from broker.core.signing import Keyring, Purpose
@@ -41,6 +42,9 @@ from broker.errors import BrokerError, IdentityProviderUnavailable, SsoFailed, S
 
 #: A sign-in must come back from the IdP within this many seconds.
 FLOW_SECONDS = 600
+#: Sign-ins begun per second on this replica (two seconds of burst): each costs a Vault
+#: MAC and anyone who reaches the internal listener may start one. Beyond: 429.
+START_RATE = 5.0
 #: Its own label under the session key: a flow is never a session's or a CSRF token's.
 _LABEL = "oidc-flow"
 _FIELDS = {"state", "nonce", "verifier", "redirect_uri", "expires"}
@@ -92,8 +96,15 @@ class SsoLogin:
         self._coordinator = coordinator
         self._audit = audit
         self._grants = dict(grants)
+        self._starts = Budget(START_RATE)
 
     async def begin(self, redirect_uri: str) -> SsoStart:
+        self._starts.spend(
+            time.monotonic(),
+            "too many sign-ins are starting on this replica; try again shortly",
+            code="sso_throttled",
+            counted=metrics.SSO_LOGINS.labels(metrics.SsoOutcome.THROTTLED),
+        )
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
         challenge = _b64(hashlib.sha256(verifier.encode()).digest())
         url = await self._provider.authorization_url(
