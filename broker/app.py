@@ -27,6 +27,7 @@ from starlette.types import Lifespan
 from broker import metrics
 from broker.adapters.hubspot import HubSpotOAuth
 from broker.adapters.jwks import IssuerConfig, JwksVerifier
+from broker.adapters.oidc import OidcClient
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.callers import PostgresCallers
 from broker.adapters.postgres.migrate import migrate, pending
@@ -40,6 +41,7 @@ from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
 from broker.config import Settings
+from broker.config_sso import grants_of
 from broker.core.admin import AdminService
 from broker.core.browse import PortalBrowser
 from broker.core.caller_cache import CallerCache
@@ -55,6 +57,7 @@ from broker.core.refresh import Checkpoint, RefreshEngine
 from broker.core.refresher import ProactiveRefresher
 from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
 from broker.core.signing import Keyring
+from broker.core.sso import SsoLogin
 from broker.core.tokens import TokenService
 from broker.core.webhooks import WebhookDispatcher
 from broker.errors import BrokerError, FatalError
@@ -244,6 +247,17 @@ async def open_services(
                 )
                 webhooks.start()
                 stack.push_async_callback(webhooks.close)  # LIFO: closed before the sender
+        sso = None
+        if settings.oidc_enabled:
+            identity_provider = _identity_provider(settings)
+            stack.push_async_callback(identity_provider.close)
+            sso = SsoLogin(
+                provider=identity_provider,
+                keyring=keyring,
+                coordinator=coordinator,
+                audit=audit,
+                grants=grants_of(settings),
+            )
         yield Services(
             settings=settings,
             tokens=tokens,
@@ -272,6 +286,7 @@ async def open_services(
             keys=KeyRotation(keys=vault, store=portals),
             keyring=keyring,
             health=health,
+            sso=sso,
         )
 
 
@@ -358,7 +373,32 @@ async def probe_backends(settings: Settings) -> dict[str, str]:
         report["vault"] = exc.code
     finally:
         await vault.close()
+    if settings.oidc_enabled:
+        report["oidc"] = await _probe_identity_provider(settings)
     return report
+
+
+def _identity_provider(settings: Settings) -> OidcClient:
+    return OidcClient(
+        issuer=settings.oidc_issuer,
+        client_id=settings.oidc_client_id,
+        client_secret=settings.oidc_client_secret,
+        scopes=settings.oidc_scopes,
+        groups_claim=settings.oidc_groups_claim,
+        ca_bundle=settings.ca_bundle,
+    )
+
+
+async def _probe_identity_provider(settings: Settings) -> str:
+    """The OIDC issuer's discovery document, fetched and checked: "ok" or a problem code."""
+    provider = _identity_provider(settings)
+    try:
+        await provider.check()
+        return "ok"
+    except BrokerError as exc:
+        return exc.code
+    finally:
+        await provider.close()
 
 
 async def warm_up(services: Services) -> None:

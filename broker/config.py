@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from broker import config_sso
 from broker.errors import ConfigError
 
 PREFIX = "BROKER_"
@@ -222,6 +223,21 @@ class Settings:
     # Origins an install may return the browser to (``/oauth/install?return_to=``), comma-
     # separated, e.g. "https://admin.example.com". Empty: no return_to accepted.
     return_to_origins: str = ""
+    # --- the operator page's sign-in (broker.config_sso; docs/operations.md, "Single
+    # sign-on"). OpenID Connect when oidc_issuer is set: code flow with PKCE, the IdP's groups
+    # mapped to roles. Empty: caller keys only.
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: Secret = field(default_factory=lambda: Secret(""))
+    # Empty: <this listener's scheme and host>/admin/oidc/callback, from each request.
+    oidc_redirect_uri: str = ""
+    oidc_scopes: str = "openid email profile"
+    oidc_groups_claim: str = "groups"
+    oidc_roles: str = ""  # GROUP=ROLE[+ROLE][,GROUP=...]
+    oidc_apps: str = ""  # GROUP=APP[+APP][,...]; a group not named: every app
+    # With OIDC on, the caller-key login form is off unless this is true (a break-glass
+    # fallback). Without OIDC the key login is the only one, whatever this says.
+    admin_key_login: bool = False
     # --- timeouts (seconds); the lease must outlive all of them, see validate() ----------
     db_timeout: float = 5.0
     redis_timeout: float = 0.25
@@ -346,6 +362,7 @@ class Settings:
                 problems.append(f"{PREFIX}{name.upper()}: must be >= 0 (0 keeps rows forever)")
         if self.retention_interval <= 0:
             problems.append(f"{PREFIX}RETENTION_INTERVAL: must be > 0")
+        problems += config_sso.problems(self)
         try:
             self.jwt_issuer_list  # noqa: B018 - parsed for its errors
         except ValueError as exc:
@@ -382,6 +399,15 @@ class Settings:
                 if number in entry and not _positive(entry[number]):
                     raise ValueError(f"{number} must be a number above 0")
         return parsed
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
+
+    @property
+    def key_login_enabled(self) -> bool:
+        """Whether ``/admin/login`` takes caller keys: always without OIDC, else opt-in."""
+        return not self.oidc_enabled or self.admin_key_login
 
     @property
     def vault_addr_list(self) -> list[str]:

@@ -10,7 +10,8 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   ├── InvalidRequest             422 invalid_request
     │   ├── Unauthenticated            401 unauthenticated
     │   ├── Forbidden                  403 forbidden
-    │   │   └── InstallLinkRejected    403 install_link_required, _invalid, _expired
+    │   │   ├── InstallLinkRejected    403 install_link_required, _invalid, _expired
+    │   │   └── SsoNoRole              403 sso_no_role: signed in, but no mapped group
     │   ├── RateLimitedCaller          429 rate_limited (auth_throttled: too many unknown keys)
     │   ├── NotFound                   404 not_found (portal_not_found, app_not_found, ...)
     │   ├── Conflict                   409 conflict
@@ -18,7 +19,8 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   │   └── Quarantined            409 quarantined
     │   ├── Revoked                    410 revoked
     │   ├── PayloadTooLarge            413 body_too_large
-    │   └── InstallFailed              400 install_* (state, code exchange, denial)
+    │   ├── InstallFailed              400 install_* (state, code exchange, denial)
+    │   └── SsoFailed                  400 sso_* (state, ID token, code exchange, denial)
     ├── UpstreamError                  a dependency failed; retrying later may help
     │   ├── HubSpotError               HubSpot's token endpoint said no or did not answer
     │   │   ├── GrantDead              the refresh token is dead (invalid_grant, BAD_HUB)
@@ -28,6 +30,7 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   ├── VaultError                 Vault/OpenBao unreachable, sealed or refusing
     │   │   └── Undecryptable          500 token_undecryptable: a stored ciphertext is bad
     │   ├── DatabaseError              PostgreSQL unreachable or failing
+    │   ├── IdentityProviderUnavailable 503 sso_provider_unavailable (the OIDC issuer)
     │   ├── RefreshOutcomeUnknown      503 refresh_outcome_unknown: an earlier call is
     │   │                              unanswered and may still land; retry later
     │   └── LockUnavailable            could not get the refresh lease in time
@@ -101,6 +104,14 @@ class InstallLinkRejected(Forbidden):
     title = "Install link refused"
 
 
+class SsoNoRole(Forbidden):
+    """An operator the identity provider vouched for, in no group that maps to a role the
+    operator page needs (``BROKER_OIDC_ROLES``)."""
+
+    code = "sso_no_role"
+    title = "No access to the operator page"
+
+
 class RateLimitedCaller(ClientError):
     status = 429
     code = "rate_limited"
@@ -156,6 +167,17 @@ class InstallFailed(ClientError):
     status = 400
     code = "install_failed"
     title = "Installation failed"
+
+
+class SsoFailed(ClientError):
+    """An operator page sign-in through OIDC that cannot be trusted or did not finish:
+    ``sso_state_invalid`` (missing, expired, altered or another browser's flow),
+    ``sso_state_used`` (a callback replayed), ``sso_denied`` (the IdP said no),
+    ``sso_code_rejected`` (the IdP refused the code), ``sso_id_token_invalid``."""
+
+    status = 400
+    code = "sso_failed"
+    title = "Single sign-on failed"
 
 
 class UpstreamError(BrokerError):
@@ -223,6 +245,13 @@ class HubSpotUnavailable(HubSpotError):
     code = "hubspot_unavailable"
     title = "HubSpot is unavailable"
     failure_class = "upstream_unavailable"
+
+
+class IdentityProviderUnavailable(UpstreamError):
+    """The OIDC issuer (discovery, JWKS or token endpoint) did not answer usefully."""
+
+    code = "sso_provider_unavailable"
+    title = "The identity provider is unavailable"
 
 
 class RefreshOutcomeUnknown(UpstreamError):

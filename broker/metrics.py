@@ -83,7 +83,8 @@ UPSTREAM_REVOKES = Counter(
 BACKEND_ERRORS = Counter(
     "broker_backend_errors_total",
     "Backend failures by backend and operation.",
-    ["backend", "operation"],  # backend: postgres | redis | vault
+    # backend: postgres | redis | vault | jwks | kubernetes | webhooks | oidc (discovery, token)
+    ["backend", "operation"],
 )
 INSTALLS = Counter("broker_installs_total", "Install attempts by result.", ["result"])
 CALLER_AUTH_FAILURES = Counter(
@@ -257,4 +258,21 @@ VAULT_REQUESTS = Counter(
     "broker_vault_requests_total",
     "Requests sent to Vault, by operation (a Transit batch counts once).",
     ["operation"],
+)
+
+
+class SsoOutcome(StrEnum):
+    """``outcome`` label values of :data:`SSO_LOGINS`."""
+
+    OK = "ok"
+    NO_ROLE = "no_role"  # signed in at the IdP, in no mapped group: refused (403)
+    REFUSED = "refused"  # state, ID token, code or denial: the sso_* error code says which
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    THROTTLED = "throttled"  # not started: over the replica's rate of sign-ins begun (429)
+
+
+SSO_LOGINS = Counter(
+    "broker_sso_logins_total",
+    "Operator page sign-ins through the OIDC issuer, by outcome (throttled: never started).",
+    ["outcome"],
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import shutil
@@ -173,12 +174,17 @@ def test_a_forged_session_goes_back_to_login(deployment: Deployment) -> None:
         real = client.cookies[admin_page.COOKIE]
         token = csrf(client)
     body, _, mac = real.partition(".")  # mac: v<key version>.<base64url>
-    payload = base64.urlsafe_b64decode(body + "==").decode().split("|")
-    payload[1] = str(int(payload[1]) + 86_400)  # a longer life, under the old MAC
-    longer = base64.urlsafe_b64encode("|".join(payload).encode()).decode().rstrip("=")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=="))
+    assert payload["kind"] == "caller"
+
+    def reseal(**changes: object) -> str:  # the payload changed, under the old MAC
+        text = json.dumps({**payload, **changes}, separators=(",", ":"), sort_keys=True)
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=") + f".{mac}"
+
     version, _, digest = mac.partition(".")
     forgeries = [
-        f"{longer}.{mac}",
+        reseal(expires=payload["expires"] + 86_400),  # a longer life
+        reseal(kind="oidc", name="oidc:mallory", roles=["portals:admin"]),  # no live check
         f"{body}.{mac[:-2]}AA",
         f"{body}.v{int(version[1:]) + 1}.{digest}",  # a key version that does not exist
         f"{body}.{digest}",  # the format before signing keys had versions

@@ -38,12 +38,20 @@ def _swap(path: Path, value: str) -> None:
 
 
 def test_every_secret_setting_can_come_from_a_file(env: dict[str, str], tmp_path: Path) -> None:
-    assert SECRET_KEYS  # database, redis, vault token and secret id, webhook urls and secret
+    assert (
+        SECRET_KEYS
+    )  # database, redis, vault token and secret id, webhook urls and secret, OIDC client
     values = {key: env.get(key, "") for key in SECRET_KEYS}
     values["BROKER_VAULT_SECRET_ID"] = "approle-secret-id"
     values["BROKER_WEBHOOK_URLS"] = "https://a.example/hook"
     values["BROKER_WEBHOOK_SECRET"] = _whsec()
+    values["BROKER_OIDC_CLIENT_SECRET"] = "oidc-client-secret"
     from_files = {k: v for k, v in env.items() if k not in SECRET_KEYS}
+    from_files |= {  # what the OIDC client secret goes with
+        "BROKER_OIDC_ISSUER": "https://login.example.com",
+        "BROKER_OIDC_CLIENT_ID": "hubspot-token-broker",
+        "BROKER_OIDC_ROLES": "admins=portals:admin",
+    }
     for key, value in values.items():
         path = tmp_path / key.lower()
         path.write_text(value + "\n")  # a trailing newline, as `echo` writes it

@@ -17,6 +17,7 @@ Every failure is :class:`~broker.errors.Unauthenticated` with a reason that name
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,11 +72,57 @@ class IssuerConfig:
         )
 
 
-class _Keys:
-    def __init__(self) -> None:
-        self.by_kid: dict[str | None, jwt.PyJWK] = {}
-        self.fetched_at = 0.0
-        self.lock = asyncio.Lock()
+class KeySet:
+    """One issuer's JWKS, fetched on first use and again when a token names an unknown
+    ``kid`` (key rotation), at most once per ``refetch_seconds``, so forged kids cannot
+    hammer the issuer. A failed fetch keeps the keys it had."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        verify: ssl.SSLContext | bool,
+        timeout: float,
+        refetch_seconds: float = 10.0,
+        token_file: str | None = None,
+    ) -> None:
+        self._url = url
+        self._verify = verify
+        self._timeout = timeout
+        self._refetch_seconds = refetch_seconds
+        self._token_file = token_file
+        self._by_kid: dict[str | None, jwt.PyJWK] = {}
+        self._fetched_at = -refetch_seconds
+        self._lock = asyncio.Lock()
+
+    async def get(self, kid: str | None) -> jwt.PyJWK | None:
+        found = self._by_kid.get(kid)
+        if found is not None:
+            return found
+        async with self._lock:
+            found = self._by_kid.get(kid)
+            if found is None and time.monotonic() - self._fetched_at >= self._refetch_seconds:
+                await self._fetch()
+                found = self._by_kid.get(kid)
+        return found
+
+    async def _fetch(self) -> None:
+        self._fetched_at = time.monotonic()
+        headers = {}
+        if self._token_file:
+            # Projected tokens rotate on disk: read it each time (tiny, local file).
+            token = await asyncio.to_thread(Path(self._token_file).read_text)
+            headers["Authorization"] = f"Bearer {token.strip()}"
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout, verify=self._verify) as client:
+                response = await client.get(self._url, headers=headers)
+                response.raise_for_status()
+                jwks = jwt.PyJWKSet.from_dict(response.json())
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError):
+            metrics.BACKEND_ERRORS.labels("jwks", "fetch").inc()
+            return  # keep the keys we had
+        self._by_kid = {k.key_id: k for k in jwks.keys}
+        metrics.JWKS_FETCHES.inc()
 
 
 class JwksVerifier:
@@ -88,8 +135,17 @@ class JwksVerifier:
         ca_bundle: str = "",
     ) -> None:
         self._issuers = {cfg.issuer: cfg for cfg in issuers}
-        self._ca_bundle = ca_bundle
-        self._keys = {cfg.issuer: _Keys() for cfg in issuers}
+        self._keys = {
+            cfg.issuer: KeySet(
+                cfg.jwks_url,
+                verify=tls.verify(ca_bundle, cfg.ca_file),
+                timeout=timeout,
+                refetch_seconds=cfg.refetch_seconds,
+                token_file=cfg.token_file,
+            )
+            for cfg in issuers
+            if cfg.jwks_url
+        }
         self._reviewers = {
             cfg.issuer: TokenReviewer(
                 cfg.tokenreview_url,
@@ -103,7 +159,6 @@ class JwksVerifier:
             if cfg.tokenreview_url
         }
         self._leeway = leeway
-        self._timeout = timeout
 
     async def close(self) -> None:
         for reviewer in self._reviewers.values():
@@ -172,35 +227,7 @@ class JwksVerifier:
         )
 
     async def _key(self, config: IssuerConfig, kid: str | None) -> jwt.PyJWK:
-        keys = self._keys[config.issuer]
-        found = keys.by_kid.get(kid)
-        if found is not None:
-            return found
-        async with keys.lock:
-            found = keys.by_kid.get(kid)
-            if found is None and time.monotonic() - keys.fetched_at >= config.refetch_seconds:
-                await self._fetch(config, keys)
-                found = keys.by_kid.get(kid)
+        found = await self._keys[config.issuer].get(kid)
         if found is None:
             raise self._reject("unknown_key")
         return found
-
-    async def _fetch(self, config: IssuerConfig, keys: _Keys) -> None:
-        keys.fetched_at = time.monotonic()
-        headers = {}
-        if config.token_file:
-            # Projected tokens rotate on disk: read it each time (tiny, local file).
-            token = await asyncio.to_thread(Path(config.token_file).read_text)
-            headers["Authorization"] = f"Bearer {token.strip()}"
-        verify = tls.verify(self._ca_bundle, config.ca_file)
-        try:
-            async with httpx.AsyncClient(timeout=self._timeout, verify=verify) as client:
-                assert config.jwks_url is not None  # an issuer without one has a reviewer
-                response = await client.get(config.jwks_url, headers=headers)
-                response.raise_for_status()
-                jwks = jwt.PyJWKSet.from_dict(response.json())
-        except (httpx.HTTPError, ValueError, jwt.PyJWTError):
-            metrics.BACKEND_ERRORS.labels("jwks", "fetch").inc()
-            return  # keep the keys we had
-        keys.by_kid = {k.key_id: k for k in jwks.keys}
-        metrics.JWKS_FETCHES.inc()

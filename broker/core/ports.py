@@ -69,6 +69,46 @@ class IdentityVerifier(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SsoIdentity:
+    """A person an OpenID Provider vouched for in a verified ID token."""
+
+    subject: str
+    #: The ``email`` claim, unless the IdP says it is not verified (``email_verified``).
+    email: str | None
+    #: The groups claim (``BROKER_OIDC_GROUPS_CLAIM``); empty when absent.
+    groups: frozenset[str]
+
+
+class IdentityProvider(Protocol):
+    """An OpenID Provider for operator sign-in (the authorization code flow with PKCE).
+
+    Contract: :meth:`sign_in` returns only for an ID token whose signature verifies with a
+    key of the issuer's JWKS under an allow-listed asymmetric algorithm, whose ``iss`` is
+    the configured issuer, whose ``aud`` holds the client id (and ``azp``, when present or
+    when there are several audiences, is the client id), that has not expired, and whose
+    ``nonce`` is the one given. It never logs or returns the code, the verifier, the client
+    secret or a token. Refusals are :class:`~broker.errors.SsoFailed` (``sso_code_rejected``,
+    ``sso_id_token_invalid``); the issuer not answering is
+    :class:`~broker.errors.IdentityProviderUnavailable`. Nothing is retried: a code is
+    single-use."""
+
+    @property
+    def issuer(self) -> str: ...
+
+    async def authorization_url(
+        self, *, redirect_uri: str, state: str, nonce: str, code_challenge: str
+    ) -> str:
+        """Where to send the browser (S256 code challenge; discovery fetched as needed)."""
+        ...
+
+    async def sign_in(
+        self, code: str, *, redirect_uri: str, verifier: str, nonce: str
+    ) -> SsoIdentity:
+        """Exchange ``code`` (with the PKCE ``verifier``) and verify the ID token."""
+        ...
+
+
 class Cipher(Protocol):
     """Envelope encryption of tokens (Vault Transit, derived key).
 

@@ -1,29 +1,43 @@
 """The operator page's sessions and CSRF protection (see :mod:`broker.web.admin_page` for
-the security properties): a stateless signed cookie naming the caller, re-checked against
-the live caller record on every request, and a per-session CSRF token.
+the security properties): a stateless signed cookie naming the operator, and a per-session
+CSRF token.
 
-Both are MACed by the session signing key (:mod:`broker.core.signing`, a Vault Transit key
-no one can read) under two labels, so a session MAC is never a CSRF token. The cookie names
-the key version that sealed it; its CSRF token is made with that same version, so after a
-rotation both keep working until the overlap ends, and are refused together afterwards."""
+A session is one of two kinds, recorded in the cookie:
+
+- ``caller``: logged in with a caller key; it names the caller, and every request re-checks
+  the live caller record (disabled, expired, renamed or without ``portals:admin``: over).
+- ``oidc``: signed in through the OpenID Provider (:mod:`broker.core.sso`); it carries the
+  roles and apps its groups mapped to, sealed, and ends at the normal session lifetime.
+
+Both are sealed by the session signing key (:mod:`broker.core.signing`, a Vault Transit key
+no one can read) under their own labels, so a session MAC is never a CSRF token. The cookie
+names the key version that sealed it; its CSRF token is made with that same version, so
+after a rotation both keep working until the overlap ends, and are refused together
+afterwards."""
 
 from __future__ import annotations
 
-import base64
 import hmac
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from broker.core.models import Caller, Mac, Role
 from broker.core.signing import Keyring, Purpose
+from broker.core.sso import sso_caller
 from broker.errors import Forbidden, Unauthenticated
 from broker.web.services import Services
 
 COOKIE = "htb_admin"
 SESSION_SECONDS = 30 * 60
+
+
+_LABEL = "admin-session"
+_FIELDS = {"kind", "id", "name", "expires", "sid", "roles", "apps"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +47,10 @@ class Session:
     expires: int  # unix seconds
     sid: str
     version: int = 0  # the session key version that sealed it (0: not sealed yet)
+    kind: Literal["caller", "oidc"] = "caller"
+    #: ``oidc`` only: what the identity provider's groups mapped to (apps None: every app).
+    roles: frozenset[str] = frozenset()
+    apps: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,37 +60,68 @@ class Operator:
     csrf: str
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-
-
 async def seal(keyring: Keyring, session: Session) -> str:
-    """The cookie value: the session in base64url, a dot, its MAC (``v<version>.<mac>``)."""
-    payload = f"{session.caller_id}|{session.expires}|{session.sid}|{session.caller_name}"
-    mac = await keyring.sign(Purpose.SESSION, "session", payload.encode())
-    return f"{_b64(payload.encode())}.{mac}"
+    """The cookie value: ``base64url(JSON) "." MAC`` (:meth:`Keyring.seal`)."""
+    return await keyring.seal(
+        Purpose.SESSION,
+        _LABEL,
+        {
+            "kind": session.kind,
+            "id": session.caller_id,
+            "name": session.caller_name,
+            "expires": session.expires,
+            "sid": session.sid,
+            "roles": sorted(session.roles),
+            "apps": None if session.apps is None else sorted(session.apps),
+        },
+    )
 
 
 async def unseal(keyring: Keyring, cookie: str | None, now: float) -> Session | None:
     """The session in ``cookie`` if its MAC is right under a key version that has not
-    retired and it has not expired, else ``None``."""
-    if not cookie or len(cookie) > 600:
+    retired, it is well formed and it has not expired, else ``None``."""
+    if not cookie or len(cookie) > 3000:
         return None
-    body, _, rest = cookie.partition(".")
-    mac = Mac.parse(rest)
-    try:
-        payload = _unb64(body)
-    except ValueError:  # not base64url, or not ASCII
+    mac = Mac.parse(cookie.partition(".")[2])
+    data = None if mac is None else await keyring.open(Purpose.SESSION, _LABEL, cookie)
+    if mac is None or not isinstance(data, dict) or set(data) != _FIELDS:
         return None
-    if mac is None or not await keyring.verify(Purpose.SESSION, "session", payload, mac):
+    kind, roles, apps = data["kind"], data["roles"], data["apps"]
+    if kind not in ("caller", "oidc") or not isinstance(roles, list):
         return None
-    caller_id, expires, sid, name = payload.decode().split("|", 3)  # we wrote it
-    session = Session(int(caller_id), name, int(expires), sid, mac.version)
+    if not (apps is None or isinstance(apps, list)):
+        return None
+    if not (isinstance(data["name"], str) and isinstance(data["sid"], str)):
+        return None
+    if not (type(data["id"]) is int and type(data["expires"]) is int):
+        return None
+    session = Session(
+        data["id"],
+        data["name"],
+        data["expires"],
+        data["sid"],
+        mac.version,
+        kind,
+        frozenset(map(str, roles)),
+        None if apps is None else frozenset(map(str, apps)),
+    )
     return session if session.expires > now else None
+
+
+async def start_session(
+    response: Response, request: Request, svc: Services, session: Session, *, now: int
+) -> None:
+    """Set the session cookie: HttpOnly, SameSite=Strict, Path=/admin, Secure over https,
+    living until the session expires (``now``: when it started, unix seconds)."""
+    response.set_cookie(
+        COOKIE,
+        await seal(svc.keyring, session),
+        max_age=session.expires - now,
+        path="/admin",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
 
 
 async def csrf_token(keyring: Keyring, session: Session) -> str:
@@ -99,11 +148,25 @@ def check_csrf(operator: Operator, presented: str | None) -> None:
 
 
 async def current_operator(request: Request, svc: Services) -> Operator | None:
-    """The logged-in operator, re-checked against the live caller record; ``None`` when the
-    session is missing, forged, expired, or its caller is gone, disabled or expired."""
+    """The logged-in operator; ``None`` when the session is missing, forged or expired, or
+    (a caller session) its caller is gone, disabled or expired."""
     session = await unseal(svc.keyring, request.cookies.get(COOKIE), time.time())
     if session is None:
         return None
+    if session.kind == "oidc":
+        caller = sso_caller(session.caller_name, session.roles, session.apps)
+    else:
+        found = await _live_caller(svc, session)
+        if found is None:
+            return None
+        caller = found
+    if not caller.may(Role.PORTALS_ADMIN):
+        raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
+    svc.callers.admit(caller)
+    return Operator(caller, session, await csrf_token(svc.keyring, session))
+
+
+async def _live_caller(svc: Services, session: Session) -> Caller | None:
     caller = next((c for c in await svc.callers.list() if c.id == session.caller_id), None)
     if (
         caller is None
@@ -112,10 +175,7 @@ async def current_operator(request: Request, svc: Services) -> Operator | None:
         or (caller.expires_at is not None and caller.expires_at <= datetime.now(UTC))
     ):
         return None
-    if not caller.may(Role.PORTALS_ADMIN):
-        raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
-    svc.callers.admit(caller)
-    return Operator(caller, session, await csrf_token(svc.keyring, session))
+    return caller
 
 
 async def require_operator(request: Request, svc: Services) -> Operator:

@@ -16,6 +16,7 @@ from broker.core.install_links import InstallLinks
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations
 from broker.core.signing import Keyring
+from broker.core.sso import SsoLogin
 from broker.core.tokens import TokenService
 
 
@@ -35,6 +36,8 @@ class Services:
     keyring: Keyring
     #: The lifecycle phase and backend health (``/readyz``).
     health: Health
+    #: Operator sign-in through the OpenID Provider; None while BROKER_OIDC_ISSUER is unset.
+    sso: SsoLogin | None = None
 
 
 def services(request: Request) -> Services:

@@ -1,5 +1,6 @@
-"""``/admin/login`` and ``/admin/logout``: a caller key with ``portals:admin`` in, a sealed
-session cookie out (:mod:`broker.web.admin_session`); logging out deletes the cookie."""
+"""``/admin/login`` and ``/admin/logout``: a caller key with ``portals:admin`` in (single
+sign-on is :mod:`.sso`), a sealed session cookie out (:mod:`broker.web.admin_session`);
+logging out deletes the cookie."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker import metrics
+from broker.config import Settings
 from broker.core.models import Role
 from broker.errors import BrokerError, Forbidden, InvalidRequest, Unauthenticated
 from broker.web.admin_page._render import form, page, pages, redirect
 from broker.web.admin_session import (
-    COOKIE,
     SESSION_SECONDS,
     Session,
     check_csrf,
     require_operator,
     same_origin,
-    seal,
+    start_session,
 )
 from broker.web.params import reject_unknown
 from broker.web.services import services
@@ -29,29 +30,36 @@ from broker.web.services import services
 log = structlog.get_logger(__name__)
 
 
-def _login_page(request: Request, error: BrokerError | None = None) -> Response:
+def _login_page(request: Request, settings: Settings, error: BrokerError | None = None) -> Response:
+    """Single sign-on when an issuer is configured; the caller-key form unless SSO is on and
+    the key login was not opted back in (``BROKER_ADMIN_KEY_LOGIN``)."""
+    context = {"error": error, "sso": settings.oidc_enabled, "keys": settings.key_login_enabled}
     if error is None:
-        return page(request, "login.html", {"error": None})
+        return page(request, "login.html", context)
     metrics.REQUEST_ERRORS.labels(error.code).inc()
-    return page(
-        request, "login.html", {"error": error}, status=error.status, headers=error.headers()
-    )
+    return page(request, "login.html", context, status=error.status, headers=error.headers())
 
 
 @pages
 async def login(request: Request) -> Response:
     reject_unknown(request, frozenset())
-    if request.method != "POST":
-        return _login_page(request)
     svc = services(request)
+    if request.method != "POST":
+        return _login_page(request, svc.settings)
     same_origin(request)
+    if not svc.settings.key_login_enabled:
+        raise Forbidden(
+            "caller-key login is off while single sign-on is configured: sign in with SSO "
+            "(BROKER_ADMIN_KEY_LOGIN=true turns it back on)",
+            code="key_login_disabled",
+        )
     try:
         key = (await form(request, frozenset({"key"}))).get("key", "").strip()
         if not key:
             raise InvalidRequest("paste a caller key")
         caller = await svc.callers.authenticate(key)
     except (InvalidRequest, Unauthenticated) as exc:
-        return _login_page(request, exc)
+        return _login_page(request, svc.settings, exc)
     svc.callers.admit(caller)
     if not caller.may(Role.PORTALS_ADMIN):
         raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
@@ -61,15 +69,7 @@ async def login(request: Request) -> Response:
         expires = min(expires, int(caller.expires_at.timestamp()))
     session = Session(caller.id, caller.name, expires, secrets.token_urlsafe(16))
     response = redirect("/admin", request)
-    response.set_cookie(
-        COOKIE,
-        await seal(svc.keyring, session),
-        max_age=expires - now,
-        path="/admin",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    await start_session(response, request, svc, session, now=now)
     log.info("admin_page.login", caller=caller.name)
     return response
 

@@ -183,6 +183,24 @@ BROKER_AUDIT_RETENTION_DAYS: {{ $c.auditRetentionDays | quote }}
 BROKER_EVENTS_RETENTION_DAYS: {{ $c.eventsRetentionDays | quote }}
 BROKER_JOURNAL_RETENTION_HOURS: {{ $c.journalRetentionHours | quote }}
 BROKER_RETENTION_INTERVAL: {{ $c.retentionInterval | quote }}
+{{- $sso := .Values.sso }}
+{{- if $sso.enabled }}
+BROKER_OIDC_ISSUER: {{ required "sso.issuer is required with sso.enabled" $sso.issuer | quote }}
+BROKER_OIDC_CLIENT_ID: {{ required "sso.clientId is required with sso.enabled" $sso.clientId | quote }}
+BROKER_OIDC_REDIRECT_URI: {{ $sso.redirectUri | quote }}
+BROKER_OIDC_ROLES: {{ required "sso.roles needs at least one group with sso.enabled" (include "hubspot-token-broker.groupMap" $sso.roles) | quote }}
+BROKER_OIDC_APPS: {{ include "hubspot-token-broker.groupMap" $sso.apps | quote }}
+{{- else }}
+{{- /* Off: empty, so the broker's own default (no SSO) applies. */}}
+BROKER_OIDC_ISSUER: ""
+BROKER_OIDC_CLIENT_ID: ""
+BROKER_OIDC_REDIRECT_URI: ""
+BROKER_OIDC_ROLES: ""
+BROKER_OIDC_APPS: ""
+{{- end }}
+BROKER_OIDC_SCOPES: {{ $sso.scopes | quote }}
+BROKER_OIDC_GROUPS_CLAIM: {{ $sso.groupsClaim | quote }}
+BROKER_ADMIN_KEY_LOGIN: {{ $sso.keyLogin | quote }}
 BROKER_VAULT_ADDR: {{ $v.address | quote }}
 BROKER_VAULT_AUTH: {{ $v.auth.method | quote }}
 {{- if eq $v.auth.method "kubernetes" }}
@@ -247,6 +265,17 @@ Usage: include "hubspot-token-broker.fileSourceVolume" (list "volume-name" $sour
 {{- end }}
 
 {{/*
+A {group: [items]} map as the broker's GROUP=ITEM+ITEM,GROUP=... (BROKER_OIDC_ROLES, _APPS).
+*/}}
+{{- define "hubspot-token-broker.groupMap" -}}
+{{- $entries := list }}
+{{- range $group, $items := . }}
+{{- $entries = append $entries (printf "%s=%s" $group (join "+" $items)) }}
+{{- end }}
+{{- join "," $entries }}
+{{- end }}
+
+{{/*
 The secret settings the broker reads for the configured Vault auth method and features.
 */}}
 {{- define "hubspot-token-broker.secretKeys" -}}
@@ -261,6 +290,9 @@ The secret settings the broker reads for the configured Vault auth method and fe
 - BROKER_WEBHOOK_URLS
 - BROKER_WEBHOOK_SECRET
 {{- end }}
+{{- if .Values.sso.enabled }}
+- BROKER_OIDC_CLIENT_SECRET
+{{- end }}
 {{- end }}
 
 {{/*
@@ -269,7 +301,7 @@ not taken from secrets.valueFrom.
 */}}
 {{- define "hubspot-token-broker.secretData" -}}
 {{- $s := .Values.secrets }}
-{{- $fromValues := dict "BROKER_DATABASE_URL" $s.databaseUrl "BROKER_REDIS_URL" $s.redisUrl "BROKER_VAULT_TOKEN" $s.vaultToken "BROKER_VAULT_SECRET_ID" $s.vaultSecretId "BROKER_WEBHOOK_URLS" $s.webhookUrls "BROKER_WEBHOOK_SECRET" $s.webhookSecret }}
+{{- $fromValues := dict "BROKER_DATABASE_URL" $s.databaseUrl "BROKER_REDIS_URL" $s.redisUrl "BROKER_VAULT_TOKEN" $s.vaultToken "BROKER_VAULT_SECRET_ID" $s.vaultSecretId "BROKER_WEBHOOK_URLS" $s.webhookUrls "BROKER_WEBHOOK_SECRET" $s.webhookSecret "BROKER_OIDC_CLIENT_SECRET" $s.oidcClientSecret }}
 {{- range (include "hubspot-token-broker.secretKeys" . | fromYamlArray) }}
 {{- if not (or (hasKey $s.valueFrom .) (hasKey $s.files .)) }}
 {{ . }}: {{ index $fromValues . | quote }}
