@@ -75,6 +75,9 @@ schema = schemathesis.openapi.from_path(SPEC_PATH)
 schema.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(
     expected_statuses=[*schema.config.checks.positive_data_acceptance.expected_statuses, 410]
 )
+# Every string with U+0000 is refused with a 422 (openapi.yaml's description; PostgreSQL
+# stores none): not valid data, so not generated as such. test_hostile_inputs sends them.
+schema.config.generation.update(allow_x00=False)
 _CURRENT_KEY: dict[str, str] = {}
 
 

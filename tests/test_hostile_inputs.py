@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from broker.adapters.postgres.audit import PostgresAudit
+from broker.adapters.postgres.pool import Database
 from broker.config import load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
@@ -100,3 +102,43 @@ def test_unknown_parameter_names_are_not_echoed(deployment: Deployment) -> None:
         for word in ("locked", "555", "also this", "also%20this", "call"):
             assert word not in text, (name, word, text)
         assert "invalid_request" in text, name
+
+
+def test_nul_characters_are_a_422_and_change_nothing(deployment: Deployment) -> None:
+    """PostgreSQL stores no U+0000 in text or jsonb: a string carrying one used to reach it
+    (a revoke reason in the outbox event) and end in a 500 after the refusal was decided."""
+    with _authed(deployment) as client:
+        for path, body in [
+            (f"/v1/admin/portals/{HUB}/quarantine", {"reason": "held\u0000"}),
+            (f"/v1/admin/portals/{HUB}/revoke", {"reason": "\u0000gone"}),
+            ("/v1/admin/apps/demo/install-links", {"return_to": "https://x.example/\u0000"}),
+        ]:
+            response = client.post(path, json=body)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["code"] == "invalid_request"
+            assert "\u0000" not in response.text
+        for params in ({"app": "demo\u0000"}, {"state": "active\u0000"}):
+            response = client.get("/v1/admin/portals", params=params)
+            assert response.status_code == 422, (params, response.text)
+        assert client.get(f"/v1/admin/portals/{HUB}").json()["state"] == "active"
+        assert client.get(f"/v1/portals/{HUB}/token").status_code == 200
+
+
+async def test_a_nul_reaching_the_audit_trail_does_not_stop_it(database_url: str) -> None:
+    """Whatever way a U+0000 gets in (an identity provider's subject, say), the audit batch
+    holding it is written with a replacement character, and the flushes after it go on (a
+    failed batch is put back and retried, so one poisoned row used to stop them for good)."""
+    db = await Database.connect(database_url, min_size=1, max_size=2, timeout=5)
+    try:
+        audit = PostgresAudit(db)
+        audit.record("admin.test", actor="oidc:a\u0000b", reason=["x\u0000"], n=1)
+        assert await audit.flush() == 1
+        audit.record("admin.test", actor="next", reason="plain")
+        assert await audit.flush() == 1
+        rows = await audit.query(hub_id=None, actor=None, action="admin.test", since=None, limit=5)
+        assert [(r["actor"], r["detail"]["reason"]) for r in rows] == [
+            ("next", "plain"),
+            ("oidc:a\ufffdb", ["x\ufffd"]),
+        ]
+    finally:
+        await db.close()

@@ -15,7 +15,9 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import metrics
+from broker.errors import InvalidRequest
 from broker.logs import REQUEST_ID
+from broker.web.problems import from_error
 
 log = structlog.get_logger("broker.http")
 #: Sent while the replica drains: keep-alive callers reconnect, to a replica still serving.
@@ -85,6 +87,11 @@ class RequestIdMiddleware:
         status = 500
 
         services = scope.get("state", {}).get("services")
+        app = self.app
+        if b"%00" in scope["query_string"] or "\x00" in scope["path"]:
+            # No parameter may carry U+0000 (PostgreSQL stores none): one refusal here, not
+            # a check in every place that reads a parameter.
+            app = from_error(InvalidRequest("parameters may not contain U+0000"))
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -96,7 +103,7 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await app(scope, receive, send_with_id)
         finally:
             observe(route_of(scope["path"]), status, started)
             if status >= 500:

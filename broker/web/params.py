@@ -63,11 +63,27 @@ async def json_body(request: Request, *, limit: int = MAX_JSON_BODY) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except RecursionError:
         raise InvalidRequest("the body is nested too deeply") from None
     except ValueError as exc:  # also UnicodeDecodeError
         raise InvalidRequest("the body is not JSON") from exc
+    if _has_nul(body):
+        # PostgreSQL stores no U+0000 in text or jsonb: refused here, before anything is
+        # done, rather than failing a statement halfway through an operation.
+        raise InvalidRequest("strings in the body may not contain U+0000")
+    return body
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether any string in a decoded JSON value (keys too) contains U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def parse_app(raw: str | None, default: str) -> str:

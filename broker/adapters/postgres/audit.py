@@ -52,12 +52,12 @@ class PostgresAudit:
             metrics.AUDIT_DROPPED.inc()
         self._queue.append(
             (
-                actor,
+                _storable(actor),
                 action,
                 None if key is None else key.app,
                 None if key is None else key.hub_id,
                 None if key is None else key.user_id,
-                detail,
+                _storable(detail),
             )
         )
         if len(self._queue) >= self._batch:
@@ -168,3 +168,17 @@ class PostgresAudit:
             except Exception:  # a bug must not end auditing for the life of the process
                 metrics.AUDIT_FLUSH_FAILURES.inc()
                 log.exception("audit.flush_crashed", queued=len(self._queue))
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with every U+0000 replaced: PostgreSQL stores none in text or jsonb, and one
+    such character in a batch would fail the batch and, put back, every flush after it.
+    Requests carrying one are refused (:mod:`broker.web.params`); this keeps any other way
+    in (an identity provider's subject, an upstream message) from stopping the audit."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return value
