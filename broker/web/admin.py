@@ -111,7 +111,13 @@ async def release(request: Request) -> Response:
 async def install_link(request: Request) -> Response:
     svc, caller = await _admin(request)
     key = _key(request, svc, caller)
-    link = await svc.operations.install_link(key, actor=caller.name)
+    ttl, return_to = await _link_options(request)
+    if return_to is not None:
+        raise InvalidRequest(
+            "a portal's install link returns to the install page, not return_to",
+            errors=[{"field": "return_to", "message": "not for a portal's link"}],
+        )
+    link = await svc.operations.install_link(key, actor=caller.name, ttl=ttl)
     return reply({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
 
 
