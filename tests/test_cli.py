@@ -239,7 +239,8 @@ def test_portals_links_audit_keys_retention(cli: Cli) -> None:
     assert refreshed["version"] > portal["version"]
     again = cli("portals", "install-link", str(HUB), "--ttl", "300")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith("http") and "install-links revoke il_" in again.stderr
+    assert again.stdout.startswith("http")
+    assert "install-links revoke il_" in again.stderr
 
     links = _json(cli("--json", "install-links", "list", "--app", "demo"))
     assert {x["id"] for x in links} >= {link["id"]}
@@ -257,7 +258,8 @@ def test_portals_links_audit_keys_retention(cli: Cli) -> None:
     actor = ADMIN if cli.mode == "remote" else "cli:"
     trail = _json(cli("--json", "audit", "--hub", str(HUB), "--limit", "1000"))
     revokes = [e for e in trail if e["action"] == "portal.revoked"]
-    assert len(revokes) == 1 and revokes[0]["actor"].startswith(actor)
+    assert len(revokes) == 1
+    assert revokes[0]["actor"].startswith(actor)
     assert revokes[0]["detail"]["reason"] == "offboarded"
     first = cli("--json", "audit", "--hub", str(HUB), "--limit", "2")
     cursor = first.stderr.split("--cursor ")[1].split()[0]
@@ -276,7 +278,8 @@ def test_portals_links_audit_keys_retention(cli: Cli) -> None:
     assert after["install-link"]["latest_version"] == before["install-link"]["latest_version"] + 1
     assert after["install-link"]["retiring"]  # the old versions verify for the overlap
     swept = _json(cli("--json", "retention", "sweep"))
-    assert swept["swept"] is True and "audit_events" in swept["deleted"]
+    assert swept["swept"] is True
+    assert "audit_events" in swept["deleted"]
 
     # Webhooks are off here: the events are listed, nothing can be redelivered.
     events = _json(cli("--json", "webhooks", "events", "--hub", str(HUB)))
