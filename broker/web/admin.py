@@ -14,7 +14,7 @@ from starlette.routing import Route
 from broker.core.admin import portal_view
 from broker.core.models import Caller, PortalKey, Role
 from broker.errors import Forbidden, InvalidRequest
-from broker.web.manage._common import authorize, reply
+from broker.web.manage._common import authorize, reply, whole
 from broker.web.params import json_body, parse_app, parse_int, reject_unknown
 from broker.web.services import Services
 
@@ -140,7 +140,7 @@ async def _link_options(request: Request) -> tuple[int | None, str | None]:
         return None, None
     if not isinstance(body, dict) or set(body) - {"ttl", "return_to"}:
         raise InvalidRequest("the body must be an object with only ttl and return_to")
-    ttl, return_to = body.get("ttl"), body.get("return_to")
+    ttl, return_to = whole(body.get("ttl")), body.get("return_to")
     if ttl is not None and type(ttl) is not int:
         raise InvalidRequest("ttl must be an integer", errors=[{"field": "ttl", "message": "int"}])
     if return_to is not None and not isinstance(return_to, str):

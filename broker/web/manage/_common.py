@@ -61,6 +61,14 @@ def vault_policy(needs: str) -> Iterator[None]:
         ) from exc
 
 
+def whole(value: Any) -> Any:
+    """JSON Schema's integers include ``7.0``: such a float as the int it is (anything
+    else unchanged, for the caller's type check)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
 def _invalid(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"{field}: {message}", errors=[{"field": field, "message": message}])
 
@@ -114,13 +122,13 @@ class Body:
         if (
             not isinstance(value, list)
             or len(value) > limit
-            or not all(type(v) is int and 1 <= v < 2**63 for v in value)
+            or not all(type(whole(v)) is int and 1 <= v < 2**63 for v in value)
         ):
             raise _invalid(name, f"a list of at most {limit} positive integers")
-        return value
+        return [int(v) for v in value]
 
     def integer(self, name: str, *, minimum: int, maximum: int) -> int | None:
-        value = self._data.get(name)
+        value = whole(self._data.get(name))
         if value is None:
             return None
         if type(value) is not int or not minimum <= value <= maximum:
