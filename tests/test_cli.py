@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,7 @@ from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 from tests.conftest import _admin, _with_db
 from tests.helpers import Deployment, register, serve_app
+from tests.test_workload_identity import AUDIENCE, ISSUER, Issuer, issuer  # noqa: F401 (a fixture)
 
 
 def broker(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -350,3 +352,49 @@ def test_every_operator_command_has_an_http_counterpart() -> None:
     wanted = {m for m in vars(Operations) if not m.startswith("_")}
     for impl in (LocalOperations, RemoteOperations):
         assert wanted <= {m for m in vars(impl) if not m.startswith("_")}, impl
+
+
+def test_remote_with_a_workload_jwt(
+    env: dict[str, str],
+    issuer: tuple[Issuer, str],  # noqa: F811 (pytest passes the imported fixture)
+    tmp_path: Path,
+) -> None:
+    """A projected service-account token in a file (``--jwt-file``) instead of a key: the
+    broker maps it to its caller, which the audit trail names."""
+    state, jwks_url = issuer
+    trusted = [{"issuer": ISSUER, "jwks_url": jwks_url, "audience": AUDIENCE}]
+    settings = load_settings({**env, "BROKER_JWT_ISSUERS": json.dumps(trusted)})
+    subject = "system:serviceaccount:platform:broker-ops"
+    with serve_app(create_app(settings)) as url:
+
+        async def workload() -> None:
+            async with open_admin(settings) as svc:
+                await svc.callers.create(
+                    "platform-ops",
+                    roles=[Role.CALLERS_ADMIN.value, Role.TOKENS_READ.value],
+                    identity=(ISSUER, subject),
+                    with_key=False,
+                    actor="test",
+                )
+
+        asyncio.run(workload())
+        token = tmp_path / "token"
+        token.write_text(state.mint(sub=subject) + "\n")
+        remote = {"BROKER_URL": url}
+        created = _json(
+            broker(remote, "--jwt-file", str(token), "--json", "callers", "create", "svc-a")
+        )
+        assert created["key"].startswith("hsb_")
+        listed = _json(broker(remote, "--jwt-file", str(token), "--json", "callers", "list"))
+        assert {c["name"] for c in listed} == {"platform-ops", "svc-a"}
+        token.write_text(state.mint(sub="system:serviceaccount:other:app"))
+        stranger = broker(remote, "--jwt-file", str(token), "callers", "list")
+        assert stranger.returncode == 1
+        assert "error (unauthenticated):" in stranger.stderr
+
+    async def created_by() -> list[str]:
+        async with open_admin(settings) as svc:
+            events = await svc.admin.audit(action="caller.created")
+            return [e["actor"] for e in events if e["detail"]["caller"] == "svc-a"]
+
+    assert asyncio.run(created_by()) == ["platform-ops"]
