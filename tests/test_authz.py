@@ -170,12 +170,18 @@ class Managed:
     unlimited: dict[str, str] = field(default_factory=dict)
 
 
-async def _ok(_: Request) -> Response:
+#: Webhook-Id of every delivery the receiver got.
+RECEIVED: list[str] = []
+
+
+async def _ok(request: Request) -> Response:
+    RECEIVED.append(request.headers["webhook-id"])
     return Response(status_code=204)
 
 
 @pytest.fixture
 def managed(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Managed]:
+    RECEIVED.clear()
     with serve_app(Starlette(routes=[Route("/hook", _ok, methods=["POST"])])) as receiver:
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         settings = load_settings(
@@ -428,3 +434,33 @@ def test_a_callers_admin_grants_nothing_beyond_itself(managed: Managed) -> None:
     assert not {n for n in names if n.startswith("esc-")} - {"esc-ok"}
     with managed.deployment.client(headers={"Authorization": f"Bearer {wide_key}"}) as client:
         assert client.get(f"/v1/portals/{MANAGED_HUB}/token").status_code == 200
+
+
+def test_redelivery_sends_the_same_event_again(managed: Managed) -> None:
+    """A delivered event, redelivered: the receiver gets it once more with the same
+    Webhook-Id (it is the same event), and the listing shows it delivered again."""
+    event = managed.events["own"]
+    assert RECEIVED.count(f"evt_{event}") == 1
+    key = managed.limited[Role.PORTALS_ADMIN.value]
+    with managed.deployment.client(headers={"Authorization": f"Bearer {key}"}) as client:
+        path = f"/v1/admin/webhooks/events/{event}/redeliver"
+        assert client.post(path, json={"endpoint": "0" * 16}).status_code == 422
+        assert client.post("/v1/admin/webhooks/events/999999/redeliver").status_code == 404
+        again = client.post(path)
+        assert again.status_code == 200, again.text
+        assert again.json()["webhook_id"] == f"evt_{event}"
+        _wait_delivered(managed.deployment.settings)
+        assert RECEIVED.count(f"evt_{event}") == 2
+        listed = client.get("/v1/admin/webhooks/events", params={"app": "demo"}).json()
+        [shown] = [e for e in listed["events"] if e["id"] == event]
+        [delivery] = shown["deliveries"]
+        assert (delivery["state"], delivery["attempts"], delivery["host"]) == (
+            "delivered",
+            2,
+            "127.0.0.1",
+        )
+    trail = fetch(
+        managed.deployment.settings,
+        "SELECT actor, app FROM audit_events WHERE action = 'webhook.redelivered'",
+    )
+    assert [tuple(r) for r in trail] == [("m-portals-admin", "demo")]
