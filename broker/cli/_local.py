@@ -15,7 +15,7 @@ from broker.core.admin import app_view, caller_view, link_view, portal_view
 from broker.core.audit import event_view
 from broker.core.models import DEFAULT_API_VERSION, App, PortalKey
 from broker.core.ports import AuditFilter, EventFilter
-from broker.core.signing import KeyStatus, Purpose
+from broker.core.signing import KeyStatus, Purpose, status_view
 from broker.errors import ConfigError
 from broker.web.services import Services
 
@@ -35,15 +35,7 @@ def _time(raw: Any) -> datetime | None:
 
 
 def signing_views(statuses: list[KeyStatus]) -> list[View]:
-    return [
-        {
-            "purpose": s.purpose.value,
-            "key": s.key,
-            "latest_version": s.latest_version,
-            "retiring": {str(v): at.isoformat() for v, at in sorted(s.retiring.items())},
-        }
-        for s in statuses
-    ]
+    return [status_view(s) for s in statuses]
 
 
 class LocalOperations(Operations):

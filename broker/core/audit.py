@@ -35,6 +35,14 @@ class AuditPage:
     next_cursor: str | None
 
 
+def check_limit(limit: int, maximum: int) -> None:
+    """A page size: 1 to ``maximum``."""
+    if not 1 <= limit <= maximum:
+        raise InvalidRequest(
+            f"limit must be 1-{maximum}", errors=[{"field": "limit", "message": f"1-{maximum}"}]
+        )
+
+
 def encode_cursor(position: AuditPosition) -> str:
     raw = json.dumps({"at": position.at.isoformat(), "id": position.id}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode()
@@ -92,11 +100,7 @@ class AuditTrail:
         limit: int = 100,
     ) -> AuditPage:
         """One page of events matching ``match`` that ``caller`` may see."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(
-                f"limit must be 1-{MAX_PAGE}",
-                errors=[{"field": "limit", "message": f"1-{MAX_PAGE}"}],
-            )
+        check_limit(limit, MAX_PAGE)
         after = None if cursor is None else decode_cursor(cursor)
         found = await self._audit.search(scoped(match, caller), after=after, limit=limit + 1)
         events = found[:limit]

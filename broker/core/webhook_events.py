@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from broker.core.audit import check_limit
 from broker.core.models import Caller, PortalKey
 from broker.core.ports import AuditSink, DeliveryRecord, EventFilter, EventLog, EventRecord
 from broker.core.webhooks import classify, endpoint_key
@@ -98,11 +99,7 @@ class WebhookEvents:
         before: int | None = None,
         limit: int = 50,
     ) -> EventPage:
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(
-                f"limit must be 1-{MAX_PAGE}",
-                errors=[{"field": "limit", "message": f"1-{MAX_PAGE}"}],
-            )
+        check_limit(limit, MAX_PAGE)
         if caller is not None:
             match = EventFilter(
                 type=match.type,

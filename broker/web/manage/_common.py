@@ -3,7 +3,7 @@ that are never cached, and Vault refusals of the broker's own policy as a clear 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -103,29 +103,29 @@ class Body:
             raise _invalid(name, f"a string of 1-{limit} characters")
         return value
 
-    def texts(self, name: str, *, limit: int = 256) -> list[str] | None:
+    def _items(
+        self, name: str, limit: int, fits: Callable[[Any], bool], what: str
+    ) -> list[Any] | None:
         value = self._data.get(name)
         if value is None:
             return None
-        if (
-            not isinstance(value, list)
-            or len(value) > limit
-            or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)
-        ):
-            raise _invalid(name, f"a list of at most {limit} strings")
+        if not isinstance(value, list) or len(value) > limit or not all(map(fits, value)):
+            raise _invalid(name, f"a list of at most {limit} {what}")
         return value
 
+    def texts(self, name: str, *, limit: int = 256) -> list[str] | None:
+        return self._items(
+            name, limit, lambda v: isinstance(v, str) and 0 < len(v) <= 256, "strings"
+        )
+
     def integers(self, name: str, *, limit: int = 10_000) -> list[int] | None:
-        value = self._data.get(name)
-        if value is None:
-            return None
-        if (
-            not isinstance(value, list)
-            or len(value) > limit
-            or not all(type(whole(v)) is int and 1 <= v < 2**63 for v in value)
-        ):
-            raise _invalid(name, f"a list of at most {limit} positive integers")
-        return [int(v) for v in value]
+        found = self._items(
+            name,
+            limit,
+            lambda v: type(whole(v)) is int and 1 <= v < 2**63,
+            "positive integers",
+        )
+        return None if found is None else [int(v) for v in found]
 
     def integer(self, name: str, *, minimum: int, maximum: int) -> int | None:
         value = whole(self._data.get(name))

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from broker.core.models import Caller, Role
-from broker.core.signing import KeyStatus, Purpose
+from broker.core.signing import KeyStatus, Purpose, status_view
 from broker.errors import InvalidRequest
 from broker.web.manage._common import Body, authorize, need_unlimited, reply, vault_policy
 from broker.web.params import reject_unknown
@@ -58,17 +58,7 @@ async def transit_rewrap(request: Request) -> Response:
 
 
 def _statuses(statuses: list[KeyStatus]) -> dict[str, Any]:
-    return {
-        "keys": [
-            {
-                "purpose": s.purpose.value,
-                "key": s.key,
-                "latest_version": s.latest_version,
-                "retiring": {str(v): at.isoformat() for v, at in sorted(s.retiring.items())},
-            }
-            for s in statuses
-        ]
-    }
+    return {"keys": [status_view(s) for s in statuses]}
 
 
 async def signing_status(request: Request) -> Response:
