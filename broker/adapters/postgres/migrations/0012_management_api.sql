@@ -9,6 +9,9 @@ ALTER TABLE apps ADD COLUMN retired_by text;
 -- The audit query pages newest first by the keyset (at, id): one index serves the order,
 -- the cursor and the time filters, and the age-based retention deletes (so it replaces
 -- audit_events_at). The app filter (and app-scoped callers) get their own.
+-- Migrations run in one transaction, so these are not built CONCURRENTLY: on a large trail
+-- the build holds audit writes back for its duration; replicas queue them in memory
+-- (PostgresAudit, up to 100,000 events) and write them afterwards.
 CREATE INDEX audit_events_at_id ON audit_events (at, id);
 DROP INDEX audit_events_at;
 CREATE INDEX audit_events_app_at_id ON audit_events (app, at, id);
