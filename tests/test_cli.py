@@ -313,9 +313,8 @@ def test_portals_links_audit_keys_retention(cli: Cli) -> None:
     assert cli("apps", "install-link", "demo").returncode == 0
 
 
+@pytest.mark.parametrize("cli", ["remote"], indirect=True)
 def test_remote_needs_a_credential_and_refuses_a_bad_one(cli: Cli) -> None:
-    if cli.mode == "local":
-        pytest.skip("remote only")
     assert broker({"BROKER_URL": cli.url}, "callers", "list").returncode == 2
     wrong = broker(
         {"BROKER_URL": cli.url, "BROKER_CALLER_KEY": "hsb_" + "0" * 16 + "_" + "A" * 43},
