@@ -16,7 +16,7 @@ import pytest
 
 from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
-from broker.core.models import Role
+from broker.core.models import PortalKey, Role
 from broker.dev.simulator import Simulator
 from tests.helpers import Deployment, register, serve_app
 from tests.test_cli import broker
@@ -281,3 +281,29 @@ def test_a_revoke_during_a_slow_refresh_is_not_undone_by_its_fallback(
     assert (slow[0].status_code, slow[0].json()["code"]) == (410, "revoked"), slow[0].text
     assert token not in slow[0].text
     assert [r.status_code for r in later] == [410] * 5
+
+
+def test_a_portals_timeline_pages_through_its_audit_events(deployment: Deployment) -> None:
+    """``AuditTrail.timeline`` (for the operator page): one portal's events, newest first,
+    in pages that continue where the last one ended."""
+    assert admin(deployment, "POST", f"/{HUB}/quarantine", json={"reason": "t1"}).is_success
+    assert admin(deployment, "POST", f"/{HUB}/release").is_success
+    deadline = time.monotonic() + 10  # the audit trail is written every 0.5 s
+    released = "SELECT 1 FROM audit_events WHERE action = 'portal.released'"
+    while not fetch(deployment.settings, released):
+        assert time.monotonic() < deadline, "the release was never audited"
+        time.sleep(0.1)
+
+    async def pages() -> tuple[list[str], list[str]]:
+        async with open_admin(deployment.settings) as svc:
+            first = await svc.audit_trail.timeline(PortalKey("demo", HUB), limit=1)
+            assert first.next_cursor is not None
+            rest = await svc.audit_trail.timeline(
+                PortalKey("demo", HUB), cursor=first.next_cursor, limit=100
+            )
+            return [e.action for e in first.events], [e.action for e in rest.events]
+
+    newest, older = asyncio.run(pages())
+    assert newest == ["portal.released"]
+    assert older[0] == "portal.quarantined"
+    assert "portal.installed" in older

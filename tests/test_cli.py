@@ -85,6 +85,7 @@ def cli(request: pytest.FixtureRequest, env: dict[str, str], sim: Simulator) -> 
         if request.param == "local":
             yield Cli("local", env, settings, url, sim)
         else:
+            # Nothing else: no database, Redis or Vault setting reaches the process.
             remote = {"BROKER_URL": url, "BROKER_CALLER_KEY": admin_key(settings)}
             yield Cli("remote", remote, settings, url, sim)
 
