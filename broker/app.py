@@ -31,7 +31,7 @@ from broker.adapters.oidc import OidcClient
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.callers import PostgresCallers
 from broker.adapters.postgres.migrate import migrate, pending
-from broker.adapters.postgres.outbox import PostgresOutbox
+from broker.adapters.postgres.outbox import PostgresEventLog, PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.postgres.portal_search import PostgresPortalSearch, PostgresPortalTimeline
 from broker.adapters.postgres.portals import PostgresPortals
@@ -43,6 +43,7 @@ from broker.adapters.webhook_http import HttpWebhookSender
 from broker.config import Settings
 from broker.config_sso import grants_of
 from broker.core.admin import AdminService
+from broker.core.audit import AuditTrail
 from broker.core.browse import PortalBrowser
 from broker.core.caller_cache import CallerCache
 from broker.core.callers import CallerService
@@ -59,9 +60,10 @@ from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
 from broker.core.signing import Keyring
 from broker.core.sso import SsoLogin
 from broker.core.tokens import TokenService
+from broker.core.webhook_events import WebhookEvents
 from broker.core.webhooks import WebhookDispatcher
 from broker.errors import BrokerError, FatalError
-from broker.web import admin, admin_page, health, oauth
+from broker.web import admin, admin_page, health, manage, oauth
 from broker.web.api import TokenRoute
 from broker.web.middleware import RequestIdMiddleware
 from broker.web.problems import HANDLERS
@@ -198,6 +200,7 @@ async def open_services(
             serves_cached=tokens.serves_cached,
             hubspot_down=lambda: engine.hubspot_paused_for() > 0,
         )
+        sweeper = _retention_sweeper(settings, db)
         if serving:
             health.start()
             stack.push_async_callback(health.close)
@@ -212,7 +215,6 @@ async def open_services(
             retrier = RevocationRetrier(operations)
             retrier.start()
             stack.push_async_callback(retrier.close)
-            sweeper = _retention_sweeper(settings, db)
             sweeper.start()
             stack.push_async_callback(sweeper.close)
             if settings.refresher_enabled:
@@ -283,9 +285,15 @@ async def open_services(
                 search=PostgresPortalSearch(db),
                 timeline=PostgresPortalTimeline(db),
             ),
-            keys=KeyRotation(keys=vault, store=portals),
+            keys=KeyRotation(keys=vault, store=portals, audit=audit),
             keyring=keyring,
             health=health,
+            audit_trail=AuditTrail(audit),
+            audit=audit,
+            webhook_events=WebhookEvents(
+                log=PostgresEventLog(db), urls=settings.webhook_url_list, audit=audit
+            ),
+            retention=sweeper,
             sso=sso,
         )
 
@@ -426,7 +434,7 @@ def internal_app(*, with_oauth: bool, lifespan: Lifespan[Starlette] | None = Non
     """``/v1/*``, ``/admin``, ``/metrics`` and the probes (and the install flow too unless a
     public listener serves it): the token route (raw ASGI, see :mod:`broker.web.api`) in
     front of the Starlette app."""
-    routes = [*admin.routes, *admin_page.routes, *health.routes]
+    routes = [*admin.routes, *manage.routes, *admin_page.routes, *health.routes]
     return TokenRoute(
         Starlette(
             routes=[*routes, *oauth.routes] if with_oauth else routes,

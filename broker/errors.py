@@ -11,12 +11,15 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   ├── Unauthenticated            401 unauthenticated
     │   ├── Forbidden                  403 forbidden
     │   │   ├── InstallLinkRejected    403 install_link_required, _invalid, _expired
-    │   │   └── SsoNoRole              403 sso_no_role: signed in, but no mapped group
+    │   │   ├── SsoNoRole              403 sso_no_role: signed in, but no mapped group
+    │   │   └── VaultPolicyDenied      403 vault_policy_denied: the broker's own Vault
+    │   │                              policy lacks what a management request needs
     │   ├── RateLimitedCaller          429 rate_limited (auth_throttled: too many unknown keys)
     │   ├── NotFound                   404 not_found (portal_not_found, app_not_found, ...)
     │   ├── Conflict                   409 conflict
     │   │   ├── NeedsReauth            409 needs_reauth
-    │   │   └── Quarantined            409 quarantined
+    │   │   ├── Quarantined            409 quarantined
+    │   │   └── AppRetired             409 app_retired: installs nothing new
     │   ├── Revoked                    410 revoked
     │   ├── PayloadTooLarge            413 body_too_large
     │   ├── InstallFailed              400 install_* (state, code exchange, denial)
@@ -304,3 +307,20 @@ class ConfigError(FatalError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+class AppRetired(Conflict):
+    """The app was retired (``broker apps retire``): it installs no new portal."""
+
+    code = "app_retired"
+    title = "The app is retired"
+
+
+class VaultPolicyDenied(Forbidden):
+    """The broker's own Vault policy does not allow what a management request asks (the
+    replicas' policy is least-privilege: no client-secret writes, no key management). Not
+    the caller's fault and not transient: run the command locally under the operator policy,
+    or grant the replicas ``deploy/vault/broker-management.hcl``."""
+
+    code = "vault_policy_denied"
+    title = "The broker's Vault policy does not allow this"

@@ -1,20 +1,37 @@
-"""The ``broker`` command line, run as a real subprocess against the real backends."""
+"""The ``broker`` command line, run as a real subprocess against the real backends.
+
+The operator commands run in both modes (the ``cli`` fixture): *local*, with the database and
+Vault settings, and *remote*, against a broker served by the test with only ``BROKER_URL``
+and a caller key in the process's environment (no database, Redis or Vault setting at all):
+the same commands, the same output, the same failures."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import asyncpg
+import pytest
 
 from broker.adapters.postgres.migrate import available
+from broker.app import create_app, open_admin
+from broker.config import Settings, load_settings
+from broker.core.models import Role
+from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 from tests.conftest import _admin, _with_db
+from tests.helpers import Deployment, register, serve_app
+from tests.test_workload_identity import AUDIENCE, ISSUER, Issuer, issuer  # noqa: F401 (a fixture)
 
 
 def broker(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -28,6 +45,49 @@ def broker(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Compl
         timeout=60,
         check=False,
     )
+
+
+ADMIN = "cli-admin"
+
+
+@dataclass
+class Cli:
+    """``broker`` in one mode: called with the command's arguments."""
+
+    mode: str
+    env: dict[str, str]
+    settings: Settings
+    url: str
+    sim: Simulator
+
+    def __call__(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return broker(self.env, *args, stdin=stdin)
+
+
+def admin_key(settings: Settings, name: str = ADMIN, **grants: Any) -> str:
+    """A caller with every role and no limit (unless ``grants`` say otherwise), created
+    locally as an operator bootstraps the first one."""
+
+    async def create() -> str:
+        async with open_admin(settings) as svc:
+            new = await svc.callers.create(
+                name, roles=grants.pop("roles", [r.value for r in Role]), actor="test", **grants
+            )
+            return new.secret
+
+    return asyncio.run(create())
+
+
+@pytest.fixture(params=["local", "remote"])
+def cli(request: pytest.FixtureRequest, env: dict[str, str], sim: Simulator) -> Iterator[Cli]:
+    settings = load_settings(env)
+    with serve_app(create_app(settings)) as url:
+        if request.param == "local":
+            yield Cli("local", env, settings, url, sim)
+        else:
+            # Nothing else: no database, Redis or Vault setting reaches the process.
+            remote = {"BROKER_URL": url, "BROKER_CALLER_KEY": admin_key(settings)}
+            yield Cli("remote", remote, settings, url, sim)
 
 
 def test_check_config_reports_every_problem_at_once() -> None:
@@ -72,10 +132,9 @@ def test_check_config_reaches_backends(env: dict[str, str]) -> None:
     assert env["BROKER_VAULT_TOKEN"] not in good.stdout + good.stderr + down.stdout
 
 
-def test_apps_callers_portals(env: dict[str, str]) -> None:
+def test_apps_callers_portals(cli: Cli) -> None:
     secret = f"cs-{secrets.token_hex(12)}"
-    added = broker(
-        env,
+    added = cli(
         "apps",
         "add",
         "crm-sync",
@@ -88,26 +147,22 @@ def test_apps_callers_portals(env: dict[str, str]) -> None:
         stdin=secret + "\n",
     )
     assert added.returncode == 0, added.stderr
-    listed = broker(env, "--json", "apps", "list")
+    listed = cli("--json", "apps", "list")
     assert [a["slug"] for a in json.loads(listed.stdout)] == ["crm-sync"]
     assert secret not in added.stdout + listed.stdout
 
-    bad = broker(
-        env, "apps", "add", "Bad Slug", "--client-id", "x", "--redirect-uri", "nope", stdin="s\n"
-    )
+    bad = cli("apps", "add", "Bad Slug", "--client-id", "x", "--redirect-uri", "nope", stdin="s\n")
     assert bad.returncode == 1
     assert "invalid_request" in bad.stderr
 
-    created = broker(
-        env, "--json", "callers", "create", "billing", "--app", "crm-sync", "--hub", "42"
-    )
+    created = cli("--json", "callers", "create", "billing", "--app", "crm-sync", "--hub", "42")
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)["key"]
     assert key.startswith("hsb_")
-    again = broker(env, "callers", "create", "billing")
+    again = cli("callers", "create", "billing")
     assert again.returncode == 1
     assert "caller_exists" in again.stderr
-    callers = json.loads(broker(env, "--json", "callers", "list").stdout)
+    callers = [c for c in json.loads(cli("--json", "callers", "list").stdout) if c["name"] != ADMIN]
     assert callers == [
         {
             "name": "billing",
@@ -119,11 +174,11 @@ def test_apps_callers_portals(env: dict[str, str]) -> None:
         }
     ]
     assert key not in json.dumps(callers)
-    assert broker(env, "callers", "disable", "billing").returncode == 0
-    assert broker(env, "callers", "disable", "billing").returncode == 1
+    assert cli("callers", "disable", "billing").returncode == 0
+    assert cli("callers", "disable", "billing").returncode == 1
 
-    assert json.loads(broker(env, "--json", "portals", "list").stdout) == []
-    missing = broker(env, "portals", "show", "42", "--app", "crm-sync")
+    assert json.loads(cli("--json", "portals", "list").stdout) == []
+    missing = cli("portals", "show", "42", "--app", "crm-sync")
     assert missing.returncode == 1
     assert "portal_not_found" in missing.stderr
 
@@ -156,3 +211,190 @@ def test_concurrent_migrations_apply_once(backends: BackendUrls, env: dict[str, 
         assert broker(fresh, "check-config").returncode == 0
     finally:
         asyncio.run(_admin(backends.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+HUB = 9_100_001
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_portals_links_audit_keys_retention(cli: Cli) -> None:
+    """Every operator command but those local by nature, in this mode, on a real portal."""
+    client_id, secret, _ = register(cli.settings, cli.sim, f"{cli.url}/oauth/callback", slug="demo")
+    link = _json(cli("--json", "apps", "install-link", "demo", "--ttl", "600"))
+    d = Deployment(cli.settings, cli.sim, "", cli.url, "demo", client_id, secret, "")
+    cli.sim.add_portal(HUB)
+    assert d.install(HUB, link=link["url"]).status_code == 200
+
+    [portal] = _json(cli("--json", "portals", "list", "--app", "demo"))
+    assert (portal["hub_id"], portal["state"]) == (HUB, "active")
+    shown = cli("portals", "show", str(HUB))  # the broker's default app
+    assert shown.returncode == 0, shown.stderr
+    assert "active" in shown.stdout
+    held = cli("portals", "quarantine", str(HUB), "--app", "demo", "--reason", "drill")
+    assert held.returncode == 0, held.stderr
+    assert held.stdout.strip() == f"portal demo/{HUB} quarantined"
+    assert _json(cli("--json", "portals", "release", str(HUB)))["state"] == "active"
+    refreshed = _json(cli("--json", "portals", "refresh", str(HUB)))
+    assert refreshed["version"] > portal["version"]
+    again = cli("portals", "install-link", str(HUB), "--ttl", "300")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("http")
+    assert "install-links revoke il_" in again.stderr
+
+    links = _json(cli("--json", "install-links", "list", "--app", "demo"))
+    assert {x["id"] for x in links} >= {link["id"]}
+    assert all("link=" not in json.dumps(x) for x in links)  # never the token
+    [revoked] = _json(cli("--json", "install-links", "revoke", link["id"]))
+    assert revoked["revoked_at"] is not None
+    unknown = cli("install-links", "revoke", "il_nope")
+    assert unknown.returncode == 1
+    assert "error (install_link_not_found):" in unknown.stderr
+
+    gone = _json(cli("--json", "portals", "revoke", str(HUB), "--reason", "offboarded"))
+    assert (gone["state"], gone["upstream"]) == ("revoked", "revoked")
+
+    # The audit trail, in pages that neither repeat nor skip an event.
+    actor = ADMIN if cli.mode == "remote" else "cli:"
+    trail = _json(cli("--json", "audit", "--hub", str(HUB), "--limit", "1000"))
+    revokes = [e for e in trail if e["action"] == "portal.revoked"]
+    assert len(revokes) == 1
+    assert revokes[0]["actor"].startswith(actor)
+    assert revokes[0]["detail"]["reason"] == "offboarded"
+    first = cli("--json", "audit", "--hub", str(HUB), "--limit", "2")
+    cursor = first.stderr.split("--cursor ")[1].split()[0]
+    rest = _json(cli("--json", "audit", "--hub", str(HUB), "--limit", "1000", "--cursor", cursor))
+    assert [e["id"] for e in _json(first) + rest] == [e["id"] for e in trail]
+    assert cli("audit", "--since", "yesterday").returncode == 2
+
+    # Keys and retention.
+    status = _json(cli("--json", "keys", "status"))
+    assert status["latest_version"] >= 1
+    rewrapped = _json(cli("--json", "keys", "rewrap"))
+    assert (rewrapped["remaining"], rewrapped["failed"]) == (0, 0)
+    before = {k["purpose"]: k for k in _json(cli("--json", "keys", "signing-status"))}
+    rotated = cli("--json", "keys", "rotate-signing", "install-link", "--overlap-hours", "1")
+    after = {k["purpose"]: k for k in _json(rotated)}
+    assert after["install-link"]["latest_version"] == before["install-link"]["latest_version"] + 1
+    assert after["install-link"]["retiring"]  # the old versions verify for the overlap
+    swept = _json(cli("--json", "retention", "sweep"))
+    assert swept["swept"] is True
+    assert "audit_events" in swept["deleted"]
+
+    # Webhooks are off here: the events are listed, nothing can be redelivered.
+    events = _json(cli("--json", "webhooks", "events", "--hub", str(HUB)))
+    assert {"portal.installed", "portal.revoked"} <= {e["type"] for e in events}
+    off = cli("webhooks", "redeliver", str(events[0]["id"]))
+    assert off.returncode == 1
+    assert "error (webhooks_disabled):" in off.stderr
+
+    # A retired app mints no link and installs nothing new; back in service, it does.
+    assert _json(cli("--json", "apps", "retire", "demo"))["retired_at"] is not None
+    refused = cli("apps", "install-link", "demo")
+    assert refused.returncode == 1
+    assert "error (app_retired):" in refused.stderr
+    assert _json(cli("--json", "apps", "unretire", "demo"))["retired_at"] is None
+    kept = cli(
+        "apps",
+        "add",
+        "demo",
+        "--client-id",
+        client_id,
+        "--redirect-uri",
+        f"{cli.url}/oauth/callback",
+        "--scope",
+        "oauth",
+        "--keep-secret",
+    )
+    assert kept.returncode == 0, kept.stderr
+    assert "client secret kept" in kept.stdout
+    assert cli("apps", "install-link", "demo").returncode == 0
+
+
+@pytest.mark.parametrize("cli", ["remote"], indirect=True)
+def test_remote_needs_a_credential_and_refuses_a_bad_one(cli: Cli) -> None:
+    assert broker({"BROKER_URL": cli.url}, "callers", "list").returncode == 2
+    wrong = broker(
+        {"BROKER_URL": cli.url, "BROKER_CALLER_KEY": "hsb_" + "0" * 16 + "_" + "A" * 43},
+        "callers",
+        "list",
+    )
+    assert wrong.returncode == 1
+    assert "error (unauthenticated):" in wrong.stderr
+    down = broker({**cli.env, "BROKER_URL": "http://127.0.0.1:9"}, "apps", "list")
+    assert down.returncode == 1
+    assert "error (broker_unreachable):" in down.stderr
+
+
+def test_every_operator_command_has_an_http_counterpart() -> None:
+    """Each command but the local ones (serve, dev, migrate, check-config) runs remotely:
+    it is a ``run`` command, which both implementations of the operations serve."""
+    from broker.cli import build_parser
+    from broker.cli._local import LocalOperations
+    from broker.cli._ops import Operations
+    from broker.cli._remote import RemoteOperations
+
+    local_only = {"serve", "dev", "migrate", "check-config"}
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    seen = 0
+    for name, sub in commands.choices.items():
+        leaves = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        parsers = [*leaves[0].choices.values()] if leaves else [sub]
+        for leaf in parsers:
+            run = leaf.get_default("run")
+            assert (run is None) == (name in local_only), (name, leaf.prog)
+            seen += run is not None
+    assert seen >= 25
+    wanted = {m for m in vars(Operations) if not m.startswith("_")}
+    for impl in (LocalOperations, RemoteOperations):
+        assert wanted <= {m for m in vars(impl) if not m.startswith("_")}, impl
+
+
+def test_remote_with_a_workload_jwt(
+    env: dict[str, str],
+    issuer: tuple[Issuer, str],  # noqa: F811 (pytest passes the imported fixture)
+    tmp_path: Path,
+) -> None:
+    """A projected service-account token in a file (``--jwt-file``) instead of a key: the
+    broker maps it to its caller, which the audit trail names."""
+    state, jwks_url = issuer
+    trusted = [{"issuer": ISSUER, "jwks_url": jwks_url, "audience": AUDIENCE}]
+    settings = load_settings({**env, "BROKER_JWT_ISSUERS": json.dumps(trusted)})
+    subject = "system:serviceaccount:platform:broker-ops"
+    with serve_app(create_app(settings)) as url:
+
+        async def workload() -> None:
+            async with open_admin(settings) as svc:
+                await svc.callers.create(
+                    "platform-ops",
+                    roles=[Role.CALLERS_ADMIN.value, Role.TOKENS_READ.value],
+                    identity=(ISSUER, subject),
+                    with_key=False,
+                    actor="test",
+                )
+
+        asyncio.run(workload())
+        token = tmp_path / "token"
+        token.write_text(state.mint(sub=subject) + "\n")
+        remote = {"BROKER_URL": url}
+        created = _json(
+            broker(remote, "--jwt-file", str(token), "--json", "callers", "create", "svc-a")
+        )
+        assert created["key"].startswith("hsb_")
+        listed = _json(broker(remote, "--jwt-file", str(token), "--json", "callers", "list"))
+        assert {c["name"] for c in listed} == {"platform-ops", "svc-a"}
+        token.write_text(state.mint(sub="system:serviceaccount:other:app"))
+        stranger = broker(remote, "--jwt-file", str(token), "callers", "list")
+        assert stranger.returncode == 1
+        assert "error (unauthenticated):" in stranger.stderr
+
+    async def created_by() -> list[str]:
+        async with open_admin(settings) as svc:
+            events = await svc.admin.audit(action="caller.created")
+            return [e["actor"] for e in events if e["detail"]["caller"] == "svc-a"]
+
+    assert asyncio.run(created_by()) == ["platform-ops"]

@@ -320,3 +320,28 @@ def test_a_revoked_portal_is_connected_again_only_through_its_own_link(
         allowed = browser.get(install_link(deployment.settings, "demo", hub_id=HUB))
     assert allowed.status_code == 200, allowed.text
     assert deployment.token(HUB).status_code == 200
+
+
+def test_a_retired_app_installs_nothing_and_keeps_serving(
+    deployment: Deployment, env: dict[str, str]
+) -> None:
+    """Retiring refuses outstanding links and new ones, and never the portals installed."""
+    assert deployment.install(HUB).status_code == 200
+    link = install_link(deployment.settings, "demo")
+
+    async def retire(retired: bool) -> None:
+        async with open_admin(deployment.settings) as svc:
+            await svc.admin.retire_app("demo", retired=retired, actor="test")
+
+    asyncio.run(retire(True))
+    with httpx.Client() as browser:
+        page = browser.get(link)
+        assert page.status_code == 409, page.text
+        assert "app_retired" in page.text
+    minted = broker(env, "apps", "install-link", "demo")
+    assert minted.returncode == 1
+    assert "error (app_retired):" in minted.stderr
+    assert deployment.token(HUB).status_code == 200  # its portal is still served
+    asyncio.run(retire(False))
+    with httpx.Client() as browser:
+        assert browser.get(link).status_code == 302  # to HubSpot's consent page

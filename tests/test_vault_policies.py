@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import httpx
 import hvac
 import hvac.exceptions
 import pytest
@@ -22,6 +23,7 @@ from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 from broker.errors import VaultError
 from tests.helpers import Deployment, install_link, register, serve_app
+from tests.test_cli import admin_key
 
 POLICIES = Path(__file__).resolve().parent.parent / "deploy" / "vault"
 HUB = 8_100_001
@@ -152,3 +154,72 @@ def test_operators_cannot_weaken_transit_keys(backends: BackendUrls) -> None:
     assert state["min_decryption_version"] == 2
     signing = root.secrets.transit.read_key(name="hubspot-token-broker-session")["data"]
     assert (signing["exportable"], signing["allow_plaintext_backup"]) == (False, False)
+
+
+def test_management_api_under_the_replicas_policies(
+    env: dict[str, str], backends: BackendUrls, sim: Simulator
+) -> None:
+    """The management API on a broker logged in with the shipped replica policy: what needs
+    Vault rights the replicas lack answers 403 ``vault_policy_denied`` (never a 500, and
+    nothing written); with ``broker-management.hcl`` added it works, but the key custodian's
+    retirement, which no replica policy grants, is still refused the same clear way."""
+    root = hvac.Client(url=backends.vault_addr, token=backends.vault_token)
+    for name in ("broker", "broker-management"):
+        policy = "hubspot-token-broker" + name.removeprefix("broker")
+        root.sys.create_or_update_policy(policy, (POLICIES / f"{name}.hcl").read_text())
+    if "approle/" not in root.sys.list_auth_methods():
+        root.sys.enable_auth_method("approle")
+    shared = {
+        k: v for k, v in env.items() if k not in ("BROKER_VAULT_KV_PREFIX", "BROKER_VAULT_TOKEN")
+    }
+
+    def runtime(*policies: str) -> Any:
+        role = f"htb-mgmt-{secrets.token_hex(3)}"
+        root.auth.approle.create_or_update_approle(
+            role, token_policies=list(policies), token_ttl="5m"
+        )
+        return load_settings(
+            {
+                **shared,
+                "BROKER_VAULT_AUTH": "approle",
+                "BROKER_VAULT_ROLE_ID": root.auth.approle.read_role_id(role)["data"]["role_id"],
+                "BROKER_VAULT_SECRET_ID": root.auth.approle.generate_secret_id(role)["data"][
+                    "secret_id"
+                ],
+            }
+        )
+
+    slug = f"mgmt-{secrets.token_hex(3)}"
+    app = {"client_id": "cid", "redirect_uri": "https://broker.example/oauth/callback"}
+    denied = runtime("hubspot-token-broker")
+    with serve_app(create_app(denied)) as url:
+        key = admin_key(denied)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+            for method, path, body in (
+                ("PUT", f"/v1/admin/apps/{slug}", {**app, "client_secret": "s3cret-value"}),
+                ("GET", "/v1/admin/keys/transit", None),
+                ("POST", "/v1/admin/keys/transit/rewrap", {}),
+                ("GET", "/v1/admin/keys/signing", None),
+                ("POST", "/v1/admin/keys/signing/rotate", {"purposes": ["session"]}),
+            ):
+                refused = client.request(method, path, json=body)
+                assert refused.status_code == 403, (path, refused.text)
+                problem = refused.json()
+                assert problem["code"] == "vault_policy_denied", path
+                assert "broker-management.hcl" in problem["detail"]
+                assert "s3cret-value" not in refused.text
+            assert client.get("/v1/admin/apps").json()["apps"] == []  # nothing was saved
+            assert client.post("/v1/admin/retention/sweep").status_code == 200  # no Vault
+
+    managing = runtime("hubspot-token-broker", "hubspot-token-broker-management")
+    with serve_app(create_app(managing)) as url:
+        key = admin_key(managing, name="mgmt-admin")
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+            saved = client.put(f"/v1/admin/apps/{slug}", json={**app, "client_secret": "s3cret"})
+            assert saved.status_code == 201, saved.text
+            assert "s3cret" not in saved.text
+            assert client.get("/v1/admin/keys/transit").status_code == 200
+            assert client.get("/v1/admin/keys/signing").status_code == 200
+            custodian = client.post("/v1/admin/keys/transit/rewrap", json={"retire": True})
+            assert custodian.status_code == 403, custodian.text
+            assert custodian.json()["code"] == "vault_policy_denied"

@@ -4,12 +4,22 @@ portals. Views never contain a token, a ciphertext or a secret."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from broker.config import Secret
-from broker.core.models import API_VERSIONS, APP_SLUG, App, PortalKey, PortalRecord, PortalState
+from broker.core.models import (
+    API_VERSIONS,
+    APP_SLUG,
+    App,
+    Caller,
+    InstallLinkRecord,
+    PortalKey,
+    PortalRecord,
+    PortalState,
+)
 from broker.core.ports import AuditSink, PortalRepository, SecretStore
 from broker.errors import InvalidRequest, NotFound
 
@@ -47,7 +57,43 @@ def app_view(app: App) -> dict[str, Any]:
         "api_version": app.api_version,
         "allow_marketplace_installs": app.allow_marketplace_installs,
         "user_level": app.user_level,
+        "retired_at": None if app.retired_at is None else app.retired_at.isoformat(),
     }
+
+
+def caller_view(caller: Caller) -> dict[str, Any]:
+    """Never a key or a key hash."""
+    return {
+        "name": caller.name,
+        "roles": sorted(caller.roles),
+        "apps": None if caller.apps is None else sorted(caller.apps),
+        "hub_ids": None if caller.hub_ids is None else sorted(caller.hub_ids),
+        "expires_at": None if caller.expires_at is None else caller.expires_at.isoformat(),
+        "disabled": caller.disabled,
+        "rate_limit": caller.rate_limit,
+    }
+
+
+def link_view(link: InstallLinkRecord) -> dict[str, Any]:
+    """Never the link token (it is not stored)."""
+    return {
+        "id": link.id,
+        "app": link.app,
+        "hub_id": link.hub_id,
+        "return_to": link.return_to,
+        "created_at": link.created_at.isoformat(),
+        "created_by": link.created_by,
+        "expires_at": link.expires_at.isoformat(),
+        "revoked_at": None if link.revoked_at is None else link.revoked_at.isoformat(),
+        "revoked_by": link.revoked_by,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class SavedApp:
+    app: App
+    #: False when an existing app was updated.
+    created: bool
 
 
 class AdminService:
@@ -58,7 +104,12 @@ class AdminService:
         self._secrets = secrets_store
         self._audit = audit
 
-    async def add_app(self, app: App, client_secret: Secret, *, actor: str) -> App:
+    async def add_app(self, app: App, client_secret: Secret | None, *, actor: str) -> App:
+        return (await self.save_app(app, client_secret, actor=actor)).app
+
+    async def save_app(self, app: App, client_secret: Secret | None, *, actor: str) -> SavedApp:
+        """Register or update an app. ``client_secret`` goes first in its list in Vault;
+        None keeps the stored secrets (an update only: a new app needs one)."""
         problems = []
         if not APP_SLUG.match(app.slug):
             problems.append({"field": "slug", "message": "1-63 lowercase letters, digits, '-'"})
@@ -69,14 +120,30 @@ class AdminService:
             problems.append({"field": "redirect_uri", "message": "an absolute http(s) URL"})
         if app.api_version not in API_VERSIONS:
             problems.append({"field": "api_version", "message": f"one of {API_VERSIONS}"})
-        if not client_secret:
+        if client_secret is not None and not client_secret:
             problems.append({"field": "client_secret", "message": "required"})
+        existing = None if problems else await self._portals.get_app(app.slug)
+        if client_secret is None and existing is None and not problems:
+            problems.append({"field": "client_secret", "message": "required for a new app"})
         if problems:
             raise InvalidRequest("the app is not valid", errors=problems)
-        # Secret first: an app row without a secret would fail every install.
-        await self._secrets.add_client_secret(app.slug, client_secret)
-        await self._portals.save_app(app)
-        self._audit.record("app.saved", actor=actor, app=app.slug)
+        if client_secret is not None:
+            # Secret first: an app row without a secret would fail every install.
+            await self._secrets.add_client_secret(app.slug, client_secret)
+        created = await self._portals.save_app(app)
+        self._audit.record(
+            "app.saved", actor=actor, app=app.slug, secret_added=client_secret is not None
+        )
+        saved = await self._portals.get_app(app.slug)
+        return SavedApp(saved or app, created)
+
+    async def retire_app(self, slug: str, *, retired: bool, actor: str) -> App:
+        """Retire an app (it installs nothing new: no install, link or marketplace callback;
+        its portals are still served and refreshed until revoked), or put it back."""
+        app = await self._portals.retire_app(slug, retired=retired, actor=actor)
+        if app is None:
+            raise NotFound(f"unknown app {slug!r}", code="app_not_found")
+        self._audit.record("app.retired" if retired else "app.unretired", actor=actor, app=slug)
         return app
 
     async def list_apps(self) -> list[App]:

@@ -58,6 +58,7 @@ from broker.core.models import Caller, NewCallerKey, Role
 from broker.core.ports import AuditSink, CallerRepository, Identity, IdentityVerifier
 from broker.core.tasks import cancel_and_wait
 from broker.errors import (
+    Forbidden,
     InvalidRequest,
     NotFound,
     RateLimitedCaller,
@@ -282,7 +283,10 @@ class CallerService:
         identity: tuple[str, str] | None = None,
         with_key: bool = True,
         actor: str,
+        granter: Caller | None = None,
     ) -> NewCallerKey:
+        """``granter``: the caller asking (the management API), which may grant nothing it
+        lacks (:meth:`Caller.covers`); None for the local CLI (bootstrap, break-glass)."""
         if not _NAME_RE.match(name):
             raise InvalidRequest(
                 "caller names are 1-128 letters, digits, '.', '_', ':' or '-'",
@@ -305,6 +309,11 @@ class CallerService:
         )
         if not with_key and identity is None:
             raise InvalidRequest("a caller needs a key or a workload identity")
+        if granter is not None and not granter.covers(draft):
+            raise Forbidden(
+                f"caller {granter.name!r} may not create a caller with roles, apps, hubs or "
+                "an expiry beyond its own"
+            )
         caller = await self._callers.create(
             draft,
             key_id if with_key else None,
@@ -319,10 +328,27 @@ class CallerService:
         shown = f"{KEY_PREFIX}{key_id}_{secret}" if with_key else ""
         return NewCallerKey(caller, key_id, shown, expires_at)
 
-    async def rotate(self, name: str, *, overlap_seconds: float, actor: str) -> NewCallerKey:
+    async def get(self, name: str, *, granter: Caller | None = None) -> Caller:
+        """The caller ``name``, only if ``granter`` (when given) covers it: rotating a key
+        hands the new key out, so managing a wider caller would be taking it over."""
+        caller = await self._callers.by_name(name)
+        if caller is None:
+            raise NotFound(f"no caller named {name!r}", code="caller_not_found")
+        if granter is not None and not granter.covers(caller):
+            raise Forbidden(
+                f"caller {granter.name!r} may not manage caller {name!r}, which has roles, "
+                "apps, hubs or an expiry beyond its own"
+            )
+        return caller
+
+    async def rotate(
+        self, name: str, *, overlap_seconds: float, actor: str, granter: Caller | None = None
+    ) -> NewCallerKey:
         """A new key for ``name``; the old one keeps working for ``overlap_seconds``."""
         if not 0 <= overlap_seconds <= 30 * 86400:
             raise InvalidRequest("the overlap must be between 0 and 30 days")
+        if granter is not None:
+            await self.get(name, granter=granter)
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         caller = await self._callers.rotate_key(name, key_id, _hash(secret), overlap_seconds)
@@ -339,7 +365,9 @@ class CallerService:
     async def list(self) -> list[Caller]:
         return await self._callers.list()
 
-    async def disable(self, name: str, *, actor: str) -> None:
+    async def disable(self, name: str, *, actor: str, granter: Caller | None = None) -> None:
+        if granter is not None:
+            await self.get(name, granter=granter)
         caller_id = await self._callers.disable(name)
         if caller_id is None:
             raise NotFound(f"no enabled caller named {name!r}", code="caller_not_found")

@@ -136,7 +136,7 @@ class InstallService:
             metrics.INSTALLS.labels(exc.code).inc()
             raise
         check_return_to(return_to, self._settings)
-        app = await self._refresher.app(app_slug)
+        app = await self._refresher.app(app_slug, installable=True)
         await self._secrets.client_secrets(app.slug)  # fail now, not after the consent page
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
@@ -188,7 +188,9 @@ class InstallService:
         candidates = [
             app
             for app in self._apps[1]
-            if app.allow_marketplace_installs and app.redirect_uri == callback_url
+            if app.allow_marketplace_installs
+            and app.redirect_uri == callback_url
+            and app.retired_at is None
         ]
         if len(candidates) != 1:
             raise InstallFailed("the callback has no state parameter", code="install_state_missing")
@@ -243,7 +245,8 @@ class InstallService:
             )
 
     async def _exchange(self, pending: PendingInstall, code: str) -> PortalRecord:
-        app = await self._refresher.app(pending.app)
+        # Read now: an app retired after the flow began connects nothing.
+        app = await self._refresher.app(pending.app, installable=True)
         client_secret = (await self._secrets.client_secrets(app.slug))[0]
         # Expiry on the database clock, taken before the exchange: never later than HubSpot's.
         issued_at = await self._portals.db_now()

@@ -175,7 +175,8 @@ class InstallLinks:
                 errors=[{"field": "ttl", "message": f"1-{MAX_INSTALL_LINK_TTL}"}],
             )
         check_return_to(return_to, self._settings)
-        app = await self._engine.app(app_slug)  # app_not_found for an unknown one
+        # app_not_found for an unknown one, app_retired for a retired one.
+        app = await self._engine.app(app_slug, installable=True)
         now = int(time.time())
         claims = LinkClaims(
             f"il_{secrets.token_urlsafe(12)}", app.slug, now, now + seconds, return_to, hub_id
@@ -234,6 +235,12 @@ class InstallLinks:
         self, *, app: str | None = None, include_inactive: bool = False
     ) -> list[InstallLinkRecord]:
         return await self._store.find(app=app, include_inactive=include_inactive)
+
+    async def get(self, link_id: str) -> InstallLinkRecord:
+        record = await self._store.get(link_id)
+        if record is None:
+            raise NotFound(f"no install link {link_id!r}", code="install_link_not_found")
+        return record
 
     async def revoke(self, link_id: str, *, actor: str) -> InstallLinkRecord:
         """Revoke a link at once, on every replica (each use reads its row). Audited."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.core.models import PortalKey
+from broker.core.ports import AuditSink
 from broker.errors import Conflict, Undecryptable
 
 
@@ -42,9 +43,15 @@ class RewrapReport:
 
 
 class KeyRotation:
-    def __init__(self, *, keys: KeyStore, store: CiphertextStore) -> None:
+    """Rewraps and retirements are audited (``transit_key.rewrapped``, ``.retired``) when
+    an ``actor`` is named."""
+
+    def __init__(
+        self, *, keys: KeyStore, store: CiphertextStore, audit: AuditSink | None = None
+    ) -> None:
         self._keys = keys
         self._store = store
+        self._audit = audit
 
     async def rewrap(
         self,
@@ -52,6 +59,7 @@ class KeyRotation:
         batch: int = 200,
         limit: int | None = None,
         progress: Callable[[RewrapReport], None] | None = None,
+        actor: str | None = None,
     ) -> RewrapReport:
         latest, minimum = await self._keys.key_versions()
         report = RewrapReport(latest, min_decryption_version=minimum)
@@ -91,9 +99,18 @@ class KeyRotation:
         report.remaining = len(
             await self._store.ciphertexts_below(latest, after_id=0, limit=1_000_000)
         )
+        if actor is not None and self._audit is not None and report.rewrapped + report.failed:
+            self._audit.record(
+                "transit_key.rewrapped",
+                actor=actor,
+                version=latest,
+                rewrapped=report.rewrapped,
+                failed=report.failed,
+                remaining=report.remaining,
+            )
         return report
 
-    async def retire_old_versions(self) -> int:
+    async def retire_old_versions(self, *, actor: str | None = None) -> int:
         """Raise ``min_decryption_version`` to the latest version — only at 100% coverage."""
         latest, _ = await self._keys.key_versions()
         if await self._store.ciphertexts_below(latest, after_id=0, limit=1):
@@ -102,6 +119,8 @@ class KeyRotation:
                 code="rewrap_incomplete",
             )
         await self._keys.set_min_decryption_version(latest)
+        if actor is not None and self._audit is not None:
+            self._audit.record("transit_key.retired", actor=actor, min_decryption_version=latest)
         return latest
 
 

@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 #: An app's slug: also the shape every interface accepts for an ``app`` parameter.
 APP_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
@@ -36,6 +37,8 @@ class Role(enum.StrEnum):
     TOKENS_READ = "tokens:read"
     PORTALS_ADMIN = "portals:admin"
     CALLERS_ADMIN = "callers:admin"
+    #: Apps (their client secrets), Transit and signing keys, retention: custody of secrets.
+    APPS_ADMIN = "apps:admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,8 @@ class App:
     api_version: str = DEFAULT_API_VERSION
     allow_marketplace_installs: bool = False
     user_level: bool = False
+    #: When it was retired: it installs nothing new; its portals are still served.
+    retired_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,34 @@ class Caller:
         return (self.apps is None or app in self.apps) and (
             self.hub_ids is None or hub_id in self.hub_ids
         )
+
+    def may_manage_app(self, app: str) -> bool:
+        """App-wide actions (an app's settings, an app-wide install link): the app is
+        allowed and the caller is limited to no particular portals."""
+        return (self.apps is None or app in self.apps) and self.hub_ids is None
+
+    @property
+    def unlimited(self) -> bool:
+        """Limited to no apps and no portals: may act on what belongs to none (keys)."""
+        return self.apps is None and self.hub_ids is None
+
+    def covers(self, other: Caller) -> bool:
+        """Whether ``other`` grants nothing this caller lacks: roles, apps, hubs, and an
+        expiry no later than this caller's. What a callers:admin may create or manage."""
+        return (
+            other.roles <= self.roles
+            and _within(other.apps, self.apps)
+            and _within(other.hub_ids, self.hub_ids)
+            and (
+                self.expires_at is None
+                or (other.expires_at is not None and other.expires_at <= self.expires_at)
+            )
+        )
+
+
+def _within(inner: frozenset[Any] | None, outer: frozenset[Any] | None) -> bool:
+    """``None`` is "every": anything is within every; every is within nothing smaller."""
+    return outer is None or (inner is not None and inner <= outer)
 
 
 @dataclass(frozen=True, slots=True)

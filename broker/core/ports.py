@@ -63,6 +63,105 @@ class Identity:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit trail row (never a token or a secret: fingerprints only)."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    app: str | None
+    hub_id: int | None
+    user_id: int | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """What an audit search matches; every field ``None`` matches everything. ``apps`` and
+    ``hub_ids`` are the searcher's scope: an event outside them (or naming no app, or no
+    hub, when they are set) is not returned."""
+
+    hub_id: int | None = None
+    actor: str | None = None
+    action: str | None = None
+    app: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    apps: frozenset[str] | None = None
+    hub_ids: frozenset[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPosition:
+    """A place in the newest-first order (the keyset (at, id)): a page continues with the
+    events strictly older than it."""
+
+    at: datetime
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One webhook delivery (an event to one receiver endpoint) as stored."""
+
+    endpoint: str
+    attempts: int
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An outbox event and its deliveries (never its payload: the listing is for delivery
+    state; the payload is what receivers get)."""
+
+    id: int
+    type: str
+    app: str | None
+    hub_id: int | None
+    user_id: int | None
+    at: datetime
+    fanned_out_at: datetime | None
+    delivered_at: datetime | None
+    deliveries: tuple[DeliveryRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to list; ``apps``/``hub_ids`` are the lister's scope as in
+    :class:`AuditFilter`. ``undelivered``: only events some endpoint has not acknowledged."""
+
+    type: str | None = None
+    app: str | None = None
+    hub_id: int | None = None
+    undelivered: bool = False
+    apps: frozenset[str] | None = None
+    hub_ids: frozenset[int] | None = None
+
+
+class EventLog(Protocol):
+    """The events outbox as operators see it (``/v1/admin/webhooks``), database clock."""
+
+    async def recent(
+        self, match: EventFilter, *, before_id: int | None, limit: int
+    ) -> list[EventRecord]:
+        """Newest first (by id), only ids below ``before_id`` when given."""
+        ...
+
+    async def get(self, event_id: int) -> EventRecord | None: ...
+
+    async def redeliver(self, event_id: int, endpoints: Sequence[str]) -> EventRecord | None:
+        """Make the event due again, at once, for each of ``endpoints``: a delivery that
+        exists is reset (undelivered, due now, its error cleared; ``attempts`` keeps
+        counting, so a late report of an earlier claim still changes nothing), a missing
+        one is created, and the event is marked undelivered. None for an unknown event."""
+        ...
+
+
 class IdentityVerifier(Protocol):
     async def verify(self, token: str) -> Identity:
         """Raises :class:`~broker.errors.Unauthenticated` for any token it cannot trust."""
@@ -234,7 +333,14 @@ class PortalRepository(Protocol):
 
     async def list_apps(self) -> list[App]: ...
 
-    async def save_app(self, app: App) -> None: ...
+    async def save_app(self, app: App) -> bool:
+        """Insert or update the app's settings (never its retirement); True when inserted."""
+        ...
+
+    async def retire_app(self, slug: str, *, retired: bool, actor: str) -> App | None:
+        """Retire the app (keeping the first retirement's time) or put it back in service;
+        None for an unknown app."""
+        ...
 
     async def get_portal(self, key: PortalKey) -> PortalRecord | None: ...
 
@@ -425,6 +531,8 @@ class CallerRepository(Protocol):
 
     async def by_identity(self, issuer: str, subject: str) -> Caller | None: ...
 
+    async def by_name(self, name: str) -> Caller | None: ...
+
     async def rotate_key(
         self, name: str, key_id: str, key_hash: str, overlap_seconds: float
     ) -> Caller | None:
@@ -462,7 +570,8 @@ class AuditSink(Protocol):
     def record(
         self, action: str, *, actor: str, key: PortalKey | None = None, **detail: object
     ) -> None:
-        """Queue an event; written in batches off the hot path."""
+        """Queue an event; written in batches off the hot path. Without a ``key``, a string
+        ``app`` detail names the event's app (searches scoped to apps find it)."""
         ...
 
     def issued(
@@ -495,6 +604,14 @@ class AuditSink(Protocol):
         limit: int,
     ) -> list[dict[str, Any]]:
         """Newest first."""
+        ...
+
+    async def search(
+        self, match: AuditFilter, *, after: AuditPosition | None, limit: int
+    ) -> list[AuditEvent]:
+        """Newest first by (at, id); only events strictly older than ``after`` when given,
+        so pages neither repeat nor skip an event already stored when the first page was
+        read, however many are written meanwhile."""
         ...
 
 

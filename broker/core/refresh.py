@@ -45,6 +45,7 @@ from broker.core.ports import (
 from broker.core.tasks import finish_even_if_cancelled
 from broker.errors import (
     AppMisconfigured,
+    AppRetired,
     BrokerError,
     DatabaseError,
     GrantDead,
@@ -195,15 +196,19 @@ class RefreshEngine:
         """Seconds the circuit breaker keeps HubSpot calls off (0 when closed)."""
         return self._breaker.open_for()
 
-    async def app(self, slug: str) -> App:
+    async def app(self, slug: str, *, installable: bool = False) -> App:
+        """The app (cached 30 s). ``installable``: read now, and refused with
+        :class:`AppRetired` when the app is retired (installs and install links)."""
         cached = self._apps.get(slug)
         now = time.monotonic()
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and not installable:
             return cached[1]
         app = await self._portals.get_app(slug)
         if app is None:
             raise NotFound(f"unknown app {slug!r}", code="app_not_found")
         self._apps[slug] = (now + 30.0, app)
+        if installable and app.retired_at is not None:
+            raise AppRetired(f"app {slug!r} is retired: it installs no new portal")
         return app
 
     async def ensure_fresh(self, record: PortalRecord, min_ttl: float) -> Fresh:

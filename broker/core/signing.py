@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import partial
+from typing import Any
 
 from broker import metrics
 from broker.core.batching import Coalescer
@@ -70,6 +71,16 @@ class KeyStatus:
     key: str
     latest_version: int
     retiring: dict[int, datetime]  # version -> when it stops (or stopped) verifying
+
+
+def status_view(status: KeyStatus) -> dict[str, Any]:
+    """What operators see of a signing key (never its material: Vault keeps it)."""
+    return {
+        "purpose": status.purpose.value,
+        "key": status.key,
+        "latest_version": status.latest_version,
+        "retiring": {str(v): at.isoformat() for v, at in sorted(status.retiring.items())},
+    }
 
 
 class Keyring:

@@ -6,19 +6,18 @@ token, a ciphertext or a secret."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from broker.core.admin import portal_view
 from broker.core.models import Caller, PortalKey, Role
 from broker.errors import Forbidden, InvalidRequest
-from broker.web.params import bearer, json_body, parse_app, parse_int, reject_unknown
-from broker.web.services import Services, services
+from broker.web.manage._common import authorize, reply, whole
+from broker.web.params import json_body, parse_app, parse_int, reject_unknown
+from broker.web.services import Services
 
-_NO_STORE = {"Cache-Control": "no-store"}
 # openapi.yaml says the reason matches \S, as JSON Schema (ECMAScript) reads it: one
 # character outside ECMAScript's whitespace set.
 _VISIBLE = re.compile("[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]")
@@ -26,12 +25,7 @@ _KEY_PARAMS = frozenset({"app", "user_id"})
 
 
 async def _admin(request: Request) -> tuple[Services, Caller]:
-    svc = services(request)
-    caller = await svc.callers.authenticate(bearer(request))
-    svc.callers.admit(caller)
-    if not caller.may(Role.PORTALS_ADMIN):
-        raise Forbidden(f"caller {caller.name!r} lacks the portals:admin role")
-    return svc, caller
+    return await authorize(request, Role.PORTALS_ADMIN)
 
 
 def _key(request: Request, svc: Services, caller: Caller) -> PortalKey:
@@ -67,10 +61,6 @@ async def _reason(request: Request, *, required: bool) -> str:
     return reason.strip(" \t\r\n")
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return JSONResponse(data, status_code=status, headers=_NO_STORE)
-
-
 async def list_portals(request: Request) -> Response:
     svc, caller = await _admin(request)
     reject_unknown(request, frozenset({"app", "state", "limit"}))
@@ -81,13 +71,13 @@ async def list_portals(request: Request) -> Response:
         raise InvalidRequest("limit must be at most 1000")
     records = await svc.admin.list_portals(app=app, state=query.get("state"), limit=limit)
     visible = [r for r in records if caller.may_access(r.key.app, r.key.hub_id)]
-    return _json({"portals": [portal_view(r) for r in visible]})
+    return reply({"portals": [portal_view(r) for r in visible]})
 
 
 async def show_portal(request: Request) -> Response:
     svc, caller = await _admin(request)
     record = await svc.admin.show_portal(_key(request, svc, caller))
-    return _json(portal_view(record))
+    return reply(portal_view(record))
 
 
 async def revoke(request: Request) -> Response:
@@ -95,13 +85,13 @@ async def revoke(request: Request) -> Response:
     key = _key(request, svc, caller)
     reason = await _reason(request, required=True)
     done = await svc.operations.revoke(key, reason=reason, actor=caller.name)
-    return _json({**portal_view(done.record), "upstream": done.upstream})
+    return reply({**portal_view(done.record), "upstream": done.upstream})
 
 
 async def refresh(request: Request) -> Response:
     svc, caller = await _admin(request)
     record = await svc.operations.force_refresh(_key(request, svc, caller), actor=caller.name)
-    return _json(portal_view(record))
+    return reply(portal_view(record))
 
 
 async def quarantine(request: Request) -> Response:
@@ -109,20 +99,26 @@ async def quarantine(request: Request) -> Response:
     key = _key(request, svc, caller)
     reason = await _reason(request, required=True)
     record = await svc.operations.quarantine(key, actor=caller.name, reason=reason)
-    return _json(portal_view(record))
+    return reply(portal_view(record))
 
 
 async def release(request: Request) -> Response:
     svc, caller = await _admin(request)
     record = await svc.operations.release(_key(request, svc, caller), actor=caller.name)
-    return _json(portal_view(record))
+    return reply(portal_view(record))
 
 
 async def install_link(request: Request) -> Response:
     svc, caller = await _admin(request)
     key = _key(request, svc, caller)
-    link = await svc.operations.install_link(key, actor=caller.name)
-    return _json({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
+    ttl, return_to = await _link_options(request)
+    if return_to is not None:
+        raise InvalidRequest(
+            "a portal's install link returns to the install page, not return_to",
+            errors=[{"field": "return_to", "message": "not for a portal's link"}],
+        )
+    link = await svc.operations.install_link(key, actor=caller.name, ttl=ttl)
+    return reply({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
 
 
 async def app_install_link(request: Request) -> Response:
@@ -130,12 +126,12 @@ async def app_install_link(request: Request) -> Response:
     particular portals (a portal-scoped admin uses the portal's own install-link)."""
     svc, caller = await _admin(request)
     app = parse_app(request.path_params["app"], "")
-    if (caller.apps is not None and app not in caller.apps) or caller.hub_ids is not None:
+    if not caller.may_manage_app(app):
         raise Forbidden(f"caller {caller.name!r} may not create install links for app {app!r}")
     reject_unknown(request, frozenset())
     ttl, return_to = await _link_options(request)
     link = await svc.install_links.mint(app, actor=caller.name, ttl=ttl, return_to=return_to)
-    return _json({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
+    return reply({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
 
 
 async def _link_options(request: Request) -> tuple[int | None, str | None]:
@@ -144,7 +140,7 @@ async def _link_options(request: Request) -> tuple[int | None, str | None]:
         return None, None
     if not isinstance(body, dict) or set(body) - {"ttl", "return_to"}:
         raise InvalidRequest("the body must be an object with only ttl and return_to")
-    ttl, return_to = body.get("ttl"), body.get("return_to")
+    ttl, return_to = whole(body.get("ttl")), body.get("return_to")
     if ttl is not None and type(ttl) is not int:
         raise InvalidRequest("ttl must be an integer", errors=[{"field": "ttl", "message": "int"}])
     if return_to is not None and not isinstance(return_to, str):

@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from broker.config import Settings
 from broker.core.admin import AdminService
+from broker.core.audit import AuditTrail
 from broker.core.browse import PortalBrowser
 from broker.core.callers import CallerService
 from broker.core.health import Health
@@ -15,9 +16,12 @@ from broker.core.install import InstallService
 from broker.core.install_links import InstallLinks
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations
+from broker.core.ports import AuditSink
+from broker.core.retention import RetentionSweeper
 from broker.core.signing import Keyring
 from broker.core.sso import SsoLogin
 from broker.core.tokens import TokenService
+from broker.core.webhook_events import WebhookEvents
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,13 @@ class Services:
     keyring: Keyring
     #: The lifecycle phase and backend health (``/readyz``).
     health: Health
+    #: The audit trail: searched (``/v1/admin/audit``), and written by the use cases.
+    audit_trail: AuditTrail
+    audit: AuditSink
+    #: The events outbox and its deliveries, for operators.
+    webhook_events: WebhookEvents
+    #: Retention; a replica runs it in the background, ``sweep()`` runs one now.
+    retention: RetentionSweeper
     #: Operator sign-in through the OpenID Provider; None while BROKER_OIDC_ISSUER is unset.
     sso: SsoLogin | None = None
 

@@ -86,6 +86,8 @@ done
 # --- policies ------------------------------------------------------------------------------
 "$BAO" policy write hubspot-token-broker "$POLICY_DIR/broker.hcl"
 "$BAO" policy write hubspot-token-broker-admin "$POLICY_DIR/broker-admin.hcl"
+# Written, attached to nothing: add it to the replicas' role to manage them over HTTP.
+"$BAO" policy write hubspot-token-broker-management "$POLICY_DIR/broker-management.hcl"
 "$BAO" policy write hubspot-token-broker-key-custodian "$POLICY_DIR/broker-key-custodian.hcl"
 
 # --- AppRoles with fixed credentials (dev) -------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ import structlog
 from broker import metrics
 from broker.adapters.postgres.pool import Database
 from broker.core.models import PortalKey
+from broker.core.ports import AuditEvent, AuditFilter, AuditPosition
 from broker.core.tasks import cancel_and_wait
 from broker.errors import DatabaseError
 
@@ -50,11 +52,14 @@ class PostgresAudit:
     ) -> None:
         if len(self._queue) == self._queue.maxlen:
             metrics.AUDIT_DROPPED.inc()
+        # An app-level event (no portal) names its app in the column too, from its "app"
+        # detail: app-scoped searches (broker.core.audit) find it.
+        app = detail.get("app") if key is None else key.app
         self._queue.append(
             (
                 _storable(actor),
                 action,
-                None if key is None else key.app,
+                app if isinstance(app, str) else None,
                 None if key is None else key.hub_id,
                 None if key is None else key.user_id,
                 _storable(detail),
@@ -104,19 +109,37 @@ class PostgresAudit:
         since: datetime | None,
         limit: int,
     ) -> list[dict[str, Any]]:
+        match = AuditFilter(hub_id=hub_id, actor=actor, action=action, since=since)
+        return [asdict(e) for e in await self.search(match, after=None, limit=limit)]
+
+    async def search(
+        self, match: AuditFilter, *, after: AuditPosition | None, limit: int
+    ) -> list[AuditEvent]:
+        # The row comparison (at, id) < ($9, $10) is the keyset: audit_events_at_id serves
+        # it and the order. A scope array that is set excludes rows whose column is NULL.
         rows = await self._db.fetch(
             """SELECT id, at, actor, action, app, hub_id, user_id, detail FROM audit_events
                WHERE ($1::bigint IS NULL OR hub_id = $1) AND ($2::text IS NULL OR actor = $2)
-                 AND ($3::text IS NULL OR action = $3)
-                 AND ($4::timestamptz IS NULL OR at >= $4)
-               ORDER BY at DESC, id DESC LIMIT $5""",
-            hub_id,
-            actor,
-            action,
-            since,
+                 AND ($3::text IS NULL OR action = $3) AND ($4::text IS NULL OR app = $4)
+                 AND ($5::timestamptz IS NULL OR at >= $5)
+                 AND ($6::timestamptz IS NULL OR at < $6)
+                 AND ($7::text[] IS NULL OR app = ANY($7))
+                 AND ($8::bigint[] IS NULL OR hub_id = ANY($8))
+                 AND ($9::timestamptz IS NULL OR (at, id) < ($9, $10::bigint))
+               ORDER BY at DESC, id DESC LIMIT $11""",
+            match.hub_id,
+            match.actor,
+            match.action,
+            match.app,
+            match.since,
+            match.until,
+            None if match.apps is None else sorted(match.apps),
+            None if match.hub_ids is None else sorted(match.hub_ids),
+            None if after is None else after.at,
+            None if after is None else after.id,
             limit,
         )
-        return [dict(r) for r in rows]
+        return [AuditEvent(**dict(r)) for r in rows]
 
     async def most_requested(self, *, within_seconds: float, limit: int) -> list[PortalKey]:
         rows = await self._db.fetch(

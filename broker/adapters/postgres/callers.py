@@ -67,6 +67,10 @@ class PostgresCallers:
         )
         return None if row is None else _caller(row)
 
+    async def by_name(self, name: str) -> Caller | None:
+        row = await self._db.fetchrow("SELECT * FROM callers WHERE name = $1", name)
+        return None if row is None else _caller(row)
+
     async def by_key_id(self, key_id: str) -> StoredCallerKey | None:
         row = await self._db.fetchrow(
             """SELECT *,

@@ -8,10 +8,12 @@ claim compares against ``clock_timestamp()``, the one clock all replicas share.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
 from broker.adapters.postgres.pool import Database
+from broker.core.ports import DeliveryRecord, EventFilter, EventRecord
 from broker.core.webhooks import OutboxEvent, OutboxStats
 
 
@@ -150,3 +152,105 @@ class PostgresOutbox:
         )
         assert row is not None  # an aggregate always returns one row
         return OutboxStats(pending=row["pending"], stuck=row["stuck"], oldest_seconds=row["oldest"])
+
+
+_EVENT_COLUMNS = """e.id, e.type, e.app, e.hub_id, e.user_id, e.at, e.fanned_out_at, e.delivered_at,
+    COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                  'endpoint', d.endpoint, 'attempts', d.attempts,
+                  'next_attempt_at', d.next_attempt_at, 'last_attempt_at', d.last_attempt_at,
+                  'last_error', d.last_error, 'delivered_at', d.delivered_at)
+                  ORDER BY d.endpoint)
+              FROM webhook_deliveries d WHERE d.event_id = e.id), '[]') AS deliveries"""
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _record(row: asyncpg.Record) -> EventRecord:
+    deliveries = tuple(
+        DeliveryRecord(
+            endpoint=d["endpoint"],
+            attempts=d["attempts"],
+            next_attempt_at=datetime.fromisoformat(d["next_attempt_at"]),
+            last_attempt_at=_time(d["last_attempt_at"]),
+            last_error=d["last_error"],
+            delivered_at=_time(d["delivered_at"]),
+        )
+        for d in row["deliveries"]
+    )
+    return EventRecord(
+        id=row["id"],
+        type=row["type"],
+        app=row["app"],
+        hub_id=row["hub_id"],
+        user_id=row["user_id"],
+        at=row["at"],
+        fanned_out_at=row["fanned_out_at"],
+        delivered_at=row["delivered_at"],
+        deliveries=deliveries,
+    )
+
+
+class PostgresEventLog:
+    """The outbox for operators (implements ``EventLog``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def recent(
+        self, match: EventFilter, *, before_id: int | None, limit: int
+    ) -> list[EventRecord]:
+        rows = await self._db.fetch(
+            f"""SELECT {_EVENT_COLUMNS} FROM events e
+                WHERE ($1::text IS NULL OR e.type = $1) AND ($2::text IS NULL OR e.app = $2)
+                  AND ($3::bigint IS NULL OR e.hub_id = $3)
+                  AND (NOT $4 OR e.delivered_at IS NULL)
+                  AND ($5::text[] IS NULL OR e.app = ANY($5))
+                  AND ($6::bigint[] IS NULL OR e.hub_id = ANY($6))
+                  AND ($7::bigint IS NULL OR e.id < $7)
+                ORDER BY e.id DESC LIMIT $8""",
+            match.type,
+            match.app,
+            match.hub_id,
+            match.undelivered,
+            None if match.apps is None else sorted(match.apps),
+            None if match.hub_ids is None else sorted(match.hub_ids),
+            before_id,
+            limit,
+        )
+        return [_record(r) for r in rows]
+
+    async def get(self, event_id: int) -> EventRecord | None:
+        row = await self._db.fetchrow(
+            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.id = $1", event_id
+        )
+        return None if row is None else _record(row)
+
+    async def redeliver(self, event_id: int, endpoints: Sequence[str]) -> EventRecord | None:
+        async with self._db.transaction() as conn:
+            # The event row first, as `delivered` locks it: an acknowledgement racing this
+            # cannot mark the event delivered over the reset deliveries.
+            found = await conn.fetchval("SELECT id FROM events WHERE id = $1 FOR UPDATE", event_id)
+            if found is None:
+                return None
+            await conn.execute(
+                """INSERT INTO webhook_deliveries (event_id, endpoint)
+                   SELECT $1, endpoint FROM unnest($2::text[]) AS endpoint
+                   ON CONFLICT (event_id, endpoint) DO UPDATE SET
+                       delivered_at = NULL, last_error = NULL,
+                       next_attempt_at = clock_timestamp()""",
+                event_id,
+                list(endpoints),
+            )
+            await conn.execute(
+                """UPDATE events SET delivered_at = NULL,
+                       fanned_out_at = COALESCE(fanned_out_at, clock_timestamp())
+                   WHERE id = $1""",
+                event_id,
+            )
+            row = await conn.fetchrow(
+                f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.id = $1", event_id
+            )
+        assert row is not None  # locked above
+        return _record(row)

@@ -40,6 +40,7 @@ def _app(row: asyncpg.Record) -> App:
         api_version=row["api_version"],
         allow_marketplace_installs=row["allow_marketplace_installs"],
         user_level=row["user_level"],
+        retired_at=row["retired_at"],
     )
 
 
@@ -163,8 +164,8 @@ class PostgresPortals:
     async def list_apps(self) -> list[App]:
         return [_app(r) for r in await self._db.fetch("SELECT * FROM apps ORDER BY slug")]
 
-    async def save_app(self, app: App) -> None:
-        await self._db.execute(
+    async def save_app(self, app: App) -> bool:
+        inserted: bool = await self._db.fetchval(
             """INSERT INTO apps (slug, client_id, redirect_uri, scopes, optional_scopes,
                                  api_version, allow_marketplace_installs, user_level)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -173,7 +174,8 @@ class PostgresPortals:
                    scopes = EXCLUDED.scopes, optional_scopes = EXCLUDED.optional_scopes,
                    api_version = EXCLUDED.api_version,
                    allow_marketplace_installs = EXCLUDED.allow_marketplace_installs,
-                   user_level = EXCLUDED.user_level, updated_at = clock_timestamp()""",
+                   user_level = EXCLUDED.user_level, updated_at = clock_timestamp()
+               RETURNING xmax = 0""",
             app.slug,
             app.client_id,
             app.redirect_uri,
@@ -183,6 +185,20 @@ class PostgresPortals:
             app.allow_marketplace_installs,
             app.user_level,
         )
+        return inserted
+
+    async def retire_app(self, slug: str, *, retired: bool, actor: str) -> App | None:
+        row = await self._db.fetchrow(
+            """UPDATE apps SET
+                   retired_at = CASE WHEN $2 THEN COALESCE(retired_at, clock_timestamp()) END,
+                   retired_by = CASE WHEN $2 THEN COALESCE(retired_by, $3) END,
+                   updated_at = clock_timestamp()
+               WHERE slug = $1 RETURNING *""",
+            slug,
+            retired,
+            actor,
+        )
+        return None if row is None else _app(row)
 
     # --- portals --------------------------------------------------------------------------
     async def get_portal(self, key: PortalKey) -> PortalRecord | None:
