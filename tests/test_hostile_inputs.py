@@ -117,6 +117,14 @@ def test_nul_characters_are_a_422_and_change_nothing(deployment: Deployment) -> 
             assert response.status_code == 422, (path, response.text)
             assert response.json()["code"] == "invalid_request"
             assert "\u0000" not in response.text
+        # Nesting the decoder takes but a recursive walk for U+0000 would not (it did: a 500).
+        deep = '{"reason":' + "[" * 900 + '"\\u0000"' + "]" * 900 + "}"
+        response = client.post(
+            f"/v1/admin/portals/{HUB}/quarantine",
+            content=deep,
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
         for params in ({"app": "demo\u0000"}, {"state": "active\u0000"}):
             response = client.get("/v1/admin/portals", params=params)
             assert response.status_code == 422, (params, response.text)

@@ -76,13 +76,19 @@ async def json_body(request: Request, *, limit: int = MAX_JSON_BODY) -> Any:
 
 
 def _has_nul(value: Any) -> bool:
-    """Whether any string in a decoded JSON value (keys too) contains U+0000."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in k or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
+    """Whether any string in a decoded JSON value (keys too) contains U+0000. A loop, not
+    recursion: the decoder takes nesting deeper than a recursive walk would survive."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 
