@@ -4,8 +4,9 @@ group -> roles mapping, kept out of :mod:`broker.config` so that module stays on
 ``BROKER_OIDC_ROLES=platform-admins=portals:admin+callers:admin,support=portals:admin``
 names, per identity-provider group, the roles its members get on the operator page;
 ``BROKER_OIDC_APPS=support=demo+billing`` limits a group to some apps (a group not named
-there: every app). A person in several groups gets the union of their roles, and every app
-if any of those groups is unlimited.
+there: every app). A person in several groups gets the union of their roles; the apps they
+may act on are those of their groups that grant ``portals:admin`` (every app if any of
+those is unlimited): a group granting something else never widens that grant.
 """
 
 from __future__ import annotations

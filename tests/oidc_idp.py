@@ -31,7 +31,11 @@ from tests.tls import CertificateAuthority
 
 PROVIDER_DIR = Path(__file__).parent / "oidc_provider"
 USERS = {
-    "alice": {"password": "alice-pw", "email": "alice@example.com", "groups": ["platform-admins"]},
+    "alice": {
+        "password": "alice-pw",
+        "email": "alice@example.com",
+        "groups": ["platform-admins", "auditors"],
+    },
     "bob": {"password": "bob-pw", "email": "bob@example.com", "groups": ["everyone"]},
 }
 

@@ -245,6 +245,10 @@ def test_quarantine_release_and_errors_as_pages(deployment: Deployment) -> None:
 
         no_reason = client.post(f"{base}/revoke", data={"app": "demo", "csrf": token})
         assert (no_reason.status_code, error_code(no_reason)) == (422, "invalid_request")
+        nul = {"app": "demo", "reason": "gone\u0000", "csrf": token}
+        nul_reason = client.post(f"{base}/revoke", data=nul)  # PostgreSQL stores no U+0000
+        assert (nul_reason.status_code, error_code(nul_reason)) == (422, "invalid_request")
+        assert state(client) == "active"
         missing = client.post(
             "/admin/portals/999/revoke", data={"app": "demo", "reason": "x", "csrf": token}
         )

@@ -431,10 +431,22 @@ def test_check_config_reaches_the_issuer(env: dict[str, str], idp: Idp) -> None:
     assert [r["oidc"] for r in reports] == ["ok", *["sso_provider_unavailable"] * 2]
 
 
+@pytest.mark.parametrize(
+    "limited",
+    [
+        {"BROKER_OIDC_APPS": "platform-admins=billing"},
+        # alice is in "auditors" too, unlimited but granting another role: it must not
+        # widen the apps of her portals:admin grant.
+        {
+            "BROKER_OIDC_ROLES": "platform-admins=portals:admin,auditors=callers:admin",
+            "BROKER_OIDC_APPS": "platform-admins=billing",
+        },
+    ],
+    ids=["one_group", "another_group_unlimited"],
+)
 def test_a_group_limited_to_other_apps_sees_and_manages_nothing_here(
-    env: dict[str, str], sim: Simulator, idp: Idp
+    env: dict[str, str], sim: Simulator, idp: Idp, limited: dict[str, str]
 ) -> None:
-    limited = {"BROKER_OIDC_APPS": "platform-admins=billing"}
     with sso_deployment(env, sim, idp, **limited) as (d, _), d.client() as client:
         assert sign_in(d, idp, client, "alice").status_code == 200
         page = client.get("/admin")

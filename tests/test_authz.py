@@ -374,7 +374,7 @@ def _check_allowed(m: Managed, name: str, body: dict[str, Any]) -> None:
 
 
 def test_a_callers_admin_grants_nothing_beyond_itself(managed: Managed) -> None:
-    """No escalation: roles, apps, hubs or an expiry beyond the acting callers:admin are
+    """No escalation: roles, apps, hubs, a rate or an expiry beyond the acting callers:admin are
     refused (403, nothing created), so is managing a wider caller (whose new key would be
     its own); within its scope it works."""
     soon = datetime.now(UTC) + timedelta(days=1)
@@ -387,6 +387,7 @@ def test_a_callers_admin_grants_nothing_beyond_itself(managed: Managed) -> None:
                 apps=["demo"],
                 hub_ids=[MANAGED_HUB],
                 expires_at=soon,
+                rate_limit=500.0,
                 actor="test",
             )
             wide = await svc.callers.create("wide-reader", apps=["demo"], actor="test")
@@ -398,8 +399,11 @@ def test_a_callers_admin_grants_nothing_beyond_itself(managed: Managed) -> None:
         "apps": ["demo"],
         "hub_ids": [MANAGED_HUB],
         "expires_at": (soon - timedelta(hours=1)).isoformat(),
+        "rate_limit": 500.0,
     }
     beyond = {
+        "higher rate": {"rate_limit": 5000.0},
+        "no rate limit": {"rate_limit": None},
         "role": {"roles": [Role.PORTALS_ADMIN.value]},
         "apps": {"apps": ["demo", "other"]},
         "every app": {"apps": None},

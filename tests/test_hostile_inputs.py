@@ -5,6 +5,8 @@ problem (or error page) with a stable code, and none repeats what was sent."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -130,6 +132,22 @@ def test_nul_characters_are_a_422_and_change_nothing(deployment: Deployment) -> 
             assert response.status_code == 422, (params, response.text)
         assert client.get(f"/v1/admin/portals/{HUB}").json()["state"] == "active"
         assert client.get(f"/v1/portals/{HUB}/token").status_code == 200
+
+
+def test_times_and_cursors_out_of_range_are_a_422(deployment: Deployment) -> None:
+    """Valid ISO 8601 that leaves the calendar once in UTC, and a forged cursor with an id
+    past bigint, used to overflow in the database driver: a 500."""
+    forged = base64.urlsafe_b64encode(
+        json.dumps({"at": "2026-01-01T00:00:00+00:00", "id": 10**20}).encode()
+    ).decode()
+    with _authed(deployment) as client:
+        for params in (
+            {"since": "0001-01-01T00:00:00+01:00"},
+            {"until": "9999-12-31T23:59:59-01:00"},
+            {"cursor": forged},
+        ):
+            response = client.get("/v1/admin/audit", params=params)
+            assert (response.status_code, response.json()["code"]) == (422, "invalid_request")
 
 
 async def test_a_nul_reaching_the_audit_trail_does_not_stop_it(database_url: str) -> None:

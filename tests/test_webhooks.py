@@ -35,7 +35,7 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from broker.adapters.postgres.outbox import PostgresOutbox
+from broker.adapters.postgres.outbox import PostgresEventLog, PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
@@ -619,3 +619,25 @@ def test_no_token_or_secret_in_any_webhook(
     for request in receiver.requests:
         assert request.headers["webhook-signature"].removeprefix("v1,") not in logs
         assert request.body.decode() not in logs
+
+
+async def test_redelivering_before_the_fan_out_still_reaches_every_receiver(
+    database_url: str,
+) -> None:
+    """An operator redelivers an event to one receiver while the dispatcher is behind: the
+    fan-out still gives it to the others (the redelivery used to mark it fanned out)."""
+    db = await Database.connect(database_url, min_size=1, max_size=2, timeout=5)
+    try:
+        event_id = await db.fetchval(
+            "INSERT INTO events (type, app, hub_id) VALUES ('portal.revoked', 'demo', 1) "
+            "RETURNING id"
+        )
+        a, b, c = (endpoint_key(f"https://receiver-{n}.example/hook") for n in "abc")
+        assert await PostgresEventLog(db).redeliver(event_id, [a]) is not None
+        await PostgresOutbox(db).fan_out([a, b, c], limit=100)
+        rows = await db.fetch(
+            "SELECT endpoint FROM webhook_deliveries WHERE event_id = $1 ORDER BY 1", event_id
+        )
+        assert [r["endpoint"] for r in rows] == sorted([a, b, c])
+    finally:
+        await db.close()

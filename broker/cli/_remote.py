@@ -92,7 +92,14 @@ class RemoteOperations(Operations):
                 0, "broker_unreachable", f"no answer from the broker ({type(exc).__name__})"
             ) from exc
         if response.is_success:
-            return response.json()
+            try:
+                return response.json()
+            except ValueError as exc:  # a proxy's page, say
+                raise RemoteError(
+                    response.status_code,
+                    "invalid_response",
+                    "the broker answered a success without JSON (is --url the broker?)",
+                ) from exc
         try:
             problem = response.json()
             code, detail = str(problem["code"]), str(problem["detail"])

@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.core.models import Caller
@@ -60,9 +60,12 @@ def decode_cursor(cursor: str) -> AuditPosition:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         at = datetime.fromisoformat(data["at"])
         event_id = data["id"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        if at.tzinfo is None:
+            raise invalid
+        at = at.astimezone(UTC)  # out of the calendar once in UTC: OverflowError
+    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise invalid from exc
-    if type(event_id) is not int or at.tzinfo is None:
+    if type(event_id) is not int or not 0 < event_id < 2**63:
         raise invalid
     return AuditPosition(at, event_id)
 

@@ -235,10 +235,15 @@ class Caller:
         return self.apps is None and self.hub_ids is None
 
     def covers(self, other: Caller) -> bool:
-        """Whether ``other`` grants nothing this caller lacks: roles, apps, hubs, and an
-        expiry no later than this caller's. What a callers:admin may create or manage."""
+        """Whether ``other`` grants nothing this caller lacks: roles, apps, hubs, a rate no
+        higher than this caller's own limit, and an expiry no later than this caller's. What
+        a callers:admin may create or manage."""
         return (
             other.roles <= self.roles
+            and (
+                self.rate_limit is None
+                or (other.rate_limit is not None and other.rate_limit <= self.rate_limit)
+            )
             and _within(other.apps, self.apps)
             and _within(other.hub_ids, self.hub_ids)
             and (

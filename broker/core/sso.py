@@ -192,9 +192,12 @@ class SsoLogin:
         name = f"oidc:{identity.email or identity.subject}"
         matched = [self._grants[g] for g in sorted(identity.groups) if g in self._grants]
         roles = frozenset(role for grant in matched for role in grant.roles)
+        # The apps the page may act on come from the groups that grant portals:admin only:
+        # another group (unlimited, or limited elsewhere) must not widen that grant.
+        admin = [grant for grant in matched if Role.PORTALS_ADMIN.value in grant.roles]
         apps: frozenset[str] | None = None
-        if matched and all(grant.apps is not None for grant in matched):
-            apps = frozenset(app for grant in matched for app in grant.apps or ())
+        if admin and all(grant.apps is not None for grant in admin):
+            apps = frozenset(app for grant in admin for app in grant.apps or ())
         if Role.PORTALS_ADMIN.value not in roles:
             self._audit.record(
                 "admin.sso_refused",

@@ -243,12 +243,9 @@ class PostgresEventLog:
                 event_id,
                 list(endpoints),
             )
-            await conn.execute(
-                """UPDATE events SET delivered_at = NULL,
-                       fanned_out_at = COALESCE(fanned_out_at, clock_timestamp())
-                   WHERE id = $1""",
-                event_id,
-            )
+            # fanned_out_at stays as it is: an event not fanned out yet still goes to every
+            # receiver (the fan-out's ON CONFLICT keeps the delivery made here).
+            await conn.execute("UPDATE events SET delivered_at = NULL WHERE id = $1", event_id)
             row = await conn.fetchrow(
                 f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.id = $1", event_id
             )

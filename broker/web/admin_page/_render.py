@@ -166,4 +166,6 @@ async def form(request: Request, allowed: frozenset[str]) -> dict[str, str]:
             "the form has unknown or repeated fields",
             errors=[{"field": name[:64], "message": "unknown field"} for name in unknown[:10]],
         )
+    if any("\x00" in name or "\x00" in value for name, value in pairs):
+        raise InvalidRequest("the form may not contain U+0000")  # PostgreSQL stores none
     return fields

@@ -155,12 +155,13 @@ class Body:
 
 
 def parse_time(raw: str, name: str) -> datetime:
-    """An ISO 8601 time; UTC when it names no offset."""
+    """An ISO 8601 time, in UTC (UTC when it names no offset). A time that leaves the
+    calendar once in UTC (year 1 at +01:00) is a 422, not an overflow in the database."""
     try:
         value = datetime.fromisoformat(raw)
-    except ValueError as exc:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise _invalid(name, "an ISO 8601 time, e.g. 2026-11-29T08:00:00+00:00") from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def query_time(request: Request, name: str) -> datetime | None:
