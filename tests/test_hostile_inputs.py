@@ -11,11 +11,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.pool import Database
 from broker.config import load_settings
-from broker.core.models import Role
+from broker.core.models import PortalKey, Role
 from broker.dev.simulator import Simulator
 from tests.helpers import Deployment, deployed
 
@@ -152,8 +153,8 @@ def test_times_and_cursors_out_of_range_are_a_422(deployment: Deployment) -> Non
 
 async def test_a_nul_reaching_the_audit_trail_does_not_stop_it(database_url: str) -> None:
     """Whatever way a U+0000 gets in (an identity provider's subject, say), the audit batch
-    holding it is written with a replacement character, and the flushes after it go on (a
-    failed batch is put back and retried, so one poisoned row used to stop them for good)."""
+    holding it is written with a replacement character (PostgreSQL refused the batch: every
+    event in it was lost), and the flushes after it go on."""
     db = await Database.connect(database_url, min_size=1, max_size=2, timeout=5)
     try:
         audit = PostgresAudit(db)
@@ -168,3 +169,25 @@ async def test_a_nul_reaching_the_audit_trail_does_not_stop_it(database_url: str
         ]
     finally:
         await db.close()
+
+
+async def test_a_row_postgresql_refuses_costs_only_itself(database_url: str) -> None:
+    """An audit row PostgreSQL refuses (a hub_id past bigint here) is dropped and counted;
+    the other events of its batch are written (the whole batch used to be lost)."""
+    db = await Database.connect(database_url, min_size=1, max_size=2, timeout=5)
+    try:
+        audit = PostgresAudit(db)
+        dropped = metric_sample("broker_audit_dropped_total")
+        audit.record("admin.batch", actor="first")
+        audit.record("admin.batch", actor="refused", key=PortalKey("demo", 2**70))
+        audit.record("admin.batch", actor="last")
+        assert await audit.flush() == 2
+        rows = await audit.query(hub_id=None, actor=None, action="admin.batch", since=None, limit=5)
+        assert sorted(r["actor"] for r in rows) == ["first", "last"]
+        assert metric_sample("broker_audit_dropped_total") == dropped + 1
+    finally:
+        await db.close()
+
+
+def metric_sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0

@@ -169,13 +169,34 @@ class PostgresAudit:
         while self._queue:
             rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
             try:
-                await self._db.copy_records(
-                    "audit_events", ["actor", "action", "app", "hub_id", "user_id", "detail"], rows
-                )
-            except DatabaseError:
+                await self._copy(rows)
+            except DatabaseError:  # PostgreSQL unreachable: keep them for the next flush
                 self._queue.extendleft(reversed(rows))
                 raise
+            except Exception:  # a row PostgreSQL refuses: it alone is lost, not its batch
+                written += await self._one_by_one(rows)
+                continue
             written += len(rows)
+        return written
+
+    async def _copy(self, rows: list[_Row]) -> None:
+        await self._db.copy_records(
+            "audit_events", ["actor", "action", "app", "hub_id", "user_id", "detail"], rows
+        )
+
+    async def _one_by_one(self, rows: list[_Row]) -> int:
+        written = 0
+        for at, row in enumerate(rows):
+            try:
+                await self._copy([row])
+            except DatabaseError:  # unreachable now: the rest waits for the next flush
+                self._queue.extendleft(reversed(rows[at:]))
+                raise
+            except Exception as exc:
+                metrics.AUDIT_DROPPED.inc()
+                log.error("audit.row_refused", action=row[1], error=type(exc).__name__)
+            else:
+                written += 1
         return written
 
     async def _run(self) -> None:
