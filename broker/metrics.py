@@ -110,7 +110,8 @@ CALLER_RATE_LIMITED = Counter(
 )
 PORTALS = Gauge("broker_portals", "Portals by state (refreshed periodically).", ["state"])
 AUDIT_DROPPED = Counter(
-    "broker_audit_dropped_total", "Audit events dropped because the queue was full."
+    "broker_audit_dropped_total",
+    "Audit events dropped: the queue was full, or PostgreSQL refused the event.",
 )
 AUDIT_FLUSH_FAILURES = Counter(
     "broker_audit_flush_failures_total", "Failed audit batch writes (retried)."
