@@ -15,11 +15,13 @@ from broker.errors import ConfigError
 def _iso(raw: str | None, option: str) -> str | None:
     if raw is None:
         return None
+    # In UTC, as the API's parse_time: a time that leaves the calendar there (year 1 at
+    # +01:00) is a usage error here, not an overflow in the database driver (local mode).
     try:
         value = datetime.fromisoformat(raw)
-    except ValueError as exc:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    except (ValueError, OverflowError) as exc:
         raise ConfigError([f"{option}: an ISO 8601 time, e.g. 2026-11-29T08:00:00+00:00"]) from exc
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 async def audit(ops: Operations, args: argparse.Namespace, out: Out) -> None:

@@ -24,7 +24,7 @@ hubs lists and redelivers only events naming them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,14 +101,7 @@ class WebhookEvents:
     ) -> EventPage:
         check_limit(limit, MAX_PAGE)
         if caller is not None:
-            match = EventFilter(
-                type=match.type,
-                app=match.app,
-                hub_id=match.hub_id,
-                undelivered=match.undelivered,
-                apps=caller.apps,
-                hub_ids=caller.hub_ids,
-            )
+            match = replace(match, apps=caller.apps, hub_ids=caller.hub_ids)
         found = await self._log.recent(match, before_id=before, limit=limit + 1)
         events = found[:limit]
         return EventPage(events, events[-1].id if len(found) > limit else None)
