@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -259,8 +260,13 @@ def test_portals_links_audit_keys_retention(cli: Cli) -> None:
 
     # The audit trail, in pages that neither repeat nor skip an event.
     actor = ADMIN if cli.mode == "remote" else "cli:"
-    trail = _json(cli("--json", "audit", "--hub", str(HUB), "--limit", "1000"))
-    revokes = [e for e in trail if e["action"] == "portal.revoked"]
+    deadline = time.monotonic() + 10  # the audit trail is written every 0.5 s
+    while True:
+        trail = _json(cli("--json", "audit", "--hub", str(HUB), "--limit", "1000"))
+        revokes = [e for e in trail if e["action"] == "portal.revoked"]
+        if revokes or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert len(revokes) == 1
     assert revokes[0]["actor"].startswith(actor)
     assert revokes[0]["detail"]["reason"] == "offboarded"

@@ -170,7 +170,10 @@ class PostgresAudit:
             rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
             try:
                 await self._copy(rows)
-            except DatabaseError:  # PostgreSQL unreachable: keep them for the next flush
+            except (DatabaseError, asyncio.CancelledError):
+                # PostgreSQL unreachable, or the flusher stopped mid-write (shutdown): keep
+                # them for the next flush, the one close() makes (at least once: a COPY
+                # cut by the cancellation may have landed too).
                 self._queue.extendleft(reversed(rows))
                 raise
             except Exception:  # a row PostgreSQL refuses: it alone is lost, not its batch
@@ -189,7 +192,7 @@ class PostgresAudit:
         for at, row in enumerate(rows):
             try:
                 await self._copy([row])
-            except DatabaseError:  # unreachable now: the rest waits for the next flush
+            except (DatabaseError, asyncio.CancelledError):  # the rest: the next flush
                 self._queue.extendleft(reversed(rows[at:]))
                 raise
             except Exception as exc:
