@@ -14,25 +14,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 import hvac
 import structlog
 
 from broker.dev.stack._binaries import (
-    bao_binary,
     check_traversable,
     postgres_bin_dir,
     postgres_os_user,
     reachable_install,
-    valkey_binary,
 )
 from broker.dev.stack._common import (
     HOST,
-    SENTINEL_MASTER,
     BackendUrls,
     OsUser,
     ServerName,
@@ -40,37 +36,31 @@ from broker.dev.stack._common import (
     StackError,
     StackStartError,
 )
-from broker.dev.stack._probes import (
-    bao_healthy,
-    postgres_answers,
-    psql,
-    replica_in_sync,
-    sentinel_sees_all,
-    streams_synchronously,
-    valkey_pongs,
-)
+from broker.dev.stack._launcher import Launcher
+from broker.dev.stack._probes import psql
 from broker.dev.stack._processes import (
-    BIND_CONFLICT,
     POLL_SECONDS,
-    PORT_ATTEMPTS,
     UNSEAL_KEY_VALUE,
     Recipe,
     ServerFailed,
-    Spawner,
-    clean_env,
-    die_with_parent,
-    free_port,
-    has_exited,
     send_signal,
-    tail,
     terminate,
 )
-from broker.dev.stack._vault import bootstrap_vault
+from broker.dev.stack._recipes import (
+    SENTINELS,
+    basebackup,
+    database_url,
+    initdb,
+    openbao_recipe,
+    postgres_recipe,
+    redis_url,
+    sentinel_recipe,
+    valkey_recipe,
+)
 
 _log = structlog.get_logger(__name__)
 #: Started first; the others follow them.
 _LEADERS: tuple[ServerName, ...] = ("postgres", "valkey", "openbao")
-_SENTINELS: tuple[ServerName, ...] = ("sentinel_1", "sentinel_2", "sentinel_3")
 
 
 class _State(enum.Enum):
@@ -125,8 +115,7 @@ class EmbeddedStack:
         self._procs: dict[ServerName, subprocess.Popen[bytes]] = {}
         self._servers: dict[ServerName, ServerProcess] = {}
         self._recipes: dict[ServerName, Recipe] = {}
-        self._spawner: Spawner | None = None
-        self._preexec: Callable[[], None] | None = None
+        self._launcher: Launcher | None = None
         self._root: Path | None = None
         self._socket_dir: Path | None = None
         self._pg_bin: Path | None = None
@@ -176,8 +165,8 @@ class EmbeddedStack:
             raise StackStartError(failures)
         ports = {name: server.port for name, server in self.processes.items()}
         self._urls = BackendUrls(
-            database_url=self._database_url(ports),
-            redis_url=self._redis_url(ports),
+            database_url=database_url(ports),
+            redis_url=redis_url(ports),
             vault_addr=f"http://{HOST}:{ports['openbao']}",
             vault_token=self._token,
         )
@@ -199,8 +188,8 @@ class EmbeddedStack:
             self._servers.clear()
         atexit.unregister(self.stop)
         terminate(procs)
-        if self._spawner is not None:
-            self._spawner.close()
+        if self._launcher is not None:
+            self._launcher.close()
         for path in (self._socket_dir, self._root if self._data_dir is None else None):
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)
@@ -227,7 +216,7 @@ class EmbeddedStack:
                 del self._servers[name]
             terminate([(name, proc, self._stop_signal(name))])
             try:
-                server = self._launch(self._recipes[name], port=port)
+                server = self._started().launch(self._recipes[name], port=port)
             except ServerFailed as exc:
                 raise StackStartError({name: str(exc)}) from None
             with self._lock:
@@ -322,12 +311,22 @@ class EmbeddedStack:
             for path in (pgdata, self._socket_dir):
                 os.chown(path, pg_user.uid, pg_user.gid)
         self._token = secrets.token_urlsafe(24)
-        self._preexec = die_with_parent()
-        self._spawner = Spawner()
+        self._launcher = Launcher(
+            self._root,
+            start_timeout=self._start_timeout,
+            redact=(self._token,),
+            lock=self._lock,
+            closing=self._closing,
+            procs=self._procs,
+        )
+
+        def master() -> int:  # read when a follower starts, once the master runs
+            return self.processes["valkey"].port
+
         self._recipes = {
             "postgres": self._postgres_recipe("postgres", pgdata, pg_user),
-            "valkey": self._valkey_recipe("valkey"),
-            "openbao": self._openbao_recipe(),
+            "valkey": valkey_recipe("valkey", self._root / "valkey", master_port=master),
+            "openbao": openbao_recipe(self._root / "openbao", self._token),
         }
         if self._postgres_standby:
             standby = self._root / "postgres-standby"
@@ -338,115 +337,14 @@ class EmbeddedStack:
                 "postgres_standby", standby, pg_user
             )
         if self._redis_sentinel:
-            self._recipes["valkey_replica"] = self._valkey_recipe("valkey_replica")
-            for name in _SENTINELS:
-                self._recipes[name] = self._sentinel_recipe(name)
-
-    def _database_url(self, ports: Mapping[ServerName, int]) -> str:
-        if "postgres_standby" not in ports:
-            return f"postgresql://postgres@{HOST}:{ports['postgres']}/postgres"
-        hosts = f"{HOST}:{ports['postgres']},{HOST}:{ports['postgres_standby']}"
-        return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
-
-    def _redis_url(self, ports: Mapping[ServerName, int]) -> str:
-        if not self._redis_sentinel:
-            return f"redis://{HOST}:{ports['valkey']}/0"
-        sentinels = ",".join(f"{HOST}:{ports[name]}" for name in _SENTINELS)
-        return f"redis+sentinel://{sentinels}/{SENTINEL_MASTER}/0"
-
-    def _postgres_recipe(self, name: ServerName, pgdata: Path, user: OsUser | None) -> Recipe:
-        assert self._pg_bin is not None  # set by _prepare
-        bin_dir = self._pg_bin
-        settings = {
-            "listen_addresses": HOST,
-            "unix_socket_directories": str(self._socket_dir),
-            "max_connections": "200",
-        }
-        if self._fast:
-            # Not synchronous_commit=off: with fsync off it saves ~6% per commit, and it would
-            # let a SIGKILLed postgres lose acknowledged commits, which fault tests must not see.
-            settings |= {"fsync": "off", "full_page_writes": "off"}
-        if name == "postgres" and self._postgres_standby:
-            # A commit is acknowledged only once the standby has it: losing the primary loses
-            # no acknowledged write (the token journal's guarantee). Not on the standby: once
-            # promoted it has no standby of its own, and would wait for one forever.
-            settings["synchronous_standby_names"] = "*"
-        options = [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
-
-        def argv(port: int) -> list[str]:
-            return [str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(port), *options]
-
-        def streaming(_: int) -> None:
-            self._wait(
-                "a synchronously streaming standby",
-                lambda: streams_synchronously(bin_dir, self.processes["postgres"].port),
+            replica = self._root / "valkey-replica"
+            self._recipes["valkey_replica"] = valkey_recipe(
+                "valkey_replica", replica, master_port=master
             )
-
-        return Recipe(
-            name=name,
-            argv=argv,
-            probe=lambda port: postgres_answers(bin_dir, port),
-            stop_signal=signal.SIGINT,  # fast shutdown: roll back sessions, checkpoint, exit
-            env=clean_env(),
-            cwd=pgdata,
-            run_as=user,
-            after_ready=streaming if name == "postgres_standby" else None,
-        )
-
-    def _valkey_recipe(self, name: ServerName) -> Recipe:
-        binary, workdir = valkey_binary(), self._root_path(name.replace("_", "-"))
-        workdir.mkdir(mode=0o700, exist_ok=True)
-
-        def argv(port: int) -> list[str]:
-            flags = {
-                "--port": str(port),
-                "--bind": HOST,
-                "--protected-mode": "yes",
-                "--save": "",  # no RDB snapshots ...
-                "--appendonly": "no",  # ... and no AOF: a throwaway cache
-                "--dir": str(workdir),
-                "--daemonize": "no",
-                "--logfile": "",  # stdout, i.e. our log file
-            }
-            if name == "valkey_replica":
-                flags["--replicaof"] = f"{HOST} {self.processes['valkey'].port}"
-            return [str(binary), *(arg for pair in flags.items() for arg in pair)]
-
-        return Recipe(
-            name=name,
-            argv=argv,
-            probe=replica_in_sync if name == "valkey_replica" else valkey_pongs,
-            stop_signal=signal.SIGTERM,
-            env=clean_env(),
-            cwd=workdir,
-        )
-
-    def _sentinel_recipe(self, name: ServerName) -> Recipe:
-        binary, workdir = valkey_binary(), self._root_path("valkey")
-
-        def argv(port: int) -> list[str]:
-            # A sentinel rewrites its configuration file as it learns: one per start.
-            conf = workdir / f"{name}.conf"
-            master = self.processes["valkey"].port
-            conf.write_text(
-                f"port {port}\nbind {HOST}\ndir {workdir}\n"
-                f"sentinel monitor {SENTINEL_MASTER} {HOST} {master} 2\n"
-                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n"
-                f"sentinel failover-timeout {SENTINEL_MASTER} 5000\n"
-                f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
-            )
-            return [str(binary), str(conf), "--sentinel"]
-
-        return Recipe(
-            name=name,
-            argv=argv,
-            probe=lambda port: sentinel_sees_all(
-                port, sentinels=len(_SENTINELS), master=SENTINEL_MASTER
-            ),
-            stop_signal=signal.SIGTERM,
-            env=clean_env(),
-            cwd=workdir,
-        )
+            for name in SENTINELS:
+                self._recipes[name] = sentinel_recipe(
+                    name, self._root / "valkey", master_port=master, sentinels=len(SENTINELS)
+                )
 
     def _wait(self, what: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self._start_timeout
@@ -457,194 +355,42 @@ class EmbeddedStack:
                 raise ServerFailed(f"no {what} within {self._start_timeout:g}s")
             time.sleep(POLL_SECONDS * 5)
 
-    def _openbao_recipe(self) -> Recipe:
-        binary, home = bao_binary(), self._root_path("openbao")
-        token = self._token
-
-        def argv(port: int) -> list[str]:
-            listen = f"-dev-listen-address={HOST}:{port}"
-            return [str(binary), "server", "-dev", "-dev-no-store-token", listen]
-
-        def bootstrap(port: int) -> None:
-            bootstrap_vault(f"http://{HOST}:{port}", token)
-
-        return Recipe(
-            name="openbao",
-            argv=argv,
-            probe=bao_healthy,
-            stop_signal=signal.SIGTERM,
-            # The token goes through the environment: argv is world-readable in /proc.
-            env=clean_env(HOME=str(home), BAO_DEV_ROOT_TOKEN_ID=token),
-            cwd=home,
-            port_pair=True,
-            after_ready=bootstrap,
+    def _postgres_recipe(self, name: ServerName, pgdata: Path, user: OsUser | None) -> Recipe:
+        assert self._pg_bin is not None  # set by _prepare
+        assert self._socket_dir is not None
+        return postgres_recipe(
+            name,
+            pgdata,
+            user,
+            bin_dir=self._pg_bin,
+            socket_dir=self._socket_dir,
+            fast=self._fast,
+            synchronous=name == "postgres" and self._postgres_standby,
+            primary_port=lambda: self.processes["postgres"].port,
+            wait=self._wait,
         )
 
-    def _root_path(self, sub: str) -> Path:
-        assert self._root is not None  # set by _prepare before any recipe is built
-        return self._root / sub
+    def _started(self) -> Launcher:
+        assert self._launcher is not None  # set by _prepare
+        return self._launcher
 
     def _start_all(self, names: list[ServerName]) -> dict[ServerName, str]:
         """Start ``names`` concurrently; returns the failures (empty on success)."""
-        failures: dict[ServerName, str] = {}
-        pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="embedded-stack")
-        try:
-            futures = {name: pool.submit(self._start_one, name) for name in names}
-            for name, future in futures.items():
-                try:
-                    server = future.result()
-                except (ServerFailed, StackError) as exc:
-                    failures[name] = str(exc)
-                except Exception as exc:  # reported by name in StackStartError, not swallowed
-                    failures[name] = f"{type(exc).__name__}: {exc}"
-                else:
-                    with self._lock:
-                        self._servers[name] = server
-        except BaseException:  # e.g. Ctrl-C: make the workers give up before waiting for them
-            self._closing.set()
-            raise
-        finally:
-            pool.shutdown(wait=True)
+        started, failures = self._started().start_all({name: self._starter(name) for name in names})
+        with self._lock:
+            self._servers.update(started)
         return failures
 
-    def _start_one(self, name: ServerName) -> ServerProcess:
-        if name == "postgres":
-            self._initdb()
-        elif name == "postgres_standby":
-            self._basebackup()
-        return self._launch(self._recipes[name], port=None)
+    def _starter(self, name: ServerName) -> Callable[[], ServerProcess]:
+        launcher, recipe, bin_dir = self._started(), self._recipes[name], self._pg_bin
+        assert bin_dir is not None  # set by _prepare
 
-    def _basebackup(self) -> None:
-        """The standby's data directory: a copy of the running primary, set to follow it."""
-        recipe = self._recipes["postgres_standby"]
-        if (recipe.cwd / "standby.signal").exists():
-            return  # a standby kept in data_dir from an earlier run: it catches up
-        if (recipe.cwd / "PG_VERSION").exists():  # promoted in an earlier run: copy afresh
-            shutil.rmtree(recipe.cwd)
-            recipe.cwd.mkdir(mode=0o700)
-            if recipe.run_as is not None:
-                os.chown(recipe.cwd, recipe.run_as.uid, recipe.run_as.gid)
-        assert self._pg_bin is not None  # set by _prepare
-        argv = [str(self._pg_bin / "pg_basebackup"), "-h", HOST]
-        argv += ["-p", str(self.processes["postgres"].port), "-U", "postgres"]
-        argv += ["-D", str(recipe.cwd), "-X", "stream", "-R", "-c", "fast", "--no-sync"]
-        self._run_once("pg_basebackup", argv, recipe)
+        def start() -> ServerProcess:
+            if name == "postgres":
+                initdb(launcher, recipe, bin_dir=bin_dir, fast=self._fast)
+            elif name == "postgres_standby":
+                primary = self.processes["postgres"].port
+                basebackup(launcher, recipe, bin_dir=bin_dir, primary_port=primary)
+            return launcher.launch(recipe, port=None)
 
-    def _initdb(self) -> None:
-        """Create the cluster unless ``data_dir`` already holds one."""
-        recipe = self._recipes["postgres"]
-        pgdata = recipe.cwd
-        if (pgdata / "PG_VERSION").exists():
-            return
-        assert self._pg_bin is not None  # set by _prepare
-        argv = [str(self._pg_bin / "initdb"), "-D", str(pgdata), "-U", "postgres"]
-        argv += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"]
-        if self._fast:
-            argv.append("--no-sync")
-        self._run_once("initdb", argv, recipe)
-
-    def _run_once(self, tool: str, argv: list[str], recipe: Recipe) -> None:
-        """A short-lived tool run as the server's user, waited for by this worker thread (so
-        it need not be forked by the spawner); its output goes to ``logs/<tool>.log``."""
-        log_path = self._root_path("logs") / f"{tool}.log"
-        with log_path.open("ab") as log:
-            offset = log.tell()
-            result = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(recipe.env),
-                cwd=self._root,
-                preexec_fn=self._preexec,
-                check=False,
-                timeout=self._start_timeout,
-                **self._user_kwargs(recipe.run_as),
-            )
-        if result.returncode != 0:
-            log_tail = tail(log_path, offset, ())
-            raise ServerFailed(
-                f"{tool} exited with {result.returncode}; {log_path.name}:\n{log_tail}"
-            )
-
-    def _launch(self, recipe: Recipe, *, port: int | None) -> ServerProcess:
-        """Spawn and wait until ready. A bind conflict is retried: on a fresh port, or after a
-        pause on the same *port* (a restart keeps its address)."""
-        log_path = self._root_path("logs") / f"{recipe.name}.log"
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            chosen = port if port is not None else free_port(pair=recipe.port_pair)
-            offset = log_path.stat().st_size if log_path.exists() else 0
-            proc = self._spawn(recipe, chosen, log_path)
-            try:
-                self._await_ready(recipe, proc, chosen, offset)
-                if recipe.after_ready is not None:
-                    recipe.after_ready(chosen)
-            except ServerFailed as exc:
-                terminate([(recipe.name, proc, recipe.stop_signal)])
-                if exc.bind_conflict and attempt < PORT_ATTEMPTS:
-                    time.sleep(0.2 * attempt if port is not None else 0)
-                    continue
-                log_tail = tail(log_path, offset, (self._token,))
-                status = f"exit status {proc.returncode}"
-                raise ServerFailed(f"{exc} ({status}); {log_path.name}:\n{log_tail}") from None
-            except Exception as exc:  # e.g. bootstrap_vault: reported with the log, not retried
-                terminate([(recipe.name, proc, recipe.stop_signal)])
-                log_tail = tail(log_path, offset, (self._token,))
-                reason = f"{type(exc).__name__}: {exc}; {log_path.name}:\n{log_tail}"
-                raise ServerFailed(reason) from exc
-            except BaseException:
-                terminate([(recipe.name, proc, recipe.stop_signal)])
-                raise
-            return ServerProcess(recipe.name, proc.pid, chosen, log_path)
-        raise AssertionError("unreachable: the last attempt raises")
-
-    def _spawn(self, recipe: Recipe, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-        assert self._spawner is not None  # set by _prepare
-
-        argv = recipe.argv(port)  # before the lock: it may look up other servers' ports
-
-        def spawn() -> subprocess.Popen[bytes]:
-            with self._lock:  # stop() snapshots self._procs under the same lock
-                if self._closing.is_set():
-                    raise ServerFailed("the stack is stopping")
-                with log_path.open("ab") as log:  # the child keeps its own descriptor
-                    proc = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=dict(recipe.env),
-                        cwd=recipe.cwd,
-                        preexec_fn=self._preexec,
-                        start_new_session=True,  # its own group: Ctrl-C is ours to handle
-                        **self._user_kwargs(recipe.run_as),
-                    )
-                self._procs[recipe.name] = proc
-                return proc
-
-        return self._spawner.call(spawn)
-
-    @staticmethod
-    def _user_kwargs(user: OsUser | None) -> dict[str, Any]:
-        if user is None:
-            return {}
-        return {"user": user.uid, "group": user.gid, "extra_groups": []}
-
-    def _await_ready(
-        self, recipe: Recipe, proc: subprocess.Popen[bytes], port: int, log_offset: int
-    ) -> None:
-        deadline = time.monotonic() + self._start_timeout
-        while True:
-            if self._closing.is_set():
-                raise ServerFailed("the stack is stopping")
-            if has_exited(proc):  # not reaped: terminate still signals its group
-                log = self._root_path("logs") / f"{recipe.name}.log"
-                raise ServerFailed(
-                    f"exited before answering on port {port}",
-                    bind_conflict=bool(BIND_CONFLICT.search(tail(log, log_offset, ()))),
-                )
-            if recipe.probe(port):
-                return
-            if time.monotonic() > deadline:
-                raise ServerFailed(f"did not answer within {self._start_timeout:g}s")
-            time.sleep(POLL_SECONDS)
+        return start
