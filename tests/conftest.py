@@ -21,6 +21,9 @@ from tests.backends import provide_backends
 
 # One per xdist worker: workers sharing a server (BROKER_TEST_* URLs) never drop each
 # other's template.
+#: Shared fixtures: the operator page's (``chromium``, ``admin_deployment``) and a
+#: workload-identity ``issuer``.
+pytest_plugins = ["tests.operator_page", "tests.workload_issuer"]
 TEMPLATE_DB = f"htb_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 

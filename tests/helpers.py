@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +20,10 @@ import httpx
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.adapters.vault import VaultAdapter
 from broker.app import create_app, open_admin
 from broker.config import Secret, Settings
-from broker.core.models import App, Role
+from broker.core.models import App, PortalKey, Role
 from broker.dev.simulator import Simulator
 
 
@@ -187,3 +191,61 @@ def sql(settings: Settings, statement: str) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+def rows(settings: Settings, query: str) -> list[asyncpg.Record]:
+    """``query``'s rows, read on a connection of its own."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(settings.database_url.get())
+        try:
+            return await conn.fetch(query)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+async def decrypt(settings: Settings, ciphertext: str, key: PortalKey, kind: str) -> str:
+    """A token ciphertext of a portal row, decrypted through Transit as the broker does."""
+    vault = VaultAdapter(settings)
+    try:
+        await vault.login()
+        (plain,) = await vault.decrypt([(ciphertext, key.context(kind))])
+        return plain
+    finally:
+        await vault.close()
+
+
+def run_broker(
+    env: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``broker ARGS`` as a process with ``env`` as its only BROKER_ settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        env={**clean, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+#: The caller :func:`admin_key` creates unless told otherwise.
+CLI_ADMIN = "cli-admin"
+
+
+def admin_key(settings: Settings, name: str = CLI_ADMIN, **grants: Any) -> str:
+    """A caller with every role and no limit (unless ``grants`` say otherwise), created
+    locally as an operator bootstraps the first one."""
+
+    async def create() -> str:
+        async with open_admin(settings) as svc:
+            new = await svc.callers.create(
+                name, roles=grants.pop("roles", [r.value for r in Role]), actor="test", **grants
+            )
+            return new.secret
+
+    return asyncio.run(create())

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import asyncpg
 import httpx
 import pytest
 
@@ -18,8 +17,7 @@ from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, serve_app
-from tests.test_cli import broker
+from tests.helpers import Deployment, register, rows, run_broker, serve_app
 
 HUB = 3_300_001
 ADMIN = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
@@ -45,17 +43,6 @@ def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[De
 def admin(d: Deployment, method: str, path: str, **kwargs: object) -> httpx.Response:
     with d.client(headers={"Authorization": f"Bearer {d.caller_key}"}) as client:
         return client.request(method, f"/v1/admin/portals{path}", **kwargs)  # type: ignore[arg-type]
-
-
-def fetch(settings: Settings, query: str) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(settings.database_url.get())
-        try:
-            return await conn.fetch(query)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def test_a_token_reader_cannot_administer(deployment: Deployment, sim: Simulator) -> None:
@@ -93,9 +80,9 @@ def test_revoke_is_immediate_idempotent_and_reaches_hubspot(deployment: Deployme
     again = admin(deployment, "POST", f"/{HUB}/revoke", json={"reason": "twice"})
     assert again.json()["upstream"] == "already_revoked"
     assert deployment.sim.counters()["revoke"] == 1
-    [row] = fetch(deployment.settings, "SELECT refresh_ct, access_ct FROM portals")
+    [row] = rows(deployment.settings, "SELECT refresh_ct, access_ct FROM portals")
     assert (row["refresh_ct"], row["access_ct"]) == (None, None)  # crypto-shredded
-    events = fetch(deployment.settings, "SELECT type FROM events WHERE type = 'portal.revoked'")
+    events = rows(deployment.settings, "SELECT type FROM events WHERE type = 'portal.revoked'")
     assert len(events) == 1
 
 
@@ -105,11 +92,11 @@ def test_revoke_with_hubspot_down_is_retried_until_confirmed(deployment: Deploym
     assert response.status_code == 200, response.text
     assert response.json()["upstream"] == "pending"
     assert deployment.token(HUB).status_code == 410  # locally revoked at once
-    assert len(fetch(deployment.settings, "SELECT id FROM pending_revocations")) == 1
+    assert len(rows(deployment.settings, "SELECT id FROM pending_revocations")) == 1
     deployment.sim.clear_faults()
-    fetch(deployment.settings, "UPDATE pending_revocations SET next_attempt_at = now()")
+    rows(deployment.settings, "UPDATE pending_revocations SET next_attempt_at = now()")
     deadline = time.monotonic() + 15  # the retrier runs every 5 s
-    while fetch(deployment.settings, "SELECT id FROM pending_revocations"):
+    while rows(deployment.settings, "SELECT id FROM pending_revocations"):
         assert time.monotonic() < deadline, "the upstream revoke was never retried"
         time.sleep(0.2)
     assert deployment.sim.counters()["revoke"] >= 2
@@ -153,14 +140,14 @@ def test_audit_trail_via_cli(deployment: Deployment, env: dict[str, str]) -> Non
     token = deployment.token(HUB, min_ttl=0).json()["access_token"]
     admin(deployment, "POST", f"/{HUB}/quarantine", json={"reason": "audit me"})
     time.sleep(1.0)  # the audit writer flushes every 0.5 s
-    result = broker(env, "--json", "audit", "--hub", str(HUB))
+    result = run_broker(env, "--json", "audit", "--hub", str(HUB))
     assert result.returncode == 0, result.stderr
     actions = [e["action"] for e in json.loads(result.stdout)]
     assert {"token.issued", "portal.installed", "portal.quarantined"} <= set(actions)
     issued = next(e for e in json.loads(result.stdout) if e["action"] == "token.issued")
     assert len(issued["detail"]["fingerprint"]) == 16
     assert token not in result.stdout
-    revoke = broker(env, "--json", "portals", "revoke", str(HUB), "--reason", "cli drill")
+    revoke = run_broker(env, "--json", "portals", "revoke", str(HUB), "--reason", "cli drill")
     assert revoke.returncode == 0, revoke.stderr
     assert json.loads(revoke.stdout)["state"] == "revoked"
 
@@ -181,8 +168,8 @@ def test_caller_key_rotation_with_overlap(env: dict[str, str], sim: Simulator) -
         )
         sim.add_portal(HUB)
         assert d.install(HUB).status_code == 200
-        name = json.loads(broker(env, "--json", "callers", "list").stdout)[0]["name"]
-        rotated = broker(env, "--json", "callers", "rotate", name, "--overlap-hours", "0.0008")
+        name = json.loads(run_broker(env, "--json", "callers", "list").stdout)[0]["name"]
+        rotated = run_broker(env, "--json", "callers", "rotate", name, "--overlap-hours", "0.0008")
         assert rotated.returncode == 0, rotated.stderr
         new = json.loads(rotated.stdout)["key"]
         assert new != old
@@ -242,8 +229,8 @@ def fetch_audit(settings: Settings) -> list[dict[str, object]]:
 
 
 def deployment_caller(settings: Settings) -> str:
-    rows = fetch(settings, "SELECT name FROM callers WHERE name LIKE 'svc-%'")
-    return str(rows[0]["name"])
+    found = rows(settings, "SELECT name FROM callers WHERE name LIKE 'svc-%'")
+    return str(found[0]["name"])
 
 
 def test_a_revoke_during_a_slow_refresh_is_not_undone_by_its_fallback(

@@ -7,67 +7,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-import pytest
-from playwright.sync_api import Page, sync_playwright
 
-from broker.app import create_app, open_admin
-from broker.config import Settings, load_settings
-from broker.core.models import Role
+from broker.app import open_admin
+from broker.config import Settings
 from broker.dev.simulator import Simulator
 from broker.web import admin_page
-from tests.helpers import Deployment, register, serve_app
-
-HUB = 3_400_001
-ADMIN = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-CHROMIUM_FLAGS = [
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    settings = load_settings(env)
-    app = create_app(settings)
-    with serve_app(app) as url:
-        client_id, secret, key = register(
-            settings, sim, f"{url}/oauth/callback", slug="demo", roles=ADMIN
-        )
-        sim.add_portal(HUB)
-        found = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-        assert found.install(HUB).status_code == 200
-        yield found
-
-
-@contextmanager
-def login(d: Deployment) -> Iterator[httpx.Client]:
-    """A client holding an operator session (the caller key is sent once, in the form)."""
-    with d.client() as client:
-        response = client.post("/admin/login", data={"key": d.caller_key})
-        assert response.status_code == 303, response.text
-        yield client
-
-
-def csrf(client: httpx.Client) -> str:
-    page = client.get("/admin")
-    assert page.status_code == 200, page.text
-    match = CSRF.search(page.text)
-    assert match is not None
-    return match.group(1)
+from tests.helpers import Deployment, register
+from tests.operator_page import HUB, browser, csrf, error_code, login, shot
 
 
 def state(client: httpx.Client) -> str:
@@ -78,20 +27,13 @@ def state(client: httpx.Client) -> str:
     return match.group(1)
 
 
-def error_code(response: httpx.Response) -> str:
-    assert response.headers["content-type"].startswith("text/html")
-    match = re.search(r"<code>([a-z_]+)</code>", response.text)
-    assert match is not None, response.text
-    return match.group(1)
-
-
 def test_login_admits_only_admin_keys_and_sets_a_strict_cookie(
-    deployment: Deployment, sim: Simulator
+    admin_deployment: Deployment, sim: Simulator
 ) -> None:
     _, _, reader = register(
-        deployment.settings, sim, f"{deployment.url}/oauth/callback", slug="demo"
+        admin_deployment.settings, sim, f"{admin_deployment.url}/oauth/callback", slug="demo"
     )
-    with deployment.client() as client:
+    with admin_deployment.client() as client:
         form = client.get("/admin/login")
         assert form.status_code == 200
         assert form.headers["content-security-policy"] == admin_page.CSP
@@ -108,7 +50,7 @@ def test_login_admits_only_admin_keys_and_sets_a_strict_cookie(
         wrong = client.post("/admin/login", data={"key": reader[:-4] + "AAAA"})
         assert (wrong.status_code, error_code(wrong)) == (401, "unauthenticated")
 
-        ok = client.post("/admin/login", data={"key": deployment.caller_key})
+        ok = client.post("/admin/login", data={"key": admin_deployment.caller_key})
     assert (ok.status_code, ok.headers["location"]) == (303, "/admin")
     cookie = ok.headers["set-cookie"]
     flags = {part.strip().split("=")[0].lower(): part for part in cookie.split(";")}
@@ -119,7 +61,7 @@ def test_login_admits_only_admin_keys_and_sets_a_strict_cookie(
     assert flags["max-age"].strip() == "Max-Age=1800"
     assert "secure" not in flags  # plain http here; set over https
     # hsb_<16 hex id>_<43-char secret>; the secret itself may contain "_".
-    key_id, secret = deployment.caller_key[4:20], deployment.caller_key[21:]
+    key_id, secret = admin_deployment.caller_key[4:20], admin_deployment.caller_key[21:]
     assert len(secret) == 43
     assert secret not in cookie
     assert (
@@ -128,9 +70,9 @@ def test_login_admits_only_admin_keys_and_sets_a_strict_cookie(
     )  # not even the key id: name, expiry and a random session id only
 
 
-def test_the_list_shows_portals_and_never_a_token(deployment: Deployment) -> None:
-    token = deployment.token(HUB).json()["access_token"]
-    with login(deployment) as client:
+def test_the_list_shows_portals_and_never_a_token(admin_deployment: Deployment) -> None:
+    token = admin_deployment.token(HUB).json()["access_token"]
+    with login(admin_deployment) as client:
         page = client.get("/admin")
         assert page.status_code == 200
         assert page.headers["content-security-policy"] == admin_page.CSP
@@ -138,7 +80,12 @@ def test_the_list_shows_portals_and_never_a_token(deployment: Deployment) -> Non
         assert f"<strong>{HUB}</strong>" in page.text
         assert state(client) == "active"
         assert "crm.objects.contacts.read" in page.text
-        for secret in (token, "vault:v", deployment.caller_key, deployment.client_secret):
+        for secret in (
+            token,
+            "vault:v",
+            admin_deployment.caller_key,
+            admin_deployment.client_secret,
+        ):
             assert secret not in page.text
         assert f'id="portal-demo-{HUB}"' not in client.get("/admin?state=revoked").text
         assert client.get("/admin?state=active").text.count(f"<strong>{HUB}</strong>") == 1
@@ -146,18 +93,18 @@ def test_the_list_shows_portals_and_never_a_token(deployment: Deployment) -> Non
         assert (bogus.status_code, error_code(bogus)) == (422, "invalid_request")
 
 
-def test_revoke_needs_this_sessions_csrf_token(deployment: Deployment) -> None:
+def test_revoke_needs_this_sessions_csrf_token(admin_deployment: Deployment) -> None:
     url = f"/admin/portals/{HUB}/revoke"
     form = {"app": "demo", "reason": "customer left"}
-    with login(deployment) as other:
+    with login(admin_deployment) as other:
         foreign = csrf(other)  # valid, but bound to another session
-    with login(deployment) as client:
+    with login(admin_deployment) as client:
         for token in (None, "", foreign, "x" * 43, "é"):
             data = form if token is None else {**form, "csrf": token}
             refused = client.post(url, data=data)
             assert (refused.status_code, error_code(refused)) == (403, "csrf_invalid")
         assert state(client) == "active"
-        assert deployment.token(HUB).status_code == 200
+        assert admin_deployment.token(HUB).status_code == 200
 
         done = client.post(url, data={**form, "csrf": csrf(client)})
         assert done.status_code == 303, done.text
@@ -165,12 +112,12 @@ def test_revoke_needs_this_sessions_csrf_token(deployment: Deployment) -> None:
         after = client.get(done.headers["location"])
         assert f"Portal <code>demo/{HUB}</code> is revoked" in after.text
         assert state(client) == "revoked"
-    gone = deployment.token(HUB)
+    gone = admin_deployment.token(HUB)
     assert (gone.status_code, gone.json()["code"]) == (410, "revoked")
 
 
-def test_a_forged_session_goes_back_to_login(deployment: Deployment) -> None:
-    with login(deployment) as client:
+def test_a_forged_session_goes_back_to_login(admin_deployment: Deployment) -> None:
+    with login(admin_deployment) as client:
         real = client.cookies[admin_page.COOKIE]
         token = csrf(client)
     body, _, mac = real.partition(".")  # mac: v<key version>.<base64url>
@@ -194,7 +141,7 @@ def test_a_forged_session_goes_back_to_login(deployment: Deployment) -> None:
     ]
     for forged in forgeries:
         cookie = f"{admin_page.COOKIE}={forged}".encode("latin-1")
-        with deployment.client(headers={"Cookie": cookie}) as client:
+        with admin_deployment.client(headers={"Cookie": cookie}) as client:
             page = client.get("/admin")
             assert (page.status_code, page.headers["location"]) == (303, "/admin/login")
             refused = client.post(
@@ -202,13 +149,13 @@ def test_a_forged_session_goes_back_to_login(deployment: Deployment) -> None:
                 data={"app": "demo", "reason": "forged", "csrf": token},
             )
             assert (refused.status_code, error_code(refused)) == (401, "session_required")
-    with deployment.client() as anonymous:
+    with admin_deployment.client() as anonymous:
         assert anonymous.get("/admin").headers["location"] == "/admin/login"
-    assert deployment.token(HUB).status_code == 200
+    assert admin_deployment.token(HUB).status_code == 200
 
 
-def test_a_post_from_another_origin_is_refused(deployment: Deployment) -> None:
-    with login(deployment) as client:
+def test_a_post_from_another_origin_is_refused(admin_deployment: Deployment) -> None:
+    with login(admin_deployment) as client:
         data = {"app": "demo", "reason": "csrf attempt", "csrf": csrf(client)}
         url = f"/admin/portals/{HUB}/revoke"
         for headers in (
@@ -220,28 +167,28 @@ def test_a_post_from_another_origin_is_refused(deployment: Deployment) -> None:
             assert (refused.status_code, error_code(refused)) == (403, "origin_mismatch")
         relogin = client.post(
             "/admin/login",
-            data={"key": deployment.caller_key},
+            data={"key": admin_deployment.caller_key},
             headers={"Origin": "https://evil.example"},
         )
         assert relogin.status_code == 403
         assert state(client) == "active"
-        same = client.post(url, data=data, headers={"Origin": deployment.url})
+        same = client.post(url, data=data, headers={"Origin": admin_deployment.url})
         assert same.status_code == 303
-    assert deployment.token(HUB).status_code == 410
+    assert admin_deployment.token(HUB).status_code == 410
 
 
-def test_quarantine_release_and_errors_as_pages(deployment: Deployment) -> None:
-    with login(deployment) as client:
+def test_quarantine_release_and_errors_as_pages(admin_deployment: Deployment) -> None:
+    with login(admin_deployment) as client:
         token = csrf(client)
         base = f"/admin/portals/{HUB}"
         held = client.post(f"{base}/quarantine", data={"app": "demo", "reason": "x", "csrf": token})
         assert held.headers["location"] == f"/admin?done=quarantined&portal=demo%2F{HUB}"
         assert state(client) == "quarantined"
-        assert deployment.token(HUB).json()["code"] == "quarantined"
+        assert admin_deployment.token(HUB).json()["code"] == "quarantined"
         released = client.post(f"{base}/release", data={"app": "demo", "csrf": token})
         assert released.status_code == 303
         assert state(client) == "active"
-        assert deployment.token(HUB).status_code == 200
+        assert admin_deployment.token(HUB).status_code == 200
 
         no_reason = client.post(f"{base}/revoke", data={"app": "demo", "csrf": token})
         assert (no_reason.status_code, error_code(no_reason)) == (422, "invalid_request")
@@ -263,7 +210,7 @@ def test_quarantine_release_and_errors_as_pages(deployment: Deployment) -> None:
             assert "<script>" not in spoof.text
             assert "<b>x" not in spoof.text
 
-        deployment.sim.add_fault("revoke", status=503)
+        admin_deployment.sim.add_fault("revoke", status=503)
         form = {"app": "demo", "reason": "incident", "csrf": token}
         pending = client.post(f"{base}/revoke", data=form)
         assert pending.headers["location"].startswith("/admin?done=revoke_pending&")
@@ -273,17 +220,17 @@ def test_quarantine_release_and_errors_as_pages(deployment: Deployment) -> None:
         assert state(client) == "revoked"
 
 
-def test_disabling_the_caller_or_logging_out_ends_the_session(deployment: Deployment) -> None:
-    with login(deployment) as client:
+def test_disabling_the_caller_or_logging_out_ends_the_session(admin_deployment: Deployment) -> None:
+    with login(admin_deployment) as client:
         token = csrf(client)
         out = client.post("/admin/logout", data={"csrf": token})
         assert (out.status_code, out.headers["location"]) == (303, "/admin/login")
         assert admin_page.COOKIE not in client.cookies
         assert client.get("/admin").status_code == 303
-    with login(deployment) as client:
+    with login(admin_deployment) as client:
         name = re.search(r"Signed in as <strong>([^<]+)</strong>", client.get("/admin").text)
         assert name is not None
-        disable(deployment.settings, name.group(1))
+        disable(admin_deployment.settings, name.group(1))
         assert client.get("/admin").headers["location"] == "/admin/login"
 
 
@@ -295,70 +242,22 @@ def disable(settings: Settings, name: str) -> None:
     asyncio.run(run())
 
 
-@pytest.fixture
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing under CI: .ci/run installs Debian's chromium")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    return found
-
-
-#: Browser screenshots: ``test-artifacts/`` at the top of the checkout (git-ignored; CI keeps
-#: the workspace), or ``$BROKER_TEST_ARTIFACTS`` when set; one folder per test module.
-ARTIFACTS = Path(
-    os.environ.get("BROKER_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")
-)
-
-
-def shot(page: Page, name: str) -> None:
-    """A full-page PNG of ``page`` as ``<artifacts>/admin_page/<name>.png``."""
-    folder = ARTIFACTS / "admin_page"
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=folder / f"{name}.png", full_page=True)
-
-
-@dataclass
-class Browser:
-    page: Page
-    #: Console errors: a CSP violation (a blocked style or script) is reported as one.
-    problems: list[str]
-
-
-@contextmanager
-def browser(chromium: str, height: int = 700) -> Iterator[Browser]:
-    """A page in the system Chromium (headless, nothing downloaded)."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = launched.new_page(viewport={"width": 1500, "height": height})
-            page.set_default_timeout(10_000)
-            found = Browser(page, [])
-            page.on(
-                "console", lambda m: found.problems.append(m.text) if m.type == "error" else None
-            )
-            yield found
-        finally:
-            launched.close()
-
-
 def test_an_operator_revokes_a_portal_in_a_real_browser(
-    deployment: Deployment, chromium: str
+    admin_deployment: Deployment, chromium: str
 ) -> None:
     row = f"#portal-demo-{HUB}"
     with browser(chromium) as b:
         page = b.page
-        page.goto(f"{deployment.url}/admin/login")
+        page.goto(f"{admin_deployment.url}/admin/login")
         shot(page, "login")
-        page.fill("#key", deployment.caller_key)
+        page.fill("#key", admin_deployment.caller_key)
         page.click("button[type=submit]")
-        page.wait_for_url(f"{deployment.url}/admin")
+        page.wait_for_url(f"{admin_deployment.url}/admin")
         assert page.inner_text(f"{row} .state") == "active"
         page.fill(f"{row} input[name=reason]", "browser drill")
         shot(page, "portals")
         page.click(f"{row} button.danger")
-        page.wait_for_url(f"{deployment.url}/admin?done=revoked*")
+        page.wait_for_url(f"{admin_deployment.url}/admin?done=revoked*")
         assert page.inner_text(f"{row} .state") == "revoked"
         assert f"Portal demo/{HUB} is revoked" in page.inner_text(".flash")
         # The stylesheet applied: served by the broker, allowed by the CSP (style-src 'self').
@@ -366,4 +265,4 @@ def test_an_operator_revokes_a_portal_in_a_real_browser(
         assert badge == "rgb(229, 231, 235)"
         shot(page, "revoked")
         assert b.problems == []
-    assert deployment.token(HUB).status_code == 410
+    assert admin_deployment.token(HUB).status_code == 410

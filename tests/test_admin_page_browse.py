@@ -27,18 +27,7 @@ from broker.core.ports import TimelineEntry
 from broker.dev.simulator import Simulator
 from broker.web import admin_page
 from tests.helpers import Deployment, register, serve_app
-from tests.test_admin_page import (
-    ADMIN,
-    browser,
-    chromium,
-    csrf,
-    deployment,
-    error_code,
-    login,
-    shot,
-)
-
-__all__ = ["chromium", "deployment"]  # fixtures shared with tests/test_admin_page.py
+from tests.operator_page import ADMIN, browser, csrf, error_code, login, shot
 
 FIRST = 3_500_001
 HUBS = [FIRST + i for i in range(12)]
@@ -396,10 +385,10 @@ def test_an_operator_finds_a_portal_reads_its_timeline_and_revokes_it_in_a_brows
     assert fleet.token(ACME).status_code == 410
 
 
-def test_the_stylesheet_is_served_under_the_pages_headers(deployment: Deployment) -> None:
+def test_the_stylesheet_is_served_under_the_pages_headers(admin_deployment: Deployment) -> None:
     """The CSP allows styles from this origin only (no inline style): the page links the
     broker's own stylesheet, served without a session (the login page needs it)."""
-    with deployment.client() as anonymous:
+    with admin_deployment.client() as anonymous:
         css = anonymous.get("/admin/static/admin.css")
         login_page = anonymous.get("/admin/login")
     assert css.status_code == 200

@@ -27,13 +27,11 @@ from broker.config import ConfigError, Settings, load_settings
 from broker.core.signing import Purpose
 from broker.dev.simulator import Simulator
 from broker.web import admin_page
-from tests import test_admin_page
 from tests.helpers import Deployment, register, serve_app
 from tests.oidc_idp import Idp, idp_fixture, query
-from tests.test_admin_page import ADMIN, CHROMIUM_FLAGS, csrf, error_code
+from tests.operator_page import ADMIN, CHROMIUM_FLAGS, csrf, error_code
 
 __all__ = ["idp_fixture"]  # the "idp" fixture
-chromium = test_admin_page.chromium  # the same fixture: the system browser, or a skip
 
 HUB = 3_500_001
 CALLBACK = "/admin/oidc/callback"

@@ -29,7 +29,7 @@ from broker.errors import DatabaseError, Unauthenticated
 from broker.web.services import Services
 from tests.chaos.cluster import Cluster, Replica, open_cluster
 from tests.faultproxy import FaultProxy
-from tests.test_cli import broker
+from tests.helpers import run_broker
 
 T = TypeVar("T")
 
@@ -115,7 +115,7 @@ def test_disable_by_cli_is_refused_on_every_replica_within_a_second(
     with cluster(env, sim, sim_url, 2, **REDIS_PATH) as c:
         key = create(c.settings, "billing")
         assert [status(r, key) for r in c.replicas] == [200, 200]  # cached on both
-        result = broker(c.env, "callers", "disable", "billing")
+        result = run_broker(c.env, "callers", "disable", "billing")
         assert result.returncode == 0, result.stderr
         took = wait_for(c.replicas, key, 401, bound=1.0)
         assert took < 1.0, f"refused after {took:.2f} s"

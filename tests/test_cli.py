@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,24 +29,8 @@ from broker.core.models import Role
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 from tests.conftest import _admin, _with_db
-from tests.helpers import Deployment, register, serve_app
-from tests.test_workload_identity import AUDIENCE, ISSUER, Issuer, issuer  # noqa: F401 (a fixture)
-
-
-def broker(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        env={**clean, **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-ADMIN = "cli-admin"
+from tests.helpers import CLI_ADMIN, Deployment, admin_key, register, run_broker, serve_app
+from tests.workload_issuer import AUDIENCE, ISSUER, Issuer
 
 
 @dataclass
@@ -62,21 +44,7 @@ class Cli:
     sim: Simulator
 
     def __call__(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return broker(self.env, *args, stdin=stdin)
-
-
-def admin_key(settings: Settings, name: str = ADMIN, **grants: Any) -> str:
-    """A caller with every role and no limit (unless ``grants`` say otherwise), created
-    locally as an operator bootstraps the first one."""
-
-    async def create() -> str:
-        async with open_admin(settings) as svc:
-            new = await svc.callers.create(
-                name, roles=grants.pop("roles", [r.value for r in Role]), actor="test", **grants
-            )
-            return new.secret
-
-    return asyncio.run(create())
+        return run_broker(self.env, *args, stdin=stdin)
 
 
 @pytest.fixture(params=["local", "remote"])
@@ -92,7 +60,7 @@ def cli(request: pytest.FixtureRequest, env: dict[str, str], sim: Simulator) -> 
 
 
 def test_check_config_reports_every_problem_at_once() -> None:
-    result = broker({"BROKER_PORT": "eighty", "BROKER_VAULT_AUTH": "magic"}, "check-config")
+    result = run_broker({"BROKER_PORT": "eighty", "BROKER_VAULT_AUTH": "magic"}, "check-config")
     assert result.returncode == 2
     for key in (
         "BROKER_DATABASE_URL",
@@ -111,7 +79,7 @@ def test_check_config_cross_field_problems(env: dict[str, str]) -> None:
         "BROKER_LEASE_SECONDS": "3",
         "BROKER_VAULT_TOKEN": "",
     }
-    result = broker(bad, "check-config", "--offline")
+    result = run_broker(bad, "check-config", "--offline")
     assert result.returncode == 2
     assert "BROKER_VAULT_ADDR" in result.stderr
     assert "BROKER_LEASE_SECONDS" in result.stderr
@@ -119,7 +87,7 @@ def test_check_config_cross_field_problems(env: dict[str, str]) -> None:
 
 
 def test_check_config_reaches_backends(env: dict[str, str]) -> None:
-    good = broker(env, "--json", "check-config")
+    good = run_broker(env, "--json", "check-config")
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout) == {
         "settings": "ok",
@@ -127,7 +95,9 @@ def test_check_config_reaches_backends(env: dict[str, str]) -> None:
         "redis": "ok",
         "vault": "ok",
     }
-    down = broker({**env, "BROKER_REDIS_URL": "redis://127.0.0.1:9/0"}, "--json", "check-config")
+    down = run_broker(
+        {**env, "BROKER_REDIS_URL": "redis://127.0.0.1:9/0"}, "--json", "check-config"
+    )
     assert down.returncode == 1
     assert json.loads(down.stdout)["redis"] == "redis_unavailable"
     assert env["BROKER_VAULT_TOKEN"] not in good.stdout + good.stderr + down.stdout
@@ -163,7 +133,9 @@ def test_apps_callers_portals(cli: Cli) -> None:
     again = cli("callers", "create", "billing")
     assert again.returncode == 1
     assert "caller_exists" in again.stderr
-    callers = [c for c in json.loads(cli("--json", "callers", "list").stdout) if c["name"] != ADMIN]
+    callers = [
+        c for c in json.loads(cli("--json", "callers", "list").stdout) if c["name"] != CLI_ADMIN
+    ]
     assert callers == [
         {
             "name": "billing",
@@ -185,8 +157,8 @@ def test_apps_callers_portals(cli: Cli) -> None:
 
 
 def test_bad_arguments_exit_2() -> None:
-    assert broker({}, "portals", "show", "not-a-number").returncode == 2
-    assert broker({}, "frobnicate").returncode == 2
+    assert run_broker({}, "portals", "show", "not-a-number").returncode == 2
+    assert run_broker({}, "frobnicate").returncode == 2
 
 
 def test_concurrent_migrations_apply_once(backends: BackendUrls, env: dict[str, str]) -> None:
@@ -195,7 +167,7 @@ def test_concurrent_migrations_apply_once(backends: BackendUrls, env: dict[str, 
     fresh = {**env, "BROKER_DATABASE_URL": _with_db(backends.database_url, name)}
     try:
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: broker(fresh, "--json", "migrate"), range(4)))
+            results = list(pool.map(lambda _: run_broker(fresh, "--json", "migrate"), range(4)))
         assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
         applied = [json.loads(r.stdout)["applied"] for r in results]
         every = [m.version for m in available()]
@@ -209,7 +181,7 @@ def test_concurrent_migrations_apply_once(backends: BackendUrls, env: dict[str, 
                 await conn.close()
 
         assert asyncio.run(versions()) == every
-        assert broker(fresh, "check-config").returncode == 0
+        assert run_broker(fresh, "check-config").returncode == 0
     finally:
         asyncio.run(_admin(backends.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
@@ -259,7 +231,7 @@ def test_portals_links_audit_keys_retention(cli: Cli) -> None:
     assert (gone["state"], gone["upstream"]) == ("revoked", "revoked")
 
     # The audit trail, in pages that neither repeat nor skip an event.
-    actor = ADMIN if cli.mode == "remote" else "cli:"
+    actor = CLI_ADMIN if cli.mode == "remote" else "cli:"
     deadline = time.monotonic() + 10  # the audit trail is written every 0.5 s
     while True:
         trail = _json(cli("--json", "audit", "--hub", str(HUB), "--limit", "1000"))
@@ -322,15 +294,15 @@ def test_portals_links_audit_keys_retention(cli: Cli) -> None:
 
 @pytest.mark.parametrize("cli", ["remote"], indirect=True)
 def test_remote_needs_a_credential_and_refuses_a_bad_one(cli: Cli) -> None:
-    assert broker({"BROKER_URL": cli.url}, "callers", "list").returncode == 2
-    wrong = broker(
+    assert run_broker({"BROKER_URL": cli.url}, "callers", "list").returncode == 2
+    wrong = run_broker(
         {"BROKER_URL": cli.url, "BROKER_CALLER_KEY": "hsb_" + "0" * 16 + "_" + "A" * 43},
         "callers",
         "list",
     )
     assert wrong.returncode == 1
     assert "error (unauthenticated):" in wrong.stderr
-    down = broker({**cli.env, "BROKER_URL": "http://127.0.0.1:9"}, "apps", "list")
+    down = run_broker({**cli.env, "BROKER_URL": "http://127.0.0.1:9"}, "apps", "list")
     assert down.returncode == 1
     assert "error (broker_unreachable):" in down.stderr
 
@@ -362,7 +334,7 @@ def test_every_operator_command_has_an_http_counterpart() -> None:
 
 def test_remote_with_a_workload_jwt(
     env: dict[str, str],
-    issuer: tuple[Issuer, str],  # noqa: F811 (pytest passes the imported fixture)
+    issuer: tuple[Issuer, str],
     tmp_path: Path,
 ) -> None:
     """A projected service-account token in a file (``--jwt-file``) instead of a key: the
@@ -388,13 +360,13 @@ def test_remote_with_a_workload_jwt(
         token.write_text(state.mint(sub=subject) + "\n")
         remote = {"BROKER_URL": url}
         created = _json(
-            broker(remote, "--jwt-file", str(token), "--json", "callers", "create", "svc-a")
+            run_broker(remote, "--jwt-file", str(token), "--json", "callers", "create", "svc-a")
         )
         assert created["key"].startswith("hsb_")
-        listed = _json(broker(remote, "--jwt-file", str(token), "--json", "callers", "list"))
+        listed = _json(run_broker(remote, "--jwt-file", str(token), "--json", "callers", "list"))
         assert {c["name"] for c in listed} == {"platform-ops", "svc-a"}
         token.write_text(state.mint(sub="system:serviceaccount:other:app"))
-        stranger = broker(remote, "--jwt-file", str(token), "callers", "list")
+        stranger = run_broker(remote, "--jwt-file", str(token), "callers", "list")
         assert stranger.returncode == 1
         assert "error (unauthenticated):" in stranger.stderr
 

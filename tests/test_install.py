@@ -3,27 +3,24 @@ is down), and nothing is stored."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import httpx
 import pytest
 import redis
 
-from broker.app import create_app, open_admin
+from broker.app import create_app
 from broker.config import Settings, load_settings
-from broker.core.install_links import LinkClaims
 from broker.dev.simulator import Simulator
 from broker.errors import InvalidRequest
 from broker.web.oauth import COOKIE
 from tests.helpers import Deployment, install_link, register, serve_app
+from tests.links import assert_failed, claims, portal_count, sign
 
 HUB = 7_700_001
 
@@ -36,17 +33,6 @@ def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[De
         sim.add_portal(HUB)
         sim.configure(consent="auto", consent_hub_id=HUB)
         yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-
-
-def portal_count(settings: Settings) -> int:
-    async def count() -> int:
-        conn = await asyncpg.connect(settings.database_url.get())
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM portals"))
-        finally:
-            await conn.close()
-
-    return asyncio.run(count())
 
 
 def start(deployment: Deployment, browser: httpx.Client) -> str:
@@ -68,43 +54,6 @@ def link(deployment: Deployment) -> str:
     if not deployment.link_url:
         deployment.link_url = install_link(deployment.settings, deployment.app)
     return deployment.link_url
-
-
-def sign(settings: Settings, claims: LinkClaims) -> str:
-    """A link token signed with the deployment's real link key and stored as minted links
-    are, bypassing the minting checks (the TTL cap, the origin check, the app lookup)."""
-
-    async def run() -> str:
-        async with open_admin(settings) as svc:
-            token = await svc.install_links.signer.sign(claims)
-        conn = await asyncpg.connect(settings.database_url.get())
-        try:
-            await conn.execute(
-                """INSERT INTO install_links (id, app, hub_id, return_to, created_by, expires_at)
-                   VALUES ($1, $2, $3, $4, 'test', to_timestamp($5))""",
-                claims.id,
-                claims.app,
-                claims.hub_id,
-                claims.return_to,
-                claims.exp,
-            )
-        finally:
-            await conn.close()
-        return token
-
-    return asyncio.run(run())
-
-
-def claims(app: str, exp: int, return_to: str | None = None, **more: Any) -> LinkClaims:
-    """Link claims issued now with a fresh id."""
-    return LinkClaims(f"il_{secrets.token_hex(6)}", app, int(time.time()), exp, return_to, **more)
-
-
-def assert_failed(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("text/html")
-    assert "Installation failed" in response.text
-    assert f"<code>{code}</code>" in response.text
 
 
 def test_state_is_single_use(deployment: Deployment) -> None:

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -23,9 +22,8 @@ from broker.core.signing import Purpose
 from broker.dev.simulator import Simulator
 from broker.errors import ConfigError, InvalidRequest
 from broker.web.oauth import COOKIE
-from tests.helpers import Deployment, install_link, register, serve_app
-from tests.test_cli import broker
-from tests.test_install import assert_failed, claims, portal_count, sign
+from tests.helpers import Deployment, install_link, register, run_broker, serve_app
+from tests.links import assert_failed, claims, portal_count, sign, token_of
 
 HUB = 7_800_001
 
@@ -47,10 +45,6 @@ def state_keys(settings: Settings) -> list[Any]:
         return list(client.scan_iter(f"{settings.redis_prefix}state:*"))
     finally:
         client.close()
-
-
-def token_of(url: str) -> str:
-    return parse_qs(urlsplit(url).query)["link"][0]
 
 
 def payload_of(url: str) -> dict[str, Any]:
@@ -184,7 +178,7 @@ def test_minting_checks_ttl_return_to_and_app(deployment: Deployment, env: dict[
     ):
         with pytest.raises(InvalidRequest):
             install_link(deployment.settings, "demo", **options)
-    result = broker(env, "apps", "install-link", "nope")
+    result = run_broker(env, "apps", "install-link", "nope")
     assert result.returncode == 1
     assert "app_not_found" in result.stderr
 
@@ -218,7 +212,7 @@ def test_settings_bound_the_ttl(env: dict[str, str]) -> None:
 def test_cli_links_work_and_are_audited_without_the_token(
     deployment: Deployment, env: dict[str, str]
 ) -> None:
-    result = broker(env, "apps", "install-link", "demo", "--ttl", "600")
+    result = run_broker(env, "apps", "install-link", "demo", "--ttl", "600")
     assert result.returncode == 0, result.stderr
     url = result.stdout.strip()
     assert "\n" not in url
@@ -229,7 +223,7 @@ def test_cli_links_work_and_are_audited_without_the_token(
     assert done.status_code == 200, done.text
     assert "Portal connected" in done.text
 
-    again = broker(env, "portals", "install-link", str(HUB), "--app", "demo", "--json")
+    again = run_broker(env, "portals", "install-link", str(HUB), "--app", "demo", "--json")
     assert again.returncode == 0, again.stderr
     reinstall = json.loads(again.stdout)
     assert set(reinstall) == {"url", "expires_at", "id"}
@@ -338,7 +332,7 @@ def test_a_retired_app_installs_nothing_and_keeps_serving(
         page = browser.get(link)
         assert page.status_code == 409, page.text
         assert "app_retired" in page.text
-    minted = broker(env, "apps", "install-link", "demo")
+    minted = run_broker(env, "apps", "install-link", "demo")
     assert minted.returncode == 1
     assert "error (app_retired):" in minted.stderr
     assert deployment.token(HUB).status_code == 200  # its portal is still served

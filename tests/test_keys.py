@@ -12,9 +12,7 @@ from broker.app import create_app
 from broker.config import load_settings
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls, bootstrap_vault
-from tests.helpers import Deployment, register, serve_app
-from tests.test_cli import broker
-from tests.test_walking_skeleton import rows
+from tests.helpers import Deployment, register, rows, run_broker, serve_app
 
 HUBS = [1_200_001, 1_200_002, 1_200_003]
 
@@ -36,15 +34,15 @@ def test_rotate_rewrap_retire(
     root = hvac.Client(url=backends.vault_addr, token=backends.vault_token)
     root.secrets.transit.rotate_key(name=key_name)
 
-    partial = broker(env, "--json", "keys", "rewrap", "--limit", "2", "--batch", "1")
+    partial = run_broker(env, "--json", "keys", "rewrap", "--limit", "2", "--batch", "1")
     assert partial.returncode == 0, partial.stderr
     first = json.loads(partial.stdout)
     assert (first["latest_version"], first["rewrapped"]) == (2, 2)
     assert first["remaining"] == len(HUBS) * 2 - 2  # resumable: the rest is still old
-    refused = broker(env, "--json", "keys", "status")
+    refused = run_broker(env, "--json", "keys", "status")
     assert json.loads(refused.stdout)["min_decryption_version"] == 1
 
-    rest = broker(env, "--json", "keys", "rewrap", "--retire")
+    rest = run_broker(env, "--json", "keys", "rewrap", "--retire")
     assert rest.returncode == 0, rest.stderr
     done = json.loads(rest.stdout)
     assert (done["remaining"], done["failed"], done["min_decryption_version"]) == (0, 0, 2)

@@ -16,8 +16,7 @@ from broker.config import Settings, load_settings
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
 from tests.chaos.cluster import Replica, start_replica
-from tests.helpers import install_link, register
-from tests.test_walking_skeleton import decrypt
+from tests.helpers import decrypt, install_link, register
 
 HUBS = (6_600_001, 6_600_002, 6_600_003)
 CALLERS = 200

@@ -25,8 +25,7 @@ from broker.core.ports import EncryptedGrant
 from broker.core.retention import RetentionPolicy, RetentionSweeper
 from broker.dev.simulator import Simulator
 from broker.errors import ConfigError
-from tests.helpers import Deployment, register, serve_app
-from tests.test_cli import broker
+from tests.helpers import Deployment, register, run_broker, serve_app
 
 HUB = 5_500_001
 DEFAULTS = RetentionPolicy(audit_days=400, events_days=30, journal_hours=24)
@@ -315,14 +314,14 @@ async def test_one_sweep_at_a_time_across_replicas(database_url: str, db: Databa
 
 def test_cli_sweeps_once_and_prints_counts(env: dict[str, str], database_url: str) -> None:
     asyncio.run(seed(database_url))
-    result = broker(env, "--json", "retention", "sweep")
+    result = run_broker(env, "--json", "retention", "sweep")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "swept": True,
         # webhooks are off here: the event never fanned out expires too
         "deleted": {"audit_events": 5, "events": 4, "token_journal": 5},
     }
-    text = broker(env, "retention", "sweep")
+    text = run_broker(env, "retention", "sweep")
     assert text.returncode == 0, text.stderr
     assert text.stdout.split() == ["audit_events", "0", "events", "0", "token_journal", "0"]
 

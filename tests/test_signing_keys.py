@@ -27,11 +27,9 @@ from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls, bootstrap_vault
 from broker.errors import InstallLinkRejected, RateLimitedCaller
 from broker.web import admin_page
-from tests.helpers import Deployment, install_link, register, serve_app
-from tests.test_admin_page import ADMIN, csrf, error_code, login
-from tests.test_cli import broker
-from tests.test_install import assert_failed, sign
-from tests.test_install_links import token_of
+from tests.helpers import Deployment, install_link, register, run_broker, serve_app
+from tests.links import assert_failed, sign, token_of
+from tests.operator_page import ADMIN, csrf, error_code, login
 
 HUB = 9_100_001
 OVERLAP = 4.0  # seconds
@@ -99,12 +97,12 @@ def test_link_lifetime_is_capped_whoever_signed_it(deployment: Deployment) -> No
 
 def test_links_are_listed_and_revoked_by_id(deployment: Deployment) -> None:
     env = _env(deployment)
-    first = broker(env, "--json", "apps", "install-link", "demo", "--ttl", "600")
+    first = run_broker(env, "--json", "apps", "install-link", "demo", "--ttl", "600")
     assert first.returncode == 0, first.stderr
     minted = json.loads(first.stdout)
     second = install_link(deployment.settings, "demo", hub_id=HUB)
 
-    listed = broker(env, "--json", "install-links", "list")
+    listed = run_broker(env, "--json", "install-links", "list")
     assert listed.returncode == 0, listed.stderr
     links = json.loads(listed.stdout)
     assert len(links) == 3  # and the fixture's install link
@@ -115,7 +113,7 @@ def test_links_are_listed_and_revoked_by_id(deployment: Deployment) -> None:
     assert token_of(minted["url"]) not in listed.stdout
     assert token_of(second) not in listed.stdout
 
-    revoked = broker(env, "--json", "install-links", "revoke", minted["id"])
+    revoked = run_broker(env, "--json", "install-links", "revoke", minted["id"])
     assert revoked.returncode == 0, revoked.stderr
     assert json.loads(revoked.stdout)[0]["revoked_at"] is not None
     with httpx.Client() as browser:
@@ -126,12 +124,12 @@ def test_links_are_listed_and_revoked_by_id(deployment: Deployment) -> None:
         assert (problem.status_code, problem.json()["code"]) == (403, "install_link_revoked")
     assert _installs(second) == 302  # the other link is untouched
 
-    active = json.loads(broker(env, "--json", "install-links", "list").stdout)
+    active = json.loads(run_broker(env, "--json", "install-links", "list").stdout)
     assert minted["id"] not in {link["id"] for link in active}
     assert len(active) == 2
-    everything = json.loads(broker(env, "--json", "install-links", "list", "--all").stdout)
+    everything = json.loads(run_broker(env, "--json", "install-links", "list", "--all").stdout)
     assert len(everything) == 3
-    unknown = broker(env, "install-links", "revoke", "il_nope")
+    unknown = run_broker(env, "install-links", "revoke", "il_nope")
     assert unknown.returncode == 1
     assert "install_link_not_found" in unknown.stderr
 
@@ -182,7 +180,7 @@ def test_key_rotation_drill(deployment: Deployment) -> None:
             old_link = install_link(d.settings, "demo")
             assert _installs(old_link) == 302
 
-            rotated = broker(
+            rotated = run_broker(
                 _env(d), "--json", "keys", "rotate-signing", "all",
                 "--overlap-hours", str(OVERLAP / 3600),
             )  # fmt: skip

@@ -11,8 +11,7 @@ import pytest
 from broker.app import create_app
 from broker.config import Settings
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, serve_app
-from tests.test_walking_skeleton import rows
+from tests.helpers import Deployment, register, rows, serve_app
 
 A, B, C = 7_100_001, 7_100_002, 7_100_003
 

@@ -22,8 +22,7 @@ from broker.config import Secret, load_settings
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 from broker.errors import VaultError
-from tests.helpers import Deployment, install_link, register, serve_app
-from tests.test_cli import admin_key
+from tests.helpers import Deployment, admin_key, install_link, register, serve_app
 
 POLICIES = Path(__file__).resolve().parent.parent / "deploy" / "vault"
 HUB = 8_100_001

@@ -8,18 +8,16 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-import asyncpg
 import httpx
 import pytest
 
-from broker.adapters.vault import VaultAdapter
 from broker.app import create_app
 from broker.config import Settings
 from broker.core import tokens as tokens_module
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
 from broker.errors import Undecryptable
-from tests.helpers import Deployment, metric_value, register, serve_app
+from tests.helpers import Deployment, decrypt, metric_value, register, rows, serve_app
 
 HUB = 4_400_001
 OTHER_HUB = 4_400_002
@@ -32,28 +30,6 @@ def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Dep
         sim.add_portal(HUB)
         sim.add_portal(OTHER_HUB)
         yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-
-
-async def _rows(settings: Settings, query: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(settings.database_url.get())
-    try:
-        return await conn.fetch(query)
-    finally:
-        await conn.close()
-
-
-def rows(settings: Settings, query: str) -> list[asyncpg.Record]:
-    return asyncio.run(_rows(settings, query))
-
-
-async def decrypt(settings: Settings, ciphertext: str, key: PortalKey, kind: str) -> str:
-    vault = VaultAdapter(settings)
-    try:
-        await vault.login()
-        (plain,) = await vault.decrypt([(ciphertext, key.context(kind))])
-        return plain
-    finally:
-        await vault.close()
 
 
 def test_install_serve_and_use_token_at_hubspot(deployment: Deployment) -> None:

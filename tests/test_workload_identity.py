@@ -8,67 +8,20 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from broker.app import create_app, open_admin
 from broker.config import load_settings
 from broker.dev.simulator import Simulator
 from tests.helpers import Deployment, register, serve_app
+from tests.workload_issuer import AUDIENCE, ISSUER, SUBJECT, Issuer
 
-ISSUER = "https://kubernetes.default.svc.cluster.local"
-AUDIENCE = "hubspot-token-broker"
-SUBJECT = "system:serviceaccount:payments:api"
 HUB = 6_100_001
-
-
-@dataclass
-class Issuer:
-    keys: dict[str, Any] = field(default_factory=dict)  # kid -> private key
-    published: list[str] = field(default_factory=list)
-    fetches: int = 0
-
-    def add_key(self, kid: str) -> None:
-        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.published.append(kid)
-
-    def jwks(self) -> dict[str, Any]:
-        out = []
-        for kid in self.published:
-            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.keys[kid].public_key()))
-            out.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
-        return {"keys": out}
-
-    def mint(self, kid: str = "k1", **overrides: Any) -> str:
-        now = int(time.time())
-        claims = {"iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE, "iat": now, "exp": now + 600}
-        claims.update(overrides)
-        claims = {k: v for k, v in claims.items() if v is not None}
-        return jwt.encode(claims, self.keys[kid], algorithm="RS256", headers={"kid": kid})
-
-
-@pytest.fixture
-def issuer() -> Iterator[tuple[Issuer, str]]:
-    state = Issuer()
-    state.add_key("k1")
-
-    async def jwks(_: Request) -> JSONResponse:
-        state.fetches += 1
-        return JSONResponse(state.jwks())
-
-    with serve_app(Starlette(routes=[Route("/openid/v1/jwks", jwks)])) as url:
-        yield state, f"{url}/openid/v1/jwks"
 
 
 @pytest.fixture
@@ -158,6 +111,7 @@ def test_key_rotation_and_refetch_rate_limit(
     time.sleep(1.1)  # past the refetch interval (1 s here, 10 s by default)
     assert ask(deployment, state.mint(kid="k2")).status_code == 200
     assert state.fetches == fetched + 1
+    refetched_at = time.monotonic()
     for i in range(5):  # forged kids cannot make the broker hammer the issuer
         forged = jwt.encode(
             {"iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE, "exp": int(time.time()) + 60},
@@ -166,7 +120,10 @@ def test_key_rotation_and_refetch_rate_limit(
             headers={"kid": f"made-up-{i}"},
         )
         assert ask(deployment, forged).status_code == 401
-    assert state.fetches == fetched + 1  # no refetch inside the interval
+    # At most one refetch per interval (1 s here), however slow a busy machine made the
+    # five requests: an unknown kid on every request must not mean a fetch on every request.
+    intervals = int(time.monotonic() - refetched_at)
+    assert state.fetches <= fetched + 1 + intervals
 
 
 def test_a_workload_caller_is_refused_after_its_expiry(

@@ -18,7 +18,7 @@ import redis
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
 from tests.chaos.cluster import OPENED, Answer, Cluster, Replica, open_cluster, percentile
-from tests.test_walking_skeleton import decrypt
+from tests.helpers import decrypt
 
 # Short leases so takeovers happen in seconds: 0.5 (vault) + 3 (hubspot) + 2 x 0.5 (db) + 1.
 FAST_LEASE = {
