@@ -36,7 +36,8 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   ├── IdentityProviderUnavailable 503 sso_provider_unavailable (the OIDC issuer)
     │   ├── RefreshOutcomeUnknown      503 refresh_outcome_unknown: an earlier call is
     │   │                              unanswered and may still land; retry later
-    │   └── LockUnavailable            could not get the refresh lease in time
+    │   ├── LockUnavailable            could not get the refresh lease in time
+    │   └── WebhookUnreachable         a webhook receiver sent no status (delivery retried)
     └── FatalError                     configuration or programming error; do not retry
         └── ConfigError                settings missing or invalid (names every bad key)
 
@@ -324,3 +325,15 @@ class VaultPolicyDenied(Forbidden):
 
     code = "vault_policy_denied"
     title = "The broker's Vault policy does not allow this"
+
+
+class WebhookUnreachable(UpstreamError):
+    """No HTTP status came back from a receiver. ``reason``: timeout, connect, transport or
+    invalid_url (bounded: used as the delivery's error code)."""
+
+    code = "webhook_unreachable"
+    title = "A webhook receiver did not answer"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"webhook receiver unreachable ({reason})")
+        self.reason = reason

@@ -16,7 +16,7 @@ import logging
 import httpx
 
 from broker.adapters import tls
-from broker.core.webhooks import WebhookUnreachable
+from broker.errors import WebhookUnreachable
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -54,17 +54,16 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC
 from urllib.parse import urlsplit
 
 import structlog
 
 from broker import metrics
 from broker.config import Secret
+from broker.core.ports import Outbox, OutboxEvent, OutboxStats, WebhookSender
 from broker.core.tasks import cancel_and_wait
-from broker.errors import BrokerError, FatalError, UpstreamError
+from broker.errors import BrokerError, FatalError, WebhookUnreachable
 
 log = structlog.get_logger(__name__)
 
@@ -72,98 +71,6 @@ log = structlog.get_logger(__name__)
 _FAN_OUT_BATCH = 500
 # Headroom between the end of a POST (timeout + this backstop) and the end of its claim.
 _MARGIN = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """One claimed delivery: an outbox event on its way to one receiver endpoint."""
-
-    id: int  # the event's id (``Webhook-Id: evt_<id>``)
-    type: str
-    app: str | None
-    hub_id: int | None
-    user_id: int | None
-    payload: dict[str, Any]
-    at: datetime
-    #: This claim's number (1 on the first attempt). It fences the claim: a report of an
-    #: older claim (:meth:`Outbox.failed`, :meth:`Outbox.release`) changes nothing.
-    attempts: int
-    delivery_id: int
-    endpoint: str  # :func:`endpoint_key` of the receiver URL
-
-    @property
-    def webhook_id(self) -> str:
-        return f"evt_{self.id}"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    pending: int  # deliveries not acknowledged yet, plus events not fanned out yet
-    stuck: int  # unacknowledged deliveries past ``stuck_after`` attempts
-    oldest_seconds: float  # age of the oldest unacknowledged event; 0 when none
-
-
-class Outbox(Protocol):
-    """The ``events`` outbox and one delivery per (event, endpoint), on the database clock.
-
-    * :meth:`fan_out` gives each event, once, one delivery per endpoint configured at that
-      moment; several replicas may run it at once.
-    * :meth:`claim` grants due deliveries of one endpoint to ``owner`` for
-      ``lease_seconds``. While a claim lasts nobody else can claim that delivery (replicas
-      skip each other's rows); each claim increments ``attempts``. A claim that is never
-      reported (its holder crashed or paused past it) simply makes the delivery due again
-      when it runs out: deliveries are retried, never lost.
-    * :meth:`delivered` is final and unfenced (the receiver has the event, whoever sent it);
-      the event itself is marked delivered once every endpoint acknowledged it.
-    * :meth:`failed` and :meth:`release` are fenced by ``attempt``.
-    """
-
-    async def fan_out(self, endpoints: Sequence[str], *, limit: int) -> int:
-        """Fan out up to ``limit`` new events; returns how many."""
-        ...
-
-    async def claim(
-        self, endpoint: str, *, owner: str, limit: int, lease_seconds: float
-    ) -> list[OutboxEvent]:
-        """Up to ``limit`` due deliveries of ``endpoint``, longest-waiting first."""
-        ...
-
-    async def delivered(self, delivery_id: int) -> None: ...
-
-    async def failed(
-        self, delivery_id: int, attempt: int, *, error_code: str, retry_in: float
-    ) -> None:
-        """Record ``error_code`` (never a response body) and retry ``retry_in`` s from now."""
-        ...
-
-    async def release(self, delivery_id: int, attempt: int) -> None:
-        """Give back a claim that sent nothing: due again at once."""
-        ...
-
-    async def stats(self, endpoints: Sequence[str], *, stuck_after: int) -> OutboxStats: ...
-
-
-class WebhookUnreachable(UpstreamError):
-    """No HTTP status came back from a receiver. ``reason``: timeout, connect, transport or
-    invalid_url (bounded: used as the delivery's error code)."""
-
-    code = "webhook_unreachable"
-    title = "A webhook receiver did not answer"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"webhook receiver unreachable ({reason})")
-        self.reason = reason
-
-
-class WebhookSender(Protocol):
-    """Sends one signed webhook.
-
-    Returns the HTTP status of the answer: redirects are not followed and the answer's body
-    is not kept. Raises :class:`WebhookUnreachable` when there is no status (timeout,
-    connection or transport error). Bounded by its own timeout. Never logs the body or the
-    headers (the signature)."""
-
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int: ...
 
 
 def endpoint_key(url: str) -> str:

@@ -13,8 +13,7 @@ from datetime import datetime
 import asyncpg
 
 from broker.adapters.postgres.pool import Database
-from broker.core.ports import DeliveryRecord, EventFilter, EventRecord
-from broker.core.webhooks import OutboxEvent, OutboxStats
+from broker.core.ports import DeliveryRecord, EventFilter, EventRecord, OutboxEvent, OutboxStats
 
 
 def _event(row: asyncpg.Record) -> OutboxEvent:
