@@ -38,6 +38,7 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   │                              unanswered and may still land; retry later
     │   ├── LockUnavailable            could not get the refresh lease in time
     │   └── WebhookUnreachable         a webhook receiver sent no status (delivery retried)
+    ├── RemoteError                    the remote CLI: a broker's problem answer, as sent
     └── FatalError                     configuration or programming error; do not retry
         └── ConfigError                settings missing or invalid (names every bad key)
 
@@ -337,3 +338,12 @@ class WebhookUnreachable(UpstreamError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"webhook receiver unreachable ({reason})")
         self.reason = reason
+
+
+class RemoteError(BrokerError):
+    """The remote CLI's view of a broker's answer: the problem+json it sent (its status and
+    code kept as they were), or no answer at all."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail, code=code)
+        self.status = status

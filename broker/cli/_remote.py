@@ -24,18 +24,10 @@ import httpx
 
 from broker.adapters.tls import verify
 from broker.cli._ops import Operations, Progress, View
-from broker.errors import BrokerError, ConfigError
+from broker.errors import ConfigError, RemoteError
 
 #: Ciphertexts per rewrap request; the command loops until done (resumable as locally).
 REWRAP_CHUNK = 2000
-
-
-class RemoteError(BrokerError):
-    """An error the broker answered (problem+json), or no answer."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail, code=code)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -7,29 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from broker.core.models import PortalKey
-from broker.core.ports import AuditSink
+from broker.core.ports import AuditSink, CiphertextStore, KeyStore
 from broker.errors import Conflict, Undecryptable
-
-
-class KeyStore(Protocol):
-    async def rewrap(self, items: list[tuple[str, bytes]]) -> list[str]: ...
-
-    async def key_versions(self) -> tuple[int, int]: ...
-
-    async def set_min_decryption_version(self, version: int) -> None: ...
-
-
-class CiphertextStore(Protocol):
-    async def ciphertexts_below(
-        self, version: int, *, after_id: int, limit: int
-    ) -> list[tuple[str, int, PortalKey, str, str]]: ...
-
-    async def swap_ciphertext(
-        self, table: str, row_id: int, column: str, old: str, new: str
-    ) -> bool: ...
 
 
 @dataclass

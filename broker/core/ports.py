@@ -831,3 +831,26 @@ class WebhookSender(Protocol):
     headers (the signature)."""
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int: ...
+
+
+class KeyStore(Protocol):
+    """The Transit key of tokens, for rotation: rewrap ciphertexts, read and retire versions."""
+
+    async def rewrap(self, items: list[tuple[str, bytes]]) -> list[str]: ...
+
+    async def key_versions(self) -> tuple[int, int]: ...
+
+    async def set_min_decryption_version(self, version: int) -> None: ...
+
+
+class CiphertextStore(Protocol):
+    """Every stored token ciphertext, for rewrapping: found by key version, swapped only
+    while unchanged (a refresh meanwhile wins)."""
+
+    async def ciphertexts_below(
+        self, version: int, *, after_id: int, limit: int
+    ) -> list[tuple[str, int, PortalKey, str, str]]: ...
+
+    async def swap_ciphertext(
+        self, table: str, row_id: int, column: str, old: str, new: str
+    ) -> bool: ...
