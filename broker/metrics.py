@@ -123,10 +123,6 @@ RETENTION_DELETED = Counter(
     "Rows deleted by the retention sweep (and revoked portals' journal rows), by table.",
     ["table"],  # audit_events | events | token_journal
 )
-RETENTION_FAILURES = Counter(
-    "broker_retention_failures_total",
-    "Background retention sweeps that failed (retried at the next interval).",
-)
 
 # --- webhooks (the events outbox) ------------------------------------------------------
 WEBHOOK_DELIVERIES = Counter(
@@ -183,6 +179,31 @@ BACKEND_UP = Gauge(
     "1 when the backend passed its last health check (every 5 s); hubspot: 0 while the "
     "circuit breaker keeps calls off.",
     ["backend"],
+)
+
+
+class Loop(StrEnum):
+    """The background loops every replica runs (``broker_background_failures_total``)."""
+
+    REFRESHER = "refresher"
+    HEAL = "heal"
+    PORTAL_GAUGES = "portal_gauges"
+    WEBHOOKS = "webhooks"
+    WEBHOOK_GAUGES = "webhook_gauges"
+    REVOCATIONS = "revocations"
+    RETENTION = "retention"
+    HEALTH = "health"
+    INVALIDATION = "invalidation"
+    CALLER_LAST_USED = "caller_last_used"
+    AUDIT_FLUSH = "audit_flush"
+    VAULT_RENEWAL = "vault_renewal"
+
+
+BACKGROUND_FAILURES = Counter(
+    "broker_background_failures_total",
+    "Failed passes of a background loop; the loop goes on at its next interval.",
+    # loop: Loop; kind: backend (a backend failed: BrokerError) | bug (anything else)
+    ["loop", "kind"],
 )
 
 

@@ -23,7 +23,7 @@ from enum import StrEnum
 import structlog
 
 from broker import metrics
-from broker.core.tasks import cancel_and_wait
+from broker.core.tasks import BackgroundLoop
 from broker.errors import BrokerError
 
 log = structlog.get_logger(__name__)
@@ -68,9 +68,8 @@ class Health:
         self._checks = dict(checks)
         self._serves_cached = serves_cached
         self._hubspot_down = hubspot_down
-        self._interval = interval
         self._phase = Phase.STARTING
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(metrics.Loop.HEALTH, self.backends, interval=interval)
         self._on_drain: list[Callable[[], None]] = []
         self._in_flight: list[Callable[[float], Awaitable[None]]] = []
 
@@ -138,18 +137,10 @@ class Health:
 
     def start(self) -> None:
         """Keep ``broker_backend_up`` current in the background."""
-        self._task = asyncio.create_task(self._watch(), name="backend-health")
+        self._loop.start()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
-
-    async def _watch(self) -> None:
-        while True:
-            try:
-                await self.backends()
-            except Exception:  # the watch must outlive bugs; the gauges just go stale
-                log.exception("health.check_crashed")
-            await asyncio.sleep(self._interval)
+        await self._loop.close()
 
 
 async def _run(check: Check, timeout: float) -> str | None:

@@ -17,7 +17,6 @@ ignores it: it still drops the caller within its ``caller_cache_seconds``.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 
 import structlog
@@ -27,9 +26,8 @@ from broker.config import Settings
 from broker.core.caller_cache import CallerCache
 from broker.core.models import PortalKey
 from broker.core.ports import CallerRepository, Coordinator, PortalRepository
-from broker.core.tasks import cancel_and_wait
+from broker.core.tasks import BackgroundLoop
 from broker.core.tokens import TokenService
-from broker.errors import BrokerError
 
 log = structlog.get_logger(__name__)
 
@@ -47,20 +45,24 @@ class Invalidations:
         callers: CallerRepository,
         caller_cache: CallerCache,
     ) -> None:
-        self._interval = settings.invalidation_poll_seconds
         self._coordinator = coordinator
         self._portals = portals
         self._tokens = tokens
         self._callers = callers
         self._caller_cache = caller_cache
-        self._task: asyncio.Task[None] | None = None
+        # Where the last pass got to (None: from now on).
+        self._since: datetime | None = None
+        self._callers_since: datetime | None = None
+        self._loop = BackgroundLoop(
+            metrics.Loop.INVALIDATION, self._poll, interval=settings.invalidation_poll_seconds
+        )
 
     def start(self) -> None:
         self._coordinator.on_invalidation(self._on_message)
-        self._task = asyncio.create_task(self._poll(), name="invalidation-poll")
+        self._loop.start()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
+        await self._loop.close()
 
     async def publish(self, key: PortalKey) -> None:
         """Drop ``key`` here at once and tell every other replica."""
@@ -87,21 +89,12 @@ class Invalidations:
         self._tokens.invalidate(key)
 
     async def _poll(self) -> None:
-        since: datetime | None = None
-        callers_since: datetime | None = None
-        while True:
-            try:
-                keys, since = await self._portals.stopped_since(since)
-                for key in keys:
-                    self._tokens.invalidate(key)
-                changed, callers_since = await self._callers.changed_since(
-                    callers_since, self._caller_cache.caller_ids()
-                )
-                if changed:
-                    self._caller_cache.forget(changed)
-            except BrokerError:
-                metrics.BACKEND_ERRORS.labels("postgres", "invalidation_poll").inc()
-            except Exception:  # a bug must not silently end the fallback for good
-                metrics.BACKEND_ERRORS.labels("any", "invalidation_bug").inc()
-                log.exception("invalidation.poll_crashed")
-            await asyncio.sleep(self._interval)
+        """One pass of the Postgres fallback: portals that stopped serving, callers changed."""
+        keys, self._since = await self._portals.stopped_since(self._since)
+        for key in keys:
+            self._tokens.invalidate(key)
+        changed, self._callers_since = await self._callers.changed_since(
+            self._callers_since, self._caller_cache.caller_ids()
+        )
+        if changed:
+            self._caller_cache.forget(changed)

@@ -10,7 +10,6 @@ refresh token; if it cannot be reached, ``pending_revocations`` keeps the cipher
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import secrets
@@ -25,7 +24,7 @@ from broker.core.invalidation import Invalidations
 from broker.core.models import PortalKey, PortalRecord, PortalState
 from broker.core.ports import AuditSink, Cipher, OAuthProvider, PortalRepository, SecretStore
 from broker.core.refresh import RefreshEngine, raise_for_state
-from broker.core.tasks import cancel_and_wait
+from broker.core.tasks import BackgroundLoop
 from broker.errors import BrokerError, Conflict, NotFound, UpstreamError
 
 log = structlog.get_logger(__name__)
@@ -179,22 +178,12 @@ class RevocationRetrier:
     """Background loop: retries owed upstream revocations until HubSpot confirms."""
 
     def __init__(self, operations: PortalOperations, *, interval: float = 5.0) -> None:
-        self._operations = operations
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(
+            metrics.Loop.REVOCATIONS, operations.retry_due, interval=interval
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="revocation-retrier")
+        self._loop.start()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._operations.retry_due()
-            except BrokerError:
-                metrics.BACKEND_ERRORS.labels("any", "revocation_retry").inc()
-            except Exception:  # never let a bug end the retries
-                log.exception("revoke.retry_crashed")
-            await asyncio.sleep(self._interval)
+        await self._loop.close()

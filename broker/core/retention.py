@@ -54,8 +54,6 @@ on.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -66,8 +64,7 @@ import structlog
 from broker import metrics
 from broker.config import Settings
 from broker.core.ports import RetentionStore
-from broker.core.tasks import cancel_and_wait
-from broker.errors import BrokerError
+from broker.core.tasks import BackgroundLoop
 
 log = structlog.get_logger(__name__)
 
@@ -122,13 +119,17 @@ class RetentionSweeper:
         self._store = store
         self._interval = interval
         self._batch = batch
-        self._task: asyncio.Task[None] | None = None
+        # Jittered by half, and first after a wait: replicas started together do not line
+        # up, and a restart storm does not sweep at once.
+        self._loop = BackgroundLoop(
+            metrics.Loop.RETENTION, self.sweep, interval=interval, jitter=0.5, wait_first=True
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="retention-sweeper")
+        self._loop.start()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
+        await self._loop.close()
 
     async def sweep(self) -> SweepReport:
         """One sweep now, unless another replica is sweeping (``swept`` False)."""
@@ -187,17 +188,3 @@ class RetentionSweeper:
             metrics.RETENTION_DELETED.labels(table).inc(count)
             if count < self._batch:
                 return
-
-    async def _run(self) -> None:
-        while True:
-            # Jittered, and first after a wait: replicas started together do not line up,
-            # and a restart storm does not sweep at once.
-            await asyncio.sleep(self._interval * random.uniform(0.5, 1.5))  # noqa: S311
-            try:
-                await self.sweep()
-            except BrokerError as exc:
-                metrics.RETENTION_FAILURES.inc()
-                log.warning("retention.sweep_failed", code=exc.code)
-            except Exception:  # a bug must not stop retention for good
-                metrics.RETENTION_FAILURES.inc()
-                log.exception("retention.sweep_crashed")

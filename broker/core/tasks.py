@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+import random
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+import structlog
+
+from broker import metrics
+from broker.errors import BrokerError
+
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | asyncio.Future[Any] | None) -> None:
@@ -29,3 +36,93 @@ async def finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
     except asyncio.CancelledError:
         await asyncio.wait([task])
         raise
+
+
+class BackgroundLoop:
+    """One background loop: ``step()`` runs from :meth:`start` until :meth:`stop` or
+    :meth:`close`, every ``interval`` seconds, jittered by ``±jitter`` of it so that replicas
+    started together drift apart.
+
+    A step that returns True has more to do at once: it runs again as soon as ``backlog()``
+    returns (e.g. once a delivery slot frees up), or at once without one. A failing step
+    never ends the loop: it is counted in ``broker_background_failures_total{loop, kind}``
+    (``backend`` for a :class:`~broker.errors.BrokerError`, ``bug`` for anything else),
+    logged, and the loop goes on at its next interval. ``wait_first``: the first step only
+    after one interval (a restart storm does not run every replica's step at once)."""
+
+    def __init__(
+        self,
+        loop: metrics.Loop,
+        step: Callable[[], Awaitable[object]],
+        *,
+        interval: float,
+        jitter: float = 0.1,
+        wait_first: bool = False,
+        backlog: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.name = loop
+        self._step = step
+        self._interval = interval
+        self._jitter = jitter
+        self._wait_first = wait_first
+        self._backlog = backlog
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._backend_failures = metrics.BACKGROUND_FAILURES.labels(loop, "backend")
+        self._bugs = metrics.BACKGROUND_FAILURES.labels(loop, "bug")
+
+    def start(self) -> None:
+        """Start the loop, once: a loop that ran cannot be started again."""
+        if self._task is not None or self._stopping.is_set():
+            raise RuntimeError(f"the {self.name} loop starts once")
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop_soon(self) -> None:
+        """Start no further step (the one in flight goes on)."""
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Start no further step, and wait for the one in flight to finish."""
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def close(self) -> None:
+        """Stop at once (a step in flight is cancelled) and wait until the loop has ended."""
+        self._stopping.set()
+        await cancel_and_wait(self._task)
+
+    async def run_once(self) -> bool:
+        """One step, its failure counted and logged, never raised. True when it has more."""
+        try:
+            return await self._step() is True
+        except BrokerError as exc:
+            self._backend_failures.inc()
+            log.warning("background.step_failed", loop=self.name, code=exc.code)
+        except Exception:
+            self._bugs.inc()
+            log.exception("background.step_crashed", loop=self.name)
+        return False
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the loop is stopped meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    def next_delay(self) -> float:
+        spread = self._interval * self._jitter
+        return self._interval + random.uniform(-spread, spread)  # noqa: S311 - jitter, not crypto
+
+    async def _run(self) -> None:
+        if self._wait_first:
+            await self.pause(self.next_delay())
+        while not self._stopping.is_set():
+            if await self.run_once():
+                await (self._backlog() if self._backlog is not None else asyncio.sleep(0))
+            else:
+                await self.pause(self.next_delay())

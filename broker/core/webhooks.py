@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -62,7 +61,7 @@ import structlog
 from broker import metrics
 from broker.config import Secret
 from broker.core.ports import Outbox, OutboxEvent, OutboxStats, WebhookSender
-from broker.core.tasks import cancel_and_wait
+from broker.core.tasks import BackgroundLoop
 from broker.errors import BrokerError, FatalError, WebhookUnreachable
 
 log = structlog.get_logger(__name__)
@@ -165,21 +164,28 @@ class WebhookDispatcher:
         self._lease = 2 * timeout + 10.0
         self._owner = f"{replica_id}:webhooks:{secrets.token_hex(4)}"
         self._inflight: dict[str, set[asyncio.Task[None]]] = {key: set() for key in self._urls}
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Jittered by half so replicas started together do not poll in lockstep.
+        self._loop = BackgroundLoop(
+            metrics.Loop.WEBHOOKS,
+            self._step,
+            interval=interval,
+            jitter=0.5,
+            backlog=self._slot_freed,
+        )
+        # Every 15 s, so a scrape never scans the outbox.
+        self._gauges = BackgroundLoop(
+            metrics.Loop.WEBHOOK_GAUGES, self.update_gauges, interval=15.0
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is not None or self._stopping.is_set():
-            raise RuntimeError("a webhook dispatcher starts once and cannot be reopened")
-        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+        self._loop.start()
+        self._gauges.start()
 
     async def close(self) -> None:
         """Stop claiming; let deliveries in flight finish (each is bounded by the timeout)."""
-        self._stopping.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
+        await self._gauges.close()
         inflight = self._all_inflight()
         if inflight:
             _, late = await asyncio.wait(inflight, timeout=self._timeout + 2 * _MARGIN)
@@ -187,35 +193,18 @@ class WebhookDispatcher:
                 task.cancel()
 
     # --- the loop ---------------------------------------------------------------------------
-    async def _run(self) -> None:
-        gauges = asyncio.create_task(self._gauge_loop(), name="webhook-gauges")
-        try:
-            await self._loop()
-        finally:
-            await cancel_and_wait(gauges)
+    async def _step(self) -> bool:
+        """One pass; True when more may be waiting (a backlog)."""
+        _, more = await self._pass()
+        return more
 
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            more = False
-            try:
-                _, more = await self._pass()
-            except BrokerError as exc:
-                metrics.BACKEND_ERRORS.labels("postgres", "webhook_pass").inc()
-                log.warning("webhooks.pass_failed", code=exc.code)
-            except Exception:  # a bug must not stop webhook delivery for good
-                metrics.BACKEND_ERRORS.labels("any", "webhook_bug").inc()
-                log.exception("webhooks.pass_crashed")
-            inflight = self._all_inflight()
-            if more and inflight:
-                # A backlog: claim again as soon as a slot frees up.
-                await asyncio.wait(
-                    inflight, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED
-                )
-            elif not more:
-                # Jittered so replicas started together do not poll in lockstep.
-                delay = self._interval * random.uniform(0.5, 1.5)  # noqa: S311 -- not cryptography
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+    async def _slot_freed(self) -> None:
+        """A backlog: claim again as soon as a delivery finishes (or after one interval)."""
+        inflight = self._all_inflight()
+        if inflight:
+            await asyncio.wait(
+                inflight, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED
+            )
 
     async def run_once(self) -> int:
         """One pass, waiting for its deliveries to finish; returns how many were attempted."""
@@ -336,18 +325,6 @@ class WebhookDispatcher:
         metrics.WEBHOOK_STUCK.set(stats.stuck)
         metrics.WEBHOOK_OLDEST_PENDING_SECONDS.set(stats.oldest_seconds)
         return stats
-
-    async def _gauge_loop(self) -> None:
-        """Every 15 s, so a scrape never scans the outbox."""
-        while True:
-            try:
-                await self.update_gauges()
-            except BrokerError:
-                metrics.BACKEND_ERRORS.labels("postgres", "webhook_gauges").inc()
-            except Exception:
-                metrics.BACKEND_ERRORS.labels("any", "webhook_bug").inc()
-                log.exception("webhooks.gauges_crashed")
-            await asyncio.sleep(15.0)
 
     def _all_inflight(self) -> set[asyncio.Task[None]]:
         everything: set[asyncio.Task[None]] = set()
