@@ -250,7 +250,14 @@ class Settings:
     refresher_batch: int = 32
     refresher_concurrency: int = 8
     refresher_interval: float = 1.0
+    # Proactive refreshes per second per app, shared by all replicas and adaptive (AIMD,
+    # broker.adapters.redis_rate): it starts at refresh_rate_per_app, grows by
+    # refresh_rate_step per second while more portals are due than it lets through, halves on
+    # a 429 from HubSpot, and stays within [refresh_rate_min, refresh_rate_max].
     refresh_rate_per_app: float = 20.0
+    refresh_rate_min: float = 1.0
+    refresh_rate_max: float = 250.0
+    refresh_rate_step: float = 5.0
     # Replicas that missed a Redis invalidation learn it from Postgres within this period.
     invalidation_poll_seconds: float = 5.0
     # --- webhooks: the events outbox, signed and POSTed (broker.core.webhooks); off while
@@ -330,6 +337,13 @@ class Settings:
             problems.append(f"{PREFIX}PREWARM_PORTALS: must be >= 0 (0: no pre-warming)")
         if self.auth_lookup_rate <= 0:
             problems.append(f"{PREFIX}AUTH_LOOKUP_RATE: must be > 0")
+        if not 0 < self.refresh_rate_min <= self.refresh_rate_per_app <= self.refresh_rate_max:
+            problems.append(
+                f"{PREFIX}REFRESH_RATE_PER_APP: must be within {PREFIX}REFRESH_RATE_MIN (> 0) "
+                f"and {PREFIX}REFRESH_RATE_MAX"
+            )
+        if self.refresh_rate_step <= 0:
+            problems.append(f"{PREFIX}REFRESH_RATE_STEP: must be > 0")
         if self.marketplace_exchange_rate <= 0:
             problems.append(f"{PREFIX}MARKETPLACE_EXCHANGE_RATE: must be > 0")
         if not 0 < self.min_ttl_default <= self.min_ttl_max:
