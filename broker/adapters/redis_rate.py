@@ -3,9 +3,10 @@
 One hash per app holds a token bucket and its rate. The rate starts at
 ``refresh_rate_per_app`` and stays within ``[refresh_rate_min, refresh_rate_max]``:
 
-* **additive increase**: while demand exceeds the rate (an ``acquire`` finds the bucket empty),
-  the rate grows by ``refresh_rate_step`` per second, at most once a second across all
-  replicas and not within :data:`HOLD_MS` of a decrease;
+* **additive increase**: while demand exceeds the rate (an ``acquire`` is refused after a
+  window of at least a second in which the slots granted reached :data:`UTILIZATION` of the
+  rate), the rate grows by ``refresh_rate_step``: at most once a second across all replicas,
+  and not within :data:`HOLD_MS` of a decrease;
 * **multiplicative decrease**: a 429 from HubSpot (``pause``) halves it, at most once per
   :data:`HOLD_MS` (the other calls that were in flight answer 429 too: one cut, not ten), and
   pauses the app's proactive refreshes as before (``Retry-After`` honoured by the caller).
@@ -32,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 #: Milliseconds after a decrease during which the rate neither halves again nor grows.
 HOLD_MS = 2000
+#: Share of the rate a window's granted slots must reach before a refusal grows the rate.
+UTILIZATION = 0.9
 #: Seconds of the rate a full bucket holds: HubSpot counts calls in rolling windows, and a
 #: full second of burst on top of the rate doubles what one window sees.
 BURST_SECONDS = 0.25
@@ -43,32 +46,38 @@ LOG_EVERY = 30.0
 # The rate and bucket of one app. KEYS: bucket hash, pause key. ARGV: start rate, min, max,
 # step, interactive (1/0). Returns {wait ms (0: go), rate, raised (1/0)}. Interactive callers
 # always pass and may drive the bucket negative (down to one second of the rate), which
-# makes proactive refreshes wait longer. An empty bucket means demand exceeds the rate: the
-# rate grows.
+# makes proactive refreshes wait longer. Demand exceeds the rate when an acquire is refused
+# after a window (>= 1 s) in which the slots granted used at least UTILIZATION of the rate:
+# then the rate grows. A refusal after a burst in an otherwise quieter window does not count.
 _ACQUIRE = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lo, hi, step = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local interactive = ARGV[5] == '1'
-local s = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'grown', 'cut')
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'win', 'used', 'cut')
 local rate = math.min(hi, math.max(lo, tonumber(s[3]) or tonumber(ARGV[1])))
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 and not interactive then return {{paused, tostring(rate), 0}} end
 local burst = math.max(1, rate * {BURST_SECONDS})
 local tokens = tonumber(s[1]) or burst
-local grown, cut = tonumber(s[4]) or 0, tonumber(s[5]) or 0
+local win, used, cut = tonumber(s[4]) or now, tonumber(s[5]) or 0, tonumber(s[6]) or 0
 tokens = math.min(burst, tokens + (now - (tonumber(s[2]) or now)) * rate / 1000)
 local wait, raised = 0, 0
-if tokens < 1 and rate < hi and now - grown >= 1000 and now - cut >= {HOLD_MS} then
-  rate, grown, raised = math.min(hi, rate + step), now, 1
-end
 if tokens >= 1 or interactive then
   tokens = math.max(tokens - 1, -math.max(1, rate))
+  used = used + 1
 else
   wait = math.ceil((1 - tokens) * 1000 / rate)
+  if now - win >= 1000 then
+    if used >= {UTILIZATION} * rate * (now - win) / 1000 and rate < hi
+       and now - cut >= {HOLD_MS} then
+      rate, raised = math.min(hi, rate + step), 1
+    end
+    win, used = now, 0
+  end
 end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now, 'rate', rate, 'grown', grown,
-           'cut', cut)
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now, 'rate', rate, 'win', win,
+           'used', used, 'cut', cut)
 redis.call('PEXPIRE', KEYS[1], {IDLE_MS})
 return {{wait, tostring(rate), raised}}
 """
@@ -85,7 +94,8 @@ if now - (tonumber(s[4]) or 0) >= {HOLD_MS} then
   rate, halved = math.max(lo, before / 2), 1
   local tokens = tonumber(s[1]) or 0
   tokens = math.min(tokens + (now - (tonumber(s[2]) or now)) * before / 1000, 0)
-  redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now, 'rate', rate, 'cut', now)
+  redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now, 'rate', rate, 'cut', now,
+             'win', now, 'used', 0)
   redis.call('PEXPIRE', KEYS[1], {IDLE_MS})
 end
 if tonumber(ARGV[1]) > redis.call('PTTL', KEYS[2]) then
