@@ -30,7 +30,8 @@ from broker.adapters.postgres.portals import CLAIM_DUE_SQL
 _APP = "plan"
 #: More index entries read and skipped than this by one claim: the scan is not bounded.
 _MAX_SKIPPED = 1000
-# `due` rows came due in the last 10 s; the others come due 1 to 61 minutes from now.
+# `due` rows came due in the last 10 s; the others come due 10 to 70 minutes from now (the
+# "caught up" case must still find none due after a slow load).
 _FILL = """
 INSERT INTO portals (app, hub_id, hub_domain, installed_by, scopes, refresh_ct, access_ct,
                      access_expires_at, refresh_after)
@@ -38,7 +39,7 @@ SELECT $1, g, 'hub-' || g || '.example.com', 'plan', ARRAY['oauth'],
        'vault:v1:' || repeat('r', 90), 'vault:v1:' || repeat('a', 700),
        now() + make_interval(secs => 1800),
        now() + make_interval(secs => CASE WHEN g <= $3 THEN -random() * 10
-                                          ELSE 60 + random() * 3600 END)
+                                          ELSE 600 + random() * 3600 END)
 FROM generate_series(1, $2) AS g
 """
 

@@ -14,9 +14,13 @@ a caller should almost never wait for an interactive refresh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -29,6 +33,7 @@ from bench.report import Bench, count, ms
 from bench.seed import APP, Deployment, deploy, drop, seed_portals, start_broker
 
 STEADY_FIRST = 3_000_000
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: Share of a lifetime after which a refreshed token is refreshed again, on average.
 CYCLE_SHARE = 0.66
 #: The simulator's token endpoint latency while the replicas refresh (HubSpot's is ~50-300).
@@ -122,6 +127,53 @@ async def _spread(d: Deployment, lifetime: float) -> None:
         await conn.close()
 
 
+def _stat(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()  # fields from the state (3rd) on
+
+
+def _with_children(pid: int) -> float:
+    """CPU seconds of ``pid``, its reaped children and its live ones (PostgreSQL's backends)."""
+    fields = _stat(pid)
+    total = sum(int(f) for f in fields[11:15])
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                child = _stat(int(proc.name))
+                if int(child[1]) == pid:
+                    total += int(child[11]) + int(child[12])
+    return total / _CLK_TCK
+
+
+def _server_pid(binary: bytes, port: int) -> int | None:
+    """The process running ``binary`` whose arguments name ``port`` (the embedded stack's)."""
+    wanted = str(port).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(binary) and any(
+                arg == wanted or arg.endswith(b":" + wanted) for arg in argv[1:]
+            ):
+                return int(proc.name)
+    return None
+
+
+def _stack(b: Bench) -> list[int]:
+    """PostgreSQL (postmaster), Valkey and OpenBao of this bench, as far as they are found."""
+    postgres = _server_pid(b"/postgres", urlsplit(b.urls.database_url).port or 0)
+    valkey = _server_pid(b"valkey-server", urlsplit(b.urls.redis_url).port or 0)
+    return [pid for pid in (postgres, valkey, b.bao_pid) if pid is not None]
+
+
+def _stack_cpu(stack: list[int]) -> float:
+    """CPU seconds of the backends (with PostgreSQL's backends) and of this process, whose
+    threads include the simulator."""
+    own = os.times()
+    return sum(_with_children(pid) for pid in stack) + own.user + own.system
+
+
 def _interactive(replicas: list[Server]) -> float:
     total = 0.0
     for server in replicas:
@@ -156,13 +208,14 @@ def _measure(b: Bench, d: Deployment, replicas: list[Server], needed: float, see
         }
     )
     series: list[dict[str, Any]] = []
+    stack = _stack(b)
     try:
-        start = _sample(b, d, replicas, shared, rate_key)
+        start = _sample(b, d, replicas, shared, rate_key, stack)
         last = start
         begun = time.monotonic()
         while time.monotonic() - begun < size.steady_seconds:
             time.sleep(min(size.steady_every, size.steady_seconds - (time.monotonic() - begun)))
-            now = _sample(b, d, replicas, shared, rate_key)
+            now = _sample(b, d, replicas, shared, rate_key, stack)
             series.append(_interval(last, now))
             last = now
             print(f"  steady {_describe(series[-1], now)}", flush=True)
@@ -173,7 +226,12 @@ def _measure(b: Bench, d: Deployment, replicas: list[Server], needed: float, see
 
 
 def _sample(
-    b: Bench, d: Deployment, replicas: list[Server], shared: redis.Redis, rate_key: str
+    b: Bench,
+    d: Deployment,
+    replicas: list[Server],
+    shared: redis.Redis,
+    rate_key: str,
+    stack: list[int],
 ) -> dict[str, Any]:
     counters = b.sim.counters()
     raw = shared.hget(rate_key, "rate")
@@ -184,6 +242,7 @@ def _sample(
         "limited": counters["token.rate_limited"],
         "interactive": _interactive(replicas),
         "cpu": sum(cpu_seconds(r.pid) for r in replicas),
+        "stack_cpu": _stack_cpu(stack),
         "rate": float(raw) if raw is not None else 0.0,  # type: ignore[arg-type]
         "backlog": backlog,
     }
@@ -286,6 +345,19 @@ def _report(
         f"{cpu_ms:.2f} ms",
         f"/proc/<pid>/stat of both replicas over the run (serving the callers included) / "
         f"refreshes; {count(per_s / 2)} refreshes/s per replica",
+    )
+    stack_ms = (end["stack_cpu"] - start["stack_cpu"]) * 1000 / max(refreshed, 1) + cpu_ms
+    cores = len(os.sched_getaffinity(0))
+    ceiling = cores * 1000 / stack_ms if stack_ms > 0 else 0.0
+    b.add(
+        "6 steady",
+        f"{label}: whole-stack CPU per refresh",
+        f"{stack_ms:.2f} ms",
+        f"replicas + PostgreSQL + Valkey + OpenBao + simulator, from /proc (robust to other load); "
+        f"so this {cores}-core machine sustains at most ~{count(ceiling)} refreshes/s, i.e. "
+        f"{count(ceiling * CYCLE_SHARE * lifetime)} portals at {lifetime:g} s tokens with "
+        f"nothing else running, or {portals:,} portals at tokens of at least "
+        f"{portals / (CYCLE_SHARE * ceiling) if ceiling else 0:,.0f} s",
     )
     b.figures["scale_250k_below_min_ttl"] = float(answers.violations)
     b.figures["scale_250k_interactive_pct"] = pct
