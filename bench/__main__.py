@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-minutes", type=float, help="steady state duration (10)")
     parser.add_argument("--steady-portals", type=int, help="steady state portals (250000)")
     parser.add_argument(
-        "--steady-lifetime", type=float, help="steady state token lifetime, seconds (1800)"
+        "--steady-lifetime", type=float, help="steady state token lifetime, seconds (3600)"
     )
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL

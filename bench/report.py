@@ -35,7 +35,7 @@ class Size:
     normal_rate: float = 200.0
     plan_rows: int = 1_000_000
     steady_portals: int = 250_000
-    steady_lifetime: float = 1800.0
+    steady_lifetime: float = 3600.0
     steady_seconds: float = 600.0
     steady_every: float = 30.0
     steady_caller_rate: float = 50.0
