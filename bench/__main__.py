@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import hot, scenarios
+from bench import hot, scenarios, steady
 from bench.load import wrk_path, wrk_version
 from bench.procs import cpu_plan
 from bench.report import FULL, SMOKE, Bench, Size, render
@@ -26,6 +26,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "hot": hot.run,  # 1 hot path, 2 cold path, 5 abuse: one pinned broker process
     "herd": scenarios.herd,
     "scale": scenarios.scale,
+    "steady": steady.steady,  # 6: 250,000 portals on 2 replicas; claim_due at 1,000,000 rows
 }
 
 
@@ -74,10 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load client")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
+    parser.add_argument("--steady-minutes", type=float, help="steady state duration (10)")
+    parser.add_argument("--steady-portals", type=int, help="steady state portals (250000)")
+    parser.add_argument(
+        "--steady-lifetime", type=float, help="steady state token lifetime, seconds (3600)"
+    )
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     if args.scale:
         size = replace(size, scale=tuple(int(n) for n in args.scale.split(",")))
+    if args.steady_minutes:
+        size = replace(size, steady_seconds=args.steady_minutes * 60)
+    if args.steady_portals:
+        size = replace(size, steady_portals=args.steady_portals)
+    if args.steady_lifetime:
+        size = replace(size, steady_lifetime=args.steady_lifetime)
     logs.configure("WARNING", "console")
     sim = Simulator()
     print("starting embedded PostgreSQL, Valkey, OpenBao and the simulator ...", flush=True)

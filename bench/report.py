@@ -33,6 +33,12 @@ class Size:
     abuse_seconds: float = 10.0
     abuse_rate: float = 1000.0
     normal_rate: float = 200.0
+    plan_rows: int = 1_000_000
+    steady_portals: int = 250_000
+    steady_lifetime: float = 3600.0
+    steady_seconds: float = 600.0
+    steady_every: float = 30.0
+    steady_caller_rate: float = 50.0
 
 
 FULL = Size()
@@ -51,6 +57,12 @@ SMOKE = Size(
     abuse_seconds=1.0,
     abuse_rate=200.0,
     normal_rate=50.0,
+    plan_rows=20_000,
+    steady_portals=300,
+    steady_lifetime=30.0,
+    steady_seconds=6.0,
+    steady_every=2.0,
+    steady_caller_rate=20.0,
 )
 
 

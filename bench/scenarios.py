@@ -120,7 +120,8 @@ def _metric(server: Server, name: str, labels: str) -> float:
 
 
 def _scale_one(b: Bench, portals: int) -> None:
-    d = deploy(b.urls, b.sim, b.sim_url, BROKER_REFRESH_RATE_PER_APP="1000000")
+    unlimited = {"BROKER_REFRESH_RATE_PER_APP": "1000000", "BROKER_REFRESH_RATE_MAX": "1000000"}
+    d = deploy(b.urls, b.sim, b.sim_url, **unlimited)
     hubs = [SCALE_FIRST + i for i in range(portals)]
     try:
         seeded = asyncio.run(seed_portals(d, b.sim, hubs, lifetime=SCALE_TTL))

@@ -14,120 +14,14 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from broker import config_sso
+from broker import config_checks
+from broker.config_values import MAX_INSTALL_LINK_TTL as MAX_INSTALL_LINK_TTL
+from broker.config_values import PREFIX as PREFIX
+from broker.config_values import Secret as Secret
+from broker.config_values import SentinelUrl as SentinelUrl
 from broker.errors import ConfigError
-
-PREFIX = "BROKER_"
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
-#: Longest an operator-signed install link may stay valid (seconds): 30 days.
-MAX_INSTALL_LINK_TTL = 30 * 86400
-
-
-class Secret:
-    """A string that never shows itself in a repr, a log line or a traceback.
-
-    :meth:`from_file` makes one backed by a file (``BROKER_<NAME>_FILE``, e.g. a mounted
-    Kubernetes Secret): :meth:`get` reads the file again whenever it changed (its mtime,
-    size or inode: Kubernetes swaps a symlink on rotation), so whoever calls ``get`` at use
-    time sees a rotated secret without a restart. A file that cannot be read any more keeps
-    the last value (and the next ``get`` tries again)."""
-
-    __slots__ = ("_path", "_stamp", "_value")
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-        self._path = ""
-        self._stamp: tuple[int, int, int] | None = None
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> Secret:
-        """Raises OSError when the file cannot be read now."""
-        secret = cls("")
-        secret._path = os.fspath(path)
-        secret._load(os.stat(secret._path))
-        return secret
-
-    def _load(self, stat: os.stat_result) -> None:
-        with open(self._path, encoding="utf-8") as file:
-            # Files written by `echo` or editors end in a newline the value never has.
-            self._value = file.read().strip()
-        self._stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-
-    @property
-    def path(self) -> str:
-        """The file it comes from ('' for a plain value)."""
-        return self._path
-
-    def get(self) -> str:
-        if self._path:
-            try:
-                stat = os.stat(self._path)
-                if (stat.st_mtime_ns, stat.st_size, stat.st_ino) != self._stamp:
-                    self._load(stat)
-            except (OSError, UnicodeDecodeError):
-                pass  # mid-rotation or gone: the last value, until the file is back
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self.get())
-
-    def __repr__(self) -> str:
-        return "Secret('**********')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other.get() == self.get()
-
-    def __hash__(self) -> int:
-        return hash(self.get())
-
-
-@dataclass(frozen=True, slots=True)
-class SentinelUrl:
-    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/DB]`` (``rediss+``
-    for TLS): Redis through Sentinel, which names the current master of ``master``; the
-    password, user and TLS apply to the master (and the sentinels, as they usually share
-    them)."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    master: str
-    db: int
-    username: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> SentinelUrl | None:
-        """None for a plain ``redis://``/``rediss://``/``unix://`` URL; ValueError when a
-        sentinel URL is malformed (the message never repeats the URL: it may hold a password)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis+sentinel", "rediss+sentinel"):
-            return None
-        if parts.query or parts.fragment:
-            raise ValueError("a sentinel URL takes no query parameters")
-        credentials, _, hosts = parts.netloc.rpartition("@")
-        username, _, password = credentials.partition(":")
-        sentinels = []
-        for host in hosts.split(","):
-            name, _, port = host.rpartition(":")
-            if not name or not port.isascii() or not port.isdigit():
-                raise ValueError("each sentinel must be host:port ([v6 address]:port)")
-            sentinels.append((name.removeprefix("[").removesuffix("]"), int(port)))
-        path = [p for p in parts.path.split("/") if p]
-        if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
-            raise ValueError("the path must be /MASTER or /MASTER/DB")
-        return cls(
-            sentinels=tuple(sentinels),
-            master=path[0],
-            db=int(path[1]) if len(path) == 2 else 0,
-            username=unquote(username) or None,
-            password=unquote(password) or None,
-            tls=parts.scheme == "rediss+sentinel",
-        )
-
 
 VaultAuth = Literal["token", "approle", "kubernetes"]
 LogFormat = Literal["json", "console"]
@@ -250,7 +144,14 @@ class Settings:
     refresher_batch: int = 32
     refresher_concurrency: int = 8
     refresher_interval: float = 1.0
+    # Proactive refreshes per second per app, shared by all replicas and adaptive (AIMD,
+    # broker.adapters.redis_rate): it starts at refresh_rate_per_app, grows by
+    # refresh_rate_step per second while more portals are due than it lets through, halves on
+    # a 429 from HubSpot, and stays within [refresh_rate_min, refresh_rate_max].
     refresh_rate_per_app: float = 20.0
+    refresh_rate_min: float = 1.0
+    refresh_rate_max: float = 250.0
+    refresh_rate_step: float = 5.0
     # Replicas that missed a Redis invalidation learn it from Postgres within this period.
     invalidation_poll_seconds: float = 5.0
     # --- webhooks: the events outbox, signed and POSTed (broker.core.webhooks); off while
@@ -279,102 +180,7 @@ class Settings:
 
     def validate(self) -> list[str]:
         """Cross-field checks; returns problems (empty when the settings are usable)."""
-        problems: list[str] = []
-        for name in ("hubspot_api_url", "hubspot_app_url"):
-            parts = urlsplit(getattr(self, name))
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                problems.append(f"{PREFIX}{name.upper()}: must be an http(s) URL")
-        for addr in self.vault_addr_list or [""]:
-            parts = urlsplit(addr)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                problems.append(f"{PREFIX}VAULT_ADDR: each address must be an http(s) URL")
-                break
-        if urlsplit(self.database_url.get()).scheme not in ("postgres", "postgresql"):
-            problems.append(f"{PREFIX}DATABASE_URL: must be a postgresql:// URL")
-        if urlsplit(self.redis_url.get()).scheme not in _REDIS_SCHEMES:
-            problems.append(
-                f"{PREFIX}REDIS_URL: must be a redis://, rediss:// or redis+sentinel:// URL"
-            )
-        try:
-            SentinelUrl.parse(self.redis_url.get())
-        except ValueError as exc:
-            problems.append(f"{PREFIX}REDIS_URL: {exc}")
-        if self.vault_auth == "token" and not self.vault_token:
-            problems.append(f"{PREFIX}VAULT_TOKEN: required when {PREFIX}VAULT_AUTH=token")
-        if self.vault_auth == "approle" and not (self.vault_role_id and self.vault_secret_id):
-            problems.append(
-                f"{PREFIX}VAULT_ROLE_ID and {PREFIX}VAULT_SECRET_ID: required for approle"
-            )
-        if self.vault_auth == "kubernetes" and not self.vault_k8s_role:
-            problems.append(f"{PREFIX}VAULT_K8S_ROLE: required for kubernetes auth")
-        if self.public_port and (self.public_host, self.public_port) == (self.host, self.port):
-            problems.append(f"{PREFIX}PUBLIC_PORT: must differ from {PREFIX}PORT")
-        for name, port in (("PORT", self.port), ("PUBLIC_PORT", self.public_port)):
-            if not 0 <= port <= 65535:
-                problems.append(f"{PREFIX}{name}: must be 0-65535")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            problems.append(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE: set both or neither")
-        for name in ("tls_cert_file", "tls_key_file", "vault_cacert", "ca_bundle"):
-            path = getattr(self, name)
-            if path and not os.access(path, os.R_OK):
-                problems.append(f"{PREFIX}{name.upper()}: {path} is not a readable file")
-        try:
-            self.trusted_proxy_list  # noqa: B018 - parsed for its errors
-        except ValueError as exc:
-            problems.append(f"{PREFIX}TRUSTED_PROXIES: {exc}")
-        if min(self.drain_seconds, self.shutdown_timeout, self.prewarm_seconds) < 0:
-            problems.append(
-                f"{PREFIX}DRAIN_SECONDS, _SHUTDOWN_TIMEOUT and _PREWARM_SECONDS: must be >= 0"
-            )
-        if self.prewarm_portals < 0:
-            problems.append(f"{PREFIX}PREWARM_PORTALS: must be >= 0 (0: no pre-warming)")
-        if self.auth_lookup_rate <= 0:
-            problems.append(f"{PREFIX}AUTH_LOOKUP_RATE: must be > 0")
-        if self.marketplace_exchange_rate <= 0:
-            problems.append(f"{PREFIX}MARKETPLACE_EXCHANGE_RATE: must be > 0")
-        if not 0 < self.min_ttl_default <= self.min_ttl_max:
-            problems.append(f"{PREFIX}MIN_TTL_DEFAULT: must be > 0 and <= {PREFIX}MIN_TTL_MAX")
-        if not 0 < self.install_link_ttl <= MAX_INSTALL_LINK_TTL:
-            problems.append(
-                f"{PREFIX}INSTALL_LINK_TTL: must be 1-{MAX_INSTALL_LINK_TTL} seconds (30 days)"
-            )
-        if self.database_pool_min > self.database_pool_max:
-            problems.append(f"{PREFIX}DATABASE_POOL_MIN: must be <= {PREFIX}DATABASE_POOL_MAX")
-        if any(
-            urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc
-            for url in self.webhook_url_list
-        ):
-            # The URL itself is not echoed: it may carry credentials.
-            problems.append(f"{PREFIX}WEBHOOK_URLS: every URL must be an http(s) URL")
-        if self.webhook_url_list:
-            try:
-                self.webhook_secrets_by_url  # noqa: B018 - parsed for its errors
-            except ValueError as exc:
-                problems.append(f"{PREFIX}WEBHOOK_SECRET: {exc}")
-        if min(self.webhook_timeout, self.webhook_batch, self.webhook_interval) <= 0:
-            problems.append(f"{PREFIX}WEBHOOK_TIMEOUT, _BATCH and _INTERVAL: must be > 0")
-        if not 0 < self.webhook_backoff_base <= self.webhook_backoff_cap:
-            problems.append(
-                f"{PREFIX}WEBHOOK_BACKOFF_BASE: must be > 0 and <= {PREFIX}WEBHOOK_BACKOFF_CAP"
-            )
-        for name in ("audit_retention_days", "events_retention_days", "journal_retention_hours"):
-            if getattr(self, name) < 0:
-                problems.append(f"{PREFIX}{name.upper()}: must be >= 0 (0 keeps rows forever)")
-        if self.retention_interval <= 0:
-            problems.append(f"{PREFIX}RETENTION_INTERVAL: must be > 0")
-        problems += config_sso.problems(self)
-        try:
-            self.jwt_issuer_list  # noqa: B018 - parsed for its errors
-        except ValueError as exc:
-            problems.append(f"{PREFIX}JWT_ISSUERS: {exc}")
-        # Self-fencing (DESIGN.md): a lease must cover Vault + HubSpot + two DB round trips.
-        needed = self.refresh_budget_seconds + 1.0
-        if self.lease_seconds < needed:
-            problems.append(
-                f"{PREFIX}LEASE_SECONDS: {self.lease_seconds:g} is shorter than the refresh "
-                f"budget (vault x nodes + hubspot + 2 x db timeouts + 1 s margin = {needed:g})"
-            )
-        return problems
+        return config_checks.problems(self)
 
     @property
     def jwt_issuer_list(self) -> list[dict[str, str]]:

@@ -109,6 +109,14 @@ CALLER_RATE_LIMITED = Counter(
     "broker_caller_rate_limited_total", "Requests refused because a caller was over its rate."
 )
 PORTALS = Gauge("broker_portals", "Portals by state (refreshed periodically).", ["state"])
+#: Apps whose refresh rate one replica exports: apps are few and operator-made, but bounded.
+REFRESH_RATE_MAX_APPS = 100
+REFRESH_RATE = Gauge(
+    "broker_refresh_rate",
+    "Adaptive proactive-refresh rate per app (refreshes/s shared by all replicas, AIMD), as "
+    f"this replica last saw it. app: an app slug (at most {REFRESH_RATE_MAX_APPS} apps).",
+    ["app"],
+)
 AUDIT_DROPPED = Counter(
     "broker_audit_dropped_total",
     "Audit events dropped: the queue was full, or PostgreSQL refused the event.",

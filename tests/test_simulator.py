@@ -641,6 +641,25 @@ def test_a_429_fault_hits_times_then_clears(sim: Simulator, http: httpx.Client) 
     assert sim.refreshes_by_hub() == {HUB: 3}
 
 
+def test_token_rate_limit_answers_429_per_client_and_rolling_second(
+    sim: Simulator, http: httpx.Client
+) -> None:
+    tokens = install(http)
+    control = http.post("/_sim/config", json={"token_rate_limit": 2})
+    assert control.json()["token_rate_limit"] == 2
+    answers = [refresh(http, tokens["refresh_token"]) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    body = answers[2].json()
+    assert (body["status"], body["errorType"]) == ("error", "RATE_LIMIT")
+    assert body["message"] == "You have reached your rate limit."
+    assert sim.counters()["token.rate_limited"] == 1
+    sim.advance_clock(1.0)  # the rolling second has passed
+    assert refresh(http, tokens["refresh_token"]).status_code == 200
+    assert http.post("/_sim/config", json={"token_rate_limit": 0}).status_code == 400
+    http.post("/_sim/config", json={"token_rate_limit": None})
+    assert all(refresh(http, tokens["refresh_token"]).status_code == 200 for _ in range(4))
+
+
 @pytest.mark.parametrize(
     ("status", "retry_after", "content_type", "expected_retry_after"),
     [

@@ -1,5 +1,6 @@
 """Redis-protocol adapter (redis-py asyncio): advisory locks, "refreshed" notices,
-single-use install state. Implements ``Coordinator``.
+single-use install state, and the per-app refresh rate (:mod:`broker.adapters.redis_rate`).
+Implements ``Coordinator`` and ``RateLimiter``.
 
 Redis is an optimisation, never the authority. Every call is bounded by ``redis_timeout``
 with the client's own retries off; lock and notice calls report trouble as ``None``/``False``
@@ -28,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from broker import metrics
+from broker.adapters.redis_rate import AdaptiveRate
 from broker.config import SentinelUrl, Settings
 from broker.core.tasks import cancel_and_wait
 from broker.errors import UpstreamError
@@ -38,31 +40,6 @@ log = structlog.get_logger(__name__)
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
-"""
-# Token bucket per app, on the Redis server's clock (replicas' clocks may differ).
-# KEYS: bucket, pause. ARGV: rate per second, burst, interactive (1/0).
-# Returns 0 when allowed, else milliseconds to wait. Interactive callers always pass and may
-# drive the bucket negative (down to -burst), which makes proactive refreshes wait longer.
-_TAKE = """
-local paused = redis.call('PTTL', KEYS[2])
-if paused > 0 and ARGV[3] == '0' then return paused end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-local wait = 0
-if tokens >= 1 or ARGV[3] == '1' then
-  tokens = math.max(tokens - 1, -burst)
-else
-  wait = math.ceil((1 - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 2000 / rate) + 1000)
-return wait
 """
 _UNAVAILABLE = (RedisError, OSError, TimeoutError)
 _SUBSCRIPTION_PING = 5.0  # seconds of silence before the subscription is pinged
@@ -111,11 +88,7 @@ class RedisCoordinator:
             )
             self._sentinels = list(sentinels.sentinels)
         self._release = self._client.register_script(_RELEASE)
-        self._take = self._client.register_script(_TAKE)
-        self._rate = settings.refresh_rate_per_app
-        self._burst = max(1.0, settings.refresh_rate_per_app)
-        # Used only while Redis is unreachable: this replica alone, at a quarter of the rate.
-        self._local: dict[str, tuple[float, float]] = {}
+        self._limiter = AdaptiveRate(settings, self._client, self._bounded, _UNAVAILABLE)
         self._channel = f"{self._prefix}refreshed"
         self._invalidate_channel = f"{self._prefix}invalidate"
         self._on_invalidate: list[Callable[[str], None]] = []
@@ -250,37 +223,10 @@ class RedisCoordinator:
 
     # --- per-app refresh limiter -------------------------------------------------------------
     async def acquire(self, app: str, *, interactive: bool) -> float:
-        try:
-            wait_ms = await self._bounded(
-                "limit",
-                self._take(
-                    keys=[f"{self._prefix}rl:{app}", f"{self._prefix}rl-pause:{app}"],
-                    args=[self._rate, self._burst, 1 if interactive else 0],
-                ),
-            )
-        except _UNAVAILABLE:
-            return 0.0 if interactive else self._acquire_locally(app)
-        return float(wait_ms) / 1000
-
-    def _acquire_locally(self, app: str) -> float:
-        rate = self._rate / 4
-        now = time.monotonic()
-        tokens, stamp = self._local.get(app, (1.0, now))
-        tokens = min(1.0, tokens + (now - stamp) * rate)
-        if tokens >= 1:
-            self._local[app] = (tokens - 1, now)
-            return 0.0
-        self._local[app] = (tokens, now)
-        return (1 - tokens) / rate
+        return await self._limiter.acquire(app, interactive=interactive)
 
     async def pause(self, app: str, seconds: float) -> None:
-        with contextlib.suppress(*_UNAVAILABLE):
-            await self._bounded(
-                "pause",
-                self._client.set(
-                    f"{self._prefix}rl-pause:{app}", "1", px=max(1, int(seconds * 1000))
-                ),
-            )
+        await self._limiter.pause(app, seconds)
 
     # --- single-use install state ---------------------------------------------------------
     async def put_state(self, state: str, sealed: str, ttl_seconds: int) -> None:

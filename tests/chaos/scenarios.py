@@ -523,6 +523,7 @@ def slow_hubspot_batch(env: Env, sim: Simulator, sim_url: str, size: Size) -> Re
         "BROKER_REFRESHER_BATCH": "8",
         "BROKER_REFRESHER_CONCURRENCY": "2",
         "BROKER_REFRESH_RATE_PER_APP": "1000",
+        "BROKER_REFRESH_RATE_MAX": "1000",
     }
     c = open_cluster(env, sim, sim_url, replicas=2, **refresher)
     try:
@@ -742,6 +743,7 @@ def failing_among_healthy(env: Env, sim: Simulator, sim_url: str, size: Size) ->
         "BROKER_REFRESHER_ENABLED": "true",
         "BROKER_REFRESHER_INTERVAL": "0.5",
         "BROKER_REFRESH_RATE_PER_APP": "1000",
+        "BROKER_REFRESH_RATE_MAX": "1000",
     }
     c = open_cluster(env, sim, sim_url, replicas=2, **refresher)
     hubs = [HUB_BASE + 10_000 + i for i in range(failing_n + healthy_n)]

@@ -160,6 +160,8 @@ def token(store: Store, form: Form | None) -> Reply:
     if kind == "refresh_token" and hub_id is not None:
         store.refreshes_by_hub[hub_id] += 1
     store.check_faults("token", hub_id=hub_id, grant_type=grant_type)
+    if form is not None:
+        store.check_token_rate(form.get("client_id", ""))
     if form is None:
         message = "missing or unknown grant type: send application/x-www-form-urlencoded"
         return oauth_error("invalid_request", "BAD_GRANT_TYPE", message=message)

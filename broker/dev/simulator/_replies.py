@@ -103,6 +103,17 @@ def ten_secondly_limit(limit: int) -> Reply:
     return Reply(429, json=body, headers=headers)
 
 
+def rate_limited() -> Reply:
+    """HubSpot's 429 outside the CRM API (the token endpoint's, hubspot-oauth.md)."""
+    body = {
+        "status": "error",
+        "message": "You have reached your rate limit.",
+        "errorType": "RATE_LIMIT",
+        "correlationId": correlation_id(),
+    }
+    return Reply(429, json=body)
+
+
 # Retry-After when a fault names none: 477 documents one; 423 means "wait >= 2 s".
 _DEFAULT_RETRY_AFTER = {477: 5, 423: 2}
 
@@ -130,15 +141,7 @@ def _status_reply(status: int, endpoint: str, api_rate_limit: int) -> Reply:
     if status == 429 and endpoint == "contacts":
         return ten_secondly_limit(api_rate_limit)
     if status == 429:
-        return Reply(
-            429,
-            json={
-                "status": "error",
-                "message": "You have reached your rate limit.",
-                "errorType": "RATE_LIMIT",
-                "correlationId": correlation_id(),
-            },
-        )
+        return rate_limited()
     if status in (502, 503, 504) or 505 <= status <= 599:
         return Reply(status, html=_pages.gateway_error(status))
     if status == 500:

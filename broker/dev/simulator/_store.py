@@ -23,7 +23,13 @@ from broker.dev.simulator._model import (
     new_access_token,
     new_refresh_token,
 )
-from broker.dev.simulator._replies import HubSpotError, Reply, fault_reply, oauth_error
+from broker.dev.simulator._replies import (
+    HubSpotError,
+    Reply,
+    fault_reply,
+    oauth_error,
+    rate_limited,
+)
 
 COUNTER_KEYS = (
     "authorize",
@@ -32,6 +38,7 @@ COUNTER_KEYS = (
     "token.authorization_code",
     "token.refresh_token",
     "token.other",
+    "token.rate_limited",
     "introspect",
     "revoke",
     "contacts",
@@ -54,6 +61,7 @@ class Store:
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTER_KEYS, 0))
         self.refreshes_by_hub: Counter[int] = Counter()
         self.api_hits: dict[int, deque[float]] = {}
+        self.token_hits: dict[str, deque[float]] = {}
 
     def now(self) -> float:
         """Simulated wall-clock time: every expiry and `expires_in` is computed from it."""
@@ -83,6 +91,21 @@ class Store:
                     bad_hub_status=self.settings.bad_hub_status,
                 )
             )
+
+    def check_token_rate(self, client_id: str) -> None:
+        """``token_rate_limit``: count one answered call of a known app in its rolling second;
+        429 RATE_LIMIT (not counted) when the second is full."""
+        limit = self.settings.token_rate_limit
+        if limit is None or client_id not in self.apps:
+            return
+        now = self.now()
+        hits = self.token_hits.setdefault(client_id, deque())
+        while hits and hits[0] <= now - 1.0:
+            hits.popleft()
+        if len(hits) >= limit:
+            self.count("token.rate_limited")
+            raise HubSpotError(rate_limited())
+        hits.append(now)
 
     def authenticate_client(self, form: Mapping[str, str]) -> App:
         """The app named by the form's client_id, if one of its secrets matches."""

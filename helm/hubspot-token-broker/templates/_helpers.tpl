@@ -172,6 +172,9 @@ BROKER_REFRESHER_BATCH: {{ $c.refresherBatch | quote }}
 BROKER_REFRESHER_CONCURRENCY: {{ $c.refresherConcurrency | quote }}
 BROKER_REFRESHER_INTERVAL: {{ $c.refresherInterval | quote }}
 BROKER_REFRESH_RATE_PER_APP: {{ $c.refreshRatePerApp | quote }}
+BROKER_REFRESH_RATE_MIN: {{ $c.refreshRateMin | quote }}
+BROKER_REFRESH_RATE_MAX: {{ $c.refreshRateMax | quote }}
+BROKER_REFRESH_RATE_STEP: {{ $c.refreshRateStep | quote }}
 BROKER_INVALIDATION_POLL_SECONDS: {{ $c.invalidationPollSeconds | quote }}
 BROKER_WEBHOOK_TIMEOUT: {{ $w.timeout | quote }}
 BROKER_WEBHOOK_BATCH: {{ $w.batch | quote }}
