@@ -109,6 +109,11 @@ CALLER_RATE_LIMITED = Counter(
     "broker_caller_rate_limited_total", "Requests refused because a caller was over its rate."
 )
 PORTALS = Gauge("broker_portals", "Portals by state (refreshed periodically).", ["state"])
+REFRESHER_SLOTS = Gauge(
+    "broker_refresher_slots",
+    "Proactive refreshes this replica lets run at once (grows with waiting work, halves when "
+    "the app's rate is the bound; at most BROKER_REFRESHER_CONCURRENCY).",
+)
 AUDIT_DROPPED = Counter(
     "broker_audit_dropped_total",
     "Audit events dropped: the queue was full, or PostgreSQL refused the event.",
