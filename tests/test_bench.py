@@ -30,11 +30,20 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
         assert f"- {key}: " in report
     ratios = dict(re.findall(r"^(hot_path_vs_\w+): ([0-9.]+)$", report, re.MULTILINE))
     assert list(ratios) == list(RATIOS)
-    tail = report.rstrip().splitlines()[-6:]
+    lines = report.rstrip().splitlines()
+    tail = lines[lines.index(f"{RATIOS[0]}: {ratios[RATIOS[0]]}") :]
     assert tail[:3] == [f"{k}: {ratios[k]}" for k in RATIOS]
     assert all(0.01 < float(r) < 100 for r in ratios.values()), ratios
     figures = dict(line.split(": ") for line in tail[3:])
-    assert list(figures) == ["cold_path_rps_50", "cold_path_p99_ms_50", "transit_calls_per_miss"]
+    assert list(figures) == [
+        "cold_path_rps_50",
+        "cold_path_p99_ms_50",
+        "transit_calls_per_miss",
+        "refresh_cpu_ms",
+        "refreshes_per_s_replica",
+    ]
+    assert float(figures["refresh_cpu_ms"]) > 0
+    assert float(figures["refreshes_per_s_replica"]) > 0
     assert float(figures["cold_path_rps_50"]) > 0
     # Concurrent misses share Transit batches: fewer calls than misses even at smoke size.
     assert 0 < float(figures["transit_calls_per_miss"]) < 1, figures
@@ -51,4 +60,6 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
     assert _result(report, "4 scale", "expires_in < min_ttl") == "0"
     assert re.fullmatch(r"[0-9]+ → [0-9]+ MiB", _result(report, "4 scale", "RSS"))
     assert re.match(r"[0-9,]+ req/s sent", _result(report, "5 abuse", "abusive"))
+    assert re.match(r"[0-9,]+ refreshes/s \(baseline [0-9,]+\)", _result(report, "6 refresh", "/s"))
+    assert "ms (baseline" in _result(report, "6 refresh", "CPU per proactive refresh")
     assert "FAILURE" not in report

@@ -61,28 +61,35 @@ class Slots:
         self._latency = 0.05  # EWMA of one refresh's duration (s), until measured
         self._changed = clock()
         self._limited = False
+        metrics.REFRESHER_SLOTS.set(self.target)
 
     def observe(self, seconds: float) -> None:
         self._latency += 0.1 * (seconds - self._latency)
 
     def rate_limited(self) -> None:
-        self._limited = True
         if self._settled():
-            self.target = max(self.floor, self.target // 2)
-            metrics.REFRESHER_SLOTS.set(self.target)
+            self._set(max(self.floor, self.target // 2))
+        self._limited = True
 
     def saturated(self) -> None:
         """Every slot busy and more work due."""
-        if not self._limited and self._settled():
-            self.target = min(self.ceiling, self.target + max(1, math.ceil(self.target / 4)))
-            metrics.REFRESHER_SLOTS.set(self.target)
+        if not self._settled():
+            return
+        if self._limited:
+            self._limited = False  # turned away during the last refresh time: hold
+        else:
+            self._set(min(self.ceiling, self.target + max(1, math.ceil(self.target / 4))))
+
+    def _set(self, target: int) -> None:
+        self.target = target
+        metrics.REFRESHER_SLOTS.set(target)
 
     def _settled(self) -> bool:
+        """True at most once per refresh time."""
         now = self._clock()
         if now - self._changed < self._latency:
             return False
         self._changed = now
-        self._limited = False
         return True
 
 
@@ -105,6 +112,7 @@ class ProactiveRefresher:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._backlog = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="proactive-refresher")
@@ -185,7 +193,8 @@ class ProactiveRefresher:
         slots = self._slots
         free = min(self._settings.refresher_batch, slots.target - len(self._inflight))
         if free < max(1, slots.target // 4):
-            slots.saturated()
+            if self._backlog:  # the last claim came back full: more is due
+                slots.saturated()
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             return True
         batch = await self._portals.claim_due(
@@ -195,7 +204,8 @@ class ProactiveRefresher:
             task = asyncio.create_task(self._refresh(key, lease), name=f"refresh {key}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(batch) == free
+        self._backlog = len(batch) == free
+        return self._backlog
 
     async def _refresh(self, key: PortalKey, lease: Lease) -> None:
         try:
