@@ -15,6 +15,12 @@ class Clock:
         return self.now
 
 
+def _saturate(slots: Slots, clock: Clock, times: int = 40) -> None:
+    for _ in range(times):
+        clock.now += 0.1
+        slots.saturated()
+
+
 def test_slots_grow_once_per_refresh_time_up_to_the_ceiling() -> None:
     clock = Clock()
     slots = Slots(8, 128, clock)
@@ -27,18 +33,14 @@ def test_slots_grow_once_per_refresh_time_up_to_the_ceiling() -> None:
     assert slots.target == 10
     slots.saturated()  # the same instant: one step per refresh time
     assert slots.target == 10
-    for _ in range(40):
-        clock.now += 0.1
-        slots.saturated()
+    _saturate(slots, clock)
     assert slots.target == 128
 
 
 def test_slots_halve_when_rate_limited_and_keep_the_floor() -> None:
     clock = Clock()
     slots = Slots(8, 128, clock)
-    for _ in range(40):
-        clock.now += 0.1
-        slots.saturated()
+    _saturate(slots, clock)
     assert slots.target == 128
     clock.now += 0.1
     slots.rate_limited()
