@@ -29,7 +29,7 @@ class Size:
     herd_latency_ms: int = 250
     scale: tuple[int, ...] = (1_000, 10_000, 100_000)
     drain_cap: float = 120.0
-    refresh_portals: int = 6000
+    refresh_portals: int = 5000
     caller_rate: float = 100.0
     abuse_seconds: float = 10.0
     abuse_rate: float = 1000.0
