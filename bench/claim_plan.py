@@ -1,5 +1,5 @@
 """``claim_due`` at 1,000,000 portal rows: the plan of the refresher's claim, from the very
-statement the adapter runs (:data:`broker.adapters.postgres.portals.CLAIM_DUE_SQL`).
+statement the adapter runs (:data:`broker.adapters.postgres.leases.CLAIM_DUE_SQL`).
 
 A scratch database is migrated and filled in one ``INSERT ... SELECT generate_series``
 (realistic row widths: ciphertexts as long as real ones), analyzed, then the claim is run
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from broker.adapters.postgres.leases import CLAIM_DUE_SQL
 from broker.adapters.postgres.migrate import migrate
-from broker.adapters.postgres.portals import CLAIM_DUE_SQL
 
 _APP = "plan"
 #: More index entries read and skipped than this by one claim: the scan is not bounded.

@@ -29,6 +29,7 @@ class Size:
     herd_latency_ms: int = 250
     scale: tuple[int, ...] = (1_000, 10_000, 100_000)
     drain_cap: float = 120.0
+    refresh_portals: int = 5000
     caller_rate: float = 100.0
     abuse_seconds: float = 10.0
     abuse_rate: float = 1000.0
@@ -53,6 +54,7 @@ SMOKE = Size(
     herd_latency_ms=50,
     scale=(100,),
     drain_cap=30.0,
+    refresh_portals=100,
     caller_rate=20.0,
     abuse_seconds=1.0,
     abuse_rate=200.0,

@@ -55,7 +55,7 @@ def _claim_plan(b: Bench) -> None:
         print("\n".join(f"    {line}" for line in text.splitlines()), flush=True)
     problems = plan.problems()
     b.add(
-        "6 steady",
+        "7 steady",
         f"claim_due at {rows:,} portal rows (index scan, no Seq Scan on portals)",
         "index scan" if not problems else "NOT an index scan",
         ", ".join(
@@ -303,7 +303,7 @@ def _report(
     cpu_ms = (end["cpu"] - start["cpu"]) * 1000 / max(refreshed, 1)
     every = f"every {size.steady_every:g} s"
     b.add(
-        "6 steady",
+        "7 steady",
         f"{label}: refreshes/s (needed {needed:,.0f})",
         f"{count(per_s)} refreshes/s",
         f"{every}: "
@@ -313,21 +313,21 @@ def _report(
         + f"; {refreshed:,} refreshes in {seconds:.0f} s; seeded in {seed_s:.0f} s",
     )
     b.add(
-        "6 steady",
+        "7 steady",
         f"{label}: adaptive per-app rate over time (starts at 20/s)",
         f"{end['rate']:.0f}/s at the end",
         f"{every}: " + ", ".join(f"{s['rate']:.0f}" for s in series),
     )
     pct = 100 * interactive / max(refreshed, 1)
     b.add(
-        "6 steady",
+        "7 steady",
         f"{label}: interactive refreshes (callers waited; target < 1 %)",
         f"{interactive:,.0f} ({pct:.2f} % of refreshes)",
         f"{every}: " + ", ".join(f"{s['interactive']:.0f}" for s in series),
     )
     bad = answers.errors + sum(v for k, v in answers.statuses.items() if k != "200")
     b.add(
-        "6 steady",
+        "7 steady",
         f"{label}: answers with expires_in < min_ttl (must be 0)",
         f"{answers.violations}",
         f"{answers.requests:,} answers at {count(size.steady_caller_rate)} req/s open loop over "
@@ -335,13 +335,13 @@ def _report(
         f"{answers.min_margin} s, p99 {ms(answers.p99_ms)}",
     )
     b.add(
-        "6 steady",
+        "7 steady",
         f"{label}: 429s from the simulator's token endpoint",
         f"{limited}",
         "no token endpoint limit set in this run: the rate is bounded by demand",
     )
     b.add(
-        "6 steady",
+        "7 steady",
         f"{label}: replica CPU per refresh",
         f"{cpu_ms:.2f} ms",
         f"/proc/<pid>/stat of both replicas over the run (serving the callers included) / "
@@ -351,7 +351,7 @@ def _report(
     cores = len(os.sched_getaffinity(0))
     ceiling = cores * 1000 / stack_ms if stack_ms > 0 else 0.0
     b.add(
-        "6 steady",
+        "7 steady",
         f"{label}: whole-stack CPU per refresh",
         f"{stack_ms:.2f} ms",
         f"replicas + PostgreSQL + Valkey + OpenBao + simulator, from /proc (robust to other load); "

@@ -141,8 +141,8 @@ class Settings:
     secret_cache_seconds: float = 300.0
     # --- proactive refresher --------------------------------------------------------------
     refresher_enabled: bool = True
-    refresher_batch: int = 32
-    refresher_concurrency: int = 8
+    refresher_batch: int = 64  # most portals one claim leases
+    refresher_concurrency: int = 128  # the ceiling of the refresher's adaptive slots
     refresher_interval: float = 1.0
     # Proactive refreshes per second per app, shared by all replicas and adaptive (AIMD,
     # broker.adapters.redis_rate): it starts at refresh_rate_per_app, grows by

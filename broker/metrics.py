@@ -117,6 +117,11 @@ REFRESH_RATE = Gauge(
     f"this replica last saw it. app: an app slug (at most {REFRESH_RATE_MAX_APPS} apps).",
     ["app"],
 )
+REFRESHER_SLOTS = Gauge(
+    "broker_refresher_slots",
+    "Proactive refreshes this replica lets run at once (grows with waiting work, halves when "
+    "the app's rate is the bound; at most BROKER_REFRESHER_CONCURRENCY).",
+)
 AUDIT_DROPPED = Counter(
     "broker_audit_dropped_total",
     "Audit events dropped: the queue was full, or PostgreSQL refused the event.",

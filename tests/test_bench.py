@@ -30,7 +30,8 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
         assert f"- {key}: " in report
     ratios = dict(re.findall(r"^(hot_path_vs_\w+): ([0-9.]+)$", report, re.MULTILINE))
     assert list(ratios) == list(RATIOS)
-    tail = report.rstrip().splitlines()[-8:]
+    lines = report.rstrip().splitlines()
+    tail = lines[lines.index(f"{RATIOS[0]}: {ratios[RATIOS[0]]}") :]
     assert tail[:3] == [f"{k}: {ratios[k]}" for k in RATIOS]
     assert all(0.01 < float(r) < 100 for r in ratios.values()), ratios
     figures = dict(line.split(": ") for line in tail[3:])
@@ -38,9 +39,13 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
         "cold_path_rps_50",
         "cold_path_p99_ms_50",
         "transit_calls_per_miss",
+        "refresh_cpu_ms",
+        "refreshes_per_s_replica",
         "scale_250k_below_min_ttl",
         "scale_250k_interactive_pct",
     ]
+    assert float(figures["refresh_cpu_ms"]) > 0
+    assert float(figures["refreshes_per_s_replica"]) > 0
     assert float(figures["cold_path_rps_50"]) > 0
     # Concurrent misses share Transit batches: fewer calls than misses even at smoke size.
     assert 0 < float(figures["transit_calls_per_miss"]) < 1, figures
@@ -57,8 +62,10 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
     assert _result(report, "4 scale", "expires_in < min_ttl") == "0"
     assert re.fullmatch(r"[0-9]+ → [0-9]+ MiB", _result(report, "4 scale", "RSS"))
     assert re.match(r"[0-9,]+ req/s sent", _result(report, "5 abuse", "abusive"))
-    assert _result(report, "6 steady", "claim_due at") == "index scan"
-    assert _result(report, "6 steady", "expires_in < min_ttl") == "0"
+    assert _result(report, "7 steady", "claim_due at") == "index scan"
+    assert _result(report, "7 steady", "expires_in < min_ttl") == "0"
     assert figures["scale_250k_below_min_ttl"] == "0"
-    assert re.fullmatch(r"[0-9,]+ refreshes/s", _result(report, "6 steady", "refreshes/s (needed"))
+    assert re.fullmatch(r"[0-9,]+ refreshes/s", _result(report, "7 steady", "refreshes/s (needed"))
+    assert re.match(r"[0-9,]+ refreshes/s \(baseline [0-9,]+\)", _result(report, "6 refresh", "/s"))
+    assert "ms (baseline" in _result(report, "6 refresh", "CPU per proactive refresh")
     assert "FAILURE" not in report

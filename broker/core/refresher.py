@@ -3,8 +3,11 @@
 
 Each pass claims Postgres leases for a batch of portals whose ``refresh_after`` has come
 (``FOR UPDATE SKIP LOCKED``: replicas split the work), then refreshes them through the same
-protocol as interactive callers, at most ``refresher_concurrency`` at a time and within the
-per-app rate shared by all replicas (interactive refreshes take priority). A failing pass
+protocol as interactive callers, within the per-app rate shared by all replicas (interactive
+refreshes take priority). How many run at once follows the load (:class:`Slots`): it grows
+while work is waiting and every slot is busy, and halves when the app's rate turns
+refreshes away, between a floor and ``refresher_concurrency``. A pass claims only what free
+slots can start at once, so no lease waits for a slot. A failing pass
 never stops the loop; ``close()`` lets in-flight refreshes finish and releases the leases
 that were claimed but not started. Every :data:`HEAL_INTERVAL` a pass also heals
 ``needs_reauth`` portals from a response journaled after they were marked.
@@ -14,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
@@ -35,6 +39,58 @@ T = TypeVar("T")
 
 #: How often the healing sweep looks for needs_reauth portals with a late journaled grant.
 HEAL_INTERVAL = 10.0
+#: The fewest proactive refreshes a replica keeps in flight when work is waiting.
+SLOTS_FLOOR = 8
+
+
+class Slots:
+    """How many proactive refreshes run at once: additive increase, multiplicative decrease.
+
+    A replica needs about ``rate x latency`` refreshes in flight to keep up with ``rate``
+    (Little's law): 8 slots at 50 ms of HubSpot latency cap it near 160/s, however high the
+    app's rate. While work is waiting and every slot is busy, the target grows by a quarter,
+    at most once per observed refresh time (one "round trip", as TCP grows its window); when
+    the app's rate turns a refresh away (the shared limit, not this replica, is the bound),
+    it halves, also at most once per refresh time. Bounded by ``floor`` and ``ceiling``."""
+
+    def __init__(self, floor: int, ceiling: int, clock: Callable[[], float] = time.monotonic):
+        self.ceiling = max(1, ceiling)
+        self.floor = min(floor, self.ceiling)
+        self.target = self.floor
+        self._clock = clock
+        self._latency = 0.05  # EWMA of one refresh's duration (s), until measured
+        self._changed = clock()
+        self._limited = False
+        metrics.REFRESHER_SLOTS.set(self.target)
+
+    def observe(self, seconds: float) -> None:
+        self._latency += 0.1 * (seconds - self._latency)
+
+    def rate_limited(self) -> None:
+        if self._settled():
+            self._set(max(self.floor, self.target // 2))
+        self._limited = True
+
+    def saturated(self) -> None:
+        """Every slot busy and more work due."""
+        if not self._settled():
+            return
+        if self._limited:
+            self._limited = False  # turned away during the last refresh time: hold
+        else:
+            self._set(min(self.ceiling, self.target + max(1, math.ceil(self.target / 4))))
+
+    def _set(self, target: int) -> None:
+        self.target = target
+        metrics.REFRESHER_SLOTS.set(target)
+
+    def _settled(self) -> bool:
+        """True at most once per refresh time."""
+        now = self._clock()
+        if now - self._changed < self._latency:
+            return False
+        self._changed = now
+        return True
 
 
 class ProactiveRefresher:
@@ -52,10 +108,11 @@ class ProactiveRefresher:
         self._engine = engine
         self._limiter = limiter
         self._owner = f"{replica_id}:refresher:{secrets.token_hex(4)}"
-        self._slots = asyncio.Semaphore(settings.refresher_concurrency)
+        self._slots = Slots(SLOTS_FLOOR, settings.refresher_concurrency)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._backlog = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="proactive-refresher")
@@ -130,10 +187,14 @@ class ProactiveRefresher:
         return None
 
     async def run_once(self) -> bool:
-        """Claim what fits in the free slots and start refreshing it. True when more may be
-        due right away: every slot was busy, or the claim came back full."""
-        free = self._settings.refresher_batch - len(self._inflight)
-        if free <= 0:
+        """Claim what the free slots can start now and start it. True when more may be due
+        right away: the slots were busy, or the claim came back full. Waits for a quarter
+        of the slots to free up first, so a claim is shared by several refreshes."""
+        slots = self._slots
+        free = min(self._settings.refresher_batch, slots.target - len(self._inflight))
+        if free < max(1, slots.target // 4):
+            if self._backlog:  # the last claim came back full: more is due
+                slots.saturated()
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             return True
         batch = await self._portals.claim_due(
@@ -143,23 +204,27 @@ class ProactiveRefresher:
             task = asyncio.create_task(self._refresh(key, lease), name=f"refresh {key}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(batch) == free
+        self._backlog = len(batch) == free
+        return self._backlog
 
     async def _refresh(self, key: PortalKey, lease: Lease) -> None:
-        async with self._slots:
-            try:
-                if self._stopping.is_set():
-                    await self._portals.release_lease(lease)
-                    return
-                wait = await self._limiter.acquire(key.app, interactive=False)
-                if wait > 0:
-                    # Over the app's rate: give the portal back for a later pass.
-                    await self._portals.release_lease(lease)
-                    await asyncio.sleep(min(wait, 1.0))
-                    return
-                await self._engine.refresh_with_lease(key, lease)
-            except BrokerError as exc:
-                log.info("refresher.portal_failed", portal=str(key), code=exc.code)
-            except Exception:
-                metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
-                log.exception("refresher.portal_crashed", portal=str(key))
+        try:
+            if self._stopping.is_set():
+                await self._portals.release_lease(lease)
+                return
+            wait = await self._limiter.acquire(key.app, interactive=False)
+            if wait > 0:
+                # Over the app's rate: give the portal back for a later pass, and hold the
+                # slot meanwhile (fewer claims while the rate is the bound).
+                self._slots.rate_limited()
+                await self._portals.release_lease(lease)
+                await asyncio.sleep(min(wait, 1.0))
+                return
+            started = time.monotonic()
+            await self._engine.refresh_with_lease(key, lease)
+            self._slots.observe(time.monotonic() - started)
+        except BrokerError as exc:
+            log.info("refresher.portal_failed", portal=str(key), code=exc.code)
+        except Exception:
+            metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
+            log.exception("refresher.portal_crashed", portal=str(key))

@@ -56,6 +56,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset when a connection comes back: none. asyncpg's default sends a reset
+    query (unlock advisory locks, RESET ALL, ...) on every release, a second round trip for
+    every one-statement query. ``fetch``/``execute``/``transaction`` leave no session state
+    (asyncpg still rolls back a transaction left open); :meth:`Database.connection`, the one
+    way to use a session, resets it on the way out."""
+
+
 class Database:
     """A thin, typed wrapper over one asyncpg pool."""
 
@@ -84,6 +92,7 @@ class Database:
                 timeout=timeout,
                 command_timeout=timeout,
                 init=_init_connection,
+                reset=_no_session_reset,
                 server_settings={"application_name": "hubspot-token-broker"},
             )
         return cls(pool, timeout)
@@ -126,6 +135,11 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A connection for session state (an advisory lock): reset when it goes back."""
         with _guarded(self._pool):
             async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    if not conn.is_closed():  # a broken one is dropped on release anyway
+                        await conn.reset(timeout=self._timeout)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.adapters.postgres.pool import Database
-from broker.adapters.postgres.portals import _PORTAL_COLUMNS, _portal
+from broker.adapters.postgres.rows import PORTAL_COLUMNS, portal_of
 from broker.core.models import PortalKey, PortalState
 from broker.core.ports import (
     PortalPage,
@@ -91,13 +91,13 @@ class PostgresPortalSearch:
             conditions.append(f"{_ORDER_KEY} {'<' if backwards else '>'} {mark}")
         direction = "DESC" if backwards else "ASC"
         rows = await self._db.fetch(
-            f"""SELECT {_PORTAL_COLUMNS} FROM portals {_where(conditions)}
+            f"""SELECT {PORTAL_COLUMNS} FROM portals {_where(conditions)}
                 ORDER BY app {direction}, hub_id {direction}, COALESCE(user_id, 0) {direction}
                 LIMIT {args.add(query.limit + 1)}""",
             *args.values,
         )
         more = len(rows) > query.limit
-        records = [_portal(r) for r in rows[: query.limit]]
+        records = [portal_of(r) for r in rows[: query.limit]]
         if backwards:
             records.reverse()
         first = records[0].key if records else None

@@ -1,0 +1,44 @@
+"""Upstream revocations owed to HubSpot (``pending_revocations``), retried until done (part of
+``PostgresPortals``)."""
+
+from __future__ import annotations
+
+from broker.adapters.postgres.pool import Database
+from broker.core.models import PortalKey
+
+
+class RevocationRows:
+    _db: Database
+
+    async def due_revocations(self, limit: int) -> list[tuple[int, PortalKey, str, int]]:
+        rows = await self._db.fetch(
+            """UPDATE pending_revocations SET
+                   next_attempt_at = clock_timestamp() + interval '60 seconds'
+               WHERE id IN (SELECT id FROM pending_revocations
+                            WHERE next_attempt_at <= clock_timestamp()
+                            ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+               RETURNING id, app, hub_id, user_id, refresh_ct, attempts""",
+            limit,
+        )
+        return [
+            (
+                r["id"],
+                PortalKey(r["app"], r["hub_id"], r["user_id"]),
+                r["refresh_ct"],
+                r["attempts"],
+            )
+            for r in rows
+        ]
+
+    async def revocation_done(self, pending_id: int) -> None:
+        await self._db.execute("DELETE FROM pending_revocations WHERE id = $1", pending_id)
+
+    async def revocation_failed(self, pending_id: int, error: str, retry_in: float) -> None:
+        await self._db.execute(
+            """UPDATE pending_revocations SET attempts = attempts + 1, last_error = $2,
+                   next_attempt_at = clock_timestamp() + make_interval(secs => $3)
+               WHERE id = $1""",
+            pending_id,
+            error,
+            retry_in,
+        )

@@ -1,0 +1,90 @@
+"""What the portal modules share: the portal row's columns and identity, and the mapping of
+rows to core models (one place, so every query returns the same shape)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState
+
+PORTAL_COLUMNS = """
+    id, app, hub_id, user_id, hub_domain, scopes, state, refresh_ct, access_ct,
+    access_expires_at, version, lease_epoch, failure_count, last_error, next_attempt_at,
+    lease_until, installed_by, installed_at, updated_at, refreshed_at, revoked_at,
+    clock_timestamp() AS db_now
+"""
+# Matches the unique index portals_identity.
+IDENTITY = "app = $1 AND hub_id = $2 AND COALESCE(user_id, 0) = COALESCE($3::bigint, 0)"
+SERVING = "state IN ('active', 'refresh_failing')"
+#: What a claim returns to build its :class:`Lease` (``lease_of``).
+LEASE_COLUMNS = """id, lease_epoch, version, refresh_ct, failure_count, lease_until,
+                    clock_timestamp() AS now"""
+
+
+def app_of(row: asyncpg.Record) -> App:
+    return App(
+        slug=row["slug"],
+        client_id=row["client_id"],
+        redirect_uri=row["redirect_uri"],
+        scopes=tuple(row["scopes"]),
+        optional_scopes=tuple(row["optional_scopes"]),
+        api_version=row["api_version"],
+        allow_marketplace_installs=row["allow_marketplace_installs"],
+        user_level=row["user_level"],
+        retired_at=row["retired_at"],
+    )
+
+
+def portal_of(row: asyncpg.Record) -> PortalRecord:
+    return PortalRecord(
+        id=row["id"],
+        key=PortalKey(row["app"], row["hub_id"], row["user_id"]),
+        hub_domain=row["hub_domain"],
+        scopes=tuple(row["scopes"]),
+        state=PortalState(row["state"]),
+        installed_by=row["installed_by"],
+        refresh_ct=row["refresh_ct"],
+        access_ct=row["access_ct"],
+        access_expires_at=row["access_expires_at"],
+        version=row["version"],
+        lease_epoch=row["lease_epoch"],
+        failure_count=row["failure_count"],
+        last_error=row["last_error"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_until=row["lease_until"],
+        installed_at=row["installed_at"],
+        updated_at=row["updated_at"],
+        refreshed_at=row["refreshed_at"],
+        revoked_at=row["revoked_at"],
+        db_now=row["db_now"],
+    )
+
+
+def lease_of(row: asyncpg.Record, owner: str) -> Lease:
+    return Lease(
+        portal_id=row["id"],
+        owner=owner,
+        epoch=row["lease_epoch"],
+        version=row["version"],
+        refresh_ct=row["refresh_ct"],
+        failures=row["failure_count"],
+        seconds=(row["lease_until"] - row["now"]).total_seconds(),
+        db_now=row["now"],
+    )
+
+
+def key_args(key: PortalKey) -> tuple[Any, ...]:
+    return (key.app, key.hub_id, key.user_id)
+
+
+async def insert_event(
+    conn: asyncpg.pool.PoolConnectionProxy, kind: str, key: PortalKey, payload: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO events (type, app, hub_id, user_id, payload) VALUES ($1, $2, $3, $4, $5)",
+        kind,
+        *key_args(key),
+        payload,
+    )
