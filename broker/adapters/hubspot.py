@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import math
-import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -42,11 +40,6 @@ T = TypeVar("T")
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
-# httpcore asks for the optional sniffio on every pool operation; when it is not installed,
-# each ask is a failed import searching sys.path (a stat per entry, ~8% of a refresh's CPU).
-# Record the absence once: the import then fails at once, exactly as it did.
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 _GRANT_DEAD = {"BAD_REFRESH_TOKEN", "BAD_HUB"}
 _APP_BAD = {"BAD_CLIENT_ID", "BAD_CLIENT_SECRET"}
