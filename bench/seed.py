@@ -11,7 +11,7 @@ through a **bulk path** that stores exactly what the install flow stores
 2. both tokens encrypted with the broker's ``VaultAdapter.encrypt`` under each portal's
    derivation context (``PortalKey.context``), in Transit batches;
 3. rows written with one ``COPY`` into ``portals``, expiry on the database clock taken before
-   the grants were minted and the refresh time from ``broker.core.refresh.schedule``.
+   the grants were minted and the refresh time from ``broker.core.refresh_policy.schedule``.
 
 It skips the per-install ``events`` row and audit event, which are not read on any path
 measured here.
@@ -36,7 +36,7 @@ from broker.adapters.vault import VaultAdapter
 from broker.app import open_admin, run_migrations
 from broker.config import Secret, Settings, load_settings
 from broker.core.models import App, PortalKey, Role
-from broker.core.refresh import schedule
+from broker.core.refresh_policy import schedule
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 

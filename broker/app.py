@@ -43,6 +43,7 @@ from broker.adapters.webhook_http import HttpWebhookSender
 from broker.config import Settings
 from broker.config_sso import grants_of
 from broker.core.admin import AdminService
+from broker.core.apps import AppCatalog
 from broker.core.audit import AuditTrail
 from broker.core.browse import PortalBrowser
 from broker.core.caller_cache import CallerCache
@@ -54,7 +55,8 @@ from broker.core.install_state import StateSeal
 from broker.core.invalidation import Invalidations
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations, RevocationRetrier
-from broker.core.refresh import Checkpoint, RefreshEngine
+from broker.core.refresh import RefreshEngine
+from broker.core.refresh_policy import Checkpoint
 from broker.core.refresher import ProactiveRefresher
 from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
 from broker.core.signing import Keyring
@@ -112,7 +114,9 @@ async def open_services(
         stack.push_async_callback(coordinator.close)
         oauth_client = HubSpotOAuth(settings)
         stack.push_async_callback(oauth_client.close)
+        # One adapter for every aggregate of the portals' tables, passed as each port.
         portals = PostgresPortals(db)
+        apps = AppCatalog(portals)
         audit = PostgresAudit(db)
         stack.push_async_callback(audit.close)  # flushes what is queued
 
@@ -120,6 +124,8 @@ async def open_services(
         engine = RefreshEngine(
             settings,
             portals=portals,
+            leases=portals,
+            apps=apps,
             coordinator=coordinator,
             cipher=vault,
             secrets_store=vault,
@@ -177,12 +183,15 @@ async def open_services(
             settings,
             signer=LinkSigner(keyring),
             store=PostgresInstallLinks(db),
-            engine=engine,
+            apps=apps,
             audit=audit,
         )
         operations = PortalOperations(
             settings,
             portals=portals,
+            leases=portals,
+            revocations=portals,
+            apps=apps,
             engine=engine,
             cipher=vault,
             secrets_store=vault,
@@ -221,6 +230,7 @@ async def open_services(
                 refresher = ProactiveRefresher(
                     settings,
                     portals=portals,
+                    leases=portals,
                     engine=engine,
                     limiter=coordinator,
                     replica_id=replica,
@@ -270,7 +280,7 @@ async def open_services(
                 cipher=vault,
                 secrets_store=vault,
                 oauth=oauth_client,
-                refresher=engine,
+                apps=apps,
                 audit=audit,
                 links=install_links,
                 # The state kept in Redis is sealed under the session key, with its own label.
@@ -278,7 +288,7 @@ async def open_services(
             ),
             install_links=install_links,
             callers=callers,
-            admin=AdminService(portals=portals, secrets_store=vault, audit=audit),
+            admin=AdminService(portals=portals, apps=portals, secrets_store=vault, audit=audit),
             operations=operations,
             browser=PortalBrowser(
                 portals=portals,

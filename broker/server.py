@@ -34,7 +34,7 @@ import uvicorn
 from broker import logs
 from broker.app import internal_app, open_services, public_app, warm_up
 from broker.config import Settings
-from broker.core.refresh import Checkpoint
+from broker.core.refresh_policy import Checkpoint
 
 log = structlog.get_logger(__name__)
 #: Seconds between looks at the certificate files.

@@ -58,9 +58,11 @@ from broker.adapters.postgres.retention import PostgresRetention
 from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
 from broker.config import Secret, Settings, load_settings
+from broker.core.apps import AppCatalog
 from broker.core.models import App, PortalKey, PortalRecord, PortalState, TokenGrant
 from broker.core.ports import EncryptedGrant
-from broker.core.refresh import JOURNAL_GRACE_LEASES, Fresh, RefreshEngine, schedule
+from broker.core.refresh import RefreshEngine
+from broker.core.refresh_policy import JOURNAL_GRACE_LEASES, Fresh, schedule
 from broker.core.retention import RetentionPolicy, RetentionSweeper
 from broker.dev.simulator import Simulator
 
@@ -191,9 +193,12 @@ class Protocol(RuleBasedStateMachine):
             if replica.crashing:
                 raise Crashed(name)
 
+        portals = PostgresPortals(db)
         replica.engine = RefreshEngine(
             self.settings,
-            portals=PostgresPortals(db),
+            portals=portals,
+            leases=portals,
+            apps=AppCatalog(portals),
             coordinator=self.coordinator,
             cipher=self.vault,
             secrets_store=self.vault,

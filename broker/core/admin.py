@@ -20,7 +20,7 @@ from broker.core.models import (
     PortalRecord,
     PortalState,
 )
-from broker.core.ports import AuditSink, PortalRepository, SecretStore
+from broker.core.ports import AppRepository, AuditSink, PortalRepository, SecretStore
 from broker.errors import InvalidRequest, NotFound
 
 
@@ -98,9 +98,15 @@ class SavedApp:
 
 class AdminService:
     def __init__(
-        self, *, portals: PortalRepository, secrets_store: SecretStore, audit: AuditSink
+        self,
+        *,
+        portals: PortalRepository,
+        apps: AppRepository,
+        secrets_store: SecretStore,
+        audit: AuditSink,
     ) -> None:
         self._portals = portals
+        self._apps = apps
         self._secrets = secrets_store
         self._audit = audit
 
@@ -122,7 +128,7 @@ class AdminService:
             problems.append({"field": "api_version", "message": f"one of {API_VERSIONS}"})
         if client_secret is not None and not client_secret:
             problems.append({"field": "client_secret", "message": "required"})
-        existing = None if problems else await self._portals.get_app(app.slug)
+        existing = None if problems else await self._apps.get_app(app.slug)
         if client_secret is None and existing is None and not problems:
             problems.append({"field": "client_secret", "message": "required for a new app"})
         if problems:
@@ -130,24 +136,24 @@ class AdminService:
         if client_secret is not None:
             # Secret first: an app row without a secret would fail every install.
             await self._secrets.add_client_secret(app.slug, client_secret)
-        created = await self._portals.save_app(app)
+        created = await self._apps.save_app(app)
         self._audit.record(
             "app.saved", actor=actor, app=app.slug, secret_added=client_secret is not None
         )
-        saved = await self._portals.get_app(app.slug)
+        saved = await self._apps.get_app(app.slug)
         return SavedApp(saved or app, created)
 
     async def retire_app(self, slug: str, *, retired: bool, actor: str) -> App:
         """Retire an app (it installs nothing new: no install, link or marketplace callback;
         its portals are still served and refreshed until revoked), or put it back."""
-        app = await self._portals.retire_app(slug, retired=retired, actor=actor)
+        app = await self._apps.retire_app(slug, retired=retired, actor=actor)
         if app is None:
             raise NotFound(f"unknown app {slug!r}", code="app_not_found")
         self._audit.record("app.retired" if retired else "app.unretired", actor=actor, app=slug)
         return app
 
     async def list_apps(self) -> list[App]:
-        return await self._portals.list_apps()
+        return await self._apps.list_apps()
 
     async def list_portals(
         self, *, app: str | None, state: str | None, limit: int

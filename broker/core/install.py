@@ -29,6 +29,7 @@ import structlog
 
 from broker import metrics
 from broker.config import Settings
+from broker.core.apps import AppCatalog
 from broker.core.install_links import InstallLinks, check_return_to, origin_allowed
 from broker.core.install_state import PendingInstall, StateSeal
 from broker.core.limits import Budget, Remembered
@@ -42,7 +43,7 @@ from broker.core.ports import (
     PortalRepository,
     SecretStore,
 )
-from broker.core.refresh import RefreshEngine, schedule
+from broker.core.refresh_policy import schedule
 from broker.errors import BrokerError, InstallFailed, InstallLinkRejected
 
 log = structlog.get_logger(__name__)
@@ -85,7 +86,7 @@ class InstallService:
         cipher: Cipher,
         secrets_store: SecretStore,
         oauth: OAuthProvider,
-        refresher: RefreshEngine,
+        apps: AppCatalog,
         audit: AuditSink,
         links: InstallLinks,
         seal: StateSeal,
@@ -98,7 +99,7 @@ class InstallService:
         self._cipher = cipher
         self._secrets = secrets_store
         self._oauth = oauth
-        self._refresher = refresher
+        self._catalog = apps
         self._audit = audit
         self._apps: tuple[float, list[App]] = (0.0, [])
         self._exchanges = Budget(settings.marketplace_exchange_rate)
@@ -136,7 +137,7 @@ class InstallService:
             metrics.INSTALLS.labels(exc.code).inc()
             raise
         check_return_to(return_to, self._settings)
-        app = await self._refresher.app(app_slug, installable=True)
+        app = await self._catalog.get(app_slug, installable=True)
         await self._secrets.client_secrets(app.slug)  # fail now, not after the consent page
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
@@ -184,7 +185,7 @@ class InstallService:
         redirect URI is exactly this callback; there is no PKCE for such a code."""
         now = time.monotonic()
         if self._apps[0] <= now:
-            self._apps = (now + APPS_SECONDS, await self._portals.list_apps())
+            self._apps = (now + APPS_SECONDS, await self._catalog.all())
         candidates = [
             app
             for app in self._apps[1]
@@ -246,7 +247,7 @@ class InstallService:
 
     async def _exchange(self, pending: PendingInstall, code: str) -> PortalRecord:
         # Read now: an app retired after the flow began connects nothing.
-        app = await self._refresher.app(pending.app, installable=True)
+        app = await self._catalog.get(pending.app, installable=True)
         client_secret = (await self._secrets.client_secrets(app.slug))[0]
         # Expiry on the database clock, taken before the exchange: never later than HubSpot's.
         issued_at = await self._portals.db_now()

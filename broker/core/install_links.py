@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
 from broker.config import MAX_INSTALL_LINK_TTL, Settings
+from broker.core.apps import AppCatalog
 from broker.core.models import InstallLinkRecord, PortalKey
 from broker.core.ports import AuditSink, InstallLinkStore
-from broker.core.refresh import RefreshEngine
 from broker.core.signing import Keyring, Purpose
 from broker.errors import InstallLinkRejected, InvalidRequest, NotFound
 
@@ -150,13 +150,13 @@ class InstallLinks:
         *,
         signer: LinkSigner,
         store: InstallLinkStore,
-        engine: RefreshEngine,
+        apps: AppCatalog,
         audit: AuditSink,
     ) -> None:
         self._settings = settings
         self.signer = signer
         self._store = store
-        self._engine = engine
+        self._apps = apps
         self._audit = audit
 
     async def mint(
@@ -176,7 +176,7 @@ class InstallLinks:
             )
         check_return_to(return_to, self._settings)
         # app_not_found for an unknown one, app_retired for a retired one.
-        app = await self._engine.app(app_slug, installable=True)
+        app = await self._apps.get(app_slug, installable=True)
         now = int(time.time())
         claims = LinkClaims(
             f"il_{secrets.token_urlsafe(12)}", app.slug, now, now + seconds, return_to, hub_id

@@ -19,11 +19,21 @@ import structlog
 
 from broker import metrics
 from broker.config import Settings
+from broker.core.apps import AppCatalog
 from broker.core.install_links import InstallLink, InstallLinks
 from broker.core.invalidation import Invalidations
 from broker.core.models import PortalKey, PortalRecord, PortalState
-from broker.core.ports import AuditSink, Cipher, OAuthProvider, PortalRepository, SecretStore
-from broker.core.refresh import RefreshEngine, raise_for_state
+from broker.core.ports import (
+    AuditSink,
+    Cipher,
+    LeaseRepository,
+    OAuthProvider,
+    PortalRepository,
+    RevocationQueue,
+    SecretStore,
+)
+from broker.core.refresh import RefreshEngine
+from broker.core.refresh_policy import raise_for_state
 from broker.core.tasks import BackgroundLoop
 from broker.errors import BrokerError, Conflict, NotFound, UpstreamError
 
@@ -46,6 +56,9 @@ class PortalOperations:
         settings: Settings,
         *,
         portals: PortalRepository,
+        leases: LeaseRepository,
+        revocations: RevocationQueue,
+        apps: AppCatalog,
         engine: RefreshEngine,
         cipher: Cipher,
         secrets_store: SecretStore,
@@ -57,6 +70,9 @@ class PortalOperations:
         self._settings = settings
         self._links = links
         self._portals = portals
+        self._leases = leases
+        self._revocations = revocations
+        self._apps = apps
         self._engine = engine
         self._cipher = cipher
         self._secrets = secrets_store
@@ -84,23 +100,23 @@ class PortalOperations:
         self, pending_id: int, key: PortalKey, refresh_ct: str, *, attempts: int
     ) -> None:
         try:
-            app = await self._engine.app(key.app)
+            app = await self._apps.get(key.app)
             (refresh_token,) = await self._cipher.decrypt([(refresh_ct, key.context("refresh"))])
             await self._oauth.revoke(
                 app, await self._secrets.client_secrets(key.app), refresh_token
             )
         except BrokerError as exc:  # HubSpot or a backend down, or an undecryptable token
             retry_in = min(300.0, random.uniform(1.0, 2.0 ** min(attempts + 1, 9)))  # noqa: S311
-            await self._portals.revocation_failed(pending_id, exc.code, retry_in)
+            await self._revocations.revocation_failed(pending_id, exc.code, retry_in)
             metrics.UPSTREAM_REVOKES.labels("retry").inc()
             raise
-        await self._portals.revocation_done(pending_id)
+        await self._revocations.revocation_done(pending_id)
         metrics.UPSTREAM_REVOKES.labels("revoked").inc()
         log.info("revoke.upstream_done", portal=str(key))
 
     async def retry_due(self, limit: int = 50) -> int:
         done = 0
-        for pending_id, key, refresh_ct, attempts in await self._portals.due_revocations(limit):
+        for pending_id, key, refresh_ct, attempts in await self._revocations.due_revocations(limit):
             with contextlib.suppress(BrokerError):
                 await self._attempt(pending_id, key, refresh_ct, attempts=attempts)
                 done += 1
@@ -140,7 +156,7 @@ class PortalOperations:
                 f"portal {key} was refreshed less than {_FORCE_REFRESH_SPACING:g} s ago",
                 code="refreshed_recently",
             )
-        lease = await self._portals.claim_lease(
+        lease = await self._leases.claim_lease(
             record.id,
             f"operator:{secrets.token_hex(8)}",
             lease_seconds=self._settings.lease_seconds,
@@ -159,7 +175,7 @@ class PortalOperations:
     ) -> InstallLink:
         """A signed link to send to the portal's admin: a fresh install flow in their browser
         (``hub_id`` in the link's payload). Audited as ``install_link.created``."""
-        await self._engine.app(key.app)
+        await self._apps.get(key.app)
         if await self._portals.get_portal(key) is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
         return await self._links.mint(key.app, actor=actor, ttl=ttl, hub_id=key.hub_id)

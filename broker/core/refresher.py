@@ -29,7 +29,7 @@ import structlog
 from broker import metrics
 from broker.config import Settings
 from broker.core.models import Lease, PortalKey, PortalState
-from broker.core.ports import PortalRepository, RateLimiter
+from broker.core.ports import LeaseRepository, PortalRepository, RateLimiter
 from broker.core.refresh import RefreshEngine
 from broker.core.tasks import cancel_and_wait
 from broker.errors import BrokerError
@@ -99,12 +99,14 @@ class ProactiveRefresher:
         settings: Settings,
         *,
         portals: PortalRepository,
+        leases: LeaseRepository,
         engine: RefreshEngine,
         limiter: RateLimiter,
         replica_id: str,
     ) -> None:
         self._settings = settings
         self._portals = portals
+        self._leases = leases
         self._engine = engine
         self._limiter = limiter
         self._owner = f"{replica_id}:refresher:{secrets.token_hex(4)}"
@@ -197,7 +199,7 @@ class ProactiveRefresher:
                 slots.saturated()
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             return True
-        batch = await self._portals.claim_due(
+        batch = await self._leases.claim_due(
             self._owner, limit=free, lease_seconds=self._settings.lease_seconds
         )
         for key, lease in batch:
@@ -210,14 +212,14 @@ class ProactiveRefresher:
     async def _refresh(self, key: PortalKey, lease: Lease) -> None:
         try:
             if self._stopping.is_set():
-                await self._portals.release_lease(lease)
+                await self._leases.release_lease(lease)
                 return
             wait = await self._limiter.acquire(key.app, interactive=False)
             if wait > 0:
                 # Over the app's rate: give the portal back for a later pass, and hold the
                 # slot meanwhile (fewer claims while the rate is the bound).
                 self._slots.rate_limited()
-                await self._portals.release_lease(lease)
+                await self._leases.release_lease(lease)
                 await asyncio.sleep(min(wait, 1.0))
                 return
             started = time.monotonic()

@@ -26,7 +26,8 @@ from broker.config import Settings
 from broker.core.batching import Coalescer
 from broker.core.models import Caller, IssuedToken, PortalKey, PortalRecord, Role
 from broker.core.ports import AuditSink, Cipher, PortalRepository
-from broker.core.refresh import USEFUL_SECONDS, RefreshEngine, raise_for_state
+from broker.core.refresh import RefreshEngine
+from broker.core.refresh_policy import USEFUL_SECONDS, raise_for_state
 from broker.core.signing import Keyring, Purpose
 from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, UpstreamError
 
