@@ -176,14 +176,15 @@ def register(
     return client_id, client_secret, asyncio.run(seed())
 
 
-def sql(settings: Settings, statement: str) -> None:
-    """Run one SQL statement on the deployment's database (to put a portal in a state)."""
+def sql(settings: Settings, statement: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one SQL statement on the deployment's database (to put a portal in a state, or
+    read what a test checks); its rows, if any (jsonb comes back as text)."""
 
-    async def run() -> None:
+    async def run() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(settings.database_url.get())
         try:
-            await conn.execute(statement)
+            return await conn.fetch(statement, *args)
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    return asyncio.run(run())
