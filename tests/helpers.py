@@ -180,26 +180,14 @@ def register(
     return client_id, client_secret, asyncio.run(seed())
 
 
-def sql(settings: Settings, statement: str) -> None:
-    """Run one SQL statement on the deployment's database (to put a portal in a state)."""
-
-    async def run() -> None:
-        conn = await asyncpg.connect(settings.database_url.get())
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-def rows(settings: Settings, query: str) -> list[asyncpg.Record]:
-    """``query``'s rows, read on a connection of its own."""
+def sql(settings: Settings, statement: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one SQL statement on the deployment's database (to put a portal in a state, or
+    read what a test checks); its rows, if any (jsonb comes back as text)."""
 
     async def run() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(settings.database_url.get())
         try:
-            return await conn.fetch(query)
+            return await conn.fetch(statement, *args)
         finally:
             await conn.close()
 

@@ -17,7 +17,7 @@ from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, rows, run_broker, serve_app
+from tests.helpers import Deployment, register, run_broker, serve_app, sql
 
 HUB = 3_300_001
 ADMIN = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
@@ -80,9 +80,9 @@ def test_revoke_is_immediate_idempotent_and_reaches_hubspot(deployment: Deployme
     again = admin(deployment, "POST", f"/{HUB}/revoke", json={"reason": "twice"})
     assert again.json()["upstream"] == "already_revoked"
     assert deployment.sim.counters()["revoke"] == 1
-    [row] = rows(deployment.settings, "SELECT refresh_ct, access_ct FROM portals")
+    [row] = sql(deployment.settings, "SELECT refresh_ct, access_ct FROM portals")
     assert (row["refresh_ct"], row["access_ct"]) == (None, None)  # crypto-shredded
-    events = rows(deployment.settings, "SELECT type FROM events WHERE type = 'portal.revoked'")
+    events = sql(deployment.settings, "SELECT type FROM events WHERE type = 'portal.revoked'")
     assert len(events) == 1
 
 
@@ -92,11 +92,11 @@ def test_revoke_with_hubspot_down_is_retried_until_confirmed(deployment: Deploym
     assert response.status_code == 200, response.text
     assert response.json()["upstream"] == "pending"
     assert deployment.token(HUB).status_code == 410  # locally revoked at once
-    assert len(rows(deployment.settings, "SELECT id FROM pending_revocations")) == 1
+    assert len(sql(deployment.settings, "SELECT id FROM pending_revocations")) == 1
     deployment.sim.clear_faults()
-    rows(deployment.settings, "UPDATE pending_revocations SET next_attempt_at = now()")
+    sql(deployment.settings, "UPDATE pending_revocations SET next_attempt_at = now()")
     deadline = time.monotonic() + 15  # the retrier runs every 5 s
-    while rows(deployment.settings, "SELECT id FROM pending_revocations"):
+    while sql(deployment.settings, "SELECT id FROM pending_revocations"):
         assert time.monotonic() < deadline, "the upstream revoke was never retried"
         time.sleep(0.2)
     assert deployment.sim.counters()["revoke"] >= 2
@@ -229,7 +229,7 @@ def fetch_audit(settings: Settings) -> list[dict[str, object]]:
 
 
 def deployment_caller(settings: Settings) -> str:
-    found = rows(settings, "SELECT name FROM callers WHERE name LIKE 'svc-%'")
+    found = sql(settings, "SELECT name FROM callers WHERE name LIKE 'svc-%'")
     return str(found[0]["name"])
 
 

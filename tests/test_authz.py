@@ -23,7 +23,7 @@ from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, install_link, register, rows, serve_app
+from tests.helpers import Deployment, install_link, register, serve_app, sql
 
 SCOPES = ("crm.objects.contacts.read", "oauth")
 
@@ -213,7 +213,7 @@ def managed(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Manag
 
 
 def _ids(settings: Settings, query: str) -> dict[str, Any]:
-    found = rows(settings, query)
+    found = sql(settings, query)
     return {
         "own": next(r["id"] for r in found if r["app"] == "demo"),
         "other": next(r["id"] for r in found if r["app"] == "other"),
@@ -242,7 +242,7 @@ def _seed_callers(m: Managed) -> None:
 def _wait_delivered(settings: Settings) -> None:
     deadline = time.monotonic() + 20
     query = "SELECT count(*) AS n FROM webhook_deliveries WHERE delivered_at IS NULL"
-    while rows(settings, query)[0]["n"] or not rows(settings, "SELECT id FROM webhook_deliveries"):
+    while sql(settings, query)[0]["n"] or not sql(settings, "SELECT id FROM webhook_deliveries"):
         assert time.monotonic() < deadline, "the webhook receiver never got the events"
         time.sleep(0.2)
 
@@ -282,7 +282,7 @@ def _snapshot(m: Managed) -> dict[str, Any]:
         "retirements": "SELECT * FROM signing_key_retirements",
         "portals": "SELECT id, state, version FROM portals",
     }
-    found = {k: sorted(map(tuple, rows(settings, q))) for k, q in tables.items()}
+    found = {k: sorted(map(tuple, sql(settings, q))) for k, q in tables.items()}
 
     async def versions() -> list[int]:
         async with open_admin(settings) as svc:
@@ -418,20 +418,20 @@ def test_a_callers_admin_grants_nothing_beyond_itself(managed: Managed) -> None:
             assert refused.status_code == 403, (case, refused.text)
         made = client.post("/v1/admin/callers", json={"name": "esc-ok", **within})
         assert made.status_code == 201, made.text
-        before = rows(
+        before = sql(
             managed.deployment.settings, "SELECT key_id FROM callers WHERE name = 'wide-reader'"
         )
         for action in ("rotate", "disable"):
             wider = client.post(f"/v1/admin/callers/wide-reader/{action}")
             assert wider.status_code == 403, (action, wider.text)
-        after = rows(
+        after = sql(
             managed.deployment.settings, "SELECT key_id FROM callers WHERE name = 'wide-reader'"
         )
         assert before == after
         listed = {c["name"] for c in client.get("/v1/admin/callers").json()["callers"]}
         assert listed == {"esc-ok", "scoped-admin"}  # never the wider reader
         assert client.post("/v1/admin/callers/esc-ok/rotate").status_code == 200
-    names = {r["name"] for r in rows(managed.deployment.settings, "SELECT name FROM callers")}
+    names = {r["name"] for r in sql(managed.deployment.settings, "SELECT name FROM callers")}
     assert not {n for n in names if n.startswith("esc-")} - {"esc-ok"}
     with managed.deployment.client(headers={"Authorization": f"Bearer {wide_key}"}) as client:
         assert client.get(f"/v1/portals/{MANAGED_HUB}/token").status_code == 200
@@ -460,7 +460,7 @@ def test_redelivery_sends_the_same_event_again(managed: Managed) -> None:
             2,
             "127.0.0.1",
         )
-    trail = rows(
+    trail = sql(
         managed.deployment.settings,
         "SELECT actor, app FROM audit_events WHERE action = 'webhook.redelivered'",
     )

@@ -12,7 +12,7 @@ from broker.app import create_app
 from broker.config import load_settings
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls, bootstrap_vault
-from tests.helpers import Deployment, register, rows, run_broker, serve_app
+from tests.helpers import Deployment, register, run_broker, serve_app, sql
 
 HUBS = [1_200_001, 1_200_002, 1_200_003]
 
@@ -46,7 +46,7 @@ def test_rotate_rewrap_retire(
     assert rest.returncode == 0, rest.stderr
     done = json.loads(rest.stdout)
     assert (done["remaining"], done["failed"], done["min_decryption_version"]) == (0, 0, 2)
-    stored = rows(settings, "SELECT refresh_ct, access_ct FROM portals")
+    stored = sql(settings, "SELECT refresh_ct, access_ct FROM portals")
     assert all(r["refresh_ct"].startswith("vault:v2:") for r in stored)
     assert all(r["access_ct"].startswith("vault:v2:") for r in stored)
     assert root.secrets.transit.read_key(name=key_name)["data"]["min_decryption_version"] == 2

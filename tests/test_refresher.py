@@ -5,33 +5,19 @@ Retry-After is honoured."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
-import asyncpg
 import httpx
 import pytest
 
 from broker.app import create_app
 from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator
-from tests.helpers import install_link, register, serve_app
+from tests.helpers import install_link, register, serve_app, sql
 
 HUBS = list(range(8_800_001, 8_800_021))
-
-
-async def _fetch(settings: Settings, query: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(settings.database_url.get())
-    try:
-        return await conn.fetch(query)
-    finally:
-        await conn.close()
-
-
-def fetch(settings: Settings, query: str) -> list[asyncpg.Record]:
-    return asyncio.run(_fetch(settings, query))
 
 
 @pytest.fixture
@@ -64,7 +50,7 @@ def test_two_replicas_refresh_ahead_of_expiry_without_duplicates(
     install_all(settings, sim, HUBS)
     time.sleep(9)
     by_hub = sim.refreshes_by_hub()
-    rows = fetch(
+    rows = sql(
         settings,
         "SELECT hub_id, version, access_expires_at > now() AS valid, "
         "(SELECT count(*) FROM token_journal j WHERE j.portal_id = p.id "
@@ -86,21 +72,21 @@ def test_misconfigured_app_is_paused_and_portals_untouched(
     sim.configure(access_token_ttl=4)
     install_all(settings, sim, HUBS[:3])
     # HubSpot no longer accepts the broker's client secret (rotated at HubSpot only).
-    app_client = fetch(settings, "SELECT client_id, redirect_uri FROM apps")[0]
+    app_client = sql(settings, "SELECT client_id, redirect_uri FROM apps")[0]
     sim.add_app(
         app_client["client_id"], ["a-secret-the-broker-does-not-have"], [app_client["redirect_uri"]]
     )
     time.sleep(5)
     calls = sim.counters()["token.refresh_token"]
     assert calls >= 1
-    portals = fetch(settings, "SELECT state, failure_count, last_error FROM portals")
+    portals = sql(settings, "SELECT state, failure_count, last_error FROM portals")
     assert {(r["state"], r["failure_count"], r["last_error"]) for r in portals} == {
         ("active", 0, None)
     }
-    app = fetch(settings, "SELECT paused_until > now() AS paused, misconfigured_at FROM apps")[0]
+    app = sql(settings, "SELECT paused_until > now() AS paused, misconfigured_at FROM apps")[0]
     assert app["paused"]
     assert app["misconfigured_at"] is not None
-    events = fetch(settings, "SELECT type FROM events WHERE type = 'app.misconfigured'")
+    events = sql(settings, "SELECT type FROM events WHERE type = 'app.misconfigured'")
     assert len(events) == 1
     time.sleep(2)
     assert sim.counters()["token.refresh_token"] == calls  # paused: no more attempts
@@ -120,7 +106,7 @@ def test_retry_after_is_honoured(replicas: tuple[Settings, list[str]], sim: Simu
     time.sleep(4)
     # Within the 7 s window no replica calls HubSpot again for this app.
     assert sim.counters()["token.refresh_token"] == calls, time.monotonic() - first
-    failing = fetch(settings, "SELECT state, last_error FROM portals WHERE last_error IS NOT NULL")
+    failing = sql(settings, "SELECT state, last_error FROM portals WHERE last_error IS NOT NULL")
     assert failing
     assert {(r["state"], r["last_error"]) for r in failing} == {("refresh_failing", "rate_limited")}
 
@@ -137,17 +123,17 @@ def test_portals_failing_for_good_are_backed_off_and_do_not_starve_the_others(
     install_all(settings, sim, HUBS[:20])
     failing, healthy = HUBS[:5], HUBS[5:20]
     swapped = ", ".join(str(h) for h in failing)
-    fetch(
+    sql(
         settings,
         # Another portal's refresh ciphertext: it is bound to that portal, so never decrypts.
         f"UPDATE portals SET refresh_ct = (SELECT refresh_ct FROM portals WHERE hub_id = "
         f"{HUBS[19]}), refresh_after = now() WHERE hub_id IN ({swapped})",
     )
     before = {
-        r["hub_id"]: r["version"] for r in fetch(settings, "SELECT hub_id, version FROM portals")
+        r["hub_id"]: r["version"] for r in sql(settings, "SELECT hub_id, version FROM portals")
     }
     time.sleep(7.0)
-    rows = {r["hub_id"]: r for r in fetch(settings, "SELECT * FROM portals")}
+    rows = {r["hub_id"]: r for r in sql(settings, "SELECT * FROM portals")}
     for hub in failing:
         row = rows[hub]
         assert row["state"] == "active"  # internal failures never mark a portal

@@ -11,7 +11,7 @@ import pytest
 from broker.app import create_app
 from broker.config import Settings
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, rows, serve_app
+from tests.helpers import Deployment, register, serve_app, sql
 
 A, B, C = 7_100_001, 7_100_002, 7_100_003
 
@@ -40,14 +40,14 @@ def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Dep
 )
 def test_tampered_ciphertext_is_refused_and_flagged(deployment: Deployment, tamper: str) -> None:
     settings = deployment.settings
-    rows(settings, f"UPDATE portals SET {tamper.format(other=A)} WHERE hub_id = {B}")
+    sql(settings, f"UPDATE portals SET {tamper.format(other=A)} WHERE hub_id = {B}")
     response = deployment.token(B, min_ttl=0)
     assert response.status_code == 500, response.text
     assert response.json()["code"] == "token_undecryptable"
     assert "vault:" not in response.text
-    [row] = rows(settings, f"SELECT last_error FROM portals WHERE hub_id = {B}")
+    [row] = sql(settings, f"SELECT last_error FROM portals WHERE hub_id = {B}")
     assert row["last_error"] == "token_undecryptable"
-    events = rows(
+    events = sql(
         settings, f"SELECT type FROM events WHERE type = 'portal.flagged' AND hub_id = {B}"
     )
     assert len(events) == 1

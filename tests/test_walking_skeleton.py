@@ -17,7 +17,7 @@ from broker.core import tokens as tokens_module
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
 from broker.errors import Undecryptable
-from tests.helpers import Deployment, decrypt, metric_value, register, rows, serve_app
+from tests.helpers import Deployment, decrypt, metric_value, register, serve_app, sql
 
 HUB = 4_400_001
 OTHER_HUB = 4_400_002
@@ -83,14 +83,14 @@ def test_refresh_persists_the_returned_refresh_token(deployment: Deployment, rot
         response = deployment.token(HUB, min_ttl=100)  # always stale: forces a refresh
         assert response.status_code == 200, response.text
     assert deployment.sim.counters()["token.refresh_token"] == 3
-    versions = rows(deployment.settings, f"SELECT version FROM portals WHERE hub_id = {HUB}")
+    versions = sql(deployment.settings, f"SELECT version FROM portals WHERE hub_id = {HUB}")
     assert versions[0]["version"] == 4  # install + three refreshes
 
 
 def test_no_plaintext_token_in_postgres(deployment: Deployment) -> None:
     deployment.install(HUB, access_token_ttl=30)
     access = deployment.token(HUB, min_ttl=100).json()["access_token"]  # one refresh
-    dump = rows(
+    dump = sql(
         deployment.settings,
         "SELECT 'portals' AS t, to_jsonb(p)::text AS r FROM portals p "
         "UNION ALL SELECT 'journal', to_jsonb(j)::text FROM token_journal j "
@@ -101,7 +101,7 @@ def test_no_plaintext_token_in_postgres(deployment: Deployment) -> None:
     text = "\n".join(r["r"] for r in dump)
     assert access not in text
     assert deployment.client_secret not in text
-    portal = rows(deployment.settings, "SELECT refresh_ct, access_ct FROM portals")[0]
+    portal = sql(deployment.settings, "SELECT refresh_ct, access_ct FROM portals")[0]
     assert portal["refresh_ct"].startswith("vault:v")
     assert portal["access_ct"].startswith("vault:v")
     refresh = asyncio.run(
@@ -114,7 +114,7 @@ def test_no_plaintext_token_in_postgres(deployment: Deployment) -> None:
 def test_ciphertext_moved_to_another_portal_does_not_decrypt(deployment: Deployment) -> None:
     deployment.install(HUB)
     deployment.install(OTHER_HUB)
-    [row] = rows(
+    [row] = sql(
         deployment.settings, f"SELECT access_ct, refresh_ct FROM portals WHERE hub_id = {HUB}"
     )
 
@@ -187,7 +187,7 @@ def test_dead_grant_gives_409_and_stops_refreshing(deployment: Deployment) -> No
     again = deployment.token(HUB, min_ttl=100)
     assert again.status_code == 409
     assert deployment.sim.counters()["token.refresh_token"] == calls  # no more upstream calls
-    [row] = rows(deployment.settings, f"SELECT state, last_error FROM portals WHERE hub_id={HUB}")
+    [row] = sql(deployment.settings, f"SELECT state, last_error FROM portals WHERE hub_id={HUB}")
     assert (row["state"], row["last_error"]) == ("needs_reauth", "grant_dead")
 
 
@@ -215,7 +215,7 @@ def test_hubspot_down_with_valid_token_still_serves(deployment: Deployment) -> N
     assert response.json()["degraded"] is True
     assert response.headers["broker-token-degraded"] == "below-min-ttl"
     assert metric_value(deployment.url, "broker_tokens_degraded_total") == degraded_before + 1
-    [row] = rows(deployment.settings, f"SELECT state FROM portals WHERE hub_id = {HUB}")
+    [row] = sql(deployment.settings, f"SELECT state FROM portals WHERE hub_id = {HUB}")
     assert row["state"] == "refresh_failing"
 
 
@@ -247,10 +247,8 @@ def test_a_wall_clock_step_back_does_not_extend_cached_tokens(
 def test_portal_states_map_to_4xx(deployment: Deployment) -> None:
     deployment.install(HUB)
     deployment.install(OTHER_HUB)
-    rows(deployment.settings, f"UPDATE portals SET state = 'revoked' WHERE hub_id = {HUB}")
-    rows(
-        deployment.settings, f"UPDATE portals SET state = 'quarantined' WHERE hub_id = {OTHER_HUB}"
-    )
+    sql(deployment.settings, f"UPDATE portals SET state = 'revoked' WHERE hub_id = {HUB}")
+    sql(deployment.settings, f"UPDATE portals SET state = 'quarantined' WHERE hub_id = {OTHER_HUB}")
     revoked = deployment.token(HUB, min_ttl=0)
     assert revoked.status_code == 410, revoked.text
     assert revoked.json()["code"] == "revoked"

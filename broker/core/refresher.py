@@ -192,9 +192,10 @@ class ProactiveRefresher:
         """Claim what the free slots can start now and start it. True when more may be due
         right away: the slots were busy, or the claim came back full. Waits for a quarter
         of the slots to free up first, so a claim is shared by several refreshes."""
-        slots = self._slots
-        free = min(self._settings.refresher_batch, slots.target - len(self._inflight))
-        if free < max(1, slots.target // 4):
+        slots, batch_size = self._slots, self._settings.refresher_batch
+        free = min(batch_size, slots.target - len(self._inflight))
+        # Nothing in flight: free is min(batch_size, target), never below this bound.
+        if free < max(1, min(slots.target // 4, batch_size)):
             if self._backlog:  # the last claim came back full: more is due
                 slots.saturated()
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
