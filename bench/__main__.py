@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steady-lifetime", type=float, help="steady state token lifetime, seconds (3600)"
     )
+    parser.add_argument(
+        "--steady-token-limit", type=float, help="steady state: token endpoint calls/s per app"
+    )
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     if args.scale:
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         size = replace(size, steady_portals=args.steady_portals)
     if args.steady_lifetime:
         size = replace(size, steady_lifetime=args.steady_lifetime)
+    if args.steady_token_limit:
+        size = replace(size, steady_token_limit=args.steady_token_limit)
     logs.configure("WARNING", "console")
     sim = Simulator()
     print("starting embedded PostgreSQL, Valkey, OpenBao and the simulator ...", flush=True)

@@ -40,6 +40,8 @@ class Size:
     steady_seconds: float = 600.0
     steady_every: float = 30.0
     steady_caller_rate: float = 50.0
+    #: The simulator's token endpoint limit per app during the steady state (None: none).
+    steady_token_limit: float | None = None
 
 
 FULL = Size()

@@ -87,7 +87,11 @@ def _steady_state(b: Bench) -> None:
     b.sim.configure(access_token_ttl=int(lifetime) + 3600)
     try:
         seeded = asyncio.run(seed_portals(d, b.sim, hubs, lifetime=lifetime))
-        b.sim.configure(access_token_ttl=int(lifetime), latency_ms={"token": TOKEN_LATENCY_MS})
+        b.sim.configure(
+            access_token_ttl=int(lifetime),
+            latency_ms={"token": TOKEN_LATENCY_MS},
+            token_rate_limit=size.steady_token_limit,
+        )
         with ExitStack() as stack:
             # Seeded refresh times are >= 0.6 lifetimes away: the replicas start idle, and
             # the spread below makes portals due from the moment it commits, not before.
@@ -104,7 +108,7 @@ def _steady_state(b: Bench) -> None:
             asyncio.run(_spread(d, lifetime))
             _measure(b, d, replicas, needed, seeded.total_s)
     finally:
-        b.sim.configure(access_token_ttl=1800, latency_ms=0.0)
+        b.sim.configure(access_token_ttl=1800, latency_ms=0.0, token_rate_limit=None)
         drop(d)
 
 
@@ -338,7 +342,12 @@ def _report(
         "7 steady",
         f"{label}: 429s from the simulator's token endpoint",
         f"{limited}",
-        "no token endpoint limit set in this run: the rate is bounded by demand",
+        (
+            "no token endpoint limit in this run: the rate follows demand"
+            if size.steady_token_limit is None
+            else f"the simulator's token endpoint took at most {size.steady_token_limit:g} "
+            f"calls/s for the app (HubSpot's 429 beyond); the rate halves on a 429"
+        ),
     )
     b.add(
         "7 steady",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from bench.__main__ import run_bench
 from bench.report import RATIOS, SMOKE
 from broker.dev.simulator import Simulator
@@ -21,6 +23,8 @@ def _result(report: str, section: str, measurement: str) -> str:
     raise AssertionError(f"no row {section!r} / {measurement!r} in:\n{report}")
 
 
+# Every section on real processes, six of them: minutes on a shared 2-core machine.
+@pytest.mark.timeout(300)
 def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_path: Path) -> None:
     output = tmp_path / "results.md"
     report = run_bench(backends, sim, sim_url, SMOKE, output=output)

@@ -51,11 +51,13 @@ class Coordinator(Protocol):
 
 
 class RateLimiter(Protocol):
-    """Refreshes per app, shared by every replica (token bucket in Redis).
+    """Refreshes per app, shared by every replica (token bucket in Redis) at an adaptive
+    rate: it grows while more portals are due than it lets through and halves on a 429.
 
     Interactive refreshes (a caller is waiting) always proceed and are counted; proactive
-    ones wait for a token, so callers take priority. ``pause`` stops an app's proactive
-    refreshes on every replica (HubSpot said 429 with Retry-After)."""
+    ones wait for a token, so callers take priority. ``pause`` reports HubSpot's 429: it
+    slows the app's rate and stops its proactive refreshes on every replica for ``seconds``
+    (Retry-After honoured by the caller)."""
 
     async def acquire(self, app: str, *, interactive: bool) -> float:
         """0 when allowed now; otherwise the seconds to wait before asking again."""
