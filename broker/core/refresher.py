@@ -7,22 +7,20 @@ protocol as interactive callers, within the per-app rate shared by all replicas 
 refreshes take priority). How many run at once follows the load (:class:`Slots`): it grows
 while work is waiting and every slot is busy, and halves when the app's rate turns
 refreshes away, between a floor and ``refresher_concurrency``. A pass claims only what free
-slots can start at once, so no lease waits for a slot. A failing pass
-never stops the loop; ``close()`` lets in-flight refreshes finish and releases the leases
-that were claimed but not started. Every :data:`HEAL_INTERVAL` a pass also heals
-``needs_reauth`` portals from a response journaled after they were marked.
+slots can start at once, so no lease waits for a slot. The passes, the healing sweep
+(every :data:`HEAL_INTERVAL`, ``needs_reauth`` portals with a response journaled after
+they were marked) and the portal-state gauges are background loops
+(:class:`~broker.core.tasks.BackgroundLoop`): a failing pass never stops them; ``close()``
+lets in-flight refreshes finish and releases the leases claimed but not started.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
 import structlog
 
@@ -31,11 +29,10 @@ from broker.config import Settings
 from broker.core.models import Lease, PortalKey, PortalState
 from broker.core.ports import LeaseRepository, PortalRepository, RateLimiter
 from broker.core.refresh import RefreshEngine
-from broker.core.tasks import cancel_and_wait
+from broker.core.tasks import BackgroundLoop
 from broker.errors import BrokerError
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 #: How often the healing sweep looks for needs_reauth portals with a late journaled grant.
 HEAL_INTERVAL = 10.0
@@ -111,82 +108,55 @@ class ProactiveRefresher:
         self._limiter = limiter
         self._owner = f"{replica_id}:refresher:{secrets.token_hex(4)}"
         self._slots = Slots(SLOTS_FLOOR, settings.refresher_concurrency)
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._backlog = False
+        # Jittered by half so replicas started together do not scan in lockstep; a pass
+        # that leaves more due runs again at once.
+        self._passes = BackgroundLoop(
+            metrics.Loop.REFRESHER, self._pass, interval=settings.refresher_interval, jitter=0.5
+        )
+        self._heals = BackgroundLoop(
+            metrics.Loop.HEAL, engine.heal_from_journal, interval=HEAL_INTERVAL
+        )
+        # Portals by state: a scrape never scans the table.
+        self._gauges = BackgroundLoop(
+            metrics.Loop.PORTAL_GAUGES, self._update_gauges, interval=15.0
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="proactive-refresher")
+        self._passes.start()
+        self._heals.start()
+        self._gauges.start()
 
     def stop_claiming(self) -> None:
         """Start no more refreshes (a replica draining); those in flight go on."""
-        self._stopping.set()
+        self._passes.stop_soon()
+        self._heals.stop_soon()
 
     async def finish(self, timeout: float) -> None:
         """Claim nothing more and let the refreshes in flight finish (a response HubSpot
         already sent is stored), for at most ``timeout`` seconds (a lease bounds each)."""
-        self._stopping.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._passes.stop()
+        await self._heals.stop()
+        await self._gauges.close()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=timeout)
 
     async def close(self) -> None:
         await self.finish(self._settings.shutdown_timeout)
 
-    async def _run(self) -> None:
-        gauges = asyncio.create_task(self._update_gauges(), name="portal-state-gauges")
-        try:
-            await self._loop()
-        finally:
-            await cancel_and_wait(gauges)
-
     async def _update_gauges(self) -> None:
-        """Portals by state, every 15 s: a scrape never scans the table."""
-        while True:
-            try:
-                counts = await self._portals.count_by_state()
-                for state in PortalState:
-                    metrics.PORTALS.labels(state.value).set(counts.get(state.value, 0))
-            except BrokerError:
-                metrics.BACKEND_ERRORS.labels("postgres", "portal_gauges").inc()
-            await asyncio.sleep(15.0)
+        counts = await self._portals.count_by_state()
+        for state in PortalState:
+            metrics.PORTALS.labels(state.value).set(counts.get(state.value, 0))
 
-    async def _loop(self) -> None:
-        next_heal = 0.0
-        while not self._stopping.is_set():
-            more = False
-            if time.monotonic() >= next_heal:
-                next_heal = time.monotonic() + HEAL_INTERVAL
-                await self._survive(self._engine.heal_from_journal(), "heal")
-            paused = self._engine.hubspot_paused_for()
-            if paused > 0:  # the circuit is open: claiming leases now would only churn
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=paused)
-                continue
-            more = bool(await self._survive(self.run_once(), "pass"))
-            if not more:
-                # Nothing (more) is due: wait, jittered so replicas started together do not
-                # scan in lockstep.
-                delay = self._settings.refresher_interval * random.uniform(0.5, 1.5)  # noqa: S311
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-
-    @staticmethod
-    async def _survive(work: Awaitable[T], step: str) -> T | None:
-        """One pass or healing sweep: a failure is counted and logged, never raised (a bug
-        must not stop proactive refreshing for good). None when it failed."""
-        try:
-            return await work
-        except BrokerError as exc:
-            metrics.BACKEND_ERRORS.labels("any", f"refresher_{step}").inc()
-            log.warning(f"refresher.{step}_failed", code=exc.code)
-        except Exception:
-            metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
-            log.exception(f"refresher.{step}_crashed")
-        return None
+    async def _pass(self) -> bool:
+        """One pass of the loop; True when more may be due at once."""
+        paused = self._engine.hubspot_paused_for()
+        if paused > 0:  # the circuit is open: claiming leases now would only churn
+            await self._passes.pause(paused)
+            return True
+        return await self.run_once()
 
     async def run_once(self) -> bool:
         """Claim what the free slots can start now and start it. True when more may be due
@@ -212,7 +182,7 @@ class ProactiveRefresher:
 
     async def _refresh(self, key: PortalKey, lease: Lease) -> None:
         try:
-            if self._stopping.is_set():
+            if self._passes.stopping:
                 await self._leases.release_lease(lease)
                 return
             wait = await self._limiter.acquire(key.app, interactive=False)
