@@ -126,9 +126,6 @@ AUDIT_DROPPED = Counter(
     "broker_audit_dropped_total",
     "Audit events dropped: the queue was full, or PostgreSQL refused the event.",
 )
-AUDIT_FLUSH_FAILURES = Counter(
-    "broker_audit_flush_failures_total", "Failed audit batch writes (retried)."
-)
 
 # --- retention (broker.core.retention) ---------------------------------------------------
 RETENTION_DELETED = Counter(

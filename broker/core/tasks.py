@@ -67,6 +67,7 @@ class BackgroundLoop:
         self._wait_first = wait_first
         self._backlog = backlog
         self._stopping = asyncio.Event()
+        self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._backend_failures = metrics.BACKGROUND_FAILURES.labels(loop, "backend")
         self._bugs = metrics.BACKGROUND_FAILURES.labels(loop, "bug")
@@ -84,17 +85,23 @@ class BackgroundLoop:
     def stop_soon(self) -> None:
         """Start no further step (the one in flight goes on)."""
         self._stopping.set()
+        self._woken.set()
+
+    def wake(self) -> None:
+        """Run the next step now instead of at the end of the interval (e.g. a batch is
+        full)."""
+        self._woken.set()
 
     async def stop(self) -> None:
         """Start no further step, and wait for the one in flight to finish."""
-        self._stopping.set()
+        self.stop_soon()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def close(self) -> None:
         """Stop at once (a step in flight is cancelled) and wait until the loop has ended."""
-        self._stopping.set()
+        self.stop_soon()
         await cancel_and_wait(self._task)
 
     async def run_once(self) -> bool:
@@ -110,9 +117,11 @@ class BackgroundLoop:
         return False
 
     async def pause(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less when the loop is stopped meanwhile."""
+        """Sleep ``seconds``, or less when the loop is stopped or woken meanwhile."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            await asyncio.wait_for(self._woken.wait(), timeout=seconds)
+        if not self._stopping.is_set():
+            self._woken.clear()
 
     def next_delay(self) -> float:
         spread = self._interval * self._jitter

@@ -25,7 +25,7 @@ from broker import metrics
 from broker.adapters.postgres.pool import Database
 from broker.core.models import PortalKey
 from broker.core.ports import AuditEvent, AuditFilter, AuditPosition
-from broker.core.tasks import cancel_and_wait
+from broker.core.tasks import BackgroundLoop
 from broker.errors import DatabaseError
 
 log = structlog.get_logger(__name__)
@@ -40,12 +40,13 @@ class PostgresAudit:
         self, db: Database, *, interval: float = 0.5, batch: int = 500, limit: int = 100_000
     ) -> None:
         self._db = db
-        self._interval = interval
         self._batch = batch
         self._queue: deque[_Row] = deque(maxlen=limit)
         self._issues: _Issues = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # A full batch wakes it early; a failed flush keeps its rows queued for the next.
+        self._flusher = BackgroundLoop(
+            metrics.Loop.AUDIT_FLUSH, self.flush, interval=interval, wait_first=True
+        )
 
     def record(
         self, action: str, *, actor: str, key: PortalKey | None = None, **detail: object
@@ -66,7 +67,7 @@ class PostgresAudit:
             )
         )
         if len(self._queue) >= self._batch:
-            self._wake.set()
+            self._flusher.wake()
 
     def issued(
         self,
@@ -82,7 +83,7 @@ class PostgresAudit:
         if tally is None:
             self._issues[issue] = [1, remaining_ttl]
             if len(self._issues) >= self._batch:
-                self._wake.set()
+                self._flusher.wake()
         else:
             tally[0] += 1
             if remaining_ttl < tally[1]:
@@ -155,10 +156,10 @@ class PostgresAudit:
         return [PortalKey(r["app"], r["hub_id"], r["user_id"]) for r in rows]
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-flusher")
+        self._flusher.start()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
+        await self._flusher.close()
         with contextlib.suppress(DatabaseError):
             await self.flush()
 
@@ -201,20 +202,6 @@ class PostgresAudit:
             else:
                 written += 1
         return written
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            self._wake.clear()
-            try:
-                await self.flush()
-            except DatabaseError:
-                metrics.AUDIT_FLUSH_FAILURES.inc()
-                log.warning("audit.flush_failed", queued=len(self._queue))
-            except Exception:  # a bug must not end auditing for the life of the process
-                metrics.AUDIT_FLUSH_FAILURES.inc()
-                log.exception("audit.flush_crashed", queued=len(self._queue))
 
 
 def _storable(value: Any) -> Any:
