@@ -192,7 +192,7 @@ BACKEND_UP = Gauge(
 )
 
 
-class Loop(StrEnum):
+class Background(StrEnum):
     """The background loops every replica runs (``broker_background_failures_total``)."""
 
     REFRESHER = "refresher"
@@ -212,7 +212,7 @@ class Loop(StrEnum):
 BACKGROUND_FAILURES = Counter(
     "broker_background_failures_total",
     "Failed passes of a background loop; the loop goes on at its next interval.",
-    # loop: Loop; kind: backend (a backend failed: BrokerError) | bug (anything else)
+    # loop: Background; kind: backend (a backend failed: BrokerError) | bug (anything else)
     ["loop", "kind"],
 )
 

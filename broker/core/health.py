@@ -69,7 +69,7 @@ class Health:
         self._serves_cached = serves_cached
         self._hubspot_down = hubspot_down
         self._phase = Phase.STARTING
-        self._loop = BackgroundLoop(metrics.Loop.HEALTH, self.backends, interval=interval)
+        self._loop = BackgroundLoop(metrics.Background.HEALTH, self.backends, interval=interval)
         self._on_drain: list[Callable[[], None]] = []
         self._in_flight: list[Callable[[float], Awaitable[None]]] = []
 

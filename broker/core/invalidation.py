@@ -54,7 +54,7 @@ class Invalidations:
         self._since: datetime | None = None
         self._callers_since: datetime | None = None
         self._loop = BackgroundLoop(
-            metrics.Loop.INVALIDATION, self._poll, interval=settings.invalidation_poll_seconds
+            metrics.Background.INVALIDATION, self._poll, interval=settings.invalidation_poll_seconds
         )
 
     def start(self) -> None:

@@ -195,7 +195,7 @@ class RevocationRetrier:
 
     def __init__(self, operations: PortalOperations, *, interval: float = 5.0) -> None:
         self._loop = BackgroundLoop(
-            metrics.Loop.REVOCATIONS, operations.retry_due, interval=interval
+            metrics.Background.REVOCATIONS, operations.retry_due, interval=interval
         )
 
     def start(self) -> None:

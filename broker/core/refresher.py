@@ -113,14 +113,17 @@ class ProactiveRefresher:
         # Jittered by half so replicas started together do not scan in lockstep; a pass
         # that leaves more due runs again at once.
         self._passes = BackgroundLoop(
-            metrics.Loop.REFRESHER, self._pass, interval=settings.refresher_interval, jitter=0.5
+            metrics.Background.REFRESHER,
+            self._pass,
+            interval=settings.refresher_interval,
+            jitter=0.5,
         )
         self._heals = BackgroundLoop(
-            metrics.Loop.HEAL, engine.heal_from_journal, interval=HEAL_INTERVAL
+            metrics.Background.HEAL, engine.heal_from_journal, interval=HEAL_INTERVAL
         )
         # Portals by state: a scrape never scans the table.
         self._gauges = BackgroundLoop(
-            metrics.Loop.PORTAL_GAUGES, self._update_gauges, interval=15.0
+            metrics.Background.PORTAL_GAUGES, self._update_gauges, interval=15.0
         )
 
     def start(self) -> None:

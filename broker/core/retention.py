@@ -122,7 +122,7 @@ class RetentionSweeper:
         # Jittered by half, and first after a wait: replicas started together do not line
         # up, and a restart storm does not sweep at once.
         self._loop = BackgroundLoop(
-            metrics.Loop.RETENTION, self.sweep, interval=interval, jitter=0.5, wait_first=True
+            metrics.Background.RETENTION, self.sweep, interval=interval, jitter=0.5, wait_first=True
         )
 
     def start(self) -> None:

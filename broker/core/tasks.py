@@ -52,7 +52,7 @@ class BackgroundLoop:
 
     def __init__(
         self,
-        loop: metrics.Loop,
+        loop: metrics.Background,
         step: Callable[[], Awaitable[object]],
         *,
         interval: float,

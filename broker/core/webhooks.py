@@ -166,7 +166,7 @@ class WebhookDispatcher:
         self._inflight: dict[str, set[asyncio.Task[None]]] = {key: set() for key in self._urls}
         # Jittered by half so replicas started together do not poll in lockstep.
         self._loop = BackgroundLoop(
-            metrics.Loop.WEBHOOKS,
+            metrics.Background.WEBHOOKS,
             self._step,
             interval=interval,
             jitter=0.5,
@@ -174,7 +174,7 @@ class WebhookDispatcher:
         )
         # Every 15 s, so a scrape never scans the outbox.
         self._gauges = BackgroundLoop(
-            metrics.Loop.WEBHOOK_GAUGES, self.update_gauges, interval=15.0
+            metrics.Background.WEBHOOK_GAUGES, self.update_gauges, interval=15.0
         )
 
     # --- lifecycle --------------------------------------------------------------------------

@@ -45,7 +45,7 @@ class PostgresAudit:
         self._issues: _Issues = {}
         # A full batch wakes it early; a failed flush keeps its rows queued for the next.
         self._flusher = BackgroundLoop(
-            metrics.Loop.AUDIT_FLUSH, self.flush, interval=interval, wait_first=True
+            metrics.Background.AUDIT_FLUSH, self.flush, interval=interval, wait_first=True
         )
 
     def record(
