@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import hot, scenarios
+from bench import hot, memory, scenarios
 from bench.load import wrk_path, wrk_version
 from bench.procs import cpu_plan
 from bench.report import FULL, SMOKE, Bench, Size, render
@@ -26,6 +26,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "hot": hot.run,  # 1 hot path, 2 cold path, 5 abuse: one pinned broker process
     "herd": scenarios.herd,
     "scale": scenarios.scale,
+    "memory": memory.memory,  # 6 memory per cached token (last: its figure ends the output)
 }
 
 

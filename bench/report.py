@@ -33,6 +33,7 @@ class Size:
     abuse_seconds: float = 10.0
     abuse_rate: float = 1000.0
     normal_rate: float = 200.0
+    memory_portals: int = 100_000
 
 
 FULL = Size()
@@ -51,6 +52,7 @@ SMOKE = Size(
     abuse_seconds=1.0,
     abuse_rate=200.0,
     normal_rate=50.0,
+    memory_portals=200,
 )
 
 

@@ -30,12 +30,21 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
         assert f"- {key}: " in report
     ratios = dict(re.findall(r"^(hot_path_vs_\w+): ([0-9.]+)$", report, re.MULTILINE))
     assert list(ratios) == list(RATIOS)
-    tail = report.rstrip().splitlines()[-6:]
+    tail = report.rstrip().splitlines()[-8:]
     assert tail[:3] == [f"{k}: {ratios[k]}" for k in RATIOS]
     assert all(0.01 < float(r) < 100 for r in ratios.values()), ratios
     figures = dict(line.split(": ") for line in tail[3:])
-    assert list(figures) == ["cold_path_rps_50", "cold_path_p99_ms_50", "transit_calls_per_miss"]
+    assert list(figures) == [
+        "hot_path_p99_ms",
+        "cold_path_rps_50",
+        "cold_path_p99_ms_50",
+        "transit_calls_per_miss",
+        "cached_token_bytes",
+    ]
+    assert float(figures["hot_path_p99_ms"]) > 0
     assert float(figures["cold_path_rps_50"]) > 0
+    # An RSS delta over 200 tokens is noise-sized: only its presence is checked here.
+    assert re.fullmatch(r"-?[0-9.e+]+", figures["cached_token_bytes"]), figures
     # Concurrent misses share Transit batches: fewer calls than misses even at smoke size.
     assert 0 < float(figures["transit_calls_per_miss"]) < 1, figures
 
@@ -51,4 +60,5 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
     assert _result(report, "4 scale", "expires_in < min_ttl") == "0"
     assert re.fullmatch(r"[0-9]+ → [0-9]+ MiB", _result(report, "4 scale", "RSS"))
     assert re.match(r"[0-9,]+ req/s sent", _result(report, "5 abuse", "abusive"))
+    assert re.fullmatch(r"-?[0-9,]+ B per cached token", _result(report, "6 memory", "RSS"))
     assert "FAILURE" not in report
