@@ -186,15 +186,14 @@ class TokenInfo:
 @dataclass(slots=True)
 class CachedToken:
     """One access token in a replica's cache, kept compact (a replica holds one per portal it
-    serves): the token once, as bytes; expiries as floats; ``scopes`` shared by every entry
-    with the same scopes. ``head``/``tail`` are the web layer's pre-encoded parts of the
-    answer (without the token), made at the first answer and dropped with the entry (never
-    in a cache of the web layer's own, which would outlive a revocation)."""
+    serves): the token once, as bytes; the expiry as one float; ``scopes`` shared by every
+    entry with the same scopes. ``head``/``tail`` are the web layer's pre-encoded parts of
+    the answer (without the token), made at the first answer and dropped with the entry
+    (never in a cache of the web layer's own, which would outlive a revocation)."""
 
     token: bytes = field(repr=False)
-    #: Expiry on this process's ``time.monotonic()`` scale, and on the wall clock (POSIX).
+    #: Expiry on this process's ``time.monotonic()`` scale.
     expires_local: float
-    expires_wall: float
     scopes: tuple[str, ...]
     fingerprint: str
     #: True when this process obtained the token from HubSpot (for the audit trail).
@@ -222,7 +221,9 @@ class IssuedToken:
 
     @property
     def expires_at(self) -> datetime:
-        return datetime.fromtimestamp(self.entry.expires_wall, UTC)
+        """The expiry on the wall clock, translated from the monotonic one now."""
+        wall = time.time() + self.entry.expires_local - time.monotonic()
+        return datetime.fromtimestamp(wall, UTC)
 
     @property
     def scopes(self) -> tuple[str, ...]:

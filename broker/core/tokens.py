@@ -301,8 +301,6 @@ class TokenService:
         return CachedToken(
             access_token.encode(),
             expires_local=sent_at + lifetime,
-            # The wall-clock expiry for the answer, with the same conservative translation.
-            expires_wall=time.time() - (time.monotonic() - sent_at) + lifetime,
             scopes=scopes,
             fingerprint=fingerprint,
             refreshed=refreshed,

@@ -35,7 +35,7 @@ _JSON = (b"content-type", b"application/json")
 _NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
 #: Less than the caller's min_ttl is left (also ``"degraded": true`` in the body).
 _DEGRADED = (b"broker-token-degraded", b"below-min-ttl")
-_OPEN = b'{"access_token": "'
+_OPEN = b'{"token_type": "bearer", "access_token": "'
 #: The parts after ``expires_in`` by their bytes: one per app and set of scopes, shared.
 _TAILS: dict[bytes, bytes] = {}
 _TAILS_MAX = 1000
@@ -168,7 +168,8 @@ def _body(issued: IssuedToken) -> bytes:
     if not head:  # a token JSON has to escape (HubSpot's never do): encoded in full
         before, after = _fields(issued)
         token, expires_in = issued.access_token, issued.expires_in
-        answer = {"access_token": token, **before, "expires_in": expires_in, **after}
+        answer = {"token_type": "bearer", "access_token": token, **before}
+        answer |= {"expires_in": expires_in, **after}
         return json.dumps({**answer, "degraded": issued.degraded}).encode()
     if issued.degraded:  # rare: not worth a pre-encoded variant
         tail = tail[: -len(b"false}")] + b"true}"
@@ -180,7 +181,6 @@ def _fields(issued: IssuedToken) -> tuple[dict[str, object], dict[str, object]]:
     ``expires_in`` (particular to the entry) and those after (shared by many)."""
     key = issued.key
     before: dict[str, object] = {
-        "token_type": "bearer",
         "expires_at": issued.expires_at.isoformat().replace("+00:00", "Z"),
         "hub_id": key.hub_id,
     }
