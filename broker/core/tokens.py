@@ -35,6 +35,9 @@ from broker.core.refresh import USEFUL_SECONDS, RefreshEngine, raise_for_state
 from broker.core.signing import Keyring, Purpose
 from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, UpstreamError
 
+#: Portals whose invalidations are counted one by one (see :meth:`TokenService.invalidate`).
+_GENERATIONS_MAX = 10_000
+
 
 class TokenService:
     def __init__(
@@ -120,6 +123,12 @@ class TokenService:
             self._cache.clear()
             self._inflight.clear()
         else:
+            if len(self._generations) >= _GENERATIONS_MAX:
+                # Forget the portals' counts (revoked portals would pile up forever) and
+                # move the epoch instead: loads in flight read their state again, as after
+                # an invalidation of their own portal; the cache stays.
+                self._generations.clear()
+                self._epoch += 1
             self._generations[key] = self._generations.get(key, 0) + 1
             self._cache.pop(key, None)
             # Requests from now on start a load of their own instead of joining one that
