@@ -95,6 +95,7 @@ def run(b: Bench) -> None:
                 + _efficiency(hot, share),
             )
             b.efficiency["hot"] = hot.rps / share if share else 0.0
+            b.figures["hot_path_p99_ms"] = hot.p99_ms
             _cold(b, d, broker, cold)
             _abuse(b, d, broker)
         _baselines(b, body, hot)

@@ -27,7 +27,7 @@ class Size:
     herd_callers: int = 300
     herd_rounds: int = 5
     herd_latency_ms: int = 250
-    scale: tuple[int, ...] = (1_000, 10_000, 100_000)
+    scale: tuple[int, ...] = (1_000, 10_000)  # 100,000+: sections 7 (steady) and 8 (memory)
     drain_cap: float = 120.0
     refresh_portals: int = 5000
     caller_rate: float = 100.0
@@ -42,6 +42,7 @@ class Size:
     steady_caller_rate: float = 50.0
     #: The simulator's token endpoint limit per app during the steady state (None: none).
     steady_token_limit: float | None = None
+    memory_portals: int = 100_000
 
 
 FULL = Size()
@@ -67,6 +68,7 @@ SMOKE = Size(
     steady_seconds=6.0,
     steady_every=2.0,
     steady_caller_rate=20.0,
+    memory_portals=200,
 )
 
 

@@ -71,10 +71,10 @@ def test_metric_names_parser() -> None:
 
 
 # --- what the broker exports -----------------------------------------------------------------
-def _metric_objects() -> Iterator[MetricWrapperBase | metrics.RequestLatency]:
+def _metric_objects() -> Iterator[MetricWrapperBase | metrics.LoopMetric]:
     """The metrics of broker/metrics.py: prometheus_client's own kinds and the custom
-    collector (the lock-free request latency histogram)."""
-    kinds = (MetricWrapperBase, metrics.RequestLatency)
+    collectors (the lock-free counters and histograms of the token route)."""
+    kinds = (MetricWrapperBase, metrics.LoopMetric)
     return (m for m in vars(metrics).values() if isinstance(m, kinds))
 
 

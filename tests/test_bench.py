@@ -40,6 +40,7 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
     assert all(0.01 < float(r) < 100 for r in ratios.values()), ratios
     figures = dict(line.split(": ") for line in tail[3:])
     assert list(figures) == [
+        "hot_path_p99_ms",
         "cold_path_rps_50",
         "cold_path_p99_ms_50",
         "transit_calls_per_miss",
@@ -47,10 +48,14 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
         "refreshes_per_s_replica",
         "scale_250k_below_min_ttl",
         "scale_250k_interactive_pct",
+        "cached_token_bytes",
     ]
+    assert float(figures["hot_path_p99_ms"]) > 0
     assert float(figures["refresh_cpu_ms"]) > 0
     assert float(figures["refreshes_per_s_replica"]) > 0
     assert float(figures["cold_path_rps_50"]) > 0
+    # An RSS delta over 200 tokens is noise-sized: only its presence is checked here.
+    assert re.fullmatch(r"-?[0-9.e+]+", figures["cached_token_bytes"]), figures
     # Concurrent misses share Transit batches: fewer calls than misses even at smoke size.
     assert 0 < float(figures["transit_calls_per_miss"]) < 1, figures
 
@@ -72,4 +77,5 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
     assert re.fullmatch(r"[0-9,]+ refreshes/s", _result(report, "7 steady", "refreshes/s (needed"))
     assert re.match(r"[0-9,]+ refreshes/s \(baseline [0-9,]+\)", _result(report, "6 refresh", "/s"))
     assert "ms (baseline" in _result(report, "6 refresh", "CPU per proactive refresh")
+    assert re.fullmatch(r"-?[0-9,]+ B per cached token", _result(report, "8 memory", "RSS"))
     assert "FAILURE" not in report

@@ -1,6 +1,6 @@
 """This replica's memory of callers, so authenticating a known caller does no I/O.
 
-Three maps, all dropped (for the callers concerned) by :meth:`CallerCache.forget`, which
+Four maps, all dropped (for the callers concerned) by :meth:`CallerCache.forget`, which
 :class:`~broker.core.invalidation.Invalidations` calls when any replica changes a caller
 (Redis message, or the Postgres poll when the message was missed):
 
@@ -13,7 +13,11 @@ Three maps, all dropped (for the callers concerned) by :meth:`CallerCache.forget
   ``caller_cache_seconds``);
 * key ids (and ``jwt:``-prefixed workload identities) Postgres did not know (negative
   cache), for a few seconds, bounded in size; any caller change anywhere clears it, so a key
-  or identity created a moment ago works at once.
+  or identity created a moment ago works at once;
+* the raw bytes of ``Authorization`` headers that authenticated, with their caller, until
+  the key's record (or the token's entry) is due for a lookup, and never past the key's or
+  caller's expiry; bounded in size, and cleared by any caller change. Only headers that
+  authenticated get in, so strangers cannot fill it.
 
 A lookup that started before a change may answer with the old state after the change was
 applied here: writers pass the :attr:`CallerCache.generation` they read before the lookup,
@@ -22,6 +26,7 @@ and an entry is only stored when no caller changed in between.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -33,6 +38,7 @@ from broker.core.models import Caller
 UNKNOWN_SECONDS = 5.0
 UNKNOWN_MAX = 10_000
 JWT_MAX = 10_000
+HEADERS_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,9 @@ class CallerCache:
         # key id -> time.monotonic() until which it is known to be unknown; insertion order
         # is expiry order (one TTL for all), so the first entry is the oldest.
         self._unknown: dict[str, float] = {}
+        # raw Authorization header -> (caller, time.monotonic() until which it holds, the
+        # key's or caller's expiry as a POSIX timestamp or None)
+        self._headers: dict[bytes, tuple[Caller, float, float | None]] = {}
 
     # --- broker-issued keys ---------------------------------------------------------------
     def key(self, key_id: str) -> KeyEntry | None:
@@ -91,9 +100,10 @@ class CallerCache:
         self._unknown[key_id] = now + self.unknown_seconds
 
     # --- workload JWTs --------------------------------------------------------------------
-    def jwt(self, digest: str, now: float) -> Caller | None:
+    def jwt(self, digest: str, now: float) -> tuple[Caller, float] | None:
+        """The caller of a verified token and until when the entry holds."""
         cached = self._jwts.get(digest)
-        return cached[0] if cached is not None and cached[1] > now else None
+        return cached if cached is not None and cached[1] > now else None
 
     def jwt_known(self, digest: str) -> bool:
         """Whether this token was verified here (fresh or not): its caller is no stranger."""
@@ -106,12 +116,39 @@ class CallerCache:
             self._jwts.clear()
         self._jwts[digest] = (caller, until)
 
+    # --- raw Authorization headers -------------------------------------------------------
+    def by_header(self, header: bytes, now: float) -> Caller | None:
+        """The caller ``header`` authenticated, while its entry holds (``now``: monotonic)
+        and the key or caller has not expired (the wall clock, as the full check reads it)."""
+        known = self._headers.get(header)
+        if known is None or known[1] <= now:
+            return None
+        if known[2] is not None and known[2] <= time.time():
+            return None
+        return known[0]
+
+    def put_header(
+        self,
+        header: bytes,
+        caller: Caller,
+        until: float,
+        expires_at: datetime | None,
+        generation: int,
+    ) -> None:
+        if generation != self.generation:
+            return
+        if len(self._headers) >= HEADERS_MAX:  # keys rotate: drop the lot, not memory
+            self._headers.clear()
+        expiry = None if expires_at is None else expires_at.timestamp()
+        self._headers[header] = (caller, until, expiry)
+
     # --- invalidation ---------------------------------------------------------------------
     def forget(self, caller_ids: Collection[int]) -> None:
         """Callers ``caller_ids`` changed (or were created, or deleted) somewhere: look them
         up again before believing them, and forget which key ids were unknown."""
         self.generation += 1
         self._unknown.clear()
+        self._headers.clear()
         ids = set(caller_ids)
         for key_id, entry in list(self._keys.items()):
             if entry.caller.id in ids:

@@ -12,7 +12,7 @@ import enum
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 #: An app's slug: also the shape every interface accepts for an ``app`` parameter.
@@ -184,22 +184,50 @@ class TokenInfo:
 
 
 @dataclass(slots=True)
-class IssuedToken:
-    """What a caller receives (made once per request: not frozen, which costs per field)."""
+class CachedToken:
+    """One access token in a replica's cache, kept compact (a replica holds one per portal it
+    serves): the token once, as bytes; the expiry as one float; ``scopes`` shared by every
+    entry with the same scopes. ``head``/``tail`` are the web layer's pre-encoded parts of
+    the answer (without the token), made at the first answer and dropped with the entry
+    (never in a cache of the web layer's own, which would outlive a revocation)."""
 
-    access_token: str = field(repr=False)
-    expires_at: datetime
-    expires_in: int
-    key: PortalKey
+    token: bytes = field(repr=False)
+    #: Expiry on this process's ``time.monotonic()`` scale.
+    expires_local: float
     scopes: tuple[str, ...]
+    fingerprint: str
+    #: True when this process obtained the token from HubSpot (for the audit trail).
+    refreshed: bool = False
+    head: bytes | None = field(default=None, repr=False)
+    tail: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class IssuedToken:
+    """What a caller receives, made once per request (not frozen, which costs per field):
+    the cached entry it comes from, shared, and what is particular to this answer."""
+
+    entry: CachedToken = field(repr=False)
+    key: PortalKey
+    expires_in: int
     refreshed: bool = False
     #: Less than the caller's ``min_ttl`` is left: refreshing failed (HubSpot or a backend
     #: down, the refresh stuck elsewhere) and a still-valid token beats an error.
     degraded: bool = False
-    #: Scratch space shared by every issue of the same cached token and dropped with it:
-    #: the web layer keeps its pre-encoded response parts here (never in a cache of its own,
-    #: which would outlive a revocation).
-    memo: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def access_token(self) -> str:
+        return self.entry.token.decode()
+
+    @property
+    def expires_at(self) -> datetime:
+        """The expiry on the wall clock, translated from the monotonic one now."""
+        wall = time.time() + self.entry.expires_local - time.monotonic()
+        return datetime.fromtimestamp(wall, UTC)
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return self.entry.scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +245,7 @@ class Caller:
     rate_limit: float | None = None
 
     def may(self, role: Role) -> bool:
-        return role.value in self.roles
+        return role in self.roles  # a StrEnum member is its value
 
     def may_access(self, app: str, hub_id: int) -> bool:
         return (self.apps is None or app in self.apps) and (

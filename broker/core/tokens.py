@@ -18,33 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from broker import metrics
 from broker.config import Settings
 from broker.core.batching import Coalescer
-from broker.core.models import Caller, IssuedToken, PortalKey, PortalRecord, Role
+from broker.core.models import (
+    CachedToken,
+    Caller,
+    IssuedToken,
+    PortalKey,
+    PortalRecord,
+    Role,
+)
 from broker.core.ports import AuditSink, Cipher, PortalRepository
 from broker.core.refresh import RefreshEngine
 from broker.core.refresh_policy import USEFUL_SECONDS, raise_for_state
 from broker.core.signing import Keyring, Purpose
 from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, UpstreamError
 
-
-@dataclass(slots=True)
-class CachedToken:
-    access_token: str = field(repr=False)
-    #: Expiry on this process's ``time.monotonic()`` scale, and as a datetime (made once).
-    expires_local: float
-    expires_at: datetime
-    scopes: tuple[str, ...]
-    version: int
-    fingerprint: str
-    #: True when this process obtained the token from HubSpot (for the audit trail).
-    refreshed: bool = False
-    #: Handed to every :class:`IssuedToken` of this entry (see ``IssuedToken.memo``).
-    memo: dict[str, object] = field(default_factory=dict, repr=False)
+#: Portals whose invalidations are counted one by one (see :meth:`TokenService.invalidate`).
+_GENERATIONS_MAX = 10_000
 
 
 class TokenService:
@@ -76,6 +69,8 @@ class TokenService:
         self._reads: Coalescer[PortalKey, PortalRecord | None] = Coalescer(
             self._read_many, max_items=500, max_inflight=4
         )
+        # One tuple per distinct set of scopes, shared by the entries that have it.
+        self._scopes: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     # --- the API --------------------------------------------------------------------------
     def resolve_min_ttl(self, raw: int | None) -> int:
@@ -96,16 +91,25 @@ class TokenService:
             )
         return raw
 
-    async def get_token(self, caller: Caller, key: PortalKey, min_ttl: int) -> IssuedToken:
-        if not caller.may(Role.TOKENS_READ) or not caller.may_access(key.app, key.hub_id):
+    def cached(
+        self, caller: Caller, key: PortalKey, min_ttl: int, now: float
+    ) -> IssuedToken | None:
+        """The hot path: the cached token when it has ``min_ttl`` seconds left at ``now``
+        (``time.monotonic()``), else None (then :meth:`get_token`). No I/O, no await."""
+        if Role.TOKENS_READ not in caller.roles or not caller.may_access(key.app, key.hub_id):
             raise Forbidden(f"caller {caller.name!r} may not read tokens of portal {key}")
         entry = self._cache.get(key)
-        now = time.monotonic()
-        if entry is not None and entry.expires_local - now >= min_ttl:
-            metrics.TOKEN_CACHE_HIT.inc()
-            return self._issue(caller, key, entry, now, min_ttl, refreshed=False)
+        if entry is None or entry.expires_local - now < min_ttl:
+            return None
+        metrics.TOKEN_CACHE_HIT.inc()
+        return self._issue(caller, key, entry, now, min_ttl, refreshed=False)
+
+    async def get_token(self, caller: Caller, key: PortalKey, min_ttl: int) -> IssuedToken:
+        issued = self.cached(caller, key, min_ttl, time.monotonic())
+        if issued is not None:
+            return issued
         try:
-            entry, refreshed = await self._slow(key, min_ttl, stale=entry)
+            entry, refreshed = await self._slow(key, min_ttl, stale=self._cache.get(key))
         except BaseException:
             metrics.TOKEN_ERROR.inc()
             raise
@@ -120,6 +124,12 @@ class TokenService:
             self._cache.clear()
             self._inflight.clear()
         else:
+            if len(self._generations) >= _GENERATIONS_MAX:
+                # Forget the portals' counts (revoked portals would pile up forever) and
+                # move the epoch instead: loads in flight read their state again, as after
+                # an invalidation of their own portal; the cache stays.
+                self._generations.clear()
+                self._epoch += 1
             self._generations[key] = self._generations.get(key, 0) + 1
             self._cache.pop(key, None)
             # Requests from now on start a load of their own instead of joining one that
@@ -204,16 +214,7 @@ class TokenService:
             remaining_ttl=int(remaining),
             refreshed=refreshed,
         )
-        return IssuedToken(
-            entry.access_token,
-            entry.expires_at,
-            max(0, int(remaining)),
-            key,
-            entry.scopes,
-            refreshed,
-            degraded,
-            entry.memo,
-        )
+        return IssuedToken(entry, key, max(0, int(remaining)), refreshed, degraded)
 
     async def _slow(
         self, key: PortalKey, min_ttl: int, stale: CachedToken | None
@@ -306,14 +307,11 @@ class TokenService:
     ) -> CachedToken:
         assert record.access_expires_at is not None  # access_ct is set, so is its expiry
         lifetime = (record.access_expires_at - record.db_now).total_seconds()
-        # The wall-clock expiry for the answer, with the same conservative translation.
-        wall = time.time() - (time.monotonic() - sent_at) + lifetime
+        scopes = self._scopes.setdefault(record.scopes, record.scopes)
         return CachedToken(
-            access_token=access_token,
+            access_token.encode(),
             expires_local=sent_at + lifetime,
-            expires_at=datetime.fromtimestamp(wall, UTC),
-            scopes=record.scopes,
-            version=record.version,
+            scopes=scopes,
             fingerprint=fingerprint,
             refreshed=refreshed,
         )

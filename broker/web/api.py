@@ -3,14 +3,17 @@
 Every internal service calls this route before every HubSpot call, so it is served as raw
 ASGI in front of the Starlette app (:class:`TokenRoute`): no ``Request`` object, no
 middleware stack, one pass over the headers, and a response made of pre-encoded parts kept
-with the cached token (``IssuedToken.memo``), only ``expires_in`` being formatted per
-request. It is still authenticated, authorized, rate limited, metered and audited, and its
-errors are the same problem+json as every other route's.
+with the cached token (``CachedToken.head``/``tail``), only ``expires_in`` being formatted
+per request. It is still authenticated, authorized, rate limited, metered and audited, and its
+errors are the same problem+json as every other route's. A request whose caller and token are
+both known here (:meth:`CallerService.known`, :meth:`TokenService.cached`) awaits nothing
+but the response's two sends.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from urllib.parse import parse_qsl
 
@@ -32,6 +35,11 @@ _JSON = (b"content-type", b"application/json")
 _NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
 #: Less than the caller's min_ttl is left (also ``"degraded": true`` in the body).
 _DEGRADED = (b"broker-token-degraded", b"below-min-ttl")
+_OPEN = b'{"token_type": "bearer", "access_token": "'
+#: The parts after ``expires_in`` by their bytes: one per app and set of scopes, shared.
+_TAILS: dict[bytes, bytes] = {}
+_TAILS_MAX = 1000
+_TARGETS_MAX = 4096
 
 
 class TokenRoute:
@@ -39,6 +47,11 @@ class TokenRoute:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # (path, query string) -> the portal and min_ttl they name, for the requests parsed
+        # lately (valid ones only; bounded): a service asks for the same portals again and
+        # again. Made for one set of services (their settings decide defaults and bounds).
+        self._targets: dict[tuple[str, bytes], tuple[PortalKey, int]] = {}
+        self._targets_for: Services | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -58,83 +71,133 @@ class TokenRoute:
                 authorization = value
             elif name == b"x-request-id" and presented_id is None:
                 presented_id = value
-        started = time.perf_counter()
+        # One clock reading serves the caller's rate limit, the cache's expiry check and the
+        # latency; the request id is bound for log lines only on the paths that can log.
+        now = time.monotonic()
         rid = request_id(presented_id)
-        context = REQUEST_ID.set(rid)
+        services: Services = scope["state"]["services"]
+        context = None
         try:
             if scope["method"] != "GET":
                 raise HTTPException(405, headers={"Allow": "GET"})
-            services: Services = scope["state"]["services"]
-            header = None if authorization is None else authorization.decode("latin-1")
-            issued = await _issue(services, hub, scope["query_string"], header)
+            callers = services.callers
+            caller = callers.known(authorization, now)
+            if caller is None:
+                context = REQUEST_ID.set(rid.decode())
+                header = None if authorization is None else authorization.decode("latin-1")
+                caller = await callers.authenticate(bearer_value(header), header=authorization)
+            callers.admit(caller, now)
+            query = scope["query_string"]
+            target = self._targets.get((path, query))
+            if target is None or self._targets_for is not services:
+                target = self._parse(services, path, hub, query)
+            key, min_ttl = target
+            issued = services.tokens.cached(caller, key, min_ttl, now)
+            if issued is None:
+                if context is None:
+                    context = REQUEST_ID.set(rid.decode())
+                issued = await services.tokens.get_token(caller, key, min_ttl)
         except Exception as exc:  # every error is a problem+json, as on the other routes
+            if context is None:
+                context = REQUEST_ID.set(rid.decode())
             response = problems.render(exc)
-            response.raw_headers.append((b"x-request-id", rid.encode()))
-            if scope["state"]["services"].health.draining:
+            response.raw_headers.append((b"x-request-id", rid))
+            if services.health.draining:
                 response.raw_headers.append(CLOSE)
             await response(scope, receive, send)
-            observe(metrics.Route.TOKEN, response.status_code, started)
+            observe(metrics.Route.TOKEN, response.status_code, now)
             if response.status_code >= 500:
-                log_server_error(scope, response.status_code, started)
+                log_server_error(scope, response.status_code, now)
         else:
             body = _body(issued)
-            headers = [
-                _JSON,
-                (b"content-length", b"%d" % len(body)),
-                *_NO_STORE,
-                (b"x-request-id", rid.encode()),
-            ]
+            headers = [_JSON, (b"content-length", b"%d" % len(body)), *_NO_STORE]
+            headers.append((b"x-request-id", rid))
             if issued.degraded:
                 headers.append(_DEGRADED)
             if services.health.draining:
                 headers.append(CLOSE)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
-            metrics.TOKEN_ROUTE_OK.observe(time.perf_counter() - started)
+            metrics.TOKEN_ROUTE_OK.observe(time.monotonic() - now)
         finally:
-            REQUEST_ID.reset(context)
+            if context is not None:
+                REQUEST_ID.reset(context)
+
+    def _parse(
+        self, services: Services, path: str, hub: str, query: bytes
+    ) -> tuple[PortalKey, int]:
+        target = _target(services, hub, query)
+        if self._targets_for is not services or len(self._targets) >= _TARGETS_MAX:
+            self._targets.clear()
+            self._targets_for = services
+        self._targets[(path, query)] = target
+        return target
 
 
-async def _issue(
-    svc: Services, hub: str, raw_query: bytes, authorization: str | None
-) -> IssuedToken:
-    caller = await svc.callers.authenticate(bearer_value(authorization))
-    svc.callers.admit(caller)
-    # The last value of a repeated name wins, as in Starlette; unknown names are a 422.
-    query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True))
-    if not query.keys() <= _PARAMS:
+def _target(svc: Services, hub: str, raw_query: bytes) -> tuple[PortalKey, int]:
+    """The portal and ``min_ttl`` a request names; a 422 naming what is wrong."""
+    text = raw_query.decode("latin-1")
+    query: dict[str, str] = {}
+    if "%" in text or "+" in text:
+        # The last value of a repeated name wins, as in Starlette.
+        query.update(parse_qsl(text, keep_blank_values=True))
+    else:  # nothing to unquote: what parse_qsl answers, for less
+        for part in text.split("&"):
+            if part:
+                name, _, value = part.partition("=")
+                query[name] = value
+    if not query.keys() <= _PARAMS:  # unknown names are a 422
         check_names(query, _PARAMS)
     hub_id = parse_int(hub, "hub_id") or 0
     user_id = parse_int(query.get("user_id"), "user_id")
     tokens = svc.tokens
     min_ttl = tokens.resolve_min_ttl(parse_int(query.get("min_ttl"), "min_ttl", minimum=0))
-    app = parse_app(query.get("app"), svc.settings.default_app)
-    return await tokens.get_token(caller, PortalKey(app, hub_id, user_id), min_ttl)
+    # Interned: the key a cache entry is filed under shares its app's name with the others.
+    app = sys.intern(parse_app(query.get("app"), svc.settings.default_app))
+    return PortalKey(app, hub_id, user_id), min_ttl
 
 
 def _body(issued: IssuedToken) -> bytes:
-    """The JSON answer; its parts around ``expires_in`` are encoded once per cached token."""
-    parts = issued.memo.get("json")
-    if not (isinstance(parts, tuple) and parts[0] == issued.key):
-        head = {
-            "access_token": issued.access_token,
-            "token_type": "bearer",
-            "expires_at": issued.expires_at.isoformat().replace("+00:00", "Z"),
-        }
-        tail: dict[str, object] = {
-            "hub_id": issued.key.hub_id,
-            "app": issued.key.app,
-            "scopes": list(issued.scopes),
-        }
-        if issued.key.user_id is not None:
-            tail["user_id"] = issued.key.user_id
-        tail["degraded"] = False
-        parts = (
-            issued.key,
-            json.dumps(head)[:-1].encode() + b', "expires_in": ',
-            b", " + json.dumps(tail)[1:].encode(),
-        )
-        issued.memo["json"] = parts
+    """The JSON answer: the entry's token between parts encoded once per cached token (the
+    part after ``expires_in`` shared by the entries of one app and scopes), only
+    ``expires_in`` formatted per request."""
+    entry = issued.entry
+    head, tail = entry.head, entry.tail
+    if head is None or tail is None:
+        head, tail = entry.head, entry.tail = _parts(issued)
+    if not head:  # a token JSON has to escape (HubSpot's never do): encoded in full
+        before, after = _fields(issued)
+        token, expires_in = issued.access_token, issued.expires_in
+        answer = {"token_type": "bearer", "access_token": token, **before}
+        answer |= {"expires_in": expires_in, **after}
+        return json.dumps({**answer, "degraded": issued.degraded}).encode()
     if issued.degraded:  # rare: not worth a pre-encoded variant
-        return b"%s%d%s" % (parts[1], issued.expires_in, parts[2][: -len(b"false}")] + b"true}")
-    return b"%s%d%s" % (parts[1], issued.expires_in, parts[2])
+        tail = tail[: -len(b"false}")] + b"true}"
+    return b"%s%s%s%d%s" % (_OPEN, entry.token, head, issued.expires_in, tail)
+
+
+def _fields(issued: IssuedToken) -> tuple[dict[str, object], dict[str, object]]:
+    """The answer's fields but the token, ``expires_in`` and ``degraded``: those before
+    ``expires_in`` (particular to the entry) and those after (shared by many)."""
+    key = issued.key
+    before: dict[str, object] = {
+        "expires_at": issued.expires_at.isoformat().replace("+00:00", "Z"),
+        "hub_id": key.hub_id,
+    }
+    if key.user_id is not None:
+        before["user_id"] = key.user_id
+    return before, {"app": key.app, "scopes": list(issued.scopes)}
+
+
+def _parts(issued: IssuedToken) -> tuple[bytes, bytes]:
+    """What follows the token up to ``expires_in``'s value (empty when the token is not
+    JSON as it is), and what follows that value (as not degraded)."""
+    before, after = _fields(issued)
+    tail = b", " + json.dumps({**after, "degraded": False})[1:].encode()
+    if len(_TAILS) >= _TAILS_MAX:
+        _TAILS.clear()
+    tail = _TAILS.setdefault(tail, tail)
+    token = issued.access_token
+    if json.dumps(token) != f'"{token}"':
+        return b"", tail
+    return f'", {json.dumps(before)[1:-1]}, "expires_in": '.encode(), tail

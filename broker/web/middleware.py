@@ -25,15 +25,15 @@ CLOSE = (b"connection", b"close")
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 # Request ids only need to be unique, not secret: a random per-process prefix and a counter
 # (no system call per request, unlike secrets.token_hex).
-_PREFIX = secrets.token_hex(5)
+_PREFIX = secrets.token_hex(5).encode()
 _COUNTER = itertools.count()
 
 
-def request_id(presented: bytes | None) -> str:
-    """The caller's ``X-Request-ID`` when it is sane, else a new one."""
+def request_id(presented: bytes | None) -> bytes:
+    """The caller's ``X-Request-ID`` when it is sane, else a new one (ASCII)."""
     if presented is not None and _SANE_ID.match(presented):
-        return presented.decode()
-    return f"{_PREFIX}{next(_COUNTER):06x}"
+        return presented
+    return b"%s%06x" % (_PREFIX, next(_COUNTER))
 
 
 def route_of(path: str) -> metrics.Route:
@@ -52,8 +52,9 @@ def route_of(path: str) -> metrics.Route:
 
 
 def observe(route: metrics.Route, status: int, started: float) -> None:
+    """``started``: the request's ``time.monotonic()`` reading."""
     metrics.HTTP_REQUEST_SECONDS.labels(route, f"{status // 100}xx").observe(
-        time.perf_counter() - started
+        time.monotonic() - started
     )
 
 
@@ -63,7 +64,7 @@ def log_server_error(scope: Scope, status: int, started: float) -> None:
         method=scope["method"],
         path=scope["path"],
         status=status,
-        ms=round((time.perf_counter() - started) * 1000, 2),
+        ms=round((time.monotonic() - started) * 1000, 2),
     )
 
 
@@ -81,9 +82,9 @@ class RequestIdMiddleware:
                 presented = value
                 break
         rid = request_id(presented)
-        token = REQUEST_ID.set(rid)
-        header = (b"x-request-id", rid.encode())
-        started = time.perf_counter()
+        token = REQUEST_ID.set(rid.decode())
+        header = (b"x-request-id", rid)
+        started = time.monotonic()
         status = 500
 
         services = scope.get("state", {}).get("services")

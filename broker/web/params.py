@@ -25,12 +25,15 @@ def parse_int(raw: str | None, name: str, *, minimum: int = 1) -> int | None:
     """An integer in [minimum, 2**63-1], ``None`` when absent, else a 422 naming it."""
     if raw is None:
         return None
-    if not _DIGITS.match(raw) or not minimum <= int(raw) <= _MAX_BIGINT:
-        raise InvalidRequest(
-            f"{name} must be an integer >= {minimum}",
-            errors=[{"field": name, "message": f"not an integer >= {minimum}"}],
-        )
-    return int(raw)
+    # ASCII digits only: str.isdigit() alone also accepts "²" or "٣", which int() refuses.
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        value = int(raw)
+        if minimum <= value <= _MAX_BIGINT:
+            return value
+    raise InvalidRequest(
+        f"{name} must be an integer >= {minimum}",
+        errors=[{"field": name, "message": f"not an integer >= {minimum}"}],
+    )
 
 
 def reject_unknown(request: Request, allowed: frozenset[str]) -> None:
