@@ -41,7 +41,6 @@ Failed authentication is bounded so it cannot load Postgres:
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import re
 import time
@@ -57,7 +56,7 @@ from broker.core.invalidation import Invalidations
 from broker.core.limits import Budget
 from broker.core.models import Caller
 from broker.core.ports import AuditSink, CallerRepository, Identity, IdentityVerifier
-from broker.core.tasks import cancel_and_wait
+from broker.core.tasks import BackgroundLoop
 from broker.errors import RateLimitedCaller, Unauthenticated, UpstreamError
 
 log = structlog.get_logger(__name__)
@@ -94,7 +93,9 @@ class CallerService(CallerAdmin):
         self._budget = Budget(settings.auth_lookup_rate)
         self._used: set[int] = set()
         self._buckets: dict[int, tuple[float, float]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._touches = BackgroundLoop(
+            metrics.Background.CALLER_LAST_USED, self._touch, interval=5.0, wait_first=True
+        )
 
     def known(self, header: bytes | None, now: float) -> Caller | None:
         """The caller this exact ``Authorization`` header (raw bytes) authenticated a moment
@@ -279,19 +280,13 @@ class CallerService(CallerAdmin):
         self._buckets[caller.id] = (tokens - 1, now)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._touch_loop(), name="caller-last-used")
+        self._touches.start()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
+        await self._touches.close()
 
-    async def _touch_loop(self) -> None:
-        while True:
-            await asyncio.sleep(5.0)
-            if self._used:
-                used, self._used = self._used, set()
-                try:
-                    await self._callers.touch(sorted(used))
-                except UpstreamError:
-                    log.warning("callers.touch_failed", count=len(used))
-                except Exception:  # never let a bug end the loop
-                    log.exception("callers.touch_crashed")
+    async def _touch(self) -> None:
+        """Write when the callers seen since the last pass were last used (one statement)."""
+        if self._used:
+            used, self._used = self._used, set()
+            await self._callers.touch(sorted(used))
