@@ -58,7 +58,7 @@ def test_rate_grows_under_saturating_demand_within_the_maximum(env: dict[str, st
         try:
             assert await replica.acquire(app, interactive=False) == 0
             assert await _shared_rate(settings, app) == 10  # starts at REFRESH_RATE_PER_APP
-            granted = await _saturate(lambda: replica.acquire(app, interactive=False), 3.5)
+            granted = await _saturate(lambda: replica.acquire(app, interactive=False), 4.5)
             return await _shared_rate(settings, app), granted, _gauge(app)
         finally:
             await replica.close()
@@ -67,8 +67,8 @@ def test_rate_grows_under_saturating_demand_within_the_maximum(env: dict[str, st
     # +5 per second of unmet demand from 10: 15, 20, then capped at the maximum, 22.
     assert rate == 22
     assert gauge == 22  # broker_refresh_rate{app=...}, as this replica last saw it
-    # More slots than the starting rate alone allows (10/s plus one second of burst).
-    assert granted > 10 * 3.5 + 10
+    # More slots than the starting rate alone allows (10/s, plus a second of it to spare).
+    assert granted > 10 * 4.5 + 10
 
 
 def test_a_429_halves_the_rate_once_per_hold_never_below_the_minimum(
@@ -108,8 +108,8 @@ def test_replicas_share_one_rate(env: dict[str, str]) -> None:
         try:
             # Both replicas' refreshers draw from one bucket: together they saturate it.
             await asyncio.gather(
-                _saturate(lambda: first.acquire(app, interactive=False), 2.5),
-                _saturate(lambda: second.acquire(app, interactive=False), 2.5),
+                _saturate(lambda: first.acquire(app, interactive=False), 3.2),
+                _saturate(lambda: second.acquire(app, interactive=False), 3.2),
             )
             grown = await _shared_rate(settings, app)
             assert grown is not None
