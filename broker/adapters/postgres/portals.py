@@ -19,7 +19,7 @@ from broker.core.ports import EncryptedGrant
 _PORTAL_COLUMNS = """
     id, app, hub_id, user_id, hub_domain, scopes, state, refresh_ct, access_ct,
     access_expires_at, version, lease_epoch, failure_count, last_error, next_attempt_at,
-    lease_until, installed_by, installed_at, updated_at, refreshed_at, revoked_at,
+    lease_until, installed_by, installed_at, updated_at, refreshed_at, revoked_at, access_fp,
     clock_timestamp() AS db_now
 """
 # Matches the unique index portals_identity.
@@ -66,6 +66,7 @@ def _portal(row: asyncpg.Record) -> PortalRecord:
         refreshed_at=row["refreshed_at"],
         revoked_at=row["revoked_at"],
         db_now=row["db_now"],
+        access_fp=row["access_fp"],
     )
 
 
@@ -122,6 +123,7 @@ async def _apply(
                 SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE)
             UPDATE portals SET
                 refresh_ct = $2, access_ct = $3, access_expires_at = $4,
+                access_fp = ${6 + len(fence)},
                 refresh_after = $5, version = version + 1, state = 'active',
                 failure_count = 0, last_error = NULL, next_attempt_at = NULL,
                 lease_owner = NULL, lease_until = NULL,
@@ -135,6 +137,7 @@ async def _apply(
         grant.expires_at,
         grant.refresh_after,
         *fence,
+        grant.access_fp,
     )
     if row is None:
         return None
@@ -249,8 +252,9 @@ class PostgresPortals:
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
                 f"""INSERT INTO portals (app, hub_id, user_id, hub_domain, installed_by, scopes,
-                                         refresh_ct, access_ct, access_expires_at, refresh_after)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                         refresh_ct, access_ct, access_expires_at, refresh_after,
+                                         access_fp)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                     ON CONFLICT (app, hub_id, COALESCE(user_id, 0)) DO UPDATE SET
                         hub_domain = EXCLUDED.hub_domain, installed_by = EXCLUDED.installed_by,
                         scopes = EXCLUDED.scopes,
@@ -261,6 +265,7 @@ class PostgresPortals:
                         refresh_ct = EXCLUDED.refresh_ct, access_ct = EXCLUDED.access_ct,
                         access_expires_at = EXCLUDED.access_expires_at,
                         refresh_after = EXCLUDED.refresh_after,
+                        access_fp = EXCLUDED.access_fp,
                         version = portals.version + 1,
                         lease_owner = NULL, lease_until = NULL,
                         failure_count = 0, last_error = NULL, next_attempt_at = NULL,
@@ -275,6 +280,7 @@ class PostgresPortals:
                 grant.access_ct,
                 grant.expires_at,
                 grant.refresh_after,
+                grant.access_fp,
             )
             assert row is not None  # INSERT .. ON CONFLICT DO UPDATE always returns the row
             await _event(conn, "portal.installed", key, {"scopes": list(scopes)})
