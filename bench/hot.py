@@ -164,20 +164,22 @@ def _cold(b: Bench, d: Deployment, broker: Server, hubs: list[int]) -> None:
             "connections": conns,
             "check": True,
         }
-        before = cold_counts(broker.url)
+        before, cpu = cold_counts(broker.url), cpu_seconds(broker.pid)
         result = _checked(ClientProcess(spec, cpus=b.load_cpus).result(), "cold path")
+        cpu = cpu_seconds(broker.pid) - cpu
         calls, misses = (a - b for a, b in zip(cold_counts(broker.url), before, strict=True))
         per_miss = calls / max(misses, 1)
+        cpu_ms = 1000 * cpu / max(misses, 1)
         b.add(
             "2 cold path",
             f"first request per portal (Postgres read + Transit decrypt), {conns} conns",
             f"p50 {ms(result.p50_ms)} · p99 {ms(result.p99_ms)}",
             f"{count(result.requests)} distinct portals, {count(result.rps)} req/s, "
             f"{per_miss:.3f} Transit calls per cache miss ({calls:.0f} for {misses:.0f}: decrypt "
-            "and fingerprint HMAC), "
-            "python client",
+            f"and fingerprint HMAC), broker CPU {cpu_ms:.3f} ms per miss, python client",
         )
         if conns > 1:
+            b.figures["cold_path_cpu_ms_per_miss_50"] = cpu_ms
             b.figures["cold_path_rps_50"] = result.rps
             b.figures["cold_path_p99_ms_50"] = result.p99_ms
             b.figures["transit_calls_per_miss"] = per_miss

@@ -47,7 +47,8 @@ def test_a_cache_fill_uses_the_stored_fingerprint(
     sim.configure(access_token_ttl=900)
     with deployed(settings, sim, sim_url, hub_id=HUB) as d:
         installed = _stored(settings, HUB)
-        assert installed is not None and len(installed) == 16
+        assert installed is not None
+        assert len(installed) == 16
         hmacs = _hmacs(d)
         first = d.token(HUB, min_ttl=0)  # a cache miss: one row read, one decrypt
         assert first.status_code == 200, first.text

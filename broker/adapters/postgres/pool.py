@@ -56,6 +56,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Nothing more to reset when a connection goes back to the pool. asyncpg's default sends
+    a reset query on every release (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL): one
+    more round trip per pooled call, for session state the broker does not leave behind (no
+    SET, LISTEN or cursor outside a transaction; the retention sweep unlocks its session
+    advisory lock itself, or closes the connection). With a custom reset, asyncpg still rolls
+    back a transaction left open and drops listeners before calling it."""
+
+
 class Database:
     """A thin, typed wrapper over one asyncpg pool."""
 
@@ -84,6 +93,7 @@ class Database:
                 timeout=timeout,
                 command_timeout=timeout,
                 init=_init_connection,
+                reset=_reset_connection,
                 server_settings={"application_name": "hubspot-token-broker"},
             )
         return cls(pool, timeout)
