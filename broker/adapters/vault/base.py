@@ -161,6 +161,8 @@ class VaultBase:
                 raise _forbidden()
             if status >= 500 or status == 429:  # sealed or standby (503), failing, throttled
                 raise _NodeFailed(sealed=status == 503)
+            if 300 <= status < 400:  # a standby that redirects instead of forwarding
+                raise _NodeFailed(sealed=False)
             try:
                 answer = json.loads(raw) if raw else {}
             except ValueError as exc:  # not Vault answering (a proxy's error page)

@@ -131,11 +131,14 @@ class VaultTransit(VaultBase):
                 "decrypt", "POST", self._tokens_key("decrypt"), {"batch_input": batch}
             )
         except Refused as exc:
-            # Every item refused (400): Vault names them one by one in batch_results.
+            # An item refused (a 400 for the whole batch): batch_results still says, item by
+            # item, which ones decrypted.
             answer, refused = exc.body, exc
         results = _batch_results(answer, len(items))
         if results is None:
             metrics.BACKEND_ERRORS.labels("vault", "decrypt").inc()
+            if refused is None:  # a 2xx that is not a decrypt's answer: never "tampered"
+                raise VaultError("Vault's decrypt answer had no results", code="vault_unavailable")
             raise _undecryptable() from refused
         out = _per_item(results, _plaintext, _undecryptable)
         if refused is not None or any(isinstance(r, Exception) for r in out):
