@@ -10,7 +10,10 @@ through a **bulk path** that stores exactly what the install flow stores
    token is one the simulator will honour;
 2. both tokens encrypted with the broker's ``VaultAdapter.encrypt`` under each portal's
    derivation context (``PortalKey.context``), in Transit batches;
-3. rows written with one ``COPY`` into ``portals``, expiry on the database clock taken before
+3. each access token's audit fingerprint (``Keyring.fingerprint``, Transit hmac batches),
+   stored with the row as installs and refreshes store it (``fingerprints=False``: rows as
+   an older release wrote them, without one);
+4. rows written with one ``COPY`` into ``portals``, expiry on the database clock taken before
    the grants were minted and the refresh time from ``broker.core.refresh_policy.schedule``.
 
 It skips the per-install ``events`` row and audit event, which are not read on any path
@@ -27,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -36,7 +40,9 @@ from broker.adapters.vault import VaultAdapter
 from broker.app import open_admin, run_migrations
 from broker.config import Secret, Settings, load_settings
 from broker.core.models import App, PortalKey, Role
+from broker.core.ports import AuditSink, KeySchedule
 from broker.core.refresh_policy import schedule
+from broker.core.signing import Keyring
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 
@@ -184,7 +190,13 @@ def _mint(sim: Simulator, d: Deployment, hub: int) -> tuple[str, str]:
 
 
 async def seed_portals(
-    d: Deployment, sim: Simulator, hubs: list[int], *, lifetime: float, expired: bool = False
+    d: Deployment,
+    sim: Simulator,
+    hubs: list[int],
+    *,
+    lifetime: float,
+    expired: bool = False,
+    fingerprints: bool = True,
 ) -> SeedTimes:
     """Install ``hubs`` in bulk. Each row's access token expires ``lifetime`` seconds after
     seeding (already expired with ``expired``; never later than the simulator's expiry)."""
@@ -209,6 +221,15 @@ async def seed_portals(
 
         chunks = await asyncio.gather(*(encrypt(lo) for lo in range(0, len(hubs), _BATCH)))
         cts = [ct for chunk in chunks for ct in chunk]
+        prints: list[str | None] = [None] * len(hubs)
+        if fingerprints:  # only fingerprints are made here: no schedule, no audit
+            keyring = Keyring(
+                macs=vault,
+                schedule=cast(KeySchedule, None),
+                key_prefix=settings.vault_signing_key_prefix,
+                audit=cast(AuditSink, None),
+            )
+            prints = list(await asyncio.gather(*(keyring.fingerprint(g[1]) for g in grants)))
         encrypted = time.perf_counter()
         rows = []
         for i, hub in enumerate(hubs):
@@ -218,7 +239,7 @@ async def seed_portals(
             else:
                 expires_at, refresh_after = schedule(issued_at, int(lifetime))
             row = (APP, hub, f"hub-{hub}.example.com", "bench", list(SCOPES))
-            rows.append((*row, cts[2 * i], cts[2 * i + 1], expires_at, refresh_after))
+            rows.append((*row, cts[2 * i], cts[2 * i + 1], expires_at, refresh_after, prints[i]))
         await conn.copy_records_to_table(
             "portals",
             records=rows,
@@ -232,6 +253,7 @@ async def seed_portals(
                 "access_ct",
                 "access_expires_at",
                 "refresh_after",
+                "access_fp",
             ],
         )
         await conn.execute("ANALYZE portals")

@@ -120,6 +120,15 @@ async def open_services(
         audit = PostgresAudit(db)
         stack.push_async_callback(audit.close)  # flushes what is queued
 
+        # One Vault Transit key per purpose (sessions and CSRF, install links, fingerprints),
+        # used only through Vault: no replica and no operator ever holds one.
+        keyring = Keyring(
+            macs=vault,
+            schedule=PostgresKeySchedule(db),
+            key_prefix=settings.vault_signing_key_prefix,
+            audit=audit,
+        )
+        await keyring.check()
         replica = replica_id()
         engine = RefreshEngine(
             settings,
@@ -133,6 +142,7 @@ async def open_services(
             limiter=coordinator,
             audit=audit,
             replica_id=replica,
+            keyring=keyring,
             checkpoint=checkpoint,
         )
         verifier = None
@@ -142,15 +152,6 @@ async def open_services(
                 ca_bundle=settings.ca_bundle,
             )
             stack.push_async_callback(verifier.close)
-        # One Vault Transit key per purpose (sessions and CSRF, install links, fingerprints),
-        # used only through Vault: no replica and no operator ever holds one.
-        keyring = Keyring(
-            macs=vault,
-            schedule=PostgresKeySchedule(db),
-            key_prefix=settings.vault_signing_key_prefix,
-            audit=audit,
-        )
-        await keyring.check()
         tokens = TokenService(
             settings,
             portals=portals,
@@ -285,6 +286,7 @@ async def open_services(
                 links=install_links,
                 # The state kept in Redis is sealed under the session key, with its own label.
                 seal=StateSeal(keyring),
+                keyring=keyring,
             ),
             install_links=install_links,
             callers=callers,

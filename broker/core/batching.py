@@ -6,7 +6,9 @@ turn as one batch, at once, and while ``max_inflight`` batches are out it queues
 sending it as the next batch the moment one comes back. Alone, a request waits for nothing;
 under load, batches grow by themselves, so calls per request fall as the load rises.
 
-Per-request errors stay per request: when a batch of several submissions fails with one of
+Per-request errors stay per request. ``run`` may answer an item with an exception instead of
+a result (the backend refused that item alone): that item's submission fails with it, the
+others get their results. When a batch of several submissions fails whole with one of
 ``split_on`` (an item the backend refused, e.g. a tampered ciphertext), it is sent again in
 halves, and so on down to single submissions, so only the bad one fails (at a cost of about
 two calls per halving, not one call per submission). Any other error (the backend is down)
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -27,11 +29,12 @@ R = TypeVar("R")
 
 class Coalescer(Generic[T, R]):
     """``await submit(items)`` returns ``run(items)``'s results for exactly ``items``, in
-    order, possibly computed in one ``run`` call together with other submissions."""
+    order, possibly computed in one ``run`` call together with other submissions; or raises
+    the first exception ``run`` answered one of them with."""
 
     def __init__(
         self,
-        run: Callable[[list[T]], Awaitable[list[R]]],
+        run: Callable[[list[T]], Awaitable[Sequence[R | Exception]]],
         *,
         max_items: int,
         max_inflight: int = 2,
@@ -97,11 +100,19 @@ class Coalescer(Generic[T, R]):
             for _, future in batch:
                 _fail(future, exc)
             return
+        if len(results) != sum(len(items) for items, _ in batch):
+            for _, future in batch:
+                _fail(future, RuntimeError("a batch answered a different number of items"))
+            return
         start = 0
         for items, future in batch:
-            if not future.done():
-                future.set_result(results[start : start + len(items)])
+            part = results[start : start + len(items)]
             start += len(items)
+            refused = next((r for r in part if isinstance(r, Exception)), None)
+            if refused is not None:
+                _fail(future, refused)
+            elif not future.done():
+                future.set_result(cast(list[R], list(part)))
 
 
 def _fail(future: asyncio.Future[R], exc: Exception) -> None:

@@ -30,6 +30,7 @@ import structlog
 from broker import metrics
 from broker.config import Settings
 from broker.core.apps import AppCatalog
+from broker.core.grants import encrypt_grant
 from broker.core.install_links import InstallLinks, check_return_to, origin_allowed
 from broker.core.install_state import PendingInstall, StateSeal
 from broker.core.limits import Budget, Remembered
@@ -38,12 +39,12 @@ from broker.core.ports import (
     AuditSink,
     Cipher,
     Coordinator,
-    EncryptedGrant,
     OAuthProvider,
     PortalRepository,
     SecretStore,
 )
 from broker.core.refresh_policy import schedule
+from broker.core.signing import Keyring
 from broker.errors import BrokerError, InstallFailed, InstallLinkRejected
 
 log = structlog.get_logger(__name__)
@@ -90,10 +91,12 @@ class InstallService:
         audit: AuditSink,
         links: InstallLinks,
         seal: StateSeal,
+        keyring: Keyring | None = None,
     ) -> None:
         self._settings = settings
         self._links = links
         self._seal = seal
+        self._keyring = keyring  # fingerprints of installed tokens (broker.core.grants)
         self._portals = portals
         self._coordinator = coordinator
         self._cipher = cipher
@@ -279,15 +282,12 @@ class InstallService:
         info = await self._oauth.introspect(app, client_secret, grant.access_token)
         if app.user_level and key.user_id is None:
             raise InstallFailed("HubSpot did not say which user installed", code="install_no_user")
-        refresh_ct, access_ct = await self._cipher.encrypt(
-            [
-                (grant.refresh_token, key.context("refresh")),
-                (grant.access_token, key.context("access")),
-            ]
+        encrypted = await encrypt_grant(
+            self._cipher, self._keyring, key, grant, *schedule(issued_at, grant.expires_in)
         )
         record = await self._portals.install(
             key,
-            EncryptedGrant(refresh_ct, access_ct, *schedule(issued_at, grant.expires_in)),
+            encrypted,
             hub_domain=info.hub_domain,
             scopes=grant.scopes or info.scopes,
             actor=info.user or pending.actor,

@@ -110,6 +110,8 @@ class PortalRecord:
     revoked_at: datetime | None
     #: The database clock when this row was read; expiry decisions are made against it.
     db_now: datetime
+    #: The access token's audit fingerprint, made when it was obtained (None: not stored).
+    access_fp: str | None = None
 
     def remaining(self) -> float:
         """Seconds the stored access token has left, on the database clock."""

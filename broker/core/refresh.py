@@ -32,12 +32,12 @@ import structlog
 from broker import metrics
 from broker.config import Secret, Settings
 from broker.core.apps import AppCatalog
+from broker.core.grants import encrypt_grant
 from broker.core.models import App, Lease, PortalKey, PortalRecord, TokenGrant
 from broker.core.ports import (
     AuditSink,
     Cipher,
     Coordinator,
-    EncryptedGrant,
     LeaseRepository,
     OAuthProvider,
     PortalRepository,
@@ -55,6 +55,7 @@ from broker.core.refresh_policy import (
     raise_for_state,
     schedule,
 )
+from broker.core.signing import Keyring
 from broker.core.tasks import finish_even_if_cancelled
 from broker.errors import (
     AppMisconfigured,
@@ -87,6 +88,7 @@ class RefreshEngine:
         limiter: RateLimiter,
         audit: AuditSink,
         replica_id: str,
+        keyring: Keyring | None = None,
         checkpoint: Checkpoint | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -95,7 +97,9 @@ class RefreshEngine:
         (``after_claim``, ``after_hubspot``, ``after_journal``): fault tests kill or pause
         the process there (:mod:`broker.dev.faults`), the state-machine test interleaves
         replicas there. ``clock`` and ``sleep`` time the protocol's own waits (the self-fence,
-        the grace re-checks, the journal retries). Production passes none of them."""
+        the grace re-checks, the journal retries). Production passes none of them.
+        ``keyring``: stores each new token's audit fingerprint with it (none: cache fills
+        make it)."""
         self._settings = settings
         self._checkpoint = checkpoint or no_checkpoint
         self._clock = clock
@@ -111,6 +115,7 @@ class RefreshEngine:
         self._audit = audit
         self._breaker = CircuitBreaker()
         self._replica = replica_id
+        self._keyring = keyring
         self._outcomes = Outcomes(
             portals=portals,
             leases=leases,
@@ -341,13 +346,9 @@ class RefreshEngine:
         while True:
             attempt += 1
             try:
-                refresh_ct, access_ct = await self._cipher.encrypt(
-                    [
-                        (grant.refresh_token, key.context("refresh")),
-                        (grant.access_token, key.context("access")),
-                    ]
+                encrypted = await encrypt_grant(
+                    self._cipher, self._keyring, key, grant, expires_at, refresh_after
                 )
-                encrypted = EncryptedGrant(refresh_ct, access_ct, expires_at, refresh_after)
                 journal_id = await self._leases.journal(lease, encrypted, intent)
                 await self._checkpoint("after_journal")
                 break
@@ -374,8 +375,13 @@ class RefreshEngine:
                 return Fresh(late, grant.access_token)
             current = await self._outcomes.reread(key)
             # Our access token is valid at HubSpot even though the row moved on: serve it
-            # with its own expiry and scopes, never the newer row's.
-            ours = replace(current, access_expires_at=expires_at, scopes=grant.scopes)
+            # with its own expiry, scopes and fingerprint, never the newer row's.
+            ours = replace(
+                current,
+                access_expires_at=expires_at,
+                scopes=grant.scopes,
+                access_fp=encrypted.access_fp,
+            )
             return Fresh(ours, grant.access_token)
         metrics.REFRESHES.labels("success", "none").inc()
         self._audit.record(

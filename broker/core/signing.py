@@ -97,7 +97,8 @@ class Keyring:
         self._genuine = Remembered(REMEMBER_SECONDS)
         self._forged = Remembered(REMEMBER_SECONDS)
         self._verifies = Budget(VERIFY_RATE)
-        # Fingerprints are made on every cache fill: concurrent fills share Transit calls.
+        # Fingerprints are made per refresh (and per cache fill of an older row): concurrent
+        # ones share Transit calls.
         self._batches = {
             purpose: Coalescer(partial(macs.hmac, self.key_name(purpose)), max_items=_BATCH)
             for purpose in Purpose
@@ -118,6 +119,14 @@ class Keyring:
             return mac
         (mac,) = await self._batches[purpose].submit([_input(label, data)])
         return mac
+
+    async def fingerprint(self, token: str) -> str:
+        """A short keyed fingerprint of a token: lets the audit trail correlate tokens
+        without holding them (the fingerprint key's MAC, in Vault; comparable within one key
+        version). Made when a token is obtained and stored with it (``broker.core.grants``);
+        concurrent calls share Transit calls."""
+        mac = await self.sign(Purpose.FINGERPRINT, "token", token.encode())
+        return mac.digest.hex()[:16]
 
     async def check(self) -> None:
         """Reach Vault and the install-link key (the one both the replicas' and the

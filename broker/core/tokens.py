@@ -33,7 +33,7 @@ from broker.core.models import (
 from broker.core.ports import AuditSink, Cipher, PortalRepository
 from broker.core.refresh import RefreshEngine
 from broker.core.refresh_policy import USEFUL_SECONDS, raise_for_state
-from broker.core.signing import Keyring, Purpose
+from broker.core.signing import Keyring
 from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, UpstreamError
 
 #: Portals whose invalidations are counted one by one (see :meth:`TokenService.invalidate`).
@@ -180,8 +180,10 @@ class TokenService:
             for record, token in zip(records, tokens, strict=True)
             if isinstance(token, list)
         ]
-        # Fingerprints too share Transit calls (one gather, batched by the keyring).
-        prints = await asyncio.gather(*(self._fingerprint(token) for _, token in decrypted))
+        # Stored with the row; older rows' are made here, sharing Transit calls (one gather).
+        prints = await asyncio.gather(
+            *(self._fingerprint(record, token) for record, token in decrypted)
+        )
         warmed = 0
         for (record, token), print_ in zip(decrypted, prints, strict=True):
             key = record.key
@@ -275,7 +277,7 @@ class TokenService:
         entry = self._entry(
             record,
             access_token,
-            await self._fingerprint(access_token),
+            await self._fingerprint(record, access_token),
             sent_at,
             refreshed=fresh.access_token is not None,
         )
@@ -290,11 +292,12 @@ class TokenService:
             raise_for_state(current)
         return entry
 
-    async def _fingerprint(self, access_token: str) -> str:
-        """A short keyed fingerprint: lets the audit trail correlate tokens without holding
-        them (the fingerprint key's MAC, in Vault; comparable within one key version)."""
-        mac = await self._keyring.sign(Purpose.FINGERPRINT, "token", access_token.encode())
-        return mac.digest.hex()[:16]
+    async def _fingerprint(self, record: PortalRecord, access_token: str) -> str:
+        """The row's stored fingerprint of its token (made when the token was obtained,
+        ``broker.core.grants``), else made now (a row written without one)."""
+        if record.access_fp is not None:
+            return record.access_fp
+        return await self._keyring.fingerprint(access_token)
 
     def _entry(
         self,

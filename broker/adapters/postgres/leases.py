@@ -21,16 +21,17 @@ from broker.core.models import Intent, Lease, PortalKey, PortalRecord, PortalSta
 from broker.core.ports import EncryptedGrant
 
 #: The fenced commit: the lease that read the row still holds it.
-_LEASE_HOLDS = "lease_epoch = $7 AND lease_owner = $8 AND " + SERVING
+_LEASE_HOLDS = "lease_epoch = $8 AND lease_owner = $9 AND " + SERVING
 #: A journaled answer applied outside its lease: only while the row is still at the version
 #: the call started from (no newer token was stored since), nobody holds a lease, and the
 #: state is one a refresh may change (never revoked or quarantined).
-_STILL_NEWEST = """version = $7 AND state IN ('active', 'refresh_failing', 'needs_reauth')
+_STILL_NEWEST = """version = $8 AND state IN ('active', 'refresh_failing', 'needs_reauth')
     AND (lease_until IS NULL OR lease_until <= clock_timestamp())"""
 
 
 def _apply_sql(condition: str) -> str:
-    """Store a refreshed grant if ``condition`` holds (its ``$7``, ``$8`` are the fence),
+    """Store a refreshed grant (its access token's fingerprint ``$7``) if ``condition``
+    holds (``$8`` on are the fence),
     mark journal row ``$6`` applied and note a recovery, in one statement (one round trip,
     atomic without a transaction block). ``before`` locks the row and reads its state
     before the write, for the event."""
@@ -38,7 +39,7 @@ def _apply_sql(condition: str) -> str:
             SELECT state AS prev_state FROM portals WHERE id = $1 FOR UPDATE),
         applied AS (
             UPDATE portals SET
-                refresh_ct = $2, access_ct = $3, access_expires_at = $4,
+                refresh_ct = $2, access_ct = $3, access_expires_at = $4, access_fp = $7,
                 refresh_after = $5, version = version + 1, state = 'active',
                 failure_count = 0, last_error = NULL, next_attempt_at = NULL,
                 lease_owner = NULL, lease_until = NULL,
@@ -79,6 +80,7 @@ async def _apply(
         grant.expires_at,
         grant.refresh_after,
         journal_id,
+        grant.access_fp,
         *fence,
     )
     return None if row is None else portal_of(row)

@@ -79,8 +79,9 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows):
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
                 f"""INSERT INTO portals (app, hub_id, user_id, hub_domain, installed_by, scopes,
-                                         refresh_ct, access_ct, access_expires_at, refresh_after)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                         refresh_ct, access_ct, access_expires_at, refresh_after,
+                                         access_fp)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                     ON CONFLICT (app, hub_id, COALESCE(user_id, 0)) DO UPDATE SET
                         hub_domain = EXCLUDED.hub_domain, installed_by = EXCLUDED.installed_by,
                         scopes = EXCLUDED.scopes,
@@ -91,6 +92,7 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows):
                         refresh_ct = EXCLUDED.refresh_ct, access_ct = EXCLUDED.access_ct,
                         access_expires_at = EXCLUDED.access_expires_at,
                         refresh_after = EXCLUDED.refresh_after,
+                        access_fp = EXCLUDED.access_fp,
                         version = portals.version + 1,
                         lease_owner = NULL, lease_until = NULL,
                         failure_count = 0, last_error = NULL, next_attempt_at = NULL,
@@ -105,6 +107,7 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows):
                 grant.access_ct,
                 grant.expires_at,
                 grant.refresh_after,
+                grant.access_fp,
             )
             assert row is not None  # INSERT .. ON CONFLICT DO UPDATE always returns the row
             await insert_event(conn, "portal.installed", key, {"scopes": list(scopes)})

@@ -38,8 +38,13 @@ class PostgresRetention:
             try:
                 yield True
             finally:
-                # asyncpg's reset on release would unlock too; say it explicitly.
-                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+                # The pool does not reset a released connection (pool.py): unlock here, or
+                # close the connection (which releases the lock) when that fails.
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+                except BaseException:
+                    conn.terminate()
+                    raise
 
     async def delete_audit_events(self, *, older_than_days: int, limit: int) -> int:
         async with self._db.transaction() as conn:

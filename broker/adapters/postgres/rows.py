@@ -12,7 +12,7 @@ from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState
 PORTAL_COLUMNS = """
     id, app, hub_id, user_id, hub_domain, scopes, state, refresh_ct, access_ct,
     access_expires_at, version, lease_epoch, failure_count, last_error, next_attempt_at,
-    lease_until, installed_by, installed_at, updated_at, refreshed_at, revoked_at,
+    lease_until, installed_by, installed_at, updated_at, refreshed_at, revoked_at, access_fp,
     clock_timestamp() AS db_now
 """
 # Matches the unique index portals_identity.
@@ -58,6 +58,7 @@ def portal_of(row: asyncpg.Record) -> PortalRecord:
         updated_at=row["updated_at"],
         refreshed_at=row["refreshed_at"],
         revoked_at=row["revoked_at"],
+        access_fp=row["access_fp"],
         db_now=row["db_now"],
     )
 

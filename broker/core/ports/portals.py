@@ -23,6 +23,8 @@ class EncryptedGrant:
     expires_at: datetime
     #: When the proactive refresher should renew it (about 2/3 of the lifetime, jittered).
     refresh_after: datetime
+    #: The access token's audit fingerprint (``Keyring.fingerprint``); None: not made.
+    access_fp: str | None = None
 
 
 class PortalRepository(Protocol):
