@@ -11,14 +11,13 @@ import time
 from broker.app import open_admin
 from broker.config import Settings
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, deployed, metric_value
-from tests.test_walking_skeleton import rows
+from tests.helpers import Deployment, deployed, metric_value, sql
 
 HUB, OTHER = 8_200_001, 8_200_002
 
 
 def _stored(settings: Settings, hub: int) -> str | None:
-    [row] = rows(settings, f"SELECT access_fp FROM portals WHERE hub_id = {hub}")
+    [row] = sql(settings, f"SELECT access_fp FROM portals WHERE hub_id = {hub}")
     fingerprint: str | None = row["access_fp"]
     return fingerprint
 
@@ -74,7 +73,7 @@ def test_a_row_without_a_fingerprint_gets_one_made_on_the_fill(
     with deployed(settings, sim, sim_url, hub_id=HUB) as d:
         sim.add_portal(OTHER)
         assert d.install(OTHER).status_code == 200
-        rows(settings, f"UPDATE portals SET access_fp = NULL WHERE hub_id = {HUB}")  # older row
+        sql(settings, f"UPDATE portals SET access_fp = NULL WHERE hub_id = {HUB}")  # older row
         hmacs = _hmacs(d)
         served = d.token(HUB, min_ttl=0)
         assert served.status_code == 200, served.text
@@ -84,8 +83,8 @@ def test_a_row_without_a_fingerprint_gets_one_made_on_the_fill(
 
         # A statement that changes the token without its fingerprint clears the old one.
         kept = _stored(settings, OTHER)
-        rows(settings, f"UPDATE portals SET access_fp = 'x' WHERE hub_id = {HUB}")
-        rows(
+        sql(settings, f"UPDATE portals SET access_fp = 'x' WHERE hub_id = {HUB}")
+        sql(
             settings,
             "UPDATE portals SET access_ct = (SELECT access_ct FROM portals WHERE hub_id = "
             f"{OTHER}) WHERE hub_id = {HUB}",
