@@ -93,13 +93,11 @@ class RefreshEngine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """``checkpoint`` is awaited with the name of each protocol step as it is passed
-        (``after_claim``, ``after_hubspot``, ``after_journal``): fault tests kill or pause
-        the process there (:mod:`broker.dev.faults`), the state-machine test interleaves
-        replicas there. ``clock`` and ``sleep`` time the protocol's own waits (the self-fence,
-        the grace re-checks, the journal retries). Production passes none of them.
-        ``keyring``: stores each new token's audit fingerprint with it (none: cache fills
-        make it)."""
+        """``keyring`` fingerprints each new token (none: cache fills do). ``checkpoint`` is
+        awaited at each protocol step (``after_claim``, ``after_hubspot``, ``after_journal``):
+        fault tests kill or pause the process there (:mod:`broker.dev.faults`), the
+        state-machine test interleaves replicas there. ``clock`` and ``sleep`` time the
+        protocol's own waits. Production passes none but the keyring."""
         self._settings = settings
         self._checkpoint = checkpoint or no_checkpoint
         self._clock = clock

@@ -1,28 +1,14 @@
-"""The composition root: the only module that sees ``web``, ``core`` and ``adapters``.
-
-``open_services(settings)`` builds the asyncpg pool, the Redis coordinator, the Vault adapter
-and the HubSpot client, wires the use cases, and tears everything down in reverse order;
-``internal_app``/``public_app`` are the ASGI apps :mod:`broker.server` serves on its two
-listeners, and ``create_app(settings)`` is every route on one app whose lifespan opens the
-services (one listener: tests and simple setups). Nothing connects at import time.
-"""
+"""Building the services: every adapter, wired into the use cases, torn down in reverse order
+(``open_services`` for a serving replica, ``open_admin`` for the CLI and one-off tasks)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import TypedDict
 from urllib.parse import unquote, urlsplit
-
-import structlog
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.types import Lifespan
 
 from broker import metrics
 from broker.adapters.hubspot import HubSpotOAuth
@@ -30,7 +16,7 @@ from broker.adapters.jwks import IssuerConfig, JwksVerifier
 from broker.adapters.oidc import OidcClient
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.callers import PostgresCallers
-from broker.adapters.postgres.migrate import migrate, pending
+from broker.adapters.postgres.migrate import pending
 from broker.adapters.postgres.outbox import PostgresEventLog, PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.postgres.portal_search import PostgresPortalSearch, PostgresPortalTimeline
@@ -58,24 +44,14 @@ from broker.core.operations import PortalOperations, RevocationRetrier
 from broker.core.refresh import RefreshEngine
 from broker.core.refresh_policy import Checkpoint
 from broker.core.refresher import ProactiveRefresher
-from broker.core.retention import RetentionPolicy, RetentionSweeper, SweepReport
+from broker.core.retention import RetentionPolicy, RetentionSweeper
 from broker.core.signing import Keyring
 from broker.core.sso import SsoLogin
 from broker.core.tokens import TokenService
 from broker.core.webhook_events import WebhookEvents
 from broker.core.webhooks import WebhookDispatcher
-from broker.errors import BrokerError, FatalError
-from broker.web import admin, admin_page, health, manage, oauth
-from broker.web.api import TokenRoute
-from broker.web.middleware import RequestIdMiddleware
-from broker.web.problems import HANDLERS
+from broker.errors import FatalError
 from broker.web.services import Services
-
-log = structlog.get_logger(__name__)
-
-
-class State(TypedDict):
-    services: Services
 
 
 def replica_id() -> str:
@@ -210,7 +186,7 @@ async def open_services(
             serves_cached=tokens.serves_cached,
             hubspot_down=lambda: engine.hubspot_paused_for() > 0,
         )
-        sweeper = _retention_sweeper(settings, db)
+        sweeper = retention_sweeper(settings, db)
         if serving:
             health.start()
             stack.push_async_callback(health.close)
@@ -262,10 +238,10 @@ async def open_services(
                 stack.push_async_callback(webhooks.close)  # LIFO: closed before the sender
         sso = None
         if settings.oidc_enabled:
-            identity_provider = _identity_provider(settings)
-            stack.push_async_callback(identity_provider.close)
+            provider = identity_provider(settings)
+            stack.push_async_callback(provider.close)
             sso = SsoLogin(
-                provider=identity_provider,
+                provider=provider,
                 keyring=keyring,
                 coordinator=coordinator,
                 audit=audit,
@@ -323,7 +299,7 @@ def open_admin(settings: Settings) -> AbstractAsyncContextManager[Services]:
     return open_services(settings, serving=False)
 
 
-def _retention_sweeper(settings: Settings, db: Database) -> RetentionSweeper:
+def retention_sweeper(settings: Settings, db: Database) -> RetentionSweeper:
     return RetentionSweeper(
         RetentionPolicy.from_settings(settings),
         store=PostgresRetention(db),
@@ -331,74 +307,7 @@ def _retention_sweeper(settings: Settings, db: Database) -> RetentionSweeper:
     )
 
 
-async def sweep_retention(settings: Settings) -> SweepReport:
-    """One retention sweep now (``broker retention sweep``); needs only PostgreSQL."""
-    db = await Database.connect(
-        settings.database_url.get(), min_size=1, max_size=2, timeout=settings.db_timeout
-    )
-    try:
-        async with db.connection() as conn:
-            missing = await pending(conn)
-        if missing:
-            raise FatalError(
-                f"{len(missing)} database migration(s) pending: run `broker migrate` first",
-                code="migrations_pending",
-            )
-        return await _retention_sweeper(settings, db).sweep()
-    finally:
-        await db.close()
-
-
-async def run_migrations(settings: Settings) -> list[str]:
-    """Apply pending migrations; returns their names."""
-    db = await Database.connect(
-        settings.database_url.get(), min_size=1, max_size=1, timeout=settings.db_timeout
-    )
-    try:
-        async with db.connection() as conn:
-            return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
-    finally:
-        await db.close()
-
-
-async def probe_backends(settings: Settings) -> dict[str, str]:
-    """Reach every backend once (``broker check-config``): name -> "ok" or a problem code."""
-    report: dict[str, str] = {}
-    try:
-        db = await Database.connect(
-            settings.database_url.get(), min_size=1, max_size=1, timeout=settings.db_timeout
-        )
-        try:
-            async with db.connection() as conn:
-                missing = await pending(conn)
-            report["postgres"] = f"{len(missing)} migration(s) pending" if missing else "ok"
-        finally:
-            await db.close()
-    except BrokerError as exc:
-        report["postgres"] = exc.code
-    coordinator = RedisCoordinator(settings)
-    try:
-        await coordinator.ping()
-        report["redis"] = "ok"
-    except BrokerError as exc:
-        report["redis"] = exc.code
-    finally:
-        await coordinator.close()
-    vault = VaultAdapter(settings)
-    try:
-        await vault.login()
-        await vault.ping()
-        report["vault"] = "ok"
-    except BrokerError as exc:
-        report["vault"] = exc.code
-    finally:
-        await vault.close()
-    if settings.oidc_enabled:
-        report["oidc"] = await _probe_identity_provider(settings)
-    return report
-
-
-def _identity_provider(settings: Settings) -> OidcClient:
+def identity_provider(settings: Settings) -> OidcClient:
     return OidcClient(
         issuer=settings.oidc_issuer,
         client_id=settings.oidc_client_id,
@@ -407,72 +316,3 @@ def _identity_provider(settings: Settings) -> OidcClient:
         groups_claim=settings.oidc_groups_claim,
         ca_bundle=settings.ca_bundle,
     )
-
-
-async def _probe_identity_provider(settings: Settings) -> str:
-    """The OIDC issuer's discovery document, fetched and checked: "ok" or a problem code."""
-    provider = _identity_provider(settings)
-    try:
-        await provider.check()
-        return "ok"
-    except BrokerError as exc:
-        return exc.code
-    finally:
-        await provider.close()
-
-
-async def warm_up(services: Services) -> None:
-    """Pre-warm the token cache (bounded by ``prewarm_seconds``), then turn ready, whatever
-    happened: serving cold beats not serving (requests load what they need)."""
-    settings = services.settings
-    started = time.monotonic()
-    try:
-        if settings.prewarm_portals > 0:
-            warmed = await asyncio.wait_for(
-                services.tokens.prewarm(settings.prewarm_portals), settings.prewarm_seconds
-            )
-            log.info("prewarm.done", portals=warmed, seconds=round(time.monotonic() - started, 3))
-    except TimeoutError:
-        log.warning("prewarm.incomplete", error="timeout", seconds=settings.prewarm_seconds)
-    except BrokerError as exc:
-        log.warning("prewarm.incomplete", error=exc.code)
-    except Exception as exc:  # e.g. a statement timeout: never a reason to stay unready
-        log.warning("prewarm.incomplete", error=type(exc).__name__)
-    finally:
-        services.health.serving()
-
-
-def internal_app(*, with_oauth: bool, lifespan: Lifespan[Starlette] | None = None) -> TokenRoute:
-    """``/v1/*``, ``/admin``, ``/metrics`` and the probes (and the install flow too unless a
-    public listener serves it): the token route (raw ASGI, see :mod:`broker.web.api`) in
-    front of the Starlette app."""
-    routes = [*admin.routes, *manage.routes, *admin_page.routes, *health.routes]
-    return TokenRoute(
-        Starlette(
-            routes=[*routes, *oauth.routes] if with_oauth else routes,
-            middleware=[Middleware(RequestIdMiddleware)],
-            exception_handlers=HANDLERS,
-            lifespan=lifespan,
-        )
-    )
-
-
-def public_app() -> Starlette:
-    """Only the install flow (``/oauth/*``): what an ingress exposes to browsers."""
-    return Starlette(
-        routes=oauth.routes,
-        middleware=[Middleware(RequestIdMiddleware)],
-        exception_handlers=HANDLERS,
-    )
-
-
-def create_app(settings: Settings) -> TokenRoute:
-    """Every route on one app whose lifespan builds the services (tests, one listener)."""
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[State]:
-        async with open_services(settings) as services:
-            await warm_up(services)
-            yield {"services": services}
-
-    return internal_app(with_oauth=True, lifespan=lifespan)
