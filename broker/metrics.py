@@ -148,13 +148,43 @@ REMAINING_TTLS = LoopHistogram(
 )
 REMAINING_TTL = REMAINING_TTLS.labels()
 
+
+class Outcome(StrEnum):
+    """``broker_refreshes_total``'s outcome label."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    FENCED = "fenced"  # the write was fenced out (the lease moved on)
+    ADOPTED = "adopted"  # a journaled answer applied by the next holder
+    HEALED = "healed"  # a late answer applied
+    LOST = "lost"  # an answer that never reached the journal
+    SKIPPED = "skipped"  # the circuit breaker was open
+
+
+class Failure(StrEnum):
+    """``broker_refreshes_total``'s failure classes of the broker's own making (HubSpot's
+    come from :attr:`~broker.errors.HubSpotError.failure_class`, a bounded set too)."""
+
+    NONE = "none"
+    INTERNAL = "internal"
+    LOCK_CONTENTION = "lock_contention"
+    GRANT_DEAD = "grant_dead"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+
+
 REFRESHES = Counter(
     "broker_refreshes_total",
     "Upstream refresh attempts by outcome and failure class.",
-    # outcome: success | failed | fenced | adopted | healed (a late answer applied) |
-    # lost (an answer that never reached the journal) | skipped (circuit breaker open)
+    # outcome: Outcome; failure_class: Failure, HubSpotError.failure_class or an error code
     ["outcome", "failure_class"],
 )
+
+
+def refreshed(outcome: Outcome, failure: str = Failure.NONE) -> None:
+    """Count one refresh attempt's ``outcome`` (``failure``: its class, when it failed)."""
+    REFRESHES.labels(outcome, failure).inc()
+
+
 REFRESH_SECONDS = Histogram(
     "broker_refresh_seconds", "Duration of one refresh, lease to commit.", buckets=_LATENCY_BUCKETS
 )

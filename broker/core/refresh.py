@@ -69,6 +69,7 @@ from broker.errors import (
     UpstreamError,
     VaultError,
 )
+from broker.metrics import Failure, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -261,7 +262,7 @@ class RefreshEngine:
                     return adopted
                 raise LockUnavailable(f"the journaled answer of portal {key} moved on")
             if recorded.lease_lost:
-                metrics.REFRESHES.labels("failed", "lock_contention").inc()
+                metrics.refreshed(Outcome.FAILED, Failure.LOCK_CONTENTION)
                 log.warning("refresh.lease_lost", portal=str(key))
                 raise LockUnavailable("the lease ran out before HubSpot was called")
             if recorded.id is None:
@@ -275,7 +276,7 @@ class RefreshEngine:
                 # must fit (the intent is written: HubSpot, Vault encrypt, 2 x DB are left).
                 left = lease_deadline - self._clock()
                 if left < self._settings.refresh_budget_seconds:
-                    metrics.REFRESHES.labels("failed", "lock_contention").inc()
+                    metrics.refreshed(Outcome.FAILED, Failure.LOCK_CONTENTION)
                     log.warning("refresh.lease_too_short", portal=str(key), left=round(left, 1))
                     raise LockUnavailable("lease too short to call HubSpot safely")
                 if interactive:
@@ -336,8 +337,7 @@ class RefreshEngine:
         insert is not fenced, and a late row is adopted by the next holder or heals a portal
         marked needs_reauth meanwhile (DESIGN.md's residual risk "(b)" shrinks to outages
         longer than that, or a crash)."""
-        # issued_at is the database clock when the HubSpot call started, so this expiry is
-        # never later than HubSpot's own.
+        # issued_at: the database clock when the call started (never later than HubSpot's).
         expires_at, refresh_after = schedule(issued_at, grant.expires_in)
         give_up = lease_deadline + JOURNAL_GRACE_LEASES * lease.seconds
         attempt = 0
@@ -353,21 +353,21 @@ class RefreshEngine:
             except (VaultError, DatabaseError):
                 pause = min(2.0, 0.2 * attempt)
                 if self._clock() + pause >= give_up:
-                    metrics.REFRESHES.labels("lost", "internal").inc()
+                    metrics.refreshed(Outcome.LOST, Failure.INTERNAL)
                     log.error("refresh.response_lost", portal=str(key), attempts=attempt)
                     raise
                 await self._sleep(pause)
         committed = await self._leases.commit_refresh(lease, encrypted, journal_id)
         if committed is None:
             metrics.FENCED_WRITES.inc()
-            metrics.REFRESHES.labels("fenced", "none").inc()
+            metrics.refreshed(Outcome.FENCED)
             log.warning("refresh.fenced_out", portal=str(key), epoch=lease.epoch)
             # We stalled past our lease. If nobody stored a newer token since (another holder
             # failed, met invalid_grant because our call had rotated the token, or waits on
             # our unanswered call), our response is the live grant: apply it now.
             late = await self._leases.apply_late(lease, encrypted, journal_id)
             if late is not None:
-                metrics.REFRESHES.labels("healed", "none").inc()
+                metrics.refreshed(Outcome.HEALED)
                 log.warning("refresh.healed", portal=str(key), by="holder")
                 await self._coordinator.publish_refreshed(lease.portal_id, late.version)
                 return Fresh(late, grant.access_token)
@@ -381,7 +381,7 @@ class RefreshEngine:
                 access_fp=encrypted.access_fp,
             )
             return Fresh(ours, grant.access_token)
-        metrics.REFRESHES.labels("success", "none").inc()
+        metrics.refreshed(Outcome.SUCCESS)
         self._audit.record(
             "portal.refreshed",
             actor=self._replica,

@@ -31,6 +31,7 @@ from broker.errors import (
     RefreshOutcomeUnknown,
     Undecryptable,
 )
+from broker.metrics import Failure, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +81,7 @@ class Outcomes:
         lease journaled it after another met ``invalid_grant``): apply it. Returns how many."""
         healed = await self._leases.heal_from_journal(limit)
         for record in healed:
-            metrics.REFRESHES.labels("healed", "none").inc()
+            metrics.refreshed(Outcome.HEALED)
             log.warning("refresh.healed", portal=str(record.key), by="sweep")
             self._audit.record(
                 "portal.healed", actor=self._replica, key=record.key, version=record.version
@@ -93,7 +94,7 @@ class Outcomes:
         missing, a ciphertext that does not decrypt): counted, and backed off like any
         failure, so a portal failing for good is not claimed on every pass ahead of healthy
         ones; its state is left alone (DESIGN.md: internal never marks a portal)."""
-        metrics.REFRESHES.labels("failed", "internal").inc()
+        metrics.refreshed(Outcome.FAILED, Failure.INTERNAL)
         log.warning("refresh.internal_failure", portal=str(key), code=exc.code)
         if isinstance(exc, Undecryptable):
             with contextlib.suppress(BrokerError):
@@ -107,7 +108,7 @@ class Outcomes:
             )
 
     async def failed(self, key: PortalKey, lease: Lease, exc: HubSpotError) -> None:
-        metrics.REFRESHES.labels("failed", exc.failure_class).inc()
+        metrics.refreshed(Outcome.FAILED, exc.failure_class)
         retry_in = backoff_seconds(lease.failures, exc.upstream_retry_after)
         if exc.failure_class == "app_misconfigured":
             # Never the portal's fault: flag and pause the app, leave every portal alone.
@@ -138,7 +139,7 @@ class Outcomes:
         )
         if not written:
             return self.fenced_out(await self.reread(key))
-        metrics.REFRESHES.labels("failed", RefreshOutcomeUnknown.code).inc()
+        metrics.refreshed(Outcome.FAILED, RefreshOutcomeUnknown.code)
         log.warning("refresh.outcome_unknown", portal=str(key), wait=round(wait))
         raise RefreshOutcomeUnknown(
             f"an earlier refresh of portal {key} is still unanswered; retrying",
@@ -162,7 +163,7 @@ class Outcomes:
         if committed is None:
             return None
         metrics.JOURNAL_ADOPTIONS.inc()
-        metrics.REFRESHES.labels("adopted", "none").inc()
+        metrics.refreshed(Outcome.ADOPTED)
         log.info("refresh.adopted_journal", portal_id=lease.portal_id, journal_id=journal_id)
         await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
         return Fresh(committed)
@@ -193,7 +194,7 @@ class Outcomes:
         )
         if not written:
             return self.fenced_out(await self.reread(key))
-        metrics.REFRESHES.labels("failed", "grant_dead").inc()
+        metrics.refreshed(Outcome.FAILED, Failure.GRANT_DEAD)
         log.warning("refresh.grant_dead", portal=str(key), hubspot_status=exc.hubspot_status)
         self._audit.record("portal.needs_reauth", actor=self._replica, key=key)
         # Every replica must stop serving its cached token of this portal now.

@@ -16,6 +16,7 @@ import structlog
 from broker import metrics
 from broker.core.models import PortalRecord, PortalState
 from broker.errors import HubSpotUnavailable, NeedsReauth, Quarantined, Revoked
+from broker.metrics import Failure, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +46,7 @@ class CircuitBreaker:
     def check(self) -> None:
         left = self._open_until - time.monotonic()
         if left > 0:
-            metrics.REFRESHES.labels("skipped", "upstream_unavailable").inc()
+            metrics.refreshed(Outcome.SKIPPED, Failure.UPSTREAM_UNAVAILABLE)
             raise HubSpotUnavailable("HubSpot keeps failing; pausing calls", retry_after=left)
 
     def failed(self) -> None:
