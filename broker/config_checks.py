@@ -80,6 +80,8 @@ def problems(settings: Settings) -> list[str]:
             f"{PREFIX}REFRESH_RATE_PER_APP: must be within {PREFIX}REFRESH_RATE_MIN (> 0) "
             f"and {PREFIX}REFRESH_RATE_MAX"
         )
+    if min(settings.refresher_batch, settings.refresher_concurrency) < 1:
+        problems.append(f"{PREFIX}REFRESHER_BATCH and _CONCURRENCY: must be >= 1")
     if settings.refresh_rate_step <= 0:
         problems.append(f"{PREFIX}REFRESH_RATE_STEP: must be > 0")
     if settings.marketplace_exchange_rate <= 0:

@@ -338,7 +338,6 @@ class Background(StrEnum):
     INVALIDATION = "invalidation"
     CALLER_LAST_USED = "caller_last_used"
     AUDIT_FLUSH = "audit_flush"
-    VAULT_RENEWAL = "vault_renewal"
 
 
 BACKGROUND_FAILURES = Counter(

@@ -211,9 +211,11 @@ PAYLOADS: dict[str, dict[str, object]] = {
 
 
 def _emitted_types() -> set[str]:
-    source = (ROOT / "broker" / "adapters" / "postgres" / "portals.py").read_text()
+    adapters = sorted((ROOT / "broker" / "adapters" / "postgres").glob("*.py"))
+    source = "\n".join(path.read_text() for path in adapters)
     literal = set(re.findall(r'_event\(conn, "([a-z_.]+)"', source))
     literal |= set(re.findall(r"INSERT INTO events \([^)]*\) VALUES \('([a-z_.]+)'", source))
+    literal |= set(re.findall(r"INSERT INTO events \([^)]*\)\s+SELECT '([a-z_.]+)'", source))
     assert source.count('f"portal.{state.value}"') == 2  # the calls STATE_EVENTS describes
     return literal | {f"portal.{state.value}" for state in STATE_EVENTS}
 

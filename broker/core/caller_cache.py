@@ -161,4 +161,5 @@ class CallerCache:
         """Ids of the callers remembered here (for the poll that notices deletions)."""
         ids = {entry.caller.id for entry in self._keys.values()}
         ids.update(caller.id for caller, _ in self._jwts.values())
+        ids.update(caller.id for caller, _, _ in self._headers.values())
         return ids

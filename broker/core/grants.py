@@ -48,8 +48,12 @@ async def encrypt_grant(
 
 
 async def _fingerprint(keyring: Keyring, access_token: str) -> str | None:
+    """The fingerprint, or None (a cache fill makes it later): whatever goes wrong here must
+    never cost the encrypted grant, whose refresh token may exist nowhere else yet."""
     try:
         return await keyring.fingerprint(access_token)
     except VaultError as exc:
         log.warning("grant.fingerprint_deferred", code=exc.code)
-        return None
+    except Exception:
+        log.exception("grant.fingerprint_crashed")
+    return None

@@ -38,6 +38,8 @@ from broker.core.tasks import BackgroundLoop
 from broker.errors import BrokerError, Conflict, NotFound, UpstreamError
 
 log = structlog.get_logger(__name__)
+#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
+_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 _FORCE_REFRESH_SPACING = 10.0  # seconds between forced refreshes of one portal
 
@@ -106,7 +108,7 @@ class PortalOperations:
                 app, await self._secrets.client_secrets(key.app), refresh_token
             )
         except BrokerError as exc:  # HubSpot or a backend down, or an undecryptable token
-            retry_in = min(300.0, random.uniform(1.0, 2.0 ** min(attempts + 1, 9)))  # noqa: S311
+            retry_in = min(300.0, _JITTER.uniform(1.0, 2.0 ** min(attempts + 1, 9)))
             await self._revocations.revocation_failed(pending_id, exc.code, retry_in)
             metrics.UPSTREAM_REVOKES.labels("retry").inc()
             raise

@@ -15,6 +15,8 @@ from broker.errors import BrokerError
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
+#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
+_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | asyncio.Future[Any] | None) -> None:
@@ -22,8 +24,7 @@ async def cancel_and_wait(task: asyncio.Task[Any] | asyncio.Future[Any] | None) 
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await _ended(task)
 
 
 async def finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
@@ -96,8 +97,7 @@ class BackgroundLoop:
         """Start no further step, and wait for the one in flight to finish."""
         self.stop_soon()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _ended(self._task)
 
     async def close(self) -> None:
         """Stop at once (a step in flight is cancelled) and wait until the loop has ended."""
@@ -123,15 +123,36 @@ class BackgroundLoop:
         if not self._stopping.is_set():
             self._woken.clear()
 
+    async def _after_backlog(self) -> None:
+        """Wait for the backlog's cue (at once without one); a failing wait is counted like
+        a failing step, never the end of the loop."""
+        if self._backlog is None:
+            await asyncio.sleep(0)
+            return
+        try:
+            await self._backlog()
+        except Exception:
+            self._bugs.inc()
+            log.exception("background.backlog_crashed", loop=self.name)
+            await self.pause(self.next_delay())
+
     def next_delay(self) -> float:
         spread = self._interval * self._jitter
-        return self._interval + random.uniform(-spread, spread)  # noqa: S311 - jitter, not crypto
+        return self._interval + _JITTER.uniform(-spread, spread)
 
     async def _run(self) -> None:
         if self._wait_first:
             await self.pause(self.next_delay())
         while not self._stopping.is_set():
             if await self.run_once():
-                await (self._backlog() if self._backlog is not None else asyncio.sleep(0))
+                await self._after_backlog()
             else:
                 await self.pause(self.next_delay())
+
+
+async def _ended(task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:
+    """Wait until ``task`` has ended, whatever it ended with. Unlike awaiting it under
+    ``suppress(CancelledError)``, a cancellation of the waiter itself is not swallowed."""
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: what it ended with is not the waiter's to raise

@@ -65,6 +65,8 @@ from broker.core.tasks import BackgroundLoop
 from broker.errors import BrokerError, FatalError, WebhookUnreachable
 
 log = structlog.get_logger(__name__)
+#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
+_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 # Events fanned out per statement; more are taken on the next pass at once.
 _FAN_OUT_BATCH = 500
@@ -115,7 +117,7 @@ def classify(status: int) -> str:
 
 def full_jitter(ceiling: float) -> float:
     """Uniform in ``[0, ceiling]``: retries of many deliveries spread out instead of aligning."""
-    return random.uniform(0.0, ceiling)  # noqa: S311 -- spreading retries is not cryptography
+    return _JITTER.uniform(0.0, ceiling)
 
 
 class WebhookDispatcher:

@@ -16,6 +16,8 @@ from broker.core.tasks import cancel_and_wait
 from broker.errors import VaultError
 
 log = structlog.get_logger(__name__)
+#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
+_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 
 class VaultAuth(VaultBase):
@@ -75,7 +77,7 @@ class VaultAuth(VaultBase):
             ttl = float(info["data"].get("ttl") or 0)
             if ttl <= 0:
                 return  # a root or non-expiring token
-            await asyncio.sleep(max(0.5, ttl * random.uniform(0.6, 0.72)))  # noqa: S311
+            await asyncio.sleep(max(0.5, ttl * _JITTER.uniform(0.6, 0.72)))
             try:
                 await self._call("renew_self", self._client.auth.token.renew_self)
                 metrics.VAULT_RENEWALS.labels("renewed").inc()

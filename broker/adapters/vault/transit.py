@@ -139,6 +139,10 @@ class VaultTransit(VaultBase):
             metrics.BACKEND_ERRORS.labels("vault", "decrypt").inc()
             if refused is None:  # a 2xx that is not a decrypt's answer: never "tampered"
                 raise VaultError("Vault's decrypt answer had no results", code="vault_unavailable")
+            if refused.http_status != 400:
+                # 404, 405, ...: a wrong mount, path or key, not a bad ciphertext. Never
+                # split the batch over it or flag a portal for it.
+                raise refused
             raise _undecryptable() from refused
         out = _per_item(results, _plaintext, _undecryptable)
         if refused is not None or any(isinstance(r, Exception) for r in out):
