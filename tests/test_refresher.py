@@ -101,9 +101,12 @@ def test_retry_after_is_honoured(replicas: tuple[Settings, list[str]], sim: Simu
     while sim.counters().get("token.refresh_token", 0) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     first = time.monotonic()
+    assert sim.counters()["token.refresh_token"] >= 1
+    # Calls already sent when the first 429 came back (the other portal, claimed in the same
+    # pass or by the other replica) may still land: count from once they have.
+    time.sleep(0.5)
     calls = sim.counters()["token.refresh_token"]
-    assert calls >= 1
-    time.sleep(4)
+    time.sleep(3.5)
     # Within the 7 s window no replica calls HubSpot again for this app.
     assert sim.counters()["token.refresh_token"] == calls, time.monotonic() - first
     failing = sql(settings, "SELECT state, last_error FROM portals WHERE last_error IS NOT NULL")
