@@ -11,7 +11,6 @@ refresh token; if it cannot be reached, ``pending_revocations`` keeps the cipher
 from __future__ import annotations
 
 import contextlib
-import random
 import secrets
 from dataclasses import dataclass
 
@@ -34,12 +33,10 @@ from broker.core.ports import (
 )
 from broker.core.refresh import RefreshEngine
 from broker.core.refresh_policy import raise_for_state
-from broker.core.tasks import BackgroundLoop
+from broker.core.tasks import JITTER, BackgroundLoop
 from broker.errors import BrokerError, Conflict, NotFound, UpstreamError
 
 log = structlog.get_logger(__name__)
-#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
-_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 _FORCE_REFRESH_SPACING = 10.0  # seconds between forced refreshes of one portal
 
@@ -108,7 +105,7 @@ class PortalOperations:
                 app, await self._secrets.client_secrets(key.app), refresh_token
             )
         except BrokerError as exc:  # HubSpot or a backend down, or an undecryptable token
-            retry_in = min(300.0, _JITTER.uniform(1.0, 2.0 ** min(attempts + 1, 9)))
+            retry_in = min(300.0, JITTER.uniform(1.0, 2.0 ** min(attempts + 1, 9)))
             await self._revocations.revocation_failed(pending_id, exc.code, retry_in)
             metrics.UPSTREAM_REVOKES.labels("retry").inc()
             raise

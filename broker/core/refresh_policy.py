@@ -5,7 +5,6 @@ states answer a caller at once."""
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,12 +14,11 @@ import structlog
 
 from broker import metrics
 from broker.core.models import PortalRecord, PortalState
+from broker.core.tasks import JITTER
 from broker.errors import HubSpotUnavailable, NeedsReauth, Quarantined, Revoked
 from broker.metrics import Failure, Outcome
 
 log = structlog.get_logger(__name__)
-#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
-_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0  # a recovered HubSpot is retried within a minute
@@ -79,7 +77,7 @@ def schedule(issued_at: datetime, expires_in: int) -> tuple[datetime, datetime]:
 
     The refresh point is jittered between 60 and 72% of the lifetime so that portals
     installed or refreshed together drift apart instead of refreshing in lockstep."""
-    share = _JITTER.uniform(0.60, 0.72)
+    share = JITTER.uniform(0.60, 0.72)
     return (
         issued_at + timedelta(seconds=expires_in),
         issued_at + timedelta(seconds=expires_in * share),
@@ -101,7 +99,7 @@ def backoff_seconds(failures: int, retry_after: float | None) -> float:
     believed up to :data:`RETRY_AFTER_CAP` (a huge or bogus value must not park a portal for
     good)."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures, 16))
-    delay = _JITTER.uniform(BACKOFF_BASE / 2, ceiling)
+    delay = JITTER.uniform(BACKOFF_BASE / 2, ceiling)
     return max(delay, min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 

@@ -15,8 +15,9 @@ from broker.errors import BrokerError
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
-#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
-_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
+#: Jitter for every background wait and retry, from a generator of our own: never the
+#: process-wide one (tests and libraries seed and watch it).
+JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | asyncio.Future[Any] | None) -> None:
@@ -138,7 +139,7 @@ class BackgroundLoop:
 
     def next_delay(self) -> float:
         spread = self._interval * self._jitter
-        return self._interval + _JITTER.uniform(-spread, spread)
+        return self._interval + JITTER.uniform(-spread, spread)
 
     async def _run(self) -> None:
         if self._wait_first:

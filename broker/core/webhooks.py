@@ -49,7 +49,6 @@ import base64
 import hashlib
 import hmac
 import json
-import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,12 +60,10 @@ import structlog
 from broker import metrics
 from broker.config import Secret
 from broker.core.ports import Outbox, OutboxEvent, OutboxStats, WebhookSender
-from broker.core.tasks import BackgroundLoop
+from broker.core.tasks import JITTER, BackgroundLoop
 from broker.errors import BrokerError, FatalError, WebhookUnreachable
 
 log = structlog.get_logger(__name__)
-#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
-_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 # Events fanned out per statement; more are taken on the next pass at once.
 _FAN_OUT_BATCH = 500
@@ -117,7 +114,7 @@ def classify(status: int) -> str:
 
 def full_jitter(ceiling: float) -> float:
     """Uniform in ``[0, ceiling]``: retries of many deliveries spread out instead of aligning."""
-    return _JITTER.uniform(0.0, ceiling)
+    return JITTER.uniform(0.0, ceiling)
 
 
 class WebhookDispatcher:

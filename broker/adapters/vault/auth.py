@@ -4,7 +4,6 @@ they stay on hvac (:meth:`VaultBase._call`)."""
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 
 import hvac.exceptions
@@ -12,12 +11,10 @@ import structlog
 
 from broker import metrics
 from broker.adapters.vault.base import VaultBase
-from broker.core.tasks import cancel_and_wait
+from broker.core.tasks import JITTER, cancel_and_wait
 from broker.errors import VaultError
 
 log = structlog.get_logger(__name__)
-#: Jitter from a generator of our own: never the process-wide one (tests, libraries).
-_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 
 class VaultAuth(VaultBase):
@@ -77,7 +74,7 @@ class VaultAuth(VaultBase):
             ttl = float(info["data"].get("ttl") or 0)
             if ttl <= 0:
                 return  # a root or non-expiring token
-            await asyncio.sleep(max(0.5, ttl * _JITTER.uniform(0.6, 0.72)))
+            await asyncio.sleep(max(0.5, ttl * JITTER.uniform(0.6, 0.72)))
             try:
                 await self._call("renew_self", self._client.auth.token.renew_self)
                 metrics.VAULT_RENEWALS.labels("renewed").inc()
