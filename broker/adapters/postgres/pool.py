@@ -135,11 +135,17 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        """A connection for session state (an advisory lock): reset when it goes back."""
+        """A connection for session state (an advisory lock): reset when it goes back (its
+        session locks released), or closed when the reset fails, so no session state ever
+        returns to the pool."""
         with _guarded(self._pool):
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 try:
                     yield conn
                 finally:
                     if not conn.is_closed():  # a broken one is dropped on release anyway
-                        await conn.reset(timeout=self._timeout)
+                        try:
+                            await conn.reset(timeout=self._timeout)
+                        except BaseException:
+                            conn.terminate()
+                            raise

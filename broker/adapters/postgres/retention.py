@@ -30,21 +30,10 @@ class PostgresRetention:
     @asynccontextmanager
     async def exclusively(self) -> AsyncIterator[bool]:
         # A session-level lock on a connection of its own, so the deletes can commit batch
-        # by batch while it is held. If the connection drops, PostgreSQL releases it.
+        # by batch while it is held. Database.connection() releases it on the way out (the
+        # session's reset, or closing the connection), as PostgreSQL does if it drops.
         async with self._db.connection() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_ID):
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                # The pool does not reset a released connection (pool.py): unlock here, or
-                # close the connection (which releases the lock) when that fails.
-                try:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
-                except BaseException:
-                    conn.terminate()
-                    raise
+            yield bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_ID))
 
     async def delete_audit_events(self, *, older_than_days: int, limit: int) -> int:
         async with self._db.transaction() as conn:
