@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -252,6 +253,7 @@ class Cluster:
         self.redis_proxy.close()
         if self.db_proxy is not None:
             self.db_proxy.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)  # the replicas' logs, read by now
 
 
 def open_cluster(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import tempfile
 import threading
@@ -72,6 +73,7 @@ class Harness:
         self.workdir = Path(tempfile.mkdtemp(prefix="htb-k8s-"))
         self.replicas: list[Replica] = []
         self._cleanup = ExitStack()  # what started so far is stopped, even if __init__ fails
+        self._cleanup.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         try:
             self._start(sim, sim_url, size)
         except BaseException:
