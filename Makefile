@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test fuzz chaos lint fmt typecheck clean bench
+.PHONY: help install run test test-slow fuzz chaos lint fmt typecheck clean bench
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,7 +25,10 @@ run: $(STAMP) ## Start embedded Postgres/Valkey/OpenBao, the HubSpot simulator a
 	$(BIN)/broker dev
 
 test: $(STAMP) ## Run the test suite on real backends (embedded unless BROKER_TEST_* URLs are set)
-	$(BIN)/python -m pytest -n $${TEST_WORKERS:-2} --dist worksteal
+	$(BIN)/python -m pytest -n $${TEST_WORKERS:-2} --dist worksteal -m "not slow"
+
+test-slow: $(STAMP) ## The minutes-long tests: chaos and the k8s harness at reduced size, bench smoke, image build
+	$(BIN)/python -m pytest -n $${TEST_WORKERS:-2} --dist worksteal -m slow
 
 fuzz: $(STAMP) ## Schemathesis with fresh random cases (FUZZ_EXAMPLES per operation, default 500); counts last
 	@set -o pipefail; BROKER_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest \

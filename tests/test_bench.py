@@ -14,6 +14,8 @@ from bench.report import RATIOS, SMOKE
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
 
+pytestmark = pytest.mark.slow  # `make test-slow`
+
 
 def _result(report: str, section: str, measurement: str) -> str:
     for line in report.splitlines():

@@ -8,6 +8,8 @@ from broker.dev.simulator import Simulator
 from tests.chaos import k8s
 from tests.chaos.scenarios import SCENARIOS, SMALL
 
+pytestmark = pytest.mark.slow  # `make test-slow`
+
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_scenario(name: str, env: dict[str, str], sim: Simulator, sim_url: str) -> None:

@@ -349,6 +349,7 @@ def _requirement_names(requirements: list[str]) -> set[str]:
     return names
 
 
+@pytest.mark.slow  # `make test-slow`
 @pytest.mark.timeout(300)
 def test_image_build_steps(
     dockerfile: tuple[dict[str, str], dict[str, Stage]], tmp_path: Path
