@@ -119,7 +119,9 @@ class RedisCoordinator:
 
     async def _bounded(self, operation: str, coro: Any) -> Any:
         try:
-            return await asyncio.wait_for(coro, timeout=self._timeout)
+            # A deadline on this task, not wait_for's task per call (a refresh makes several).
+            async with asyncio.timeout(self._timeout):
+                return await coro
         except _UNAVAILABLE:
             metrics.BACKEND_ERRORS.labels("redis", operation).inc()
             raise

@@ -390,7 +390,7 @@ class RefreshEngine:
         )
         if notify:
             await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
-        log.info("refresh.committed", portal=str(key), version=committed.version)
+        log.debug("refresh.committed", portal=str(key), version=committed.version)
         return Fresh(committed, grant.access_token)
 
     def _answer_window(self, lease: Lease) -> float:
