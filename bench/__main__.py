@@ -42,6 +42,7 @@ def run_bench(
     use_wrk: bool = True,
     bao_pid: int | None = None,
     only: tuple[str, ...] | None = None,
+    baseline_tree: Path | None = None,
 ) -> str:
     """Run every section against these backends; returns the report (also written)."""
     started = time.monotonic()
@@ -49,6 +50,7 @@ def run_bench(
     use_wrk = use_wrk and wrk_path() is not None
     target_cpus, load_cpus = cpu_plan()
     bench = Bench(urls, sim, sim_url, size, workdir, use_wrk, target_cpus, load_cpus, bao_pid)
+    bench.baseline_tree = baseline_tree
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     bench.notes.append(f"load average (1, 5, 15 min) at the start: {load}")
     if target_cpus is not None:
@@ -85,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steady-token-limit", type=float, help="steady state: token endpoint calls/s per app"
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="refresh: a checkout of the code to compare with, drained beside this one",
+    )
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     if args.scale:
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             use_wrk=not args.no_wrk,
             bao_pid=stack.pids()["openbao"],
             only=tuple(args.only.split(",")) if args.only else tuple(SECTIONS),
+            baseline_tree=args.baseline_tree.resolve() if args.baseline_tree else None,
         )
     print()
     print(report, end="")

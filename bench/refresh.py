@@ -7,6 +7,10 @@ every portal's ``refresh_after`` to now, as the scale section does): first with 
 refresher's former fixed sizing (8 slots, claims of 32) as the baseline, then with the
 defaults, then once more under ``py-spy`` for the breakdown (sampling slows the process a
 little, so that drain is not the one measured). No callers: the CPU is the refresher's.
+
+With ``--baseline-tree DIR`` (a checkout of the code to compare with) the baseline is that
+code with its defaults instead: its drains and ours alternate, twice each, so both see the
+same machine load, and both are profiled.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import redis
+
 from bench.procs import Server, cpu_seconds, serving
 from bench.report import Bench, count
 from bench.scenarios import _row
@@ -29,6 +35,9 @@ REFRESH_FIRST = 3_000_000
 LATENCY_MS = 50
 #: The refresher's sizing before issue 15 (fixed slots and claims): the baseline drain.
 FORMER = {"BROKER_REFRESHER_CONCURRENCY": "8", "BROKER_REFRESHER_BATCH": "32"}
+#: Commands Valkey counts only inside our Lua scripts (not round trips of their own).
+IN_SCRIPTS = frozenset({"time", "hmget", "pttl", "hset", "pexpire", "get", "del"})
+READS = "(reads)"
 #: (stage, module path fragments); a sample goes to the first stage any of its frames
 #: matches, so e.g. JSON decoding inside httpx counts as JSON.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -37,7 +46,9 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("audit", ("broker/core/audit", "postgres/audit")),
     ("JSON", ("json/",)),
     ("Vault/Transit client", ("hvac/", "requests/", "urllib3/", "adapters/vault")),
-    ("HubSpot httpx client", ("httpx/", "httpcore/", "h11/", "anyio/", "adapters/hubspot")),
+    ("HubSpot HTTP client", ("httpx/", "httpcore/", "h11/", "anyio/", "adapters/hubspot")),
+    # The lean HTTP/1.1 client's own callbacks (parsing answers), for HubSpot and Vault.
+    ("HTTP/1.1 client callbacks", ("adapters/http1", "httptools")),
     ("asyncpg", ("asyncpg/", "adapters/postgres")),
     ("Redis", ("redis/", "adapters/redis")),
     ("refresh protocol (broker/core)", ("broker/core/",)),
@@ -55,20 +66,39 @@ def run(b: Bench) -> None:
         asyncio.run(seed_portals(d, b.sim, hubs, lifetime=1800))
         b.sim.configure(latency_ms={"token": LATENCY_MS})
         try:
-            before = _drain(b, d, "former", FORMER)
-            after = _drain(b, d, "default", {})
-            stages = _profiled(b, d)
+            if b.baseline_tree is None:
+                before = _drain(b, d, "former", FORMER)
+                after = _drain(b, d, "default", {})
+                base_stages: Counter[str] = Counter()
+            else:
+                tree = b.baseline_tree
+                pairs = [
+                    (_drain(b, d, f"tree-{i}", {}, tree), _drain(b, d, f"default-{i}", {}))
+                    for i in range(2)
+                ]
+                before = Drain.merged([pair[0] for pair in pairs])
+                after = Drain.merged([pair[1] for pair in pairs])
+                base_stages = _profiled(b, d, "tree", tree)
+            stages = _profiled(b, d, "default", None)
         finally:
             b.sim.configure(latency_ms=0.0)
     finally:
         drop(d)
+    if b.baseline_tree is None:
+        baseline = "baseline, the former fixed 8 slots and claims of 32"
+        cpu_baseline = (
+            "the baseline is this code with the former sizing (before issue 15: 6.8 ms in the "
+            "scale section, with callers)"
+        )
+    else:
+        baseline = f"baseline, the code in {b.baseline_tree.name} with its defaults"
+        cpu_baseline = f"the baseline is the code in {b.baseline_tree.name}, alternating drains"
     label = f"{portals:,} portals due at once, token endpoint at {LATENCY_MS} ms"
     b.add(
         "6 refresh",
         f"proactive refreshes/s, one replica ({label})",
         f"{count(after.rate)} refreshes/s (baseline {count(before.rate)})",
-        f"defaults: {after.detail}; baseline, the former fixed 8 slots and claims of 32: "
-        f"{before.detail}",
+        f"defaults: {after.detail}; {baseline}: {before.detail}",
     )
     b.add(
         "6 refresh",
@@ -76,38 +106,96 @@ def run(b: Bench) -> None:
         f"{after.cpu_ms:.2f} ms (baseline {before.cpu_ms:.2f} ms)",
         f"/proc/<pid>/stat over the drain (idle loops included), per upstream call; no "
         f"callers; at this cost one core refreshes {count(1000 / max(after.cpu_ms, 0.01))}/s; "
-        "the baseline is this code with the former sizing (before issue 15: 6.8 ms in the "
-        "scale section, with callers)",
+        f"{cpu_baseline}",
     )
     if stages:
-        total = sum(stages.values())
-        shares = ", ".join(f"{name} {n / total:.0%}" for name, n in stages.most_common())
-        b.add(
-            "6 refresh",
-            "CPU per refresh by stage (py-spy, defaults)",
-            " · ".join(
-                f"{name} {after.cpu_ms * n / total:.2f} ms" for name, n in stages.most_common(4)
-            ),
-            f"{total:,} samples: {shares}",
-        )
+        _breakdown(b, "defaults", stages, after.cpu_ms)
+        if base_stages:
+            _breakdown(b, "baseline", base_stages, before.cpu_ms)
     else:
         b.notes.append("refresh: py-spy unavailable, no CPU breakdown by stage")
+    b.add(
+        "6 refresh",
+        "Redis round trips per proactive refresh",
+        f"{after.redis_reads:.2f} (baseline {before.redis_reads:.2f})",
+        "Valkey INFO stats total_reads_processed over the drain per upstream call (a "
+        "pipeline is one; the bench's own INFO calls included); commands (INFO "
+        f"commandstats, those run inside scripts left out): defaults {after.redis_detail}; "
+        f"baseline {before.redis_detail}",
+    )
     b.figures["refresh_cpu_ms"] = after.cpu_ms
     b.figures["refreshes_per_s_replica"] = after.rate
 
 
+def _breakdown(b: Bench, name: str, stages: Counter[str], cpu_ms: float) -> None:
+    total = sum(stages.values())
+    shares = ", ".join(f"{stage} {n / total:.0%}" for stage, n in stages.most_common())
+    b.add(
+        "6 refresh",
+        f"CPU per refresh by stage (py-spy, {name})",
+        " · ".join(f"{stage} {cpu_ms * n / total:.2f} ms" for stage, n in stages.most_common(4)),
+        f"{total:,} samples: {shares}",
+    )
+
+
 class Drain:
-    def __init__(self, refreshed: int, upstream: int, seconds: float, cpu: float) -> None:
+    def __init__(
+        self,
+        refreshed: int,
+        upstream: int,
+        seconds: float,
+        cpu: float,
+        redis_calls: Counter[str] | None = None,
+    ) -> None:
+        self.refreshed, self.upstream, self.seconds, self.cpu = refreshed, upstream, seconds, cpu
+        self.redis_calls = redis_calls or Counter()
         self.rate = refreshed / seconds if seconds > 0 else 0.0
         self.cpu_ms = cpu * 1000 / max(upstream, 1)
         self.detail = f"{refreshed:,} refreshed in {seconds:.1f} s, {upstream:,} upstream calls"
+        trips = {k: n for k, n in self.redis_calls.items() if k not in {*IN_SCRIPTS, READS}}
+        self.redis_per_refresh = sum(trips.values()) / max(upstream, 1)
+        self.redis_reads = self.redis_calls[READS] / max(upstream, 1)
+        self.redis_detail = ", ".join(
+            f"{name} {n / max(upstream, 1):.2f}" for name, n in Counter(trips).most_common()
+        )
+        self.redis_detail += f"; socket reads {self.redis_reads:.2f}"
+
+    @classmethod
+    def merged(cls, drains: list[Drain]) -> Drain:
+        return cls(
+            sum(d.refreshed for d in drains),
+            sum(d.upstream for d in drains),
+            sum(d.seconds for d in drains),
+            sum(d.cpu for d in drains),
+            sum((d.redis_calls for d in drains), Counter()),
+        )
+
+
+def _redis_calls(b: Bench) -> Counter[str]:
+    """Valkey's calls per command so far (``INFO commandstats``)."""
+    client = redis.Redis.from_url(b.urls.redis_url)
+    try:
+        stats, reads = client.info("commandstats"), client.info("stats")
+    finally:
+        client.close()
+    calls = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+    # Reads the server processed: one per round trip (a pipeline of several commands is one).
+    calls[READS] = int(reads["total_reads_processed"])
+    return calls
 
 
 def _drain(
-    b: Bench, d: Deployment, name: str, env: dict[str, str], *, profile: Path | None = None
+    b: Bench,
+    d: Deployment,
+    name: str,
+    env: dict[str, str],
+    tree: Path | None = None,
+    *,
+    profile: Path | None = None,
 ) -> Drain:
     log = b.workdir / f"broker-refresh-{name}.log"
-    with serving(start_broker(d, log, BROKER_REFRESHER_ENABLED="true", **env)) as broker:
+    started = start_broker(d, log, tree=tree, BROKER_REFRESHER_ENABLED="true", **env)
+    with serving(started) as broker:
         time.sleep(2.0)  # past the start (its CPU is not a refresh's)
         upstream0 = b.sim.counters()["token.refresh_token"]
         spy = _spy(broker, profile) if profile is not None else None
@@ -117,15 +205,17 @@ def _drain(
                 "UPDATE portals SET refresh_after = clock_timestamp() "
                 "RETURNING clock_timestamp() AS t0",
             )["t0"]
-            cpu = cpu_seconds(broker.pid)
+            cpu, calls = cpu_seconds(broker.pid), _redis_calls(b)
             done, span = _wait_refreshed(b, d, jump)
             used = cpu_seconds(broker.pid) - cpu
+            calls = _redis_calls(b) - calls
+            calls.pop("info", None)  # ours
             upstream = b.sim.counters()["token.refresh_token"] - upstream0
         finally:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
                 spy.wait(60)
-    return Drain(done, upstream, span, used)
+    return Drain(done, upstream, span, used, calls)
 
 
 def _wait_refreshed(b: Bench, d: Deployment, jump: object) -> tuple[int, float]:
@@ -160,9 +250,9 @@ def _spy(broker: Server, output: Path) -> subprocess.Popen[bytes] | None:
     )
 
 
-def _profiled(b: Bench, d: Deployment) -> Counter[str]:
-    output = b.workdir / "refresh.pyspy.txt"
-    _drain(b, d, "profiled", {}, profile=output)
+def _profiled(b: Bench, d: Deployment, name: str, tree: Path | None) -> Counter[str]:
+    output = b.workdir / f"refresh-{name}.pyspy.txt"
+    _drain(b, d, f"profiled-{name}", {}, tree, profile=output)
     return stage_samples(output.read_text()) if output.exists() else Counter()
 
 

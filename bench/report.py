@@ -93,6 +93,8 @@ class Bench:
     target_cpus: set[int] | None = None
     load_cpus: set[int] | None = None
     bao_pid: int | None = None
+    #: A checkout to compare with (``--baseline-tree``): section 6 drains it beside ours.
+    baseline_tree: Path | None = None
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)

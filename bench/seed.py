@@ -69,12 +69,19 @@ class Deployment:
         return {"Authorization": f"Bearer {self.callers[index]}"}
 
 
-def start_broker(d: Deployment, log: Path, *, cpus: set[int] | None = None, **env: str) -> Server:
-    """``python -m broker serve``: one uvicorn worker, ready once ``/readyz`` answers 200."""
+def start_broker(
+    d: Deployment, log: Path, *, cpus: set[int] | None = None, tree: Path | None = None, **env: str
+) -> Server:
+    """``python -m broker serve``: one uvicorn worker, ready once ``/readyz`` answers 200.
+    ``tree``: the broker of that checkout instead of this one (``-P``: not the working
+    directory's)."""
     port = free_port()
+    python = [sys.executable] if tree is None else [sys.executable, "-P"]
+    if tree is not None:
+        env = {**env, "PYTHONPATH": str(tree)}
     return Server(
         log.stem,
-        [sys.executable, "-m", "broker", "serve", "--port", str(port)],
+        [*python, "-m", "broker", "serve", "--port", str(port)],
         port=port,
         log=log,
         env={**os.environ, **d.env, **env},

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
+from broker.adapters.hubspot_http import HubSpotHttp
 from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator
@@ -106,3 +107,27 @@ def test_vault_with_a_private_ca_needs_vault_cacert(env: dict[str, str], tmp_pat
         with pytest.raises(VaultError) as refused:
             asyncio.run(start())
         assert refused.value.code == "vault_unavailable"
+
+
+def test_an_egress_proxy_in_the_environment_keeps_hubspot_on_httpx(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean client speaks to HubSpot directly; with a proxy that applies to HubSpot's
+    host (HTTPS_PROXY, NO_PROXY not matching) calls go through httpx, which honours it."""
+    settings = load_settings({**env, "BROKER_HUBSPOT_API_URL": "https://api.hubapi.com"})
+    for name in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert not HubSpotHttp(settings).uses_httpx
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert HubSpotHttp(settings).uses_httpx
+    monkeypatch.setenv("NO_PROXY", "localhost,.hubapi.com")
+    assert not HubSpotHttp(settings).uses_httpx

@@ -200,3 +200,29 @@ def test_the_rate_settles_near_the_token_endpoints_limit_without_a_429_storm(
     assert sum(late) / len(late) <= 2 * 8, detail  # and stays near the limit
     assert answered >= 8 * 12 * 0.4, detail  # while using a fair share of it
     assert limited <= 0.3 * answered, detail  # 429s: a small share, not a storm
+
+
+def test_a_claim_asks_for_its_slots_in_one_call_and_gets_what_the_bucket_holds(
+    env: dict[str, str],
+) -> None:
+    # 40/s: a full bucket holds a quarter second of it, 10 slots.
+    settings = _settings(env, per_app="40", min="2", max="40", step="5")
+    app = f"a{secrets.token_hex(3)}"
+
+    async def scenario() -> tuple[tuple[int, float], tuple[int, float], tuple[int, float]]:
+        replica = RedisCoordinator(settings)
+        try:
+            first = await replica.acquire_many(app, 16)  # 10 of 16: the rest must wait
+            empty = await replica.acquire_many(app, 4)  # nothing left right now
+            await asyncio.sleep(0.2)  # about 8 slots come back
+            later = await replica.acquire_many(app, 3)
+        finally:
+            await replica.close()
+        return first, empty, later
+
+    (granted, wait), (none, wait_empty), (refilled, wait_later) = asyncio.run(scenario())
+    assert granted == 10
+    assert 0 < wait <= 0.025  # the next slot, at 40/s
+    assert none == 0
+    assert wait_empty > 0
+    assert (refilled, wait_later) == (3, 0)

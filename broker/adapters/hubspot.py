@@ -1,8 +1,9 @@
-"""HubSpot OAuth adapter (httpx). Implements ``OAuthProvider``.
+"""HubSpot OAuth adapter. Implements ``OAuthProvider``.
 
-One ``httpx.AsyncClient`` with explicit timeouts and pool limits. Retries: only a request
-that never reached HubSpot (connect error) is retried, once; 5xx, 429 and timeouts surface
-to the refresh engine, which backs off per portal. ``invalid_grant`` is never retried.
+HTTP through :class:`~broker.adapters.hubspot_http.HubSpotHttp` (the lean keep-alive client
+shared with Vault, httpx behind an egress proxy). Retries: only a request that never reached
+HubSpot (no connection) is retried, once; 5xx, 429 and timeouts surface to the refresh
+engine, which backs off per portal. ``invalid_grant`` is never retried.
 
 Every answer is classified into the failure classes of DESIGN.md (see ``_classify``). Tokens
 travel only in form bodies, never in URLs (v1 apps introspect through the versioned endpoint
@@ -13,16 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import httpx
 
 from broker import metrics
-from broker.adapters import tls
+from broker.adapters.hubspot_http import HubSpotHttp, NoAnswer, NotSent, Reply
 from broker.config import Secret, Settings
 from broker.core.models import App, TokenGrant, TokenInfo
 from broker.core.tasks import cancel_and_wait
@@ -37,9 +37,6 @@ from broker.errors import (
 )
 
 T = TypeVar("T")
-
-logging.getLogger("httpx").setLevel(logging.WARNING)
-logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 _GRANT_DEAD = {"BAD_REFRESH_TOKEN", "BAD_HUB"}
 _APP_BAD = {"BAD_CLIENT_ID", "BAD_CLIENT_SECRET"}
@@ -73,15 +70,15 @@ async def pause_tolerant(call: Awaitable[T], seconds: float, tick: float = 0.1) 
 def _upstream_errors(endpoint: str) -> Iterator[None]:
     try:
         yield
-    except (httpx.TransportError, TimeoutError) as exc:
+    except (NotSent, NoAnswer, TimeoutError) as exc:
         metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
         raise HubSpotUnavailable(
             f"no answer from HubSpot ({type(exc).__name__})", outcome_unknown=True
         ) from exc
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
+def _retry_after(response: Reply) -> float | None:
+    raw = response.retry_after
     if raw is None:
         return None
     try:
@@ -90,7 +87,7 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # HTTP-date form: not used by HubSpot; fall back to our own backoff
 
 
-def _classify(response: httpx.Response, *, grant_type: str) -> HubSpotError | InstallFailed:
+def _classify(response: Reply, *, grant_type: str) -> HubSpotError | InstallFailed:
     """Map a non-200 answer of the token endpoint to the broker's failure classes."""
     status = response.status_code
     try:
@@ -127,7 +124,7 @@ def _classify(response: httpx.Response, *, grant_type: str) -> HubSpotError | In
     return HubSpotUnavailable(detail, **kwargs)
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json(response: Reply) -> dict[str, Any]:
     """A 200's body; one that is not a JSON object may still mean a refresh happened."""
     try:
         body = response.json()
@@ -155,65 +152,14 @@ def _grant(body: dict[str, Any]) -> TokenGrant:
         ) from exc
 
 
-#: Connections per httpx client. httpcore walks every pooled connection on each request (a
-#: poll(2) per idle one, to see whether the server closed it), so the refresher's many
-#: concurrent calls go through several small pools, not one big one.
-_POOL_SIZE = 8
-
-
-class _Pools:
-    """Keep-alive httpx clients; each call takes the least busy one."""
-
-    def __init__(self, make: Callable[[], httpx.AsyncClient], connections: int) -> None:
-        self._clients = [make() for _ in range(max(1, -(-connections // _POOL_SIZE)))]
-        self._busy = [0] * len(self._clients)
-
-    @contextlib.contextmanager
-    def client(self) -> Iterator[httpx.AsyncClient]:
-        busy = self._busy
-        index = busy.index(min(busy))
-        busy[index] += 1
-        try:
-            yield self._clients[index]
-        finally:
-            busy[index] -= 1
-
-    async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
-
-
 class HubSpotOAuth:
     def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
         self._timeout = settings.hubspot_timeout
-        self._api = settings.hubspot_api_url.rstrip("/")
         self._app_host = settings.hubspot_app_url.rstrip("/")
-        verify = tls.verify(settings.ca_bundle)
-
-        def make() -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                base_url=self._api,
-                # httpx's own timeouts are only a backstop: the real bound is the
-                # pause-tolerant watchdog in _post (see pause_tolerant).
-                timeout=httpx.Timeout(
-                    settings.hubspot_timeout * 4, connect=min(3.0, settings.hubspot_timeout)
-                ),
-                # Every connection is kept alive for reuse: closing one after a burst costs
-                # a TCP (and TLS) handshake on the next refresh.
-                limits=httpx.Limits(
-                    max_connections=_POOL_SIZE, max_keepalive_connections=_POOL_SIZE
-                ),
-                transport=transport,
-                headers={"User-Agent": "hubspot-token-broker"},
-                follow_redirects=False,
-                verify=verify,
-            )
-
-        # The refresher may have refresher_concurrency calls out at once, callers' own more.
-        self._pools = _Pools(make, max(64, settings.refresher_concurrency + 32))
+        self._http = HubSpotHttp(settings, transport=transport)
 
     async def close(self) -> None:
-        await self._pools.aclose()
+        await self._http.close()
 
     def authorize_url(self, app: App, *, state: str, code_challenge: str, redirect_uri: str) -> str:
         query = {
@@ -229,17 +175,16 @@ class HubSpotOAuth:
         # HubSpot wants spaces as %20, not '+'.
         return f"{self._app_host}/oauth/authorize?{urlencode(query, quote_via=quote)}"
 
-    async def _post(self, endpoint: str, path: str, form: dict[str, str]) -> httpx.Response:
+    async def _post(self, endpoint: str, path: str, form: dict[str, str]) -> Reply:
         for attempt in (1, 2):
             try:
-                with self._pools.client() as client:
-                    response = await pause_tolerant(client.post(path, data=form), self._timeout)
-            except httpx.ConnectError as exc:
+                response = await pause_tolerant(self._http.send("POST", path, form), self._timeout)
+            except NotSent as exc:
                 metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
                 if attempt == 1:
                     continue  # never reached HubSpot: safe to send once more
                 raise HubSpotUnavailable("cannot connect to HubSpot") from exc
-            except (httpx.TransportError, TimeoutError) as exc:
+            except (NoAnswer, TimeoutError) as exc:
                 metrics.UPSTREAM_REQUESTS.labels(endpoint, "error").inc()
                 raise HubSpotUnavailable(
                     f"no answer from HubSpot ({type(exc).__name__})", outcome_unknown=True
@@ -287,9 +232,9 @@ class HubSpotOAuth:
         if app.api_version == "v1":
             # Legacy apps: HubSpot's v1 API takes the token in the path (the only place a
             # token goes into a URL; httpx's loggers stay at WARNING, ours never log URLs).
-            with _upstream_errors("revoke"), self._pools.client() as client:
+            with _upstream_errors("revoke"):
                 response = await pause_tolerant(
-                    client.delete(f"/oauth/v1/refresh-tokens/{quote(refresh_token)}"),
+                    self._http.send("DELETE", f"/oauth/v1/refresh-tokens/{quote(refresh_token)}"),
                     self._timeout,
                 )
             metrics.UPSTREAM_REQUESTS.labels("revoke", str(response.status_code)).inc()

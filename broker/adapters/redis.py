@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from broker import metrics
 from broker.adapters.redis_rate import AdaptiveRate
 from broker.config import SentinelUrl, Settings
+from broker.core.batching import Coalescer
 from broker.core.tasks import cancel_and_wait
 from broker.errors import UpstreamError
 
@@ -38,6 +39,13 @@ log = structlog.get_logger(__name__)
 
 # Delete the key only while it still holds our owner value.
 _RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+# The same, after publishing a "refreshed" notice (ARGV: owner, channel, message): the
+# holder's last two steps in one round trip, in the protocol's order.
+_NOTIFY_RELEASE = """
+redis.call('publish', ARGV[2], ARGV[3])
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
@@ -88,8 +96,13 @@ class RedisCoordinator:
             )
             self._sentinels = list(sentinels.sentinels)
         self._release = self._client.register_script(_RELEASE)
+        self._notify_release = self._client.register_script(_NOTIFY_RELEASE)
         self._limiter = AdaptiveRate(settings, self._client, self._bounded, _UNAVAILABLE)
         self._channel = f"{self._prefix}refreshed"
+        # "Refreshed" notices of refreshes committing at once go out in one pipeline.
+        self._notices: Coalescer[str, None] = Coalescer(
+            self._publish_notices, max_items=256, max_inflight=1
+        )
         self._invalidate_channel = f"{self._prefix}invalidate"
         self._on_invalidate: list[Callable[[str], None]] = []
         self._waiters: defaultdict[int, set[asyncio.Future[None]]] = defaultdict(set)
@@ -106,7 +119,9 @@ class RedisCoordinator:
 
     async def _bounded(self, operation: str, coro: Any) -> Any:
         try:
-            return await asyncio.wait_for(coro, timeout=self._timeout)
+            # A deadline on this task, not wait_for's task per call (a refresh makes several).
+            async with asyncio.timeout(self._timeout):
+                return await coro
         except _UNAVAILABLE:
             metrics.BACKEND_ERRORS.labels("redis", operation).inc()
             raise
@@ -129,18 +144,33 @@ class RedisCoordinator:
             return None
         return bool(acquired)
 
-    async def unlock(self, name: str, owner: str) -> None:
+    async def unlock(
+        self, name: str, owner: str, *, refreshed: tuple[int, int] | None = None
+    ) -> None:
+        keys = [f"{self._prefix}lock:{name}"]
         with contextlib.suppress(*_UNAVAILABLE):
+            if refreshed is None:
+                await self._bounded("unlock", self._release(keys=keys, args=[owner]))
+                return
+            notice = f"{refreshed[0]}:{refreshed[1]}"
             await self._bounded(
-                "unlock", self._release(keys=[f"{self._prefix}lock:{name}"], args=[owner])
+                "unlock", self._notify_release(keys=keys, args=[owner, self._channel, notice])
             )
 
     # --- notices --------------------------------------------------------------------------
     async def publish_refreshed(self, portal_id: int, version: int) -> None:
         with contextlib.suppress(*_UNAVAILABLE):
-            await self._bounded(
-                "publish", self._client.publish(self._channel, f"{portal_id}:{version}")
-            )
+            await self._notices.submit([f"{portal_id}:{version}"])
+
+    async def _publish_notices(self, notices: list[str]) -> list[None]:
+        if len(notices) == 1:
+            await self._bounded("publish", self._client.publish(self._channel, notices[0]))
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for notice in notices:
+                pipe.publish(self._channel, notice)
+            await self._bounded("publish", pipe.execute())
+        return [None] * len(notices)
 
     async def publish_invalidation(self, message: str) -> bool:
         try:
@@ -224,6 +254,9 @@ class RedisCoordinator:
     # --- per-app refresh limiter -------------------------------------------------------------
     async def acquire(self, app: str, *, interactive: bool) -> float:
         return await self._limiter.acquire(app, interactive=interactive)
+
+    async def acquire_many(self, app: str, count: int) -> tuple[int, float]:
+        return await self._limiter.acquire_many(app, count)
 
     async def pause(self, app: str, seconds: float) -> None:
         await self._limiter.pause(app, seconds)

@@ -19,6 +19,7 @@ last rate it saw (a 429 then halves that local rate).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,7 +45,8 @@ IDLE_MS = 3_600_000
 LOG_EVERY = 30.0
 
 # The rate and bucket of one app. KEYS: bucket hash, pause key. ARGV: start rate, min, max,
-# step, interactive (1/0). Returns {wait ms (0: go), rate, raised (1/0)}. Interactive callers
+# step, interactive (1/0), count (proactive: slots asked for at once, one claim's portals).
+# Returns {wait ms (0: all granted), rate, raised (1/0), granted}. Interactive callers
 # always pass and may drive the bucket negative (down to one second of the rate), which
 # makes proactive refreshes wait longer. Demand exceeds the rate when an acquire is refused
 # after a window (>= 1 s) in which the slots granted used at least UTILIZATION of the rate:
@@ -57,16 +59,21 @@ local interactive = ARGV[5] == '1'
 local s = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'win', 'used', 'cut')
 local rate = math.min(hi, math.max(lo, tonumber(s[3]) or tonumber(ARGV[1])))
 local paused = redis.call('PTTL', KEYS[2])
-if paused > 0 and not interactive then return {{paused, tostring(rate), 0}} end
+if paused > 0 and not interactive then return {{paused, tostring(rate), 0, 0}} end
 local burst = math.max(1, rate * {BURST_SECONDS})
 local tokens = tonumber(s[1]) or burst
 local win, used, cut = tonumber(s[4]) or now, tonumber(s[5]) or 0, tonumber(s[6]) or 0
 tokens = math.min(burst, tokens + (now - (tonumber(s[2]) or now)) * rate / 1000)
-local wait, raised = 0, 0
-if tokens >= 1 or interactive then
-  tokens = math.max(tokens - 1, -math.max(1, rate))
-  used = used + 1
-else
+local wait, raised, granted = 0, 0, 0
+local count = math.max(1, tonumber(ARGV[6]) or 1)
+if interactive then
+  tokens, granted = math.max(tokens - 1, -math.max(1, rate)), 1
+elseif tokens >= 1 then
+  granted = math.min(count, math.floor(tokens))
+  tokens = tokens - granted
+end
+used = used + granted
+if granted < count then
   wait = math.ceil((1 - tokens) * 1000 / rate)
   if now - win >= 1000 then
     if used >= {UTILIZATION} * rate * (now - win) / 1000 and rate < hi
@@ -79,7 +86,7 @@ end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now, 'rate', rate, 'win', win,
            'used', used, 'cut', cut)
 redis.call('PEXPIRE', KEYS[1], {IDLE_MS})
-return {{wait, tostring(rate), raised}}
+return {{wait, tostring(rate), raised, granted}}
 """
 # HubSpot said 429. KEYS: bucket hash, pause key. ARGV: pause ms, start rate, min, max.
 # Returns {rate before, rate after, halved (1/0)}. The bucket keeps no credit past the cut.
@@ -142,18 +149,33 @@ class AdaptiveRate:
         return self._seen.get(app, self._start)
 
     async def acquire(self, app: str, *, interactive: bool) -> float:
+        if interactive:
+            with contextlib.suppress(*self._unavailable):
+                await self._ask(app, 1, interactive=True)
+            return 0.0
+        _, wait = await self.acquire_many(app, 1)
+        return wait
+
+    async def acquire_many(self, app: str, count: int) -> tuple[int, float]:
         try:
-            wait_ms, rate, raised = await self._bounded(
-                "limit",
-                self._acquire(
-                    keys=self._keys(app),
-                    args=[self._start, self._min, self._max, self._step, int(interactive)],
-                ),
-            )
+            return await self._ask(app, count, interactive=False)
         except self._unavailable:
-            return 0.0 if interactive else self._acquire_locally(app)
+            granted, wait = 0, 0.0
+            while granted < count and (wait := self._acquire_locally(app)) == 0:
+                granted += 1
+            return granted, wait
+
+    async def _ask(self, app: str, count: int, *, interactive: bool) -> tuple[int, float]:
+        """One round trip: (slots granted, seconds to wait for the next when not all)."""
+        wait_ms, rate, raised, granted = await self._bounded(
+            "limit",
+            self._acquire(
+                keys=self._keys(app),
+                args=[self._start, self._min, self._max, self._step, int(interactive), count],
+            ),
+        )
         self._saw(app, float(rate), raised=bool(raised))
-        return float(wait_ms) / 1000
+        return int(granted), float(wait_ms) / 1000
 
     async def pause(self, app: str, seconds: float) -> None:
         try:

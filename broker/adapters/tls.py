@@ -24,6 +24,17 @@ def _context(ca_bundle: str, only: bool) -> ssl.SSLContext:
     return context
 
 
+@cache
+def _public() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def context(ca_bundle: str = "") -> ssl.SSLContext:
+    """:func:`verify` as an ``ssl`` context, for clients that take only a context (the public
+    CAs plus ``ca_bundle``, as :func:`verify` gives httpx)."""
+    return _context(ca_bundle, only=False) if ca_bundle else _public()
+
+
 def verify(ca_bundle: str = "", ca_file: str | None = None) -> ssl.SSLContext | bool:
     """httpx's ``verify=`` for a client: ``ca_file`` alone, else the public CAs plus
     ``ca_bundle``, else the public CAs. Contexts are made once per bundle (loading a bundle

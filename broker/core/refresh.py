@@ -54,6 +54,7 @@ from broker.core.refresh_policy import (
     no_checkpoint,
     raise_for_state,
     schedule,
+    while_backing_off,
 )
 from broker.core.signing import Keyring
 from broker.core.tasks import finish_even_if_cancelled
@@ -62,7 +63,6 @@ from broker.errors import (
     DatabaseError,
     GrantDead,
     HubSpotError,
-    HubSpotUnavailable,
     LockUnavailable,
     NotFound,
     Undecryptable,
@@ -152,7 +152,7 @@ class RefreshEngine:
                 return Fresh(record)
             owner = f"{self._replica}:{secrets.token_hex(8)}"
             lock_name = f"portal:{record.id}"
-            locked = None
+            locked, notice = None, None
             if not redis_lock_stale:
                 locked = await self._coordinator.try_lock(
                     lock_name, owner, self._settings.lease_seconds
@@ -167,19 +167,24 @@ class RefreshEngine:
                         ignore_backoff=False,
                     )
                     if lease is not None:
-                        return await self.refresh_with_lease(record.key, lease, interactive=True)
+                        # The "refreshed" notice goes with the unlock (one round trip).
+                        fresh = await self.refresh_with_lease(
+                            record.key, lease, interactive=True, notify=not locked
+                        )
+                        notice = (record.id, fresh.record.version)
+                        return fresh
                 except UpstreamError:
                     if record.remaining() >= USEFUL_SECONDS:
                         return Fresh(record)  # refreshing failed; the old token is still valid
                     raise
                 finally:
                     if locked:
-                        await self._coordinator.unlock(lock_name, owner)
+                        await self._coordinator.unlock(lock_name, owner, refreshed=notice)
                 record = await self._outcomes.reread(record.key)
                 if record.remaining() >= min_ttl or not record.state.serves_tokens:
                     continue
                 if not record.lease_held() and record.backoff_left() > 0:
-                    return self._while_backing_off(record)
+                    return while_backing_off(record)
             held_at_version = record.version
             record = await self._wait_for_other(record, min_ttl, deadline)
             if (
@@ -194,15 +199,6 @@ class RefreshEngine:
                 if record.remaining() >= USEFUL_SECONDS:
                     return Fresh(record)  # still valid: serving it beats failing
                 raise LockUnavailable(f"portal {record.key} is being refreshed elsewhere")
-
-    def _while_backing_off(self, record: PortalRecord) -> Fresh:
-        """Refreshes are paused for this portal: serve what is still valid, else 503."""
-        if record.remaining() >= USEFUL_SECONDS:
-            return Fresh(record)
-        raise HubSpotUnavailable(
-            f"refreshing portal {record.key} keeps failing ({record.last_error}); retrying",
-            retry_after=record.backoff_left(),
-        )
 
     async def _wait_for_other(
         self, record: PortalRecord, min_ttl: float, deadline: float
@@ -232,10 +228,11 @@ class RefreshEngine:
             record = current
 
     async def refresh_with_lease(
-        self, key: PortalKey, lease: Lease, *, interactive: bool = False
+        self, key: PortalKey, lease: Lease, *, interactive: bool = False, notify: bool = True
     ) -> Fresh:
         """Steps 3-5 of the protocol for a lease already granted. Releases the lease on any
-        failure; a lease that runs out meanwhile is simply fenced at the write."""
+        failure; a lease that runs out meanwhile is simply fenced at the write. ``notify``
+        False: the caller publishes the "refreshed" notice of a commit (with its unlock)."""
         started = self._clock()
         # From the claim, not from now: a proactive lease may have waited for a slot and the
         # app's rate limit, and another replica may claim the portal once it runs out.
@@ -301,7 +298,7 @@ class RefreshEngine:
             # The new refresh token exists only in this process until it is journaled:
             # a shutdown or a vanished caller must not cut storing it in half.
             fresh = await finish_even_if_cancelled(
-                self._store(key, lease, grant, issued_at, lease_deadline, intent)
+                self._store(key, lease, grant, issued_at, lease_deadline, intent, notify)
             )
         except BaseException:
             await asyncio.shield(self._leases.release_lease(lease))
@@ -330,6 +327,7 @@ class RefreshEngine:
         issued_at: datetime,
         lease_deadline: float,
         intent: int,
+        notify: bool,
     ) -> Fresh:
         """Encrypt, journal, commit. HubSpot has answered: the new refresh token exists only
         in memory until the journal row lands, so Vault or Postgres outages (a failover) are
@@ -369,7 +367,8 @@ class RefreshEngine:
             if late is not None:
                 metrics.refreshed(Outcome.HEALED)
                 log.warning("refresh.healed", portal=str(key), by="holder")
-                await self._coordinator.publish_refreshed(lease.portal_id, late.version)
+                if notify:
+                    await self._coordinator.publish_refreshed(lease.portal_id, late.version)
                 return Fresh(late, grant.access_token)
             current = await self._outcomes.reread(key)
             # Our access token is valid at HubSpot even though the row moved on: serve it
@@ -389,8 +388,9 @@ class RefreshEngine:
             version=committed.version,
             expires_at=expires_at.isoformat(),
         )
-        await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
-        log.info("refresh.committed", portal=str(key), version=committed.version)
+        if notify:
+            await self._coordinator.publish_refreshed(lease.portal_id, committed.version)
+        log.debug("refresh.committed", portal=str(key), version=committed.version)
         return Fresh(committed, grant.access_token)
 
     def _answer_window(self, lease: Lease) -> float:

@@ -109,3 +109,13 @@ Checkpoint = Callable[[str], Awaitable[None]]
 
 async def no_checkpoint(_: str) -> None:
     return None
+
+
+def while_backing_off(record: PortalRecord) -> Fresh:
+    """Refreshes are paused for this portal: serve what is still valid, else 503."""
+    if record.remaining() >= USEFUL_SECONDS:
+        return Fresh(record)
+    raise HubSpotUnavailable(
+        f"refreshing portal {record.key} keeps failing ({record.last_error}); retrying",
+        retry_after=record.backoff_left(),
+    )

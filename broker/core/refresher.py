@@ -176,19 +176,38 @@ class ProactiveRefresher:
         batch = await self._leases.claim_due(
             self._owner, limit=free, lease_seconds=self._settings.lease_seconds
         )
-        for key, lease in batch:
-            task = asyncio.create_task(self._refresh(key, lease), name=f"refresh {key}")
+        try:
+            waits = await self._slots_of_rate(batch)
+        except BaseException:
+            for _, lease in batch:  # none started: give them back for the next pass
+                await asyncio.shield(self._leases.release_lease(lease))
+            raise
+        for (key, lease), wait in zip(batch, waits, strict=True):
+            task = asyncio.create_task(self._refresh(key, lease, wait), name=f"refresh {key}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         self._backlog = len(batch) == free
         return self._backlog
 
-    async def _refresh(self, key: PortalKey, lease: Lease) -> None:
+    async def _slots_of_rate(self, batch: list[tuple[PortalKey, Lease]]) -> list[float]:
+        """The app's rate for a claim, one round trip per app: 0 for each portal that may go
+        now, else the seconds to wait (the claim's order decides who goes first)."""
+        apps: dict[str, int] = {}
+        for key, _ in batch:
+            apps[key.app] = apps.get(key.app, 0) + 1
+        answers = {app: await self._limiter.acquire_many(app, n) for app, n in apps.items()}
+        waits = []
+        for key, _ in batch:
+            granted, wait = answers[key.app]
+            waits.append(0.0 if granted > 0 else wait)
+            answers[key.app] = (granted - 1, wait)
+        return waits
+
+    async def _refresh(self, key: PortalKey, lease: Lease, wait: float) -> None:
         try:
             if self._passes.stopping:
                 await self._leases.release_lease(lease)
                 return
-            wait = await self._limiter.acquire(key.app, interactive=False)
             if wait > 0:
                 # Over the app's rate: give the portal back for a later pass, and hold the
                 # slot meanwhile (fewer claims while the rate is the bound).

@@ -1,9 +1,9 @@
 """The connection to Vault shared by the adapter's parts: the node list and failover, the
 broker's token, and two ways to call.
 
-* :meth:`VaultBase._request`: Vault's HTTP API on the event loop (:mod:`.http`: HTTP/1.1,
-  pooled keep-alive connections): every Transit call and the health check, the calls a cache
-  miss or a refresh makes.
+* :meth:`VaultBase._request`: Vault's HTTP API on the event loop
+  (:mod:`broker.adapters.http1`: HTTP/1.1, pooled keep-alive connections): every Transit call
+  and the health check, the calls a cache miss or a refresh makes.
 * :meth:`VaultBase._call`: ``hvac`` (blocking) on a small thread pool, for what is rare (logins,
   token renewal, KV reads of client secrets, cached for minutes).
 
@@ -28,7 +28,7 @@ import structlog
 
 from broker import metrics
 from broker.adapters import tls
-from broker.adapters.vault.http import BadAnswer, VaultHttp
+from broker.adapters.http1 import BadAnswer, Http1Pool
 from broker.config import Settings
 from broker.errors import VaultError
 
@@ -86,7 +86,7 @@ class VaultBase:
         # BROKER_VAULT_CACERT alone, else the public CAs (as hvac trusts).
         trusted = tls.verify(ca_file=settings.vault_cacert or certifi.where())
         assert not isinstance(trusted, bool)
-        self._http = VaultHttp(timeout=settings.vault_timeout, tls=trusted)
+        self._http = Http1Pool(timeout=settings.vault_timeout, tls=trusted)
 
     # --- the node list ----------------------------------------------------------------------
     def _leave(self, used: int) -> None:
@@ -181,9 +181,10 @@ class VaultBase:
         reset, TLS refused, timed out, cut mid-answer) is :class:`_NodeFailed`."""
         base = self._addrs[self._current]
         try:
-            return await self._http.request(base, method, path, headers, body)
+            answer = await self._http.request(base, method, path, headers, body)
         except (OSError, BadAnswer) as exc:  # TimeoutError is an OSError
             raise _NodeFailed(sealed=False) from exc
+        return answer.status, answer.body
 
     # --- lifecycle --------------------------------------------------------------------------
     async def ping(self) -> None:

@@ -18,8 +18,12 @@ class Coordinator(Protocol):
         """``SET NX PX``. True: acquired; False: held elsewhere; None: Redis unavailable."""
         ...
 
-    async def unlock(self, name: str, owner: str) -> None:
-        """Compare-and-delete: only removes the lock while ``owner`` still holds it."""
+    async def unlock(
+        self, name: str, owner: str, *, refreshed: tuple[int, int] | None = None
+    ) -> None:
+        """Compare-and-delete: only removes the lock while ``owner`` still holds it.
+        ``refreshed`` (portal id, version): publish that "refreshed" notice first, in the
+        same round trip (:meth:`publish_refreshed`, then the release)."""
         ...
 
     async def publish_refreshed(self, portal_id: int, version: int) -> None: ...
@@ -61,6 +65,12 @@ class RateLimiter(Protocol):
 
     async def acquire(self, app: str, *, interactive: bool) -> float:
         """0 when allowed now; otherwise the seconds to wait before asking again."""
+        ...
+
+    async def acquire_many(self, app: str, count: int) -> tuple[int, float]:
+        """Proactive slots for ``count`` refreshes at once, in one round trip: how many may
+        go now (those are counted), and when fewer than ``count``, the seconds to wait
+        before asking again (as :meth:`acquire`)."""
         ...
 
     async def pause(self, app: str, seconds: float) -> None: ...
