@@ -7,6 +7,7 @@ import getpass
 import sys
 from typing import Any
 
+from broker.cli import private_apps
 from broker.cli._ops import Operations, View
 from broker.cli._output import Out
 from broker.core.models import DEFAULT_API_VERSION
@@ -15,12 +16,16 @@ _COLUMNS = ["slug", "client_id", "api_version", "redirect_uri", "retired_at"]
 
 
 def read_secret(args: argparse.Namespace) -> str:
+    return read_hidden(args.client_secret_file, "client secret: ")
+
+
+def read_hidden(path: str | None, prompt: str) -> str:
     """From a file or stdin: never an argument (``ps``, shell history)."""
-    if args.client_secret_file:
-        with open(args.client_secret_file) as handle:
+    if path:
+        with open(path) as handle:
             return handle.read().strip()
     if sys.stdin.isatty():
-        return getpass.getpass("client secret: ").strip()
+        return getpass.getpass(prompt).strip()
     return sys.stdin.readline().strip()
 
 
@@ -105,3 +110,4 @@ def register(sub: Any) -> None:
     link_options(link)
     link.add_argument("--return-to", help="where the browser goes afterwards (allowed origin)")
     link.set_defaults(run=install_link)
+    private_apps.register(apps)
