@@ -11,6 +11,7 @@ from broker.cli import private_apps
 from broker.cli._ops import Operations, View
 from broker.cli._output import Out
 from broker.core.models import DEFAULT_API_VERSION
+from broker.errors import ConfigError
 
 _COLUMNS = ["slug", "client_id", "api_version", "redirect_uri", "retired_at"]
 
@@ -20,10 +21,14 @@ def read_secret(args: argparse.Namespace) -> str:
 
 
 def read_hidden(path: str | None, prompt: str) -> str:
-    """From a file or stdin: never an argument (``ps``, shell history)."""
+    """From a file or stdin: never an argument (``ps``, shell history). A file that cannot
+    be read is named by its error only: a secret pasted in place of the path stays unsaid."""
     if path:
-        with open(path) as handle:
-            return handle.read().strip()
+        try:
+            with open(path) as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise ConfigError([f"cannot read the secret's file: {exc.strerror}"]) from None
     if sys.stdin.isatty():
         return getpass.getpass(prompt).strip()
     return sys.stdin.readline().strip()

@@ -95,6 +95,7 @@ class PortalOperations:
         self._audit.record("portal.revoked", actor=actor, key=key, reason=reason)
         if record.private:  # after the commit: a failure here leaves it unserved, retryable
             await self._private_tokens.delete_private_app_token(key)
+            log.info("revoke.private_app_destroyed", portal=str(key))
             return Revocation(record, "not_applicable")
         if pending is None:
             return Revocation(record, "already_revoked")

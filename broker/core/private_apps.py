@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import structlog
+
 from broker.config import Secret
 from broker.core.invalidation import Invalidations
 from broker.core.models import APP_SLUG, PortalKey, PortalRecord
@@ -24,6 +26,8 @@ from broker.core.operations import PortalOperations, Revocation
 from broker.core.ports import AuditSink, PortalRepository, PrivatePortals, PrivateTokenStore
 from broker.core.signing import Keyring
 from broker.errors import AppKindMismatch, BrokerError, InvalidRequest, NotFound
+
+log = structlog.get_logger(__name__)
 
 #: HubSpot's are ``pat-<region>-<uuid>``; anything printable without blanks is taken.
 TOKEN_MAX = 4096
@@ -67,6 +71,7 @@ class PrivateApps:
         )
         await self._invalidations.publish(key)
         self._audit.record("portal.private_app_added", actor=actor, key=key)
+        log.info("private_app.added", portal=str(key))
         return record
 
     async def rotate(
@@ -93,6 +98,7 @@ class PrivateApps:
         self._audit.record(
             "portal.private_app_rotated", actor=actor, key=key, old_expires_in=old_expires_in
         )
+        log.info("private_app.rotated", portal=str(key), old_expires_in=old_expires_in)
         return record
 
     async def remove(self, slug: str, hub_id: int, *, reason: str, actor: str) -> Revocation:
