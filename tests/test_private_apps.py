@@ -17,6 +17,8 @@ import httpx
 import pytest
 from hubspot_token_broker_client import BrokerClient
 
+from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.portals import PostgresPortals
 from broker.adapters.vault import VaultAdapter
 from broker.app import create_app, open_admin
 from broker.config import Secret, Settings, load_settings
@@ -249,6 +251,37 @@ def test_management_api_authz_audit_and_kinds(
         assert (action, "private-admin") in actions
     assert pat not in audit.text
     assert new not in audit.text
+
+
+def test_the_invalidation_poll_sees_a_rotation(settings: Settings, sim: Simulator) -> None:
+    """The fallback for a replica that missed the message: a rotated private-app portal is
+    among the portals the Postgres poll reports, though it keeps serving."""
+    sim.add_portal(HUB)
+    _add(settings, sim.create_private_app_token(HUB))
+    # Added a minute ago: outside the poll's 5 s overlap.
+    sql(
+        settings,
+        "UPDATE portals SET updated_at = now() - interval '1 minute' WHERE hub_id = $1",
+        HUB,
+    )
+
+    async def poll() -> tuple[list[PortalKey], list[PortalKey]]:
+        db = await Database.connect(settings.database_url.get(), min_size=1, max_size=1, timeout=10)
+        try:
+            portals = PostgresPortals(db)
+            _, since = await portals.stopped_since(None)
+            quiet, since = await portals.stopped_since(since)
+            async with open_admin(settings) as svc:
+                new = Secret(sim.create_private_app_token(HUB))
+                await svc.private_apps.rotate(APP, HUB, new, old_expires_in=None, actor="test")
+            rotated, _ = await portals.stopped_since(since)
+            return quiet, rotated
+        finally:
+            await db.close()
+
+    quiet, rotated = asyncio.run(poll())
+    assert PortalKey(APP, HUB) not in quiet
+    assert PortalKey(APP, HUB) in rotated
 
 
 # --- two replicas, real processes -----------------------------------------------------------

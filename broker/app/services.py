@@ -287,6 +287,7 @@ async def open_services(
             retention=sweeper,
             private_apps=PrivateApps(
                 portals=portals,
+                apps=portals,
                 private=portals,
                 store=vault,
                 keyring=keyring,

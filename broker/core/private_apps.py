@@ -23,7 +23,13 @@ from broker.config import Secret
 from broker.core.invalidation import Invalidations
 from broker.core.models import APP_SLUG, PortalKey, PortalRecord
 from broker.core.operations import PortalOperations, Revocation
-from broker.core.ports import AuditSink, PortalRepository, PrivatePortals, PrivateTokenStore
+from broker.core.ports import (
+    AppRepository,
+    AuditSink,
+    PortalRepository,
+    PrivatePortals,
+    PrivateTokenStore,
+)
 from broker.core.signing import Keyring
 from broker.errors import AppKindMismatch, BrokerError, InvalidRequest, NotFound
 
@@ -40,6 +46,7 @@ class PrivateApps:
         self,
         *,
         portals: PortalRepository,
+        apps: AppRepository,
         private: PrivatePortals,
         store: PrivateTokenStore,
         keyring: Keyring,
@@ -48,6 +55,7 @@ class PrivateApps:
         audit: AuditSink,
     ) -> None:
         self._portals = portals
+        self._apps = apps
         self._private = private
         self._store = store
         self._keyring = keyring
@@ -62,10 +70,14 @@ class PrivateApps:
         serves it at once (a re-add replaces the token and lifts a revocation)."""
         key = _key(slug, hub_id)
         _check_token(token)
-        if await self._private.save_private_app(slug, hub_id) is None:
-            raise AppKindMismatch(f"app {slug!r} exists and is not hub {hub_id}'s private app")
-        # Vault first: a portal row never points at a token that is not there.
+        existing = await self._apps.get_app(slug)
+        if existing is not None and existing.private_hub_id != hub_id:
+            raise _not_this_private_app(slug, hub_id)
+        # Vault first: nothing is recorded when Vault refuses (a policy without KV writes),
+        # and a portal row never points at a token that is not there.
         await self._store.put_private_app_token(key, token)
+        if await self._private.save_private_app(slug, hub_id) is None:  # registered meanwhile
+            raise _not_this_private_app(slug, hub_id)
         record = await self._private.put_private_portal(
             key, scopes=scopes, fingerprint=await self._print(token), actor=actor
         )
@@ -121,6 +133,10 @@ class PrivateApps:
             return await self._keyring.fingerprint(token.get())
         except BrokerError:
             return None
+
+
+def _not_this_private_app(slug: str, hub_id: int) -> AppKindMismatch:
+    return AppKindMismatch(f"app {slug!r} exists and is not hub {hub_id}'s private app")
 
 
 def _key(slug: str, hub_id: int) -> PortalKey:
