@@ -57,6 +57,8 @@ class TokenService:
         refresher: RefreshEngine,
         audit: AuditSink,
         keyring: Keyring,
+        #: Private apps' static tokens (Vault KV); None: none are served (their portals
+        #: answer 404).
         private_tokens: PrivateTokenStore | None = None,
     ) -> None:
         self._settings = settings
