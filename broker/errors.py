@@ -318,6 +318,14 @@ class AppRetired(Conflict):
     title = "The app is retired"
 
 
+class AppKindMismatch(Conflict):
+    """A private-app action on an OAuth app (or a private app of another hub), or an OAuth
+    action (install, install link, refresh) on a private app."""
+
+    code = "app_kind_mismatch"
+    title = "The app is not of that kind"
+
+
 class VaultPolicyDenied(Forbidden):
     """The broker's own Vault policy does not allow what a management request asks (the
     replicas' policy is least-privilege: no client-secret writes, no key management). Not

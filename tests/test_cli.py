@@ -376,3 +376,44 @@ def test_remote_with_a_workload_jwt(
             return [e["actor"] for e in events if e["detail"]["caller"] == "svc-a"]
 
     assert asyncio.run(created_by()) == ["platform-ops"]
+
+
+def test_private_app_add_rotate_remove(cli: Cli, tmp_path: Path) -> None:
+    """The token comes from stdin (or a file), never an argument, and is never printed."""
+    hub = 7_700_101
+    cli.sim.add_portal(hub)
+    old = cli.sim.create_private_app_token(hub)
+    added = cli("--json", "apps", "add-private", "priv", "--hub", str(hub), stdin=old + "\n")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["token_kind"] == "private_app"
+    new = cli.sim.rotate_private_app_token(old, old_expires_in=3600)
+    token_file = tmp_path / "token"
+    token_file.write_text(new + "\n")
+    rotated = cli(
+        "apps",
+        "rotate-private",
+        "priv",
+        "--hub",
+        str(hub),
+        "--old-expires-in",
+        "3600",
+        "--token-file",
+        str(token_file),
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    assert "new token served (old: 20" in rotated.stdout  # the old one's recorded end
+    shown = cli("--json", "portals", "show", str(hub), "--app", "priv")
+    assert json.loads(shown.stdout)["previous_expires_at"] is not None
+    as_argument = cli("apps", "rotate-private", "priv", "--hub", str(hub), "--access-token", new)
+    assert as_argument.returncode == 2  # there is no such argument
+    as_file = cli("apps", "rotate-private", "priv", "--hub", str(hub), "--token-file", new)
+    assert as_file.returncode == 2
+    assert "No such file" in as_file.stderr
+    removed = cli("apps", "remove-private", "priv", "--hub", str(hub))
+    assert removed.returncode == 0, removed.stderr
+    again = cli("apps", "rotate-private", "priv", "--hub", str(hub), stdin=new + "\n")
+    assert again.returncode == 1
+    assert "error (portal_not_found):" in again.stderr
+    output = "".join(p.stdout + p.stderr for p in (added, rotated, shown, as_file, removed, again))
+    assert old not in output
+    assert new not in output

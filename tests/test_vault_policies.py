@@ -196,6 +196,7 @@ def test_management_api_under_the_replicas_policies(
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
             for method, path, body in (
                 ("PUT", f"/v1/admin/apps/{slug}", {**app, "client_secret": "s3cret-value"}),
+                ("PUT", f"/v1/admin/apps/{slug}-p/private/7", {"access_token": "s3cret-value"}),
                 ("GET", "/v1/admin/keys/transit", None),
                 ("POST", "/v1/admin/keys/transit/rewrap", {}),
                 ("GET", "/v1/admin/keys/signing", None),
@@ -222,3 +223,17 @@ def test_management_api_under_the_replicas_policies(
             custodian = client.post("/v1/admin/keys/transit/rewrap", json={"retire": True})
             assert custodian.status_code == 403, custodian.text
             assert custodian.json()["code"] == "vault_policy_denied"
+            private = f"/v1/admin/apps/{slug}-p/private/7"
+            assert client.put(private, json={"access_token": "pat-s3cret"}).status_code == 200
+
+    # Revoking a private app's portal destroys its token under the replica policy alone.
+    with serve_app(create_app(denied)) as url:
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=url, headers=headers) as client:
+            removed = client.delete(private)
+            assert removed.status_code == 200, removed.text
+            assert removed.json()["upstream"] == "not_applicable"
+    with pytest.raises(hvac.exceptions.InvalidPath):  # every version destroyed
+        root.secrets.kv.v2.read_secret_metadata(
+            f"hubspot-token-broker/apps/{slug}-p/private-app/7", mount_point="secret"
+        )

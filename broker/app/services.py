@@ -41,6 +41,7 @@ from broker.core.install_state import StateSeal
 from broker.core.invalidation import Invalidations
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations, RevocationRetrier
+from broker.core.private_apps import PrivateApps
 from broker.core.refresh import RefreshEngine
 from broker.core.refresh_policy import Checkpoint
 from broker.core.refresher import ProactiveRefresher
@@ -135,6 +136,7 @@ async def open_services(
             refresher=engine,
             audit=audit,
             keyring=keyring,
+            private_tokens=vault,
         )
         caller_repository = PostgresCallers(db)
         caller_cache = CallerCache(settings)
@@ -176,6 +178,7 @@ async def open_services(
             invalidations=invalidations,
             audit=audit,
             links=install_links,
+            private_tokens=vault,
         )
         health = Health(
             {
@@ -282,6 +285,16 @@ async def open_services(
                 log=PostgresEventLog(db), urls=settings.webhook_url_list, audit=audit
             ),
             retention=sweeper,
+            private_apps=PrivateApps(
+                portals=portals,
+                apps=portals,
+                private=portals,
+                store=vault,
+                keyring=keyring,
+                invalidations=invalidations,
+                operations=operations,
+                audit=audit,
+            ),
             sso=sso,
         )
 

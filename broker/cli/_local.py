@@ -74,6 +74,20 @@ class LocalOperations(Operations):
         svc = await self._svc()
         return app_view(await svc.admin.retire_app(slug, retired=retired, actor=actor()))
 
+    async def private_app(self, action: str, slug: str, hub_id: int, body: View) -> View:
+        apps = (await self._svc()).private_apps
+        token = Secret(body.get("access_token") or "")
+        if action == "add":
+            scopes = tuple(body.get("scopes") or ())
+            return portal_view(await apps.add(slug, hub_id, token, scopes=scopes, actor=actor()))
+        if action == "rotate":
+            old = body.get("old_expires_in")
+            return portal_view(
+                await apps.rotate(slug, hub_id, token, old_expires_in=old, actor=actor())
+            )
+        done = await apps.remove(slug, hub_id, reason="private app removed", actor=actor())
+        return {**portal_view(done.record), "upstream": done.upstream}
+
     async def callers_create(self, spec: View) -> View:
         issuer, subject = spec.get("jwt_issuer"), spec.get("jwt_subject")
         new = await (await self._svc()).callers.create(

@@ -32,6 +32,11 @@ class Operations(Protocol):
 
     async def app_retire(self, slug: str, *, retired: bool) -> View: ...
 
+    async def private_app(self, action: str, slug: str, hub_id: int, body: View) -> View:
+        """``action``: add, rotate or remove a private app's token; ``body`` as the API's
+        (``access_token``, ``scopes``, ``old_expires_in``); the portal's view."""
+        ...
+
     # --- callers (callers:admin) ----------------------------------------------------------
     async def callers_create(self, spec: View) -> View:
         """``spec`` as the POST body; the answer carries ``key`` (None without one)."""

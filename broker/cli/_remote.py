@@ -113,6 +113,16 @@ class RemoteOperations(Operations):
         found: View = await self._call("POST", f"/v1/admin/apps/{_seg(slug)}/{verb}")
         return found
 
+    async def private_app(self, action: str, slug: str, hub_id: int, body: View) -> View:
+        path = f"/v1/admin/apps/{_seg(slug)}/private/{hub_id}"
+        if action == "add":
+            found: View = await self._call("PUT", path, json=body)
+        elif action == "rotate":
+            found = await self._call("POST", f"{path}/rotate", json=body)
+        else:
+            found = await self._call("DELETE", path)
+        return found
+
     async def callers_create(self, spec: View) -> View:
         found: View = await self._call("POST", "/v1/admin/callers", json=spec)
         return found

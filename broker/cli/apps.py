@@ -7,20 +7,30 @@ import getpass
 import sys
 from typing import Any
 
+from broker.cli import private_apps
 from broker.cli._ops import Operations, View
 from broker.cli._output import Out
 from broker.core.models import DEFAULT_API_VERSION
+from broker.errors import ConfigError
 
 _COLUMNS = ["slug", "client_id", "api_version", "redirect_uri", "retired_at"]
 
 
 def read_secret(args: argparse.Namespace) -> str:
-    """From a file or stdin: never an argument (``ps``, shell history)."""
-    if args.client_secret_file:
-        with open(args.client_secret_file) as handle:
-            return handle.read().strip()
+    return read_hidden(args.client_secret_file, "client secret: ")
+
+
+def read_hidden(path: str | None, prompt: str) -> str:
+    """From a file or stdin: never an argument (``ps``, shell history). A file that cannot
+    be read is named by its error only: a secret pasted in place of the path stays unsaid."""
+    if path:
+        try:
+            with open(path) as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise ConfigError([f"cannot read the secret's file: {exc.strerror}"]) from None
     if sys.stdin.isatty():
-        return getpass.getpass("client secret: ").strip()
+        return getpass.getpass(prompt).strip()
     return sys.stdin.readline().strip()
 
 
@@ -105,3 +115,4 @@ def register(sub: Any) -> None:
     link_options(link)
     link.add_argument("--return-to", help="where the browser goes afterwards (allowed origin)")
     link.set_defaults(run=install_link)
+    private_apps.register(apps)

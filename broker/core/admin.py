@@ -13,6 +13,7 @@ from broker.config import Secret
 from broker.core.models import (
     API_VERSIONS,
     APP_SLUG,
+    PRIVATE_APP,
     App,
     Caller,
     InstallLinkRecord,
@@ -21,7 +22,7 @@ from broker.core.models import (
     PortalState,
 )
 from broker.core.ports import AppRepository, AuditSink, PortalRepository, SecretStore
-from broker.errors import InvalidRequest, NotFound
+from broker.errors import AppKindMismatch, InvalidRequest, NotFound
 
 
 def portal_view(record: PortalRecord) -> dict[str, Any]:
@@ -44,6 +45,8 @@ def portal_view(record: PortalRecord) -> dict[str, Any]:
         "last_error": record.last_error,
         "next_attempt_at": iso(record.next_attempt_at),
         "revoked_at": iso(record.revoked_at),
+        "token_kind": PRIVATE_APP if record.private else "oauth",
+        "previous_expires_at": iso(record.previous_expires_at),
     }
 
 
@@ -58,6 +61,8 @@ def app_view(app: App) -> dict[str, Any]:
         "allow_marketplace_installs": app.allow_marketplace_installs,
         "user_level": app.user_level,
         "retired_at": None if app.retired_at is None else app.retired_at.isoformat(),
+        "kind": "oauth" if app.private_hub_id is None else "private",
+        "private_hub_id": app.private_hub_id,
     }
 
 
@@ -133,6 +138,8 @@ class AdminService:
             problems.append({"field": "client_secret", "message": "required for a new app"})
         if problems:
             raise InvalidRequest("the app is not valid", errors=problems)
+        if existing is not None and existing.private_hub_id is not None:
+            raise AppKindMismatch(f"app {app.slug!r} is a private app (broker apps add-private)")
         if client_secret is not None:
             # Secret first: an app row without a secret would fail every install.
             await self._secrets.add_client_secret(app.slug, client_secret)

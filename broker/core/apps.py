@@ -8,7 +8,7 @@ import time
 
 from broker.core.models import App
 from broker.core.ports import AppRepository
-from broker.errors import AppRetired, NotFound
+from broker.errors import AppKindMismatch, AppRetired, NotFound
 
 #: How long an app read for refreshing and revoking is reused (its settings rarely change).
 CACHE_SECONDS = 30.0
@@ -21,7 +21,8 @@ class AppCatalog:
 
     async def get(self, slug: str, *, installable: bool = False) -> App:
         """The app (cached :data:`CACHE_SECONDS`). ``installable``: read now, and refused
-        with :class:`AppRetired` when the app is retired (installs and install links)."""
+        with :class:`AppRetired` when the app is retired, :class:`AppKindMismatch` when it is
+        a private app (installs and install links)."""
         cached = self._cache.get(slug)
         now = time.monotonic()
         if cached is not None and cached[0] > now and not installable:
@@ -32,6 +33,8 @@ class AppCatalog:
         self._cache[slug] = (now + CACHE_SECONDS, app)
         if installable and app.retired_at is not None:
             raise AppRetired(f"app {slug!r} is retired: it installs no new portal")
+        if installable and app.private_hub_id is not None:
+            raise AppKindMismatch(f"app {slug!r} is a private app: it has no install flow")
         return app
 
     async def all(self) -> list[App]:

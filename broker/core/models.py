@@ -18,6 +18,8 @@ from typing import Any
 #: An app's slug: also the shape every interface accepts for an ``app`` parameter.
 APP_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 DEFAULT_API_VERSION = "2026-03"
+#: ``token_kind`` of a private app's static token (in the database, views and the answer).
+PRIVATE_APP = "private_app"
 API_VERSIONS = ("2026-03", "2026-09", "v3", "v1")
 
 
@@ -55,6 +57,9 @@ class App:
     user_level: bool = False
     #: When it was retired: it installs nothing new; its portals are still served.
     retired_at: datetime | None = None
+    #: A private app (HubSpot's "private app" of one account): the hub it belongs to. Its
+    #: token is static, held in Vault, never refreshed. None: an OAuth app.
+    private_hub_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,10 @@ class PortalRecord:
     db_now: datetime
     #: The access token's audit fingerprint, made when it was obtained (None: not stored).
     access_fp: str | None = None
+    #: A private app's portal: its static token is in Vault, never refreshed.
+    private: bool = False
+    #: A private app's previous token stops working at HubSpot then (given at rotation).
+    previous_expires_at: datetime | None = None
 
     def remaining(self) -> float:
         """Seconds the stored access token has left, on the database clock."""
@@ -211,7 +220,8 @@ class IssuedToken:
 
     entry: CachedToken = field(repr=False)
     key: PortalKey
-    expires_in: int
+    #: None: a static token (a private app's), which does not expire.
+    expires_in: int | None
     refreshed: bool = False
     #: Less than the caller's ``min_ttl`` is left: refreshing failed (HubSpot or a backend
     #: down, the refresh stuck elsewhere) and a still-valid token beats an error.
@@ -223,7 +233,8 @@ class IssuedToken:
 
     @property
     def expires_at(self) -> datetime:
-        """The expiry on the wall clock, translated from the monotonic one now."""
+        """The expiry on the wall clock, translated from the monotonic one now (a static
+        token has none: do not ask)."""
         wall = time.time() + self.entry.expires_local - time.monotonic()
         return datetime.fromtimestamp(wall, UTC)
 

@@ -6,6 +6,10 @@ ciphertexts shredded, an outbox event — and every replica is told to drop its 
 (Redis pub/sub, with the Postgres poll as the fallback). Then HubSpot is asked to revoke the
 refresh token; if it cannot be reached, ``pending_revocations`` keeps the ciphertext and
 :class:`RevocationRetrier` retries until HubSpot confirms. Revoking twice is harmless.
+
+A private app's portal (``broker.core.private_apps``) has no refresh token and HubSpot no API
+to revoke its token: revoking it stops serving it on every replica and destroys it in Vault
+(upstream ``not_applicable``; killing it at HubSpot is a rotation in HubSpot's UI).
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from broker.core.ports import (
     LeaseRepository,
     OAuthProvider,
     PortalRepository,
+    PrivateTokenStore,
     RevocationQueue,
     SecretStore,
 )
 from broker.core.refresh import RefreshEngine
 from broker.core.refresh_policy import raise_for_state
 from broker.core.tasks import JITTER, BackgroundLoop
-from broker.errors import BrokerError, Conflict, NotFound, UpstreamError
+from broker.errors import AppKindMismatch, BrokerError, Conflict, NotFound, UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +70,10 @@ class PortalOperations:
         invalidations: Invalidations,
         audit: AuditSink,
         links: InstallLinks,
+        private_tokens: PrivateTokenStore,
     ) -> None:
         self._settings = settings
+        self._private_tokens = private_tokens
         self._links = links
         self._portals = portals
         self._leases = leases
@@ -86,6 +93,10 @@ class PortalOperations:
         record, pending = outcome
         await self._invalidations.publish(key)
         self._audit.record("portal.revoked", actor=actor, key=key, reason=reason)
+        if record.private:  # after the commit: a failure here leaves it unserved, retryable
+            await self._private_tokens.delete_private_app_token(key)
+            log.info("revoke.private_app_destroyed", portal=str(key))
+            return Revocation(record, "not_applicable")
         if pending is None:
             return Revocation(record, "already_revoked")
         try:
@@ -147,6 +158,8 @@ class PortalOperations:
         if record is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
         raise_for_state(record)
+        if record.private:
+            raise AppKindMismatch(f"portal {key} is a private app's: its token never refreshes")
         if (
             record.refreshed_at is not None
             and (record.db_now - record.refreshed_at).total_seconds() < _FORCE_REFRESH_SPACING

@@ -12,11 +12,16 @@ step on this machine moves nothing.
 
 An answer with less than the caller's ``min_ttl`` left is *degraded* (refreshing failed and
 a still-valid token beats an error): it says so, and is counted.
+
+A private app's token (``broker.core.private_apps``) is static: read from Vault on a miss,
+cached with an infinite expiry (so any ``min_ttl`` is a hit), never refreshed, and issued
+without ``expires_in``. Only an invalidation (rotation, revocation) drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from broker import metrics
@@ -30,7 +35,7 @@ from broker.core.models import (
     PortalRecord,
     Role,
 )
-from broker.core.ports import AuditSink, Cipher, PortalRepository
+from broker.core.ports import AuditSink, Cipher, PortalRepository, PrivateTokenStore
 from broker.core.refresh import RefreshEngine
 from broker.core.refresh_policy import USEFUL_SECONDS, raise_for_state
 from broker.core.signing import Keyring
@@ -38,6 +43,8 @@ from broker.errors import Forbidden, InvalidRequest, NotFound, Undecryptable, Up
 
 #: Portals whose invalidations are counted one by one (see :meth:`TokenService.invalidate`).
 _GENERATIONS_MAX = 10_000
+#: The ``remaining_ttl`` audited for a static token (it has no expiry): the largest int4.
+STATIC_REMAINING_TTL = 2**31 - 1
 
 
 class TokenService:
@@ -50,8 +57,12 @@ class TokenService:
         refresher: RefreshEngine,
         audit: AuditSink,
         keyring: Keyring,
+        #: Private apps' static tokens (Vault KV); None: none are served (their portals
+        #: answer 404).
+        private_tokens: PrivateTokenStore | None = None,
     ) -> None:
         self._settings = settings
+        self._private_tokens = private_tokens
         self._portals = portals
         self._cipher = cipher
         self._refresher = refresher
@@ -204,6 +215,16 @@ class TokenService:
         refreshed: bool,
     ) -> IssuedToken:
         remaining = entry.expires_local - now
+        if remaining == math.inf:  # a private app's static token: no expiry, never degraded
+            self._audit.issued(
+                caller.name,
+                key,
+                fingerprint=entry.fingerprint,
+                min_ttl=min_ttl,
+                remaining_ttl=STATIC_REMAINING_TTL,
+                refreshed=False,
+            )
+            return IssuedToken(entry, key, None)
         metrics.REMAINING_TTL.observe(remaining)
         degraded = remaining < min_ttl
         if degraded:
@@ -259,6 +280,8 @@ class TokenService:
         if record is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
         raise_for_state(record)
+        if record.private:
+            return await self._load_static(record, generation)
         fresh = await self._refresher.ensure_fresh(record, min_ttl)
         record = fresh.record
         raise_for_state(record)
@@ -281,6 +304,25 @@ class TokenService:
             sent_at,
             refreshed=fresh.access_token is not None,
         )
+        return await self._keep(key, generation, entry)
+
+    async def _load_static(self, record: PortalRecord, generation: tuple[int, int]) -> CachedToken:
+        """A private app's token, from Vault (no refresh: it does not expire)."""
+        if self._private_tokens is None:
+            raise NotFound(f"portal {record.key} has no token", code="portal_not_found")
+        token = (await self._private_tokens.private_app_token(record.key)).get()
+        entry = CachedToken(
+            token.encode(),
+            expires_local=math.inf,
+            scopes=self._scopes.setdefault(record.scopes, record.scopes),
+            fingerprint=await self._fingerprint(record, token),
+        )
+        return await self._keep(record.key, generation, entry)
+
+    async def _keep(
+        self, key: PortalKey, generation: tuple[int, int], entry: CachedToken
+    ) -> CachedToken:
+        """Cache ``entry`` unless its portal was invalidated while it loaded."""
         if generation == self._generation(key):
             self._cache[key] = entry
         else:

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker import metrics
-from broker.core.models import IssuedToken, PortalKey
+from broker.core.models import PRIVATE_APP, IssuedToken, PortalKey
 from broker.logs import REQUEST_ID
 from broker.web import problems
 from broker.web.middleware import CLOSE, log_server_error, observe, request_id
@@ -162,6 +162,8 @@ def _body(issued: IssuedToken) -> bytes:
     part after ``expires_in`` shared by the entries of one app and scopes), only
     ``expires_in`` formatted per request."""
     entry = issued.entry
+    if issued.expires_in is None:
+        return _static_body(issued)
     head, tail = entry.head, entry.tail
     if head is None or tail is None:
         head, tail = entry.head, entry.tail = _parts(issued)
@@ -176,14 +178,29 @@ def _body(issued: IssuedToken) -> bytes:
     return b"%s%s%s%d%s" % (_OPEN, entry.token, head, issued.expires_in, tail)
 
 
-def _fields(issued: IssuedToken) -> tuple[dict[str, object], dict[str, object]]:
+def _static_body(issued: IssuedToken) -> bytes:
+    """A static token's answer (a private app's): no ``expires_in``/``expires_at``, and
+    ``token_kind``; the same for every request, so encoded once and kept with the entry."""
+    entry = issued.entry
+    if entry.head is None:
+        before, after = _fields(issued, static=True)
+        answer = {"token_type": "bearer", "access_token": issued.access_token, **before}
+        entry.head = json.dumps({**answer, **after, "degraded": False}).encode()
+    return entry.head
+
+
+def _fields(
+    issued: IssuedToken, *, static: bool = False
+) -> tuple[dict[str, object], dict[str, object]]:
     """The answer's fields but the token, ``expires_in`` and ``degraded``: those before
     ``expires_in`` (particular to the entry) and those after (shared by many)."""
     key = issued.key
-    before: dict[str, object] = {
-        "expires_at": issued.expires_at.isoformat().replace("+00:00", "Z"),
-        "hub_id": key.hub_id,
-    }
+    before: dict[str, object] = (
+        {"token_kind": PRIVATE_APP}
+        if static
+        else {"expires_at": issued.expires_at.isoformat().replace("+00:00", "Z")}
+    )
+    before["hub_id"] = key.hub_id
     if key.user_id is not None:
         before["user_id"] = key.user_id
     return before, {"app": key.app, "scopes": list(issued.scopes)}

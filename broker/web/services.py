@@ -17,6 +17,7 @@ from broker.core.install_links import InstallLinks
 from broker.core.keys import KeyRotation
 from broker.core.operations import PortalOperations
 from broker.core.ports import AuditSink
+from broker.core.private_apps import PrivateApps
 from broker.core.retention import RetentionSweeper
 from broker.core.signing import Keyring
 from broker.core.sso import SsoLogin
@@ -47,6 +48,8 @@ class Services:
     webhook_events: WebhookEvents
     #: Retention; a replica runs it in the background, ``sweep()`` runs one now.
     retention: RetentionSweeper
+    #: Private apps' static tokens: add, rotate, remove.
+    private_apps: PrivateApps
     #: Operator sign-in through the OpenID Provider; None while BROKER_OIDC_ISSUER is unset.
     sso: SsoLogin | None = None
 

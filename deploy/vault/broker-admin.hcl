@@ -20,6 +20,12 @@ path "secret/data/hubspot-token-broker/apps/*" {
   capabilities = ["create", "read", "update"]
 }
 
+# `broker apps remove-private` / `broker portals revoke` of a private app's portal destroy
+# the token with every version (nothing left to undelete); only those paths.
+path "secret/metadata/hubspot-token-broker/apps/+/private-app/*" {
+  capabilities = ["delete"]
+}
+
 # `broker keys status` / `broker keys rewrap`: read the key's versions (never its material:
 # it is not exportable) and rewrap ciphertexts (Vault decrypts and re-encrypts inside; the
 # caller never sees a plaintext).

@@ -4,6 +4,7 @@
 # broker-admin.hcl grants an operator but minting install links (broker.hcl signs them):
 #
 #   PUT /v1/admin/apps/{app} with a client secret     write the app's client secrets
+#   PUT / POST .../apps/{app}/private/{hub_id}         write a private app's token
 #   /v1/admin/keys/transit (status, rewrap)           read the Transit key's versions, rewrap
 #   /v1/admin/keys/signing (status, rotate)           read and rotate the signing keys
 #
@@ -18,6 +19,7 @@
 # hubspot-tokens and BROKER_VAULT_SIGNING_KEY_PREFIX=hubspot-token-broker-.
 
 # Client secrets: read the list, put the new one first, write it back with check-and-set.
+# Private apps' tokens (apps/<slug>/private-app/<hub_id>): written the same way.
 path "secret/data/hubspot-token-broker/apps/*" {
   capabilities = ["create", "read", "update"]
 }

@@ -5,10 +5,17 @@
 # BROKER_VAULT_TRANSIT_KEY=hubspot-tokens, BROKER_VAULT_SIGNING_KEY_PREFIX=hubspot-token-broker-.
 # Change the paths below if you change those. KV v2 puts secret data under <mount>/data/<path>.
 
-# HubSpot app client secrets: read only. They are written by `broker apps add`, which runs
-# under broker-admin.hcl.
+# HubSpot app client secrets, and private apps' tokens (apps/<slug>/private-app/<hub_id>):
+# read only. They are written by `broker apps add` / `add-private`, which run under
+# broker-admin.hcl (or the management API under broker-management.hcl).
 path "secret/data/hubspot-token-broker/apps/*" {
   capabilities = ["read"]
+}
+
+# Revoking a private app's portal (`broker portals revoke`, the management API) destroys its
+# token with every version: a replica may destroy those tokens, never write or read others.
+path "secret/metadata/hubspot-token-broker/apps/+/private-app/*" {
+  capabilities = ["delete"]
 }
 
 # Tokens at rest: encrypt and decrypt with the one Transit key, nothing else. No key reads,

@@ -12,6 +12,7 @@ from datetime import datetime
 from broker.adapters.postgres.apps import AppRows
 from broker.adapters.postgres.leases import LeaseRows
 from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.private_apps import PrivateAppRows
 from broker.adapters.postgres.revocations import RevocationRows
 from broker.adapters.postgres.rewrap import RewrapRows
 from broker.adapters.postgres.rows import (
@@ -26,7 +27,7 @@ from broker.core.models import PortalKey, PortalRecord, PortalState
 from broker.core.ports import EncryptedGrant
 
 
-class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows):
+class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows, PrivateAppRows):
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -122,7 +123,7 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows):
         rows = await self._db.fetch(
             f"""SELECT app, hub_id, user_id FROM portals
                 WHERE updated_at > $1::timestamptz - interval '5 seconds' AND updated_at <= $2
-                  AND NOT ({SERVING})""",
+                  AND (NOT ({SERVING}) OR token_kind = 'private_app')""",
             since,
             now,
         )

@@ -7,12 +7,13 @@ from typing import Any
 
 import asyncpg
 
-from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState
+from broker.core.models import PRIVATE_APP, App, Lease, PortalKey, PortalRecord, PortalState
 
 PORTAL_COLUMNS = """
     id, app, hub_id, user_id, hub_domain, scopes, state, refresh_ct, access_ct,
     access_expires_at, version, lease_epoch, failure_count, last_error, next_attempt_at,
     lease_until, installed_by, installed_at, updated_at, refreshed_at, revoked_at, access_fp,
+    token_kind, previous_expires_at,
     clock_timestamp() AS db_now
 """
 # Matches the unique index portals_identity.
@@ -34,6 +35,7 @@ def app_of(row: asyncpg.Record) -> App:
         allow_marketplace_installs=row["allow_marketplace_installs"],
         user_level=row["user_level"],
         retired_at=row["retired_at"],
+        private_hub_id=row["private_hub_id"],
     )
 
 
@@ -60,6 +62,8 @@ def portal_of(row: asyncpg.Record) -> PortalRecord:
         revoked_at=row["revoked_at"],
         access_fp=row["access_fp"],
         db_now=row["db_now"],
+        private=row["token_kind"] == PRIVATE_APP,
+        previous_expires_at=row["previous_expires_at"],
     )
 
 

@@ -1,9 +1,15 @@
 """App client secrets in KV v2: ``<kv_mount>/<kv_prefix>/apps/<slug>`` holds
 ``{"client_secrets": [...]}``, newest first, written with check-and-set; cached in memory for
-``secret_cache_seconds``. Read rarely (the cache), so on hvac (:meth:`VaultBase._call`)."""
+``secret_cache_seconds``. Read rarely (the cache), so on hvac (:meth:`VaultBase._call`).
+
+A private app's token: ``<kv_mount>/<kv_prefix>/apps/<slug>/private-app/<hub_id>`` holds
+``{"access_token": ...}``, written with check-and-set, read on a token cache miss only (the
+token service caches it, and a rotation must be seen by the next read), destroyed with every
+version on revocation."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -11,6 +17,7 @@ import hvac.exceptions
 
 from broker.adapters.vault.base import VaultBase
 from broker.config import Secret, Settings
+from broker.core.models import PortalKey
 from broker.errors import NotFound
 
 
@@ -60,3 +67,33 @@ class VaultSecrets(VaultBase):
 
         await self._call("kv_write", run)
         self._secret_cache.pop(app, None)
+
+    def _private_path(self, key: PortalKey) -> str:
+        return self._kv_path("apps", key.app, "private-app", str(key.hub_id))
+
+    async def private_app_token(self, key: PortalKey) -> Secret:
+        found = await self._call("kv_read", lambda: self._read_kv(self._private_path(key)))
+        if found is None or not found[0].get("access_token"):
+            raise NotFound(f"no private-app token stored for {key}", code="portal_not_found")
+        return Secret(str(found[0]["access_token"]))
+
+    async def put_private_app_token(self, key: PortalKey, token: Secret) -> None:
+        path = self._private_path(key)
+
+        def run() -> None:
+            current = self._read_kv(path)
+            cas = 0 if current is None else current[1]
+            self._write_kv(path, {"access_token": token.get()}, cas)
+
+        await self._call("kv_write", run)
+
+    async def delete_private_app_token(self, key: PortalKey) -> None:
+        path = self._private_path(key)
+
+        def run() -> None:
+            with contextlib.suppress(hvac.exceptions.InvalidPath):  # nothing stored: gone
+                self._client.secrets.kv.v2.delete_metadata_and_all_versions(
+                    path=path, mount_point=self._settings.vault_kv_mount
+                )
+
+        await self._call("kv_delete", run)

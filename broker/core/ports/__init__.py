@@ -53,6 +53,7 @@ from broker.core.ports.identity import (
 from broker.core.ports.install_links import InstallLinkStore
 from broker.core.ports.leases import LeaseRepository
 from broker.core.ports.portals import EncryptedGrant, PortalRepository
+from broker.core.ports.private_apps import PrivatePortals, PrivateTokenStore
 from broker.core.ports.retention import RetentionStore
 from broker.core.ports.revocations import RevocationQueue
 from broker.core.ports.vault import (
@@ -96,6 +97,8 @@ __all__ = [
     "PortalRepository",
     "PortalSearch",
     "PortalTimeline",
+    "PrivatePortals",
+    "PrivateTokenStore",
     "RateLimiter",
     "RetentionStore",
     "RevocationQueue",

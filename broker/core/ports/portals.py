@@ -79,8 +79,9 @@ class PortalRepository(Protocol):
         ...
 
     async def stopped_since(self, since: datetime | None) -> tuple[list[PortalKey], datetime]:
-        """Portals that stopped serving tokens (any non-serving state) after ``since``, and
-        the database time to pass next; the fallback when invalidations are missed."""
+        """Portals that stopped serving tokens (any non-serving state) or whose private-app
+        token changed after ``since``, and the database time to pass next; the fallback when
+        invalidations are missed."""
         ...
 
     async def ping(self) -> None: ...

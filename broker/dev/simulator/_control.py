@@ -201,6 +201,18 @@ def control_routes(sim: Simulator) -> list[BaseRoute]:
         )
         return JSONResponse({"code": code}, status_code=201)
 
+    async def private_app_token(request: Request, body: Body) -> Response:
+        _only(body, {"scopes"})
+        scopes = _default(_opt_strs(body, "scopes"), DEFAULT_APP_SCOPES)
+        token = sim.create_private_app_token(request.path_params["hub_id"], scopes)
+        return JSONResponse({"token": token}, status_code=201)
+
+    async def rotate_private_app_token(request: Request, body: Body) -> Response:
+        _only(body, {"token", "old_expires_in"})
+        old_expires_in = _default(_opt_int(body, "old_expires_in"), 0)
+        token = sim.rotate_private_app_token(_str(body, "token"), old_expires_in=old_expires_in)
+        return JSONResponse({"token": token}, status_code=201)
+
     return [
         Route("/apps", _guarded(add_app), methods=["POST"]),
         Route("/portals", _guarded(add_portal), methods=["POST"]),
@@ -213,4 +225,10 @@ def control_routes(sim: Simulator) -> list[BaseRoute]:
         Route("/counters", _guarded(counters), methods=["GET"]),
         Route("/reset", _guarded(reset), methods=["POST"]),
         Route("/codes", _guarded(issue_code), methods=["POST"]),
+        Route(
+            "/portals/{hub_id:int}/private-app-tokens",
+            _guarded(private_app_token),
+            methods=["POST"],
+        ),
+        Route("/private-app-tokens/rotate", _guarded(rotate_private_app_token), methods=["POST"]),
     ]

@@ -47,6 +47,17 @@ def new_refresh_token(token_format: str) -> str:
     return str(uuid.uuid4()) if token_format == "uuid" else new_code()
 
 
+def new_private_app_token() -> str:
+    """A private app's access token, in HubSpot's `pat-na1-<uuid>` shape."""
+    return f"pat-na1-{uuid.uuid4()}"
+
+
+#: A private app's token does not expire by itself (until a rotation sets its end).
+PRIVATE_APP_TOKEN_SECONDS = 100 * 365 * 86_400.0
+#: The client_id a private app's grant is filed under (it has no OAuth client).
+PRIVATE_APP_CLIENT = "private-app"
+
+
 def new_access_token() -> str:
     """An opaque access token, as long as HubSpot's real ones can be (>= 512 chars)."""
     return "CO" + secrets.token_urlsafe(384)

@@ -20,6 +20,9 @@ from broker.dev.simulator._model import (
     DEFAULT_APP_SCOPES,
     DEFAULT_USER,
     DEFAULT_USER_ID,
+    PRIVATE_APP_CLIENT,
+    PRIVATE_APP_TOKEN_SECONDS,
+    AccessToken,
     App,
     AuthCode,
     Grant,
@@ -28,6 +31,7 @@ from broker.dev.simulator._model import (
     make_fault,
     new_code,
     new_portal,
+    new_private_app_token,
 )
 from broker.dev.simulator._replies import HubSpotError, Reply, legacy_error
 from broker.dev.simulator._store import Store
@@ -196,6 +200,33 @@ class Simulator:
             expires_at = self._store.now() + self._store.settings.code_ttl
             self._store.codes[code] = AuthCode(grant, redirect_uri, None, expires_at)
             return code
+
+    def create_private_app_token(
+        self, hub_id: int, scopes: Sequence[str] = DEFAULT_APP_SCOPES
+    ) -> str:
+        """A private app's access token for the portal (`pat-na1-<uuid>`): accepted by the
+        API endpoints as an OAuth access token is, and never expiring until rotated."""
+        with self._lock:
+            portal = self._portal(hub_id)
+            grant = Grant(PRIVATE_APP_CLIENT, hub_id, next(iter(portal.users)), tuple(scopes))
+            return self._store_private(grant)
+
+    def rotate_private_app_token(self, token: str, *, old_expires_in: float = 0.0) -> str:
+        """HubSpot's "rotate" in a private app's settings: a new token with the same grant;
+        the old one keeps working for `old_expires_in` seconds (0: dies now)."""
+        if isinstance(old_expires_in, bool) or not isinstance(old_expires_in, int | float):
+            raise ValueError("old_expires_in must be a number of seconds")
+        with self._lock:
+            old = self._store.access_tokens.get(token)
+            if old is None or old.grant.client_id != PRIVATE_APP_CLIENT:
+                raise ValueError("not a private app's token")
+            old.expires_at = min(old.expires_at, self._store.now() + max(0.0, old_expires_in))
+            return self._store_private(old.grant)
+
+    def _store_private(self, grant: Grant) -> str:
+        token, now = new_private_app_token(), self._store.now()
+        self._store.access_tokens[token] = AccessToken(grant, now, now + PRIVATE_APP_TOKEN_SECONDS)
+        return token
 
     def advance_clock(self, seconds: float) -> float:
         """Move simulated time forward (never back); returns the total offset."""

@@ -6,6 +6,13 @@ is in its docstring; ``docs/operations.md`` has the table."""
 
 from __future__ import annotations
 
-from broker.web.manage import apps, callers, events, keys, links
+from broker.web.manage import apps, callers, events, keys, links, private_apps
 
-routes = [*apps.routes, *callers.routes, *links.routes, *events.routes, *keys.routes]
+routes = [
+    *apps.routes,
+    *private_apps.routes,
+    *callers.routes,
+    *links.routes,
+    *events.routes,
+    *keys.routes,
+]

@@ -9,7 +9,7 @@ import {
   errorFromProblem,
   errorFromTransport,
 } from "./errors.js";
-import { AccessToken, parseTokenBody } from "./token.js";
+import { AccessToken, lifetimeOf, parseTokenBody } from "./token.js";
 
 /** The caller key, or a function returning it, called before every request to the broker. */
 export type Credentials = string | (() => string | Promise<string>);
@@ -288,7 +288,7 @@ export class BrokerClient {
         requestId,
       });
     }
-    const entry = new Entry(new AccessToken(fields, sentAt), sentMono + fields.expires_in * 1000);
+    const entry = new Entry(new AccessToken(fields, sentAt), sentMono + lifetimeOf(fields) * 1000);
     const current = this.#cache.get(key);
     // Two answers may race: keep the one that lives longer.
     if (current === undefined || current.deadline <= entry.deadline) this.#cache.set(key, entry);

@@ -32,4 +32,4 @@ export {
   type ErrorFields,
 } from "./errors.js";
 export { authorizedFetch, renewalMinTtl, type AuthorizedFetchOptions, type FetchLike } from "./fetch.js";
-export { AccessToken, TOKEN_FIELDS, type TokenResponse } from "./token.js";
+export { AccessToken, STATIC_KIND, STATIC_TOKEN_SECONDS, TOKEN_FIELDS, type TokenResponse } from "./token.js";

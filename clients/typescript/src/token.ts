@@ -13,8 +13,9 @@ type JsonKind = "string" | "integer" | "boolean" | "array<string>";
 export const TOKEN_FIELDS = {
   access_token: { type: "string", required: true },
   token_type: { type: "string", required: true },
-  expires_at: { type: "string", required: true },
-  expires_in: { type: "integer", required: true },
+  expires_at: { type: "string", required: false },
+  expires_in: { type: "integer", required: false },
+  token_kind: { type: "string", required: false },
   hub_id: { type: "integer", required: true },
   user_id: { type: "integer", required: false },
   app: { type: "string", required: true },
@@ -38,6 +39,16 @@ export type TokenResponse = { [N in RequiredNames]: TsType<Fields[N]["type"]> } 
   [N in OptionalNames]?: TsType<Fields[N]["type"]>;
 };
 
+/** `token_kind` of a static token (a private app's), answered without `expires_in`. */
+export const STATIC_KIND = "private_app";
+/** How long a static token is kept in the client's cache before the broker is asked again. */
+export const STATIC_TOKEN_SECONDS = 300;
+
+/** Seconds the client may use the token for: `expires_in`, or a static token's re-ask delay. */
+export function lifetimeOf(body: TokenResponse): number {
+  return body.expires_in ?? STATIC_TOKEN_SECONDS;
+}
+
 /** A HubSpot access token for one portal. `toJSON`/`toString` hide the token itself. */
 export class AccessToken {
   readonly #accessToken: string;
@@ -49,15 +60,18 @@ export class AccessToken {
   readonly userId: number | null;
   /** The broker could not satisfy min_ttl (refreshing failed) and served a still-valid token. */
   readonly degraded: boolean;
+  /** `"oauth"` (expires, refreshed by the broker) or `"private_app"` (static: no expiry). */
+  readonly tokenKind: string;
 
   constructor(body: TokenResponse, sentAt: number) {
     this.#accessToken = body.access_token;
-    this.expiresAt = new Date(sentAt + body.expires_in * 1000);
+    this.expiresAt = new Date(sentAt + lifetimeOf(body) * 1000);
     this.hubId = body.hub_id;
     this.app = body.app;
     this.scopes = Object.freeze([...body.scopes]);
     this.userId = body.user_id ?? null;
     this.degraded = body.degraded;
+    this.tokenKind = body.token_kind ?? "oauth";
   }
 
   /** The bearer token to send to HubSpot. */
@@ -78,6 +92,7 @@ export class AccessToken {
       scopes: this.scopes,
       userId: this.userId,
       degraded: this.degraded,
+      tokenKind: this.tokenKind,
     };
   }
 
@@ -121,5 +136,9 @@ export function parseTokenBody(body: unknown, status: number, requestId: string 
     }
   }
   if (fields["access_token"] === "") throw invalid("access_token is empty");
+  // Only a static token (a private app's) comes without an expiry.
+  if ((fields["expires_in"] ?? null) === null && fields["token_kind"] !== STATIC_KIND) {
+    throw invalid("expires_in is not integer");
+  }
   return fields as TokenResponse;
 }

@@ -15,6 +15,11 @@ from hubspot_token_broker_client._errors import BrokerClientError, Unauthorized
 #: the broker so a rotated key or a re-projected service-account token file is picked up.
 Credentials: TypeAlias = str | Callable[[], str]
 
+#: ``token_kind`` of a static token (a private app's), answered without ``expires_in``.
+STATIC_KIND = "private_app"
+#: How long a static token is kept in this client's cache before the broker is asked again.
+STATIC_TOKEN_SECONDS = 300
+
 
 @dataclass(frozen=True, slots=True)
 class AccessToken:
@@ -22,6 +27,10 @@ class AccessToken:
 
     ``expires_at`` is on this machine's clock, measured from the moment the request to the
     broker was sent plus the ``expires_in`` it answered: never later than the real expiry.
+
+    A private app's token is static (``token_kind == "private_app"``, :attr:`static`): the
+    broker sends no expiry, and ``expires_at`` is then when this client asks the broker again
+    (:data:`STATIC_TOKEN_SECONDS` after the request), so a rotation reaches it.
     """
 
     access_token: str = field(repr=False)
@@ -33,6 +42,13 @@ class AccessToken:
     #: The broker could not satisfy the ``min_ttl`` asked for (refreshing failed) and served
     #: a token that is still valid instead of an error.
     degraded: bool = False
+    #: ``"oauth"`` (expires, refreshed by the broker) or ``"private_app"`` (static).
+    token_kind: str = "oauth"  # noqa: S105 - a kind of token, not one
+
+    @property
+    def static(self) -> bool:
+        """A private app's token: it does not expire (until rotated in HubSpot)."""
+        return self.token_kind == STATIC_KIND
 
     def remaining(self) -> float:
         """Seconds this token stays valid, by this machine's wall clock (negative: expired)."""
@@ -63,8 +79,9 @@ def _invalid(detail: str, response: httpx.Response) -> BrokerClientError:
 TOKEN_FIELDS: dict[str, tuple[str, bool]] = {
     "access_token": ("string", True),
     "token_type": ("string", True),
-    "expires_at": ("string", True),
-    "expires_in": ("integer", True),
+    "expires_at": ("string", False),
+    "expires_in": ("integer", False),
+    "token_kind": ("string", False),
     "hub_id": ("integer", True),
     "user_id": ("integer", False),
     "app": ("string", True),
@@ -100,7 +117,12 @@ def parse_token(response: httpx.Response, sent_at: datetime) -> tuple[AccessToke
             raise _invalid(f"{name} is not {kind}", response)
     if not body["access_token"]:
         raise _invalid("access_token is empty", response)
-    expires_in: int = body["expires_in"]
+    expires_in: int | None = body.get("expires_in")
+    kind = body.get("token_kind") or "oauth"
+    if expires_in is None:  # only a static token comes without one
+        if kind != STATIC_KIND:
+            raise _invalid("expires_in is not integer", response)
+        expires_in = STATIC_TOKEN_SECONDS
     token = AccessToken(
         access_token=body["access_token"],
         expires_at=sent_at + timedelta(seconds=expires_in),
@@ -109,5 +131,6 @@ def parse_token(response: httpx.Response, sent_at: datetime) -> tuple[AccessToke
         scopes=tuple(body["scopes"]),
         user_id=body.get("user_id"),
         degraded=body["degraded"],
+        token_kind=kind,
     )
     return token, expires_in
