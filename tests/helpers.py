@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import asyncpg
@@ -203,6 +203,16 @@ async def decrypt(settings: Settings, ciphertext: str, key: PortalKey, kind: str
         return plain
     finally:
         await vault.close()
+
+
+def audited(settings: Settings, action: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The audit events of ``action`` written so far (newest first), as plain dicts."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with open_admin(settings) as svc:
+            return [asdict(e) for e in await svc.admin.audit(action=action, limit=limit)]
+
+    return asyncio.run(run())
 
 
 def run_broker(

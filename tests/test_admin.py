@@ -17,7 +17,7 @@ from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, run_broker, serve_app, sql
+from tests.helpers import Deployment, audited, register, run_broker, serve_app, sql
 
 HUB = 3_300_001
 ADMIN = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
@@ -215,17 +215,11 @@ def test_app_install_links(deployment: Deployment) -> None:
     missing = post(everything, "nope")
     assert (missing.status_code, missing.json()["code"]) == (404, "app_not_found")
     time.sleep(1.0)  # the audit writer flushes every 0.5 s
-    minted = [e for e in fetch_audit(deployment.settings) if e["actor"] != "test"]
+    minted = [
+        e for e in audited(deployment.settings, "install_link.created") if e["actor"] != "test"
+    ]
     assert [e["actor"] for e in minted] == [deployment_caller(deployment.settings)]  # only 200
     assert made.json()["url"].split("link=")[1] not in json.dumps(minted, default=str)
-
-
-def fetch_audit(settings: Settings) -> list[dict[str, object]]:
-    async def run() -> list[dict[str, object]]:
-        async with open_admin(settings) as svc:
-            return await svc.admin.audit(action="install_link.created")
-
-    return asyncio.run(run())
 
 
 def deployment_caller(settings: Settings) -> str:

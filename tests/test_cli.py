@@ -373,6 +373,6 @@ def test_remote_with_a_workload_jwt(
     async def created_by() -> list[str]:
         async with open_admin(settings) as svc:
             events = await svc.admin.audit(action="caller.created")
-            return [e["actor"] for e in events if e["detail"]["caller"] == "svc-a"]
+            return [e.actor for e in events if e.detail["caller"] == "svc-a"]
 
     assert asyncio.run(created_by()) == ["platform-ops"]

@@ -17,6 +17,7 @@ from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.pool import Database
 from broker.config import load_settings
 from broker.core.models import PortalKey, Role
+from broker.core.ports import AuditFilter
 from broker.dev.simulator import Simulator
 from tests.helpers import Deployment, deployed
 
@@ -162,8 +163,8 @@ async def test_a_nul_reaching_the_audit_trail_does_not_stop_it(database_url: str
         assert await audit.flush() == 1
         audit.record("admin.test", actor="next", reason="plain")
         assert await audit.flush() == 1
-        rows = await audit.query(hub_id=None, actor=None, action="admin.test", since=None, limit=5)
-        assert [(r["actor"], r["detail"]["reason"]) for r in rows] == [
+        rows = await audit.search(AuditFilter(action="admin.test"), after=None, limit=5)
+        assert [(r.actor, r.detail["reason"]) for r in rows] == [
             ("next", "plain"),
             ("oidc:a\ufffdb", ["x\ufffd"]),
         ]
@@ -182,8 +183,8 @@ async def test_a_row_postgresql_refuses_costs_only_itself(database_url: str) -> 
         audit.record("admin.batch", actor="refused", key=PortalKey("demo", 2**70))
         audit.record("admin.batch", actor="last")
         assert await audit.flush() == 2
-        rows = await audit.query(hub_id=None, actor=None, action="admin.batch", since=None, limit=5)
-        assert sorted(r["actor"] for r in rows) == ["first", "last"]
+        rows = await audit.search(AuditFilter(action="admin.batch"), after=None, limit=5)
+        assert sorted(r.actor for r in rows) == ["first", "last"]
         assert metric_sample("broker_audit_dropped_total") == dropped + 1
     finally:
         await db.close()

@@ -22,7 +22,7 @@ from broker.core.signing import Purpose
 from broker.dev.simulator import Simulator
 from broker.errors import ConfigError, InvalidRequest
 from broker.web.oauth import COOKIE
-from tests.helpers import Deployment, install_link, register, run_broker, serve_app
+from tests.helpers import Deployment, audited, install_link, register, run_broker, serve_app
 from tests.links import assert_failed, claims, portal_count, sign, token_of
 
 HUB = 7_800_001
@@ -229,11 +229,7 @@ def test_cli_links_work_and_are_audited_without_the_token(
     assert set(reinstall) == {"url", "expires_at", "id"}
     assert payload_of(reinstall["url"])["hub_id"] == HUB
 
-    async def events() -> list[dict[str, Any]]:
-        async with open_admin(deployment.settings) as svc:
-            return await svc.admin.audit(action="install_link.created")
-
-    found = asyncio.run(events())
+    found = audited(deployment.settings, "install_link.created")
     assert len(found) == 2
     assert all(e["actor"].startswith("cli") for e in found)
     by_hub = {e["hub_id"]: e for e in found}

@@ -27,7 +27,7 @@ from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls, bootstrap_vault
 from broker.errors import InstallLinkRejected, RateLimitedCaller
 from broker.web import admin_page
-from tests.helpers import Deployment, install_link, register, run_broker, serve_app
+from tests.helpers import Deployment, audited, install_link, register, run_broker, serve_app
 from tests.links import assert_failed, sign, token_of
 from tests.operator_page import ADMIN, csrf, error_code, login
 
@@ -133,11 +133,7 @@ def test_links_are_listed_and_revoked_by_id(deployment: Deployment) -> None:
     assert unknown.returncode == 1
     assert "install_link_not_found" in unknown.stderr
 
-    async def events() -> list[dict[str, Any]]:
-        async with open_admin(deployment.settings) as svc:
-            return await svc.admin.audit(action="install_link.revoked")
-
-    (event,) = asyncio.run(events())
+    (event,) = audited(deployment.settings, "install_link.revoked")
     assert event["actor"].startswith("cli")
     assert event["detail"]["link_id"] == minted["id"]
     assert token_of(minted["url"]) not in json.dumps(event, default=str)
@@ -238,7 +234,7 @@ def test_key_rotation_drill(deployment: Deployment) -> None:
                 ).digest.hex()[:16]
                 for v in (1, 2)
             ]
-        return {e["detail"]["fingerprint"] for e in events}, by_version[0], by_version[1]
+        return {e.detail["fingerprint"] for e in events}, by_version[0], by_version[1]
 
     time.sleep(0.7)  # the audit trail is flushed every 0.5 s
     audited, old_key, new_key = asyncio.run(fingerprints())

@@ -176,8 +176,8 @@ class ProactiveRefresher:
         batch = await self._leases.claim_due(
             self._owner, limit=free, lease_seconds=self._settings.lease_seconds
         )
-        for key, lease in batch:
-            task = asyncio.create_task(self._refresh(key, lease), name=f"refresh {key}")
+        for due in batch:
+            task = asyncio.create_task(self._refresh(due.key, due.lease), name=f"refresh {due.key}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         self._backlog = len(batch) == free

@@ -8,6 +8,13 @@ from typing import Any
 import asyncpg
 
 from broker.core.models import App, Lease, PortalKey, PortalRecord, PortalState
+from broker.core.ports import (
+    DueLease,
+    EncryptedGrant,
+    JournalEntry,
+    PendingRevocation,
+    StoredCiphertext,
+)
 
 PORTAL_COLUMNS = """
     id, app, hub_id, user_id, hub_domain, scopes, state, refresh_ct, access_ct,
@@ -37,10 +44,15 @@ def app_of(row: asyncpg.Record) -> App:
     )
 
 
+def key_of(row: asyncpg.Record) -> PortalKey:
+    """The portal named by a row's ``app``, ``hub_id`` and ``user_id``."""
+    return PortalKey(row["app"], row["hub_id"], row["user_id"])
+
+
 def portal_of(row: asyncpg.Record) -> PortalRecord:
     return PortalRecord(
         id=row["id"],
-        key=PortalKey(row["app"], row["hub_id"], row["user_id"]),
+        key=key_of(row),
         hub_domain=row["hub_domain"],
         scopes=tuple(row["scopes"]),
         state=PortalState(row["state"]),
@@ -74,6 +86,28 @@ def lease_of(row: asyncpg.Record, owner: str) -> Lease:
         seconds=(row["lease_until"] - row["now"]).total_seconds(),
         db_now=row["now"],
     )
+
+
+def due_lease_of(row: asyncpg.Record, owner: str) -> DueLease:
+    """A ``claim_due`` row: the portal's identity and ``LEASE_COLUMNS``."""
+    return DueLease(key_of(row), lease_of(row, owner))
+
+
+def journal_entry_of(row: asyncpg.Record) -> JournalEntry:
+    return JournalEntry(
+        row["id"],
+        EncryptedGrant(
+            row["refresh_ct"], row["access_ct"], row["access_expires_at"], row["refresh_after"]
+        ),
+    )
+
+
+def pending_revocation_of(row: asyncpg.Record) -> PendingRevocation:
+    return PendingRevocation(row["id"], key_of(row), row["refresh_ct"], row["attempts"])
+
+
+def stored_ciphertext_of(row: asyncpg.Record) -> StoredCiphertext:
+    return StoredCiphertext(row["tbl"], row["id"], key_of(row), row["col"], row["ct"])
 
 
 def key_args(key: PortalKey) -> tuple[Any, ...]:

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import asyncpg
 
 from broker.adapters.postgres.pool import Database
 from broker.core.models import InstallLinkRecord
+from broker.core.ports import Retirement
 
 
 class PostgresKeySchedule:
@@ -42,11 +41,11 @@ class PostgresKeySchedule:
         )
         return found is True
 
-    async def retirements(self) -> dict[tuple[str, int], datetime]:
+    async def retirements(self) -> list[Retirement]:
         rows = await self._db.fetch(
             "SELECT purpose, version, retires_at FROM signing_key_retirements"
         )
-        return {(r["purpose"], r["version"]): r["retires_at"] for r in rows}
+        return [Retirement(r["purpose"], r["version"], r["retires_at"]) for r in rows]
 
 
 def _link(row: asyncpg.Record) -> InstallLinkRecord:

@@ -23,6 +23,7 @@ from broker.adapters.vault.base import Refused, VaultBase
 from broker.config import Settings
 from broker.core.batching import Coalescer
 from broker.core.models import Mac
+from broker.core.ports import KeyVersions
 from broker.errors import NotFound, Undecryptable, VaultError
 
 R = TypeVar("R")
@@ -163,11 +164,10 @@ class VaultTransit(VaultBase):
             raise Undecryptable("a stored token cannot be rewrapped")
         return [str(r["ciphertext"]) for r in results]
 
-    async def key_versions(self) -> tuple[int, int]:
-        """(latest version, min_decryption_version) of the Transit key."""
+    async def key_versions(self) -> KeyVersions:
         answer = await self._request("read_key", "GET", self._tokens_key("keys"))
         data = answer["data"]
-        return int(data["latest_version"]), int(data["min_decryption_version"])
+        return KeyVersions(int(data["latest_version"]), int(data["min_decryption_version"]))
 
     async def set_min_decryption_version(self, version: int) -> None:
         body = {"min_decryption_version": version}
