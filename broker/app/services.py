@@ -132,7 +132,7 @@ async def open_services(
             settings,
             portals=portals,
             cipher=vault,
-            refresher=engine,
+            engine=engine,
             audit=audit,
             keyring=keyring,
         )

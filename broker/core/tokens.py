@@ -47,14 +47,14 @@ class TokenService:
         *,
         portals: PortalRepository,
         cipher: Cipher,
-        refresher: RefreshEngine,
+        engine: RefreshEngine,
         audit: AuditSink,
         keyring: Keyring,
     ) -> None:
         self._settings = settings
         self._portals = portals
         self._cipher = cipher
-        self._refresher = refresher
+        self._engine = engine
         self._audit = audit
         self._keyring = keyring
         self._cache: dict[PortalKey, CachedToken] = {}
@@ -259,7 +259,7 @@ class TokenService:
         if record is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
         raise_for_state(record)
-        fresh = await self._refresher.ensure_fresh(record, min_ttl)
+        fresh = await self._engine.ensure_fresh(record, min_ttl)
         record = fresh.record
         raise_for_state(record)
         access_token = fresh.access_token
