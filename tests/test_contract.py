@@ -48,9 +48,8 @@ from starlette.routing import Route
 from broker.app import create_app, open_admin
 from broker.config import Settings
 from broker.core.models import Role
-from broker.dev.simulator import Simulator
 from broker.web import api as token_route
-from tests.helpers import Deployment, deployed, sql
+from tests.helpers import Deploy, Deployment, sql
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
@@ -121,13 +120,10 @@ def test_every_route_is_documented_and_every_documented_path_is_served(
 
 
 @pytest.fixture
-def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    with deployed(
-        settings, sim, sim_url, roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
-    ) as d:
-        _CURRENT_KEY["key"] = d.caller_key
-        d.sim.add_portal(HUB)
-        yield d
+def deployment(deploy: Deploy) -> Deployment:
+    d = deploy(portals=(HUB,), roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value))
+    _CURRENT_KEY["key"] = d.caller_key
+    return d
 
 
 def test_every_documented_token_status_is_produced(deployment: Deployment) -> None:

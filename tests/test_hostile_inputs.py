@@ -15,11 +15,9 @@ from prometheus_client import REGISTRY
 
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.pool import Database
-from broker.config import load_settings
 from broker.core.models import PortalKey, Role
 from broker.core.ports import AuditFilter
-from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, deployed
+from tests.helpers import Deploy, Deployment
 
 HUB = 3_400_001
 MAX_JSON_BODY = 16 * 1024  # broker.web.params.MAX_JSON_BODY
@@ -27,10 +25,8 @@ SENTENCE = "Your account is locked call 555 0100 now"
 
 
 @pytest.fixture
-def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    admin = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
-    with deployed(load_settings(env), sim, sim_url, hub_id=HUB, roles=admin) as d:
-        yield d
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(installed=(HUB,), roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value))
 
 
 def _authed(d: Deployment) -> httpx.Client:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -15,41 +14,32 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from broker.app import create_app, open_admin
-from broker.config import load_settings
-from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, serve_app
+from broker.app import open_admin
+from tests.helpers import Deploy, Deployment
 from tests.workload_issuer import AUDIENCE, ISSUER, SUBJECT, Issuer
 
 HUB = 6_100_001
 
 
 @pytest.fixture
-def deployment(
-    env: dict[str, str], sim: Simulator, sim_url: str, issuer: tuple[Issuer, str]
-) -> Iterator[Deployment]:
+def deployment(deploy: Deploy, issuer: tuple[Issuer, str]) -> Deployment:
     issuers = [
         {"issuer": ISSUER, "jwks_url": issuer[1], "audience": AUDIENCE, "refetch_seconds": 1}
     ]
-    settings = load_settings({**env, "BROKER_JWT_ISSUERS": json.dumps(issuers)})
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-        sim.add_portal(HUB)
-        assert d.install(HUB).status_code == 200
+    d = deploy(env={"BROKER_JWT_ISSUERS": json.dumps(issuers)}, installed=(HUB,))
 
-        async def workload() -> None:
-            async with open_admin(settings) as svc:
-                await svc.callers.create(
-                    "payments-api",
-                    apps=["demo"],
-                    identity=(ISSUER, SUBJECT),
-                    with_key=False,
-                    actor="test",
-                )
+    async def workload() -> None:
+        async with open_admin(d.settings) as svc:
+            await svc.callers.create(
+                "payments-api",
+                apps=["demo"],
+                identity=(ISSUER, SUBJECT),
+                with_key=False,
+                actor="test",
+            )
 
-        asyncio.run(workload())
-        yield d
+    asyncio.run(workload())
+    return d
 
 
 def ask(d: Deployment, credential: str) -> httpx.Response:
