@@ -338,13 +338,21 @@ class Background(StrEnum):
     INVALIDATION = "invalidation"
     CALLER_LAST_USED = "caller_last_used"
     AUDIT_FLUSH = "audit_flush"
+    REDIS_LISTENER = "redis_listener"
+    VAULT_RENEWAL = "vault_renewal"
+
+
+class FailureKind(StrEnum):
+    """``kind`` label values of :data:`BACKGROUND_FAILURES`."""
+
+    BACKEND = "backend"  # a backend failed (a BrokerError)
+    BUG = "bug"  # anything else
 
 
 BACKGROUND_FAILURES = Counter(
     "broker_background_failures_total",
     "Failed passes of a background loop; the loop goes on at its next interval.",
-    # loop: Background; kind: backend (a backend failed: BrokerError) | bug (anything else)
-    ["loop", "kind"],
+    ["loop", "kind"],  # Background, FailureKind
 )
 
 
