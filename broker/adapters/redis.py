@@ -105,16 +105,16 @@ class RedisCoordinator:
         for client in (self._client, self._sub_client, *self._sentinels):
             await client.aclose()
 
-    async def _bounded(self, operation: str, coro: Any) -> Any:
+    async def _bounded(self, operation: metrics.RedisOp, coro: Any) -> Any:
         try:
             return await asyncio.wait_for(coro, timeout=self._timeout)
         except _UNAVAILABLE:
-            metrics.BACKEND_ERRORS.labels("redis", operation).inc()
+            metrics.backend_failed("redis", operation)
             raise
         except RuntimeError as exc:
             # redis-py on uvloop reports a connection the server dropped as RuntimeError
             # ("unable to perform operation on <TCPTransport closed=True>").
-            metrics.BACKEND_ERRORS.labels("redis", operation).inc()
+            metrics.backend_failed("redis", operation)
             raise RedisConnectionError(f"connection lost ({exc})") from exc
 
     # --- locks ----------------------------------------------------------------------------
@@ -203,7 +203,7 @@ class RedisCoordinator:
                         await asyncio.wait_for(pubsub.ping(), timeout=self._timeout)
                         pinged = now
             except (*_UNAVAILABLE, RuntimeError):  # RuntimeError: see _bounded
-                metrics.BACKEND_ERRORS.labels("redis", "subscribe").inc()
+                metrics.backend_failed("redis", "subscribe")
                 metrics.BACKGROUND_FAILURES.labels(_LISTENER, metrics.FailureKind.BACKEND).inc()
                 log.warning("background.step_failed", loop=_LISTENER, code="redis_unavailable")
             except Exception:  # a bug (a callback, a malformed notice): resubscribe

@@ -109,10 +109,10 @@ class PortalOperations:
         except BrokerError as exc:  # HubSpot or a backend down, or an undecryptable token
             retry_in = min(300.0, JITTER.uniform(1.0, 2.0 ** min(pending.attempts + 1, 9)))
             await self._revocations.revocation_failed(pending.id, exc.code, retry_in)
-            metrics.UPSTREAM_REVOKES.labels("retry").inc()
+            metrics.UPSTREAM_REVOKES.labels(metrics.RevokeResult.RETRY).inc()
             raise
         await self._revocations.revocation_done(pending.id)
-        metrics.UPSTREAM_REVOKES.labels("revoked").inc()
+        metrics.UPSTREAM_REVOKES.labels(metrics.RevokeResult.REVOKED).inc()
         log.info("revoke.upstream_done", portal=str(key))
 
     async def retry_due(self, limit: int = 50) -> int:

@@ -202,5 +202,5 @@ class ProactiveRefresher:
         except BrokerError as exc:
             log.info("refresher.portal_failed", portal=str(key), code=exc.code)
         except Exception:
-            metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
+            metrics.backend_failed("any", "refresher_bug")
             log.exception("refresher.portal_crashed", portal=str(key))

@@ -176,7 +176,7 @@ class Keyring:
                 time.monotonic(),
                 "too many signatures to check right now; try again shortly",
                 code="verify_throttled",
-                counted=metrics.CALLER_AUTH_FAILURES.labels("throttled"),
+                counted=metrics.CALLER_AUTH_FAILURES.labels(metrics.AuthFailure.THROTTLED),
             )
             (valid,) = await self._macs.verify(self.key_name(purpose), [(signed, mac)])
             (self._genuine if valid else self._forged).add(seen)

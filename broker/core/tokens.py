@@ -240,7 +240,7 @@ class TokenService:
                 and generation == self._generation(key)  # not revoked meanwhile
             ):
                 # A backend is down, but a token that is still valid beats an error.
-                metrics.BACKEND_ERRORS.labels("any", "serve_cached").inc()
+                metrics.backend_failed("any", "serve_cached")
                 return stale, False
             raise
         return entry, entry.refreshed

@@ -98,9 +98,9 @@ class VaultAuth(VaultBase):
     async def _renew(self) -> None:
         try:
             await self._call("renew_self", self._client.auth.token.renew_self)
-            metrics.VAULT_RENEWALS.labels("renewed").inc()
+            metrics.VAULT_RENEWALS.labels(metrics.Renewal.RENEWED).inc()
         except (VaultError, hvac.exceptions.VaultError):
-            metrics.VAULT_RENEWALS.labels("failed").inc()
+            metrics.VAULT_RENEWALS.labels(metrics.Renewal.FAILED).inc()
             log.warning("vault.renew_failed", auth=self._settings.vault_auth)
             if self._settings.vault_auth != "token":
                 await self._relogin()
@@ -111,7 +111,7 @@ class VaultAuth(VaultBase):
         except VaultError as exc:
             log.error("vault.relogin_failed", auth=self._settings.vault_auth, code=exc.code)
             return False
-        metrics.VAULT_RENEWALS.labels("relogin").inc()
+        metrics.VAULT_RENEWALS.labels(metrics.Renewal.RELOGIN).inc()
         return True
 
     async def close(self) -> None:
