@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import jwt
@@ -27,19 +28,25 @@ def deployment(deploy: Deploy, issuer: tuple[Issuer, str]) -> Deployment:
         {"issuer": ISSUER, "jwks_url": issuer[1], "audience": AUDIENCE, "refetch_seconds": 1}
     ]
     d = deploy(env={"BROKER_JWT_ISSUERS": json.dumps(issuers)}, installed=(HUB,))
+    workload_caller(d, "payments-api", SUBJECT)
+    return d
 
-    async def workload() -> None:
+
+def workload_caller(d: Deployment, name: str, subject: str, **options: Any) -> None:
+    """A caller of app ``demo`` known by its workload identity (``subject``), without a key."""
+
+    async def create() -> None:
         async with open_admin(d.settings) as svc:
             await svc.callers.create(
-                "payments-api",
+                name,
                 apps=["demo"],
-                identity=(ISSUER, SUBJECT),
+                identity=(ISSUER, subject),
                 with_key=False,
                 actor="test",
+                **options,
             )
 
-    asyncio.run(workload())
-    return d
+    asyncio.run(create())
 
 
 def ask(d: Deployment, credential: str) -> httpx.Response:
@@ -124,18 +131,7 @@ def test_a_workload_caller_is_refused_after_its_expiry(
     subject = "system:serviceaccount:payments:batch"
     expires_at = datetime.now(UTC) + timedelta(seconds=2)
 
-    async def expiring() -> None:
-        async with open_admin(deployment.settings) as svc:
-            await svc.callers.create(
-                "payments-batch",
-                apps=["demo"],
-                identity=(ISSUER, subject),
-                with_key=False,
-                expires_at=expires_at,
-                actor="test",
-            )
-
-    asyncio.run(expiring())
+    workload_caller(deployment, "payments-batch", subject, expires_at=expires_at)
     cached = issuer[0].mint(sub=subject)
     assert ask(deployment, cached).status_code == 200  # verified, now cached (10 s)
     time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.2)

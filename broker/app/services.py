@@ -76,13 +76,7 @@ async def open_services(
             password=_database_password(settings),
         )
         stack.push_async_callback(db.close)
-        async with db.connection() as conn:
-            missing = await pending(conn)
-        if missing:
-            raise FatalError(
-                f"{len(missing)} database migration(s) pending: run `broker migrate` first",
-                code="migrations_pending",
-            )
+        await require_migrated(db)
         vault = VaultAdapter(settings)
         stack.push_async_callback(vault.close)
         await vault.login()
@@ -283,6 +277,17 @@ async def open_services(
             ),
             retention=sweeper,
             sso=sso,
+        )
+
+
+async def require_migrated(db: Database) -> None:
+    """Refuse to run on a database with migrations pending (``broker migrate`` first)."""
+    async with db.connection() as conn:
+        missing = await pending(conn)
+    if missing:
+        raise FatalError(
+            f"{len(missing)} database migration(s) pending: run `broker migrate` first",
+            code="migrations_pending",
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncpg
 
 from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.rows import from_row
 from broker.core.models import InstallLinkRecord
 from broker.core.ports import Retirement
 
@@ -49,17 +50,7 @@ class PostgresKeySchedule:
 
 
 def _link(row: asyncpg.Record) -> InstallLinkRecord:
-    return InstallLinkRecord(
-        id=row["id"],
-        app=row["app"],
-        hub_id=row["hub_id"],
-        return_to=row["return_to"],
-        created_at=row["created_at"],
-        created_by=row["created_by"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-        revoked_by=row["revoked_by"],
-    )
+    return from_row(InstallLinkRecord, row)
 
 
 class PostgresInstallLinks:
