@@ -19,7 +19,15 @@ from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator, run_in_thread
 from broker.dev.stack import BackendUrls
 from tests.backends import provide_backends
-from tests.helpers import Deploy, Deployment, admin_sql, database_named, deployed, make_env
+from tests.helpers import (
+    FUZZ_COUNTS,
+    Deploy,
+    Deployment,
+    admin_sql,
+    database_named,
+    deployed,
+    make_env,
+)
 
 # One per xdist worker: workers sharing a server (BROKER_TEST_* URLs) never drop each
 # other's template.
@@ -107,7 +115,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """`make fuzz` ends with its counts (schemathesis over every documented operation)."""
     if not os.environ.get("BROKER_FUZZ_EXAMPLES"):
         return
-    from tests.test_contract import FUZZ_COUNTS
-
     counts = ", ".join(f"{k}={v}" for k, v in FUZZ_COUNTS.items())
     terminalreporter.write_line(f"fuzz: {counts}")

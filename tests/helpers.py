@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -70,6 +71,23 @@ def make_env(
     }
     env.update(extra)
     return env
+
+
+#: What the schemathesis runs of tests/test_contract.py met, printed last by `make fuzz`
+#: (tests/conftest.py's terminal summary).
+FUZZ_COUNTS: Counter[str] = Counter(
+    cases=0,
+    server_errors=0,
+    schema_violations=0,
+    unauthorized_successes=0,
+    echoes=0,
+    other_failures=0,
+    stateful_sequences=0,
+    stateful_steps=0,
+    stateful_installs=0,
+    stateful_failures=0,
+    stateful_restarts=0,
+)
 
 
 @contextmanager

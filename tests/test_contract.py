@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,26 +48,12 @@ from broker.app import create_app, open_admin
 from broker.config import Settings
 from broker.core.models import Role
 from broker.web import api as token_route
-from tests.helpers import Deploy, Deployment, sql
+from tests.helpers import FUZZ_COUNTS, Deploy, Deployment, sql
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
 HUB = 5_500_001
 FUZZ_EXAMPLES = int(os.environ.get("BROKER_FUZZ_EXAMPLES", "0"))
-#: Printed last by `make fuzz` (tests/conftest.py's terminal summary).
-FUZZ_COUNTS: Counter[str] = Counter(
-    cases=0,
-    server_errors=0,
-    schema_violations=0,
-    unauthorized_successes=0,
-    echoes=0,
-    other_failures=0,
-    stateful_sequences=0,
-    stateful_steps=0,
-    stateful_installs=0,
-    stateful_failures=0,
-    stateful_restarts=0,
-)
 schema = schemathesis.openapi.from_path(SPEC_PATH)
 # A schema-valid request for a revoked portal's token (or a refresh) is rightly 410 Gone.
 schema.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(
