@@ -7,125 +7,23 @@ children are bound once at import so a request pays no label lookup.
 
 from __future__ import annotations
 
-import bisect
-import math
 import platform
-from collections.abc import Iterator
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
-from typing import Generic, TypeVar
+from typing import Literal, TypeAlias
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client import Counter, Gauge, Histogram
+
+from broker.loop_metrics import LoopCounter, LoopHistogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TTL_BUCKETS = (0, 60, 120, 300, 600, 900, 1200, 1500, 1800, 3600)
 
 
-Child = TypeVar("Child")
-
-
-class _Count:
-    """One label set of :class:`LoopCounter`."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def inc(self, amount: float = 1) -> None:
-        self.value += amount
-
-
-class _Observed:
-    """One label set of :class:`LoopHistogram`: plain counters, no lock."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-
-class LoopMetric(Collector, Generic[Child]):
-    """A metric written only from the event loop's thread, for the paths every request
-    takes: plain numbers instead of prometheus_client's locked values (a locked counter and
-    histogram cost ~4% of the token route). Children are bound once, like ``labels()``'s."""
-
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, labelnames
-        self._children: dict[tuple[str, ...], Child] = {}
-        REGISTRY.register(self)
-
-    def labels(self, *values: str) -> Child:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._child()
-        return child
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
-
-    def _child(self) -> Child:
-        raise NotImplementedError
-
-    def _family(self) -> Metric:
-        raise NotImplementedError
-
-
-class LoopCounter(LoopMetric[_Count]):
-    def _child(self) -> _Count:
-        return _Count()
-
-    def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = self._family()
-        for values, child in list(self._children.items()):
-            family.add_metric(list(values), child.value)
-        yield family
-
-
-class LoopHistogram(LoopMetric[_Observed]):
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: tuple[str, ...],
-        buckets: tuple[float, ...],
-    ) -> None:
-        self._bounds = buckets
-        super().__init__(name, documentation, labelnames)
-
-    def _child(self) -> _Observed:
-        return _Observed(self._bounds)
-
-    def _family(self) -> HistogramMetricFamily:
-        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = self._family()
-        for values, child in list(self._children.items()):
-            counts, running, buckets = list(child.counts), 0, []
-            for bound, count in zip((*self._bounds, math.inf), counts, strict=True):
-                running += count
-                buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
-            family.add_metric(list(values), buckets, child.total)
-        yield family
-
-
 TOKEN_REQUESTS = LoopCounter(
     "broker_token_requests_total",
     "Token requests by how they were answered.",
-    ("result",),  # cache_hit | db_hit | refreshed | waited | error
+    ("result",),  # the children bound below
 )
 TOKEN_CACHE_HIT = TOKEN_REQUESTS.labels("cache_hit")
 TOKEN_DB_HIT = TOKEN_REQUESTS.labels("db_hit")
@@ -207,24 +105,101 @@ UPSTREAM_REQUESTS = Counter(
     "Calls to HubSpot by endpoint and HTTP status (or 'error' for no answer).",
     ["endpoint", "status"],
 )
+
+
+class RevokeResult(StrEnum):
+    """``result`` label values of :data:`UPSTREAM_REVOKES`."""
+
+    REVOKED = "revoked"
+    RETRY = "retry"  # queued for another attempt
+
+
 UPSTREAM_REVOKES = Counter(
     "broker_upstream_revokes_total",
     "Revocations at HubSpot by result (revoked, or retry: queued for another attempt).",
-    ["result"],
+    ["result"],  # RevokeResult
 )
+
 BACKEND_ERRORS = Counter(
     "broker_backend_errors_total",
     "Backend failures by backend and operation.",
-    # backend: postgres | redis | vault | jwks | kubernetes | webhooks | oidc (discovery, token)
-    ["backend", "operation"],
+    ["backend", "operation"],  # counted through backend_failed()
 )
-INSTALLS = Counter("broker_installs_total", "Install attempts by result.", ["result"])
+# The label values of BACKEND_ERRORS as Literal types: the adapters pass an operation's name
+# as a plain string through their own calls (``_bounded("lock", ...)``), and mypy refuses
+# any name not listed here.
+#: ``any``: a bug of the broker's own, caught where it would have failed a request or a loop.
+ErrorBackend = Literal[
+    "postgres", "redis", "vault", "jwks", "kubernetes", "webhooks", "oidc", "any"
+]
+#: Redis calls (``RedisCoordinator._bounded``; ``subscribe``: the listener's subscription).
+RedisOp = Literal[
+    "lock", "unlock", "publish", "state_put", "state_take", "ping", "limit", "pause", "subscribe"
+]
+#: Vault calls, also the ``operation`` of :data:`VAULT_REQUESTS`.
+VaultOp: TypeAlias = (
+    Literal[
+        "login", "lookup_self", "renew_self", "health", "kv_read", "kv_write", "kv_delete", "rewrap"
+    ]
+    | Literal["encrypt", "decrypt", "read_key", "key_config", "hmac", "verify", "rotate_key"]
+)
+#: The operator sign-in's OpenID Provider calls.
+OidcOp = Literal["discovery", "token"]
+#: One call site each: jwks fetch, kubernetes tokenreview, postgres caller_stale (a caller
+#: change read late) and webhook_record (a delivery's outcome not recorded), webhooks
+#: secret_invalid (a signing secret that does not decode); any: the three bugs.
+OtherOp: TypeAlias = (
+    Literal["fetch", "tokenreview", "caller_stale", "webhook_record", "secret_invalid"]
+    | Literal["refresher_bug", "serve_cached", "webhook_bug"]
+)
+
+
+def backend_failed(backend: ErrorBackend, operation: RedisOp | VaultOp | OidcOp | OtherOp) -> None:
+    """Count one failure of ``backend`` in ``operation`` (:data:`BACKEND_ERRORS`)."""
+    BACKEND_ERRORS.labels(backend, operation).inc()
+
+
+INSTALLS = Counter(
+    "broker_installs_total",
+    "Install attempts by result.",
+    ["result"],  # INSTALLED, or a failed install's error code
+)
+#: The ``result`` of a successful install (a failed one's is its error code).
+INSTALLED = "installed"
+
+
+class AuthFailure(StrEnum):
+    """``reason`` label values of :data:`CALLER_AUTH_FAILURES`."""
+
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    INVALID = "invalid"
+    DISABLED = "disabled"
+    EXPIRED = "expired"
+    THROTTLED = "throttled"  # over the lookup budget: a 429, no lookup made
+    # Workload tokens (JWKS or TokenReview), and the identities they name:
+    JWT_MALFORMED = "jwt_malformed"
+    JWT_ALGORITHM_NOT_ALLOWED = "jwt_algorithm_not_allowed"
+    JWT_UNKNOWN_ISSUER = "jwt_unknown_issuer"
+    JWT_EXPIRED = "jwt_expired"
+    JWT_NOT_YET_VALID = "jwt_not_yet_valid"
+    JWT_WRONG_AUDIENCE = "jwt_wrong_audience"
+    JWT_INVALID = "jwt_invalid"
+    JWT_UNKNOWN_KEY = "jwt_unknown_key"
+    JWT_TOKENREVIEW_DENIED = "jwt_tokenreview_denied"
+    JWT_UNKNOWN_SUBJECT = "jwt_unknown_subject"
+
+
 CALLER_AUTH_FAILURES = Counter(
-    "broker_caller_auth_failures_total",
-    "Rejected caller credentials by reason.",
-    # missing | malformed | invalid | disabled | expired | jwt_* | throttled (429, no lookup)
-    ["reason"],
+    "broker_caller_auth_failures_total", "Rejected caller credentials by reason.", ["reason"]
 )
+
+
+def auth_failed(reason: AuthFailure) -> None:
+    """Count one rejected caller credential (:data:`CALLER_AUTH_FAILURES`)."""
+    CALLER_AUTH_FAILURES.labels(reason).inc()
+
+
 CALLER_KEY_LOOKUPS = Counter(
     "broker_caller_key_lookups_total",
     "Postgres lookups of caller keys and workload identities not cached here, by result.",
@@ -233,9 +208,22 @@ CALLER_KEY_LOOKUPS = Counter(
 CALLER_LOOKUP_FOUND = CALLER_KEY_LOOKUPS.labels("found")
 CALLER_LOOKUP_UNKNOWN = CALLER_KEY_LOOKUPS.labels("unknown")
 CALLER_LOOKUP_ERROR = CALLER_KEY_LOOKUPS.labels("error")
+
+
+class Renewal(StrEnum):
+    """``result`` label values of :data:`VAULT_RENEWALS`."""
+
+    RENEWED = "renewed"
+    FAILED = "failed"
+    RELOGIN = "relogin"  # logged in again (the token was revoked, expired or not renewed)
+
+
 VAULT_RENEWALS = Counter(
-    "broker_vault_token_renewals_total", "Vault token renewals by result.", ["result"]
+    "broker_vault_token_renewals_total",
+    "Vault token renewals by result.",
+    ["result"],  # Renewal
 )
+
 JWKS_FETCHES = Counter("broker_jwks_fetches_total", "JWKS documents fetched from issuers.")
 CALLER_RATE_LIMITED = Counter(
     "broker_caller_rate_limited_total", "Requests refused because a caller was over its rate."
@@ -263,14 +251,21 @@ AUDIT_DROPPED = Counter(
 RETENTION_DELETED = Counter(
     "broker_retention_deleted_total",
     "Rows deleted by the retention sweep (and revoked portals' journal rows), by table.",
-    ["table"],  # audit_events | events | token_journal
+    ["table"],  # broker.core.retention.TABLES
 )
 
+
 # --- webhooks (the events outbox) ------------------------------------------------------
+class Delivery(StrEnum):
+    """``result`` label values of :data:`WEBHOOK_DELIVERIES`."""
+
+    DELIVERED = "delivered"  # 2xx
+    FAILED = "failed"  # 5xx, 408, 429, no answer: retried
+    REJECTED = "rejected"  # other 3xx and 4xx: the receiver is misconfigured (retried too)
+
+
 WEBHOOK_DELIVERIES = Counter(
-    "broker_webhook_deliveries_total",
-    "Webhook delivery attempts by result.",
-    ["result"],  # delivered | failed (5xx, 408, 429, no answer) | rejected (other 3xx/4xx)
+    "broker_webhook_deliveries_total", "Webhook delivery attempts by result.", ["result"]
 )
 WEBHOOK_DELIVERY_SECONDS = Histogram(
     "broker_webhook_delivery_seconds",
@@ -338,13 +333,21 @@ class Background(StrEnum):
     INVALIDATION = "invalidation"
     CALLER_LAST_USED = "caller_last_used"
     AUDIT_FLUSH = "audit_flush"
+    REDIS_LISTENER = "redis_listener"
+    VAULT_RENEWAL = "vault_renewal"
+
+
+class FailureKind(StrEnum):
+    """``kind`` label values of :data:`BACKGROUND_FAILURES`."""
+
+    BACKEND = "backend"  # a backend failed (a BrokerError)
+    BUG = "bug"  # anything else
 
 
 BACKGROUND_FAILURES = Counter(
     "broker_background_failures_total",
     "Failed passes of a background loop; the loop goes on at its next interval.",
-    # loop: Background; kind: backend (a backend failed: BrokerError) | bug (anything else)
-    ["loop", "kind"],
+    ["loop", "kind"],  # Background, FailureKind
 )
 
 

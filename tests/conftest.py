@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,6 +19,15 @@ from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator, run_in_thread
 from broker.dev.stack import BackendUrls
 from tests.backends import provide_backends
+from tests.helpers import (
+    FUZZ_COUNTS,
+    Deploy,
+    Deployment,
+    admin_sql,
+    database_named,
+    deployed,
+    make_env,
+)
 
 # One per xdist worker: workers sharing a server (BROKER_TEST_* URLs) never drop each
 # other's template.
@@ -27,25 +37,11 @@ pytest_plugins = ["tests.operator_page", "tests.workload_issuer"]
 TEMPLATE_DB = f"htb_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-async def _admin(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def backends() -> Iterator[BackendUrls]:
     with provide_backends() as urls:
         asyncio.run(
-            _admin(
+            admin_sql(
                 urls.database_url,
                 f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)",
                 f"CREATE DATABASE {TEMPLATE_DB}",
@@ -53,7 +49,7 @@ def backends() -> Iterator[BackendUrls]:
         )
 
         async def migrate_template() -> None:
-            conn = await asyncpg.connect(_with_db(urls.database_url, TEMPLATE_DB))
+            conn = await asyncpg.connect(database_named(urls.database_url, TEMPLATE_DB))
             try:
                 await migrate(conn)
             finally:
@@ -85,34 +81,9 @@ def sim_url(sim_server: tuple[Simulator, str]) -> str:
 @pytest.fixture
 def database_url(backends: BackendUrls) -> Iterator[str]:
     name = f"t_{secrets.token_hex(6)}"
-    asyncio.run(_admin(backends.database_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
-    yield _with_db(backends.database_url, name)
-    asyncio.run(_admin(backends.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-def make_env(
-    backends: BackendUrls, database_url: str, sim_url: str, **extra: str
-) -> dict[str, str]:
-    run = secrets.token_hex(4)
-    env = {
-        "BROKER_DATABASE_URL": database_url,
-        "BROKER_REDIS_URL": backends.redis_url,
-        "BROKER_REDIS_PREFIX": f"t{run}:",
-        "BROKER_VAULT_ADDR": backends.vault_addr,
-        "BROKER_VAULT_TOKEN": backends.vault_token,
-        "BROKER_VAULT_KV_PREFIX": f"t{run}",
-        "BROKER_HUBSPOT_API_URL": sim_url,
-        "BROKER_HUBSPOT_APP_URL": sim_url,
-        "BROKER_DEFAULT_APP": "demo",
-        "BROKER_MIN_TTL_DEFAULT": "60",
-        "BROKER_LOG_LEVEL": "DEBUG",
-        # Interactive-path tests count upstream calls; refresher tests turn it back on.
-        "BROKER_REFRESHER_ENABLED": "false",
-        # Replicas stopped by a test exit at once; the drain tests set their own period.
-        "BROKER_DRAIN_SECONDS": "0",
-    }
-    env.update(extra)
-    return env
+    asyncio.run(admin_sql(backends.database_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+    yield database_named(backends.database_url, name)
+    asyncio.run(admin_sql(backends.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture
@@ -125,11 +96,24 @@ def settings(env: dict[str, str]) -> Settings:
     return load_settings(env)
 
 
+@pytest.fixture
+def deploy(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deploy]:
+    """The one deployment factory: ``deploy(env=..., portals=..., installed=..., roles=...,
+    **app_fields)`` serves a broker (:func:`tests.helpers.deployed`) on this test's backends
+    with the test's ``env`` plus ``env``; every broker it started stops after the test."""
+    with ExitStack() as stack:
+        base = env
+
+        def make(*, env: Mapping[str, str] | None = None, **options: Any) -> Deployment:
+            settings = load_settings({**base, **(env or {})})
+            return stack.enter_context(deployed(settings, sim, sim_url, **options))
+
+        yield make
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """`make fuzz` ends with its counts (schemathesis over every documented operation)."""
     if not os.environ.get("BROKER_FUZZ_EXAMPLES"):
         return
-    from tests.test_contract import FUZZ_COUNTS
-
     counts = ", ".join(f"{k}={v}" for k, v in FUZZ_COUNTS.items())
     terminalreporter.write_line(f"fuzz: {counts}")

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -25,6 +27,67 @@ from broker.app import create_app, open_admin
 from broker.config import Secret, Settings
 from broker.core.models import App, PortalKey, Role
 from broker.dev.simulator import Simulator
+from broker.dev.stack import BackendUrls
+
+
+def database_named(url: str, name: str) -> str:
+    """``url`` with its database replaced by ``name``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def admin_sql(url: str, *statements: str) -> None:
+    """Run ``statements`` one by one on a connection of their own (CREATE/DROP DATABASE)."""
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def make_env(
+    backends: BackendUrls, database_url: str, sim_url: str, **extra: str
+) -> dict[str, str]:
+    """The BROKER_ settings of a broker on ``backends`` (its own Redis and Vault KV
+    prefixes), the database ``database_url`` and the simulator at ``sim_url``."""
+    run = secrets.token_hex(4)
+    env = {
+        "BROKER_DATABASE_URL": database_url,
+        "BROKER_REDIS_URL": backends.redis_url,
+        "BROKER_REDIS_PREFIX": f"t{run}:",
+        "BROKER_VAULT_ADDR": backends.vault_addr,
+        "BROKER_VAULT_TOKEN": backends.vault_token,
+        "BROKER_VAULT_KV_PREFIX": f"t{run}",
+        "BROKER_HUBSPOT_API_URL": sim_url,
+        "BROKER_HUBSPOT_APP_URL": sim_url,
+        "BROKER_DEFAULT_APP": "demo",
+        "BROKER_MIN_TTL_DEFAULT": "60",
+        "BROKER_LOG_LEVEL": "DEBUG",
+        # Interactive-path tests count upstream calls; refresher tests turn it back on.
+        "BROKER_REFRESHER_ENABLED": "false",
+        # Replicas stopped by a test exit at once; the drain tests set their own period.
+        "BROKER_DRAIN_SECONDS": "0",
+    }
+    env.update(extra)
+    return env
+
+
+#: What the schemathesis runs of tests/test_contract.py met, printed last by `make fuzz`
+#: (tests/conftest.py's terminal summary).
+FUZZ_COUNTS: Counter[str] = Counter(
+    cases=0,
+    server_errors=0,
+    schema_violations=0,
+    unauthorized_successes=0,
+    echoes=0,
+    other_failures=0,
+    stateful_sequences=0,
+    stateful_steps=0,
+    stateful_installs=0,
+    stateful_failures=0,
+    stateful_restarts=0,
+)
 
 
 @contextmanager
@@ -115,21 +178,40 @@ def deployed(
     sim_url: str,
     *,
     hub_id: int | None = None,
+    portals: Iterable[int] = (),
+    installed: Iterable[int] = (),
     roles: tuple[str, ...] = (Role.TOKENS_READ.value,),
     **app_fields: Any,
 ) -> Iterator[Deployment]:
     """A broker serving ``settings`` with app ``demo`` registered (``app_fields`` as in
-    :class:`~broker.core.models.App`), a caller with ``roles``, and portal ``hub_id``
-    installed (when given)."""
+    :class:`~broker.core.models.App`), a caller with ``roles``, the simulator's ``portals``
+    (not installed), and the portals ``installed`` (and ``hub_id``, when given) installed."""
     with serve_app(create_app(settings)) as url:
         client_id, secret, key = register(
             settings, sim, f"{url}/oauth/callback", slug="demo", roles=roles, **app_fields
         )
         d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-        if hub_id is not None:
-            sim.add_portal(hub_id)
-            assert d.install(hub_id).status_code == 200
+        for hub in portals:
+            sim.add_portal(hub)
+        for hub in [*installed, *([] if hub_id is None else [hub_id])]:
+            sim.add_portal(hub)
+            assert d.install(hub).status_code == 200
         yield d
+
+
+class Deploy(Protocol):
+    """The ``deploy`` fixture (tests/conftest.py): a :func:`deployed` broker on the test's
+    backends, its settings the test's ``env`` with ``env`` on top; stopped after the test."""
+
+    def __call__(
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        portals: Iterable[int] = ...,
+        installed: Iterable[int] = ...,
+        roles: tuple[str, ...] = ...,
+        **app_fields: Any,
+    ) -> Deployment: ...
 
 
 def install_link(settings: Settings, app: str, **options: Any) -> str:
@@ -203,6 +285,16 @@ async def decrypt(settings: Settings, ciphertext: str, key: PortalKey, kind: str
         return plain
     finally:
         await vault.close()
+
+
+def audited(settings: Settings, action: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The audit events of ``action`` written so far (newest first), as plain dicts."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with open_admin(settings) as svc:
+            return [asdict(e) for e in await svc.admin.audit(action=action, limit=limit)]
+
+    return asyncio.run(run())
 
 
 def run_broker(

@@ -7,7 +7,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
@@ -17,27 +16,15 @@ from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, run_broker, serve_app, sql
+from tests.helpers import Deploy, Deployment, audited, register, run_broker, serve_app, sql
 
 HUB = 3_300_001
 ADMIN = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
 
 
 @pytest.fixture
-def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    settings = load_settings(env)
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(
-            settings, sim, f"{url}/oauth/callback", slug="demo", roles=ADMIN
-        )
-        sim.add_portal(HUB)
-        assert (
-            Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-            .install(HUB)
-            .status_code
-            == 200
-        )
-        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(installed=(HUB,), roles=ADMIN)
 
 
 def admin(d: Deployment, method: str, path: str, **kwargs: object) -> httpx.Response:
@@ -215,17 +202,11 @@ def test_app_install_links(deployment: Deployment) -> None:
     missing = post(everything, "nope")
     assert (missing.status_code, missing.json()["code"]) == (404, "app_not_found")
     time.sleep(1.0)  # the audit writer flushes every 0.5 s
-    minted = [e for e in fetch_audit(deployment.settings) if e["actor"] != "test"]
+    minted = [
+        e for e in audited(deployment.settings, "install_link.created") if e["actor"] != "test"
+    ]
     assert [e["actor"] for e in minted] == [deployment_caller(deployment.settings)]  # only 200
     assert made.json()["url"].split("link=")[1] not in json.dumps(minted, default=str)
-
-
-def fetch_audit(settings: Settings) -> list[dict[str, object]]:
-    async def run() -> list[dict[str, object]]:
-        async with open_admin(settings) as svc:
-            return await svc.admin.audit(action="install_link.created")
-
-    return asyncio.run(run())
 
 
 def deployment_caller(settings: Settings) -> str:

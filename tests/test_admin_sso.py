@@ -27,7 +27,7 @@ from broker.config import ConfigError, Settings, load_settings
 from broker.core.signing import Purpose
 from broker.dev.simulator import Simulator
 from broker.web import admin_page
-from tests.helpers import Deployment, register, serve_app
+from tests.helpers import Deployment, audited, deployed, serve_app
 from tests.oidc_idp import Idp, idp_fixture, query
 from tests.operator_page import ADMIN, CHROMIUM_FLAGS, csrf, error_code
 
@@ -56,14 +56,8 @@ def sso_deployment(
             **extra,
         }
     )
-    with serve_app(create_app(settings)) as url:
-        idp.register(client_id, secret, f"{url}{CALLBACK}")
-        app_id, app_secret, key = register(
-            settings, sim, f"{url}/oauth/callback", slug="demo", roles=ADMIN
-        )
-        sim.add_portal(HUB)
-        d = Deployment(settings, sim, "", url, "demo", app_id, app_secret, key)
-        assert d.install(HUB).status_code == 200
+    with deployed(settings, sim, "", installed=(HUB,), roles=ADMIN) as d:
+        idp.register(client_id, secret, f"{d.url}{CALLBACK}")
         yield d, client_id
 
 
@@ -88,13 +82,9 @@ def sign_in(d: Deployment, idp: Idp, client: httpx.Client, user: str) -> httpx.R
 
 
 def audit(settings: Settings, action: str) -> list[dict[str, object]]:
-    async def run() -> list[dict[str, object]]:
-        async with open_admin(settings) as svc:
-            return await svc.admin.audit(action=action)
-
     deadline = time.monotonic() + 15
     while True:  # the audit writer flushes in the background
-        found = asyncio.run(run())
+        found = audited(settings, action)
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)

@@ -25,6 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from broker import metrics
 from broker.cli import build_parser
+from broker.loop_metrics import LoopMetric
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
@@ -71,10 +72,10 @@ def test_metric_names_parser() -> None:
 
 
 # --- what the broker exports -----------------------------------------------------------------
-def _metric_objects() -> Iterator[MetricWrapperBase | metrics.LoopMetric]:
+def _metric_objects() -> Iterator[MetricWrapperBase | LoopMetric]:
     """The metrics of broker/metrics.py: prometheus_client's own kinds and the custom
     collectors (the lock-free counters and histograms of the token route)."""
-    kinds = (MetricWrapperBase, metrics.LoopMetric)
+    kinds = (MetricWrapperBase, LoopMetric)
     return (m for m in vars(metrics).values() if isinstance(m, kinds))
 
 

@@ -23,7 +23,7 @@ from broker.app import create_app, open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, install_link, register, serve_app, sql
+from tests.helpers import Deploy, Deployment, install_link, register, serve_app, sql
 
 SCOPES = ("crm.objects.contacts.read", "oauth")
 
@@ -58,15 +58,8 @@ def allowed(role: str, endpoint: str, own: bool) -> bool:
 
 
 @pytest.fixture
-def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    settings = load_settings(env)
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-        for hub in [*OWN.values(), OTHER]:
-            sim.add_portal(hub)
-            assert d.install(hub).status_code == 200
-        yield d
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(installed=(*OWN.values(), OTHER))
 
 
 def _caller(settings: Settings, role: str) -> str:

@@ -28,8 +28,16 @@ from broker.config import Settings, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls
-from tests.conftest import _admin, _with_db
-from tests.helpers import CLI_ADMIN, Deployment, admin_key, register, run_broker, serve_app
+from tests.helpers import (
+    CLI_ADMIN,
+    Deployment,
+    admin_key,
+    admin_sql,
+    database_named,
+    register,
+    run_broker,
+    serve_app,
+)
 from tests.workload_issuer import AUDIENCE, ISSUER, Issuer
 
 
@@ -163,8 +171,8 @@ def test_bad_arguments_exit_2() -> None:
 
 def test_concurrent_migrations_apply_once(backends: BackendUrls, env: dict[str, str]) -> None:
     name = f"m_{secrets.token_hex(5)}"
-    asyncio.run(_admin(backends.database_url, f"CREATE DATABASE {name}"))
-    fresh = {**env, "BROKER_DATABASE_URL": _with_db(backends.database_url, name)}
+    asyncio.run(admin_sql(backends.database_url, f"CREATE DATABASE {name}"))
+    fresh = {**env, "BROKER_DATABASE_URL": database_named(backends.database_url, name)}
     try:
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda _: run_broker(fresh, "--json", "migrate"), range(4)))
@@ -183,7 +191,9 @@ def test_concurrent_migrations_apply_once(backends: BackendUrls, env: dict[str, 
         assert asyncio.run(versions()) == every
         assert run_broker(fresh, "check-config").returncode == 0
     finally:
-        asyncio.run(_admin(backends.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        asyncio.run(
+            admin_sql(backends.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        )
 
 
 HUB = 9_100_001
@@ -373,7 +383,7 @@ def test_remote_with_a_workload_jwt(
     async def created_by() -> list[str]:
         async with open_admin(settings) as svc:
             events = await svc.admin.audit(action="caller.created")
-            return [e["actor"] for e in events if e["detail"]["caller"] == "svc-a"]
+            return [e.actor for e in events if e.detail["caller"] == "svc-a"]
 
     assert asyncio.run(created_by()) == ["platform-ops"]
 

@@ -37,11 +37,11 @@ from hubspot_token_broker_client import (
 )
 from hubspot_token_broker_client._errors import error_from_response
 
-from broker.app import create_app, open_admin
-from broker.config import Settings, load_settings
+from broker.app import open_admin
+from broker.config import load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, deployed, register, serve_app, sql
+from tests.helpers import Deploy, Deployment, deployed, sql
 
 HUB = 4_500_001
 OTHER_HUB = 4_500_002
@@ -49,12 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        sim.add_portal(HUB)
-        sim.add_portal(OTHER_HUB)
-        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(portals=(HUB, OTHER_HUB))
 
 
 class Counting(httpx.HTTPTransport):

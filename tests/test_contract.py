@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,28 +47,13 @@ from starlette.routing import Route
 from broker.app import create_app, open_admin
 from broker.config import Settings
 from broker.core.models import Role
-from broker.dev.simulator import Simulator
 from broker.web import api as token_route
-from tests.helpers import Deployment, deployed, sql
+from tests.helpers import FUZZ_COUNTS, Deploy, Deployment, sql
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
 HUB = 5_500_001
 FUZZ_EXAMPLES = int(os.environ.get("BROKER_FUZZ_EXAMPLES", "0"))
-#: Printed last by `make fuzz` (tests/conftest.py's terminal summary).
-FUZZ_COUNTS: Counter[str] = Counter(
-    cases=0,
-    server_errors=0,
-    schema_violations=0,
-    unauthorized_successes=0,
-    echoes=0,
-    other_failures=0,
-    stateful_sequences=0,
-    stateful_steps=0,
-    stateful_installs=0,
-    stateful_failures=0,
-    stateful_restarts=0,
-)
 schema = schemathesis.openapi.from_path(SPEC_PATH)
 # A schema-valid request for a revoked portal's token (or a refresh) is rightly 410 Gone.
 schema.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(
@@ -121,13 +105,10 @@ def test_every_route_is_documented_and_every_documented_path_is_served(
 
 
 @pytest.fixture
-def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    with deployed(
-        settings, sim, sim_url, roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
-    ) as d:
-        _CURRENT_KEY["key"] = d.caller_key
-        d.sim.add_portal(HUB)
-        yield d
+def deployment(deploy: Deploy) -> Deployment:
+    d = deploy(portals=(HUB,), roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value))
+    _CURRENT_KEY["key"] = d.caller_key
+    return d
 
 
 def test_every_documented_token_status_is_produced(deployment: Deployment) -> None:

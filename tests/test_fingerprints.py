@@ -28,9 +28,7 @@ def _expected(settings: Settings, token: str) -> tuple[str, set[str]]:
     async def run() -> tuple[str, set[str]]:
         async with open_admin(settings) as svc:
             events = await svc.admin.audit(action="token.issued", limit=1000)
-            return await svc.keyring.fingerprint(token), {
-                e["detail"]["fingerprint"] for e in events
-            }
+            return await svc.keyring.fingerprint(token), {e.detail["fingerprint"] for e in events}
 
     time.sleep(0.7)  # the audit trail is flushed every 0.5 s
     return asyncio.run(run())

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker.app import create_app
 from broker.config import load_settings
@@ -69,6 +70,14 @@ def test_probes_and_metrics(env: dict[str, str], sim: Simulator, sim_url: str) -
         )
         assert probes >= 2
         text = httpx.get(f"{url}/metrics").text
+        labels = {
+            name
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            for name in sample.labels
+        }
+        assert {"backend", "route", "status_class", "result"} <= labels  # parsed, labelled
+        assert not labels & {"hub_id", "user_id", "portal", "portal_id"}
         assert "hub_id" not in text  # never a label (unbounded, and it names a customer)
         assert str(HUB) not in text
         assert token not in text

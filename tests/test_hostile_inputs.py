@@ -15,10 +15,9 @@ from prometheus_client import REGISTRY
 
 from broker.adapters.postgres.audit import PostgresAudit
 from broker.adapters.postgres.pool import Database
-from broker.config import load_settings
 from broker.core.models import PortalKey, Role
-from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, deployed
+from broker.core.ports import AuditFilter
+from tests.helpers import Deploy, Deployment
 
 HUB = 3_400_001
 MAX_JSON_BODY = 16 * 1024  # broker.web.params.MAX_JSON_BODY
@@ -26,10 +25,8 @@ SENTENCE = "Your account is locked call 555 0100 now"
 
 
 @pytest.fixture
-def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    admin = (Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value)
-    with deployed(load_settings(env), sim, sim_url, hub_id=HUB, roles=admin) as d:
-        yield d
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(installed=(HUB,), roles=(Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value))
 
 
 def _authed(d: Deployment) -> httpx.Client:
@@ -162,8 +159,8 @@ async def test_a_nul_reaching_the_audit_trail_does_not_stop_it(database_url: str
         assert await audit.flush() == 1
         audit.record("admin.test", actor="next", reason="plain")
         assert await audit.flush() == 1
-        rows = await audit.query(hub_id=None, actor=None, action="admin.test", since=None, limit=5)
-        assert [(r["actor"], r["detail"]["reason"]) for r in rows] == [
+        rows = await audit.search(AuditFilter(action="admin.test"), after=None, limit=5)
+        assert [(r.actor, r.detail["reason"]) for r in rows] == [
             ("next", "plain"),
             ("oidc:a\ufffdb", ["x\ufffd"]),
         ]
@@ -182,8 +179,8 @@ async def test_a_row_postgresql_refuses_costs_only_itself(database_url: str) -> 
         audit.record("admin.batch", actor="refused", key=PortalKey("demo", 2**70))
         audit.record("admin.batch", actor="last")
         assert await audit.flush() == 2
-        rows = await audit.query(hub_id=None, actor=None, action="admin.batch", since=None, limit=5)
-        assert sorted(r["actor"] for r in rows) == ["first", "last"]
+        rows = await audit.search(AuditFilter(action="admin.batch"), after=None, limit=5)
+        assert sorted(r.actor for r in rows) == ["first", "last"]
         assert metric_sample("broker_audit_dropped_total") == dropped + 1
     finally:
         await db.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,20 +19,17 @@ from broker.config import Settings, load_settings
 from broker.dev.simulator import Simulator
 from broker.errors import InvalidRequest
 from broker.web.oauth import COOKIE
-from tests.helpers import Deployment, install_link, register, serve_app
+from tests.helpers import Deploy, Deployment, install_link, register, serve_app
 from tests.links import assert_failed, claims, portal_count, sign
 
 HUB = 7_700_001
 
 
 @pytest.fixture
-def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    settings = load_settings({**env, "BROKER_INSTALL_STATE_TTL": "2"})
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        sim.add_portal(HUB)
-        sim.configure(consent="auto", consent_hub_id=HUB)
-        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+def deployment(deploy: Deploy, sim: Simulator) -> Deployment:
+    d = deploy(env={"BROKER_INSTALL_STATE_TTL": "2"}, portals=(HUB,))
+    sim.configure(consent="auto", consent_hub_id=HUB)
+    return d
 
 
 def start(deployment: Deployment, browser: httpx.Client) -> str:

@@ -9,7 +9,6 @@ import base64
 import hmac
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,21 +21,18 @@ from broker.core.signing import Purpose
 from broker.dev.simulator import Simulator
 from broker.errors import ConfigError, InvalidRequest
 from broker.web.oauth import COOKIE
-from tests.helpers import Deployment, install_link, register, run_broker, serve_app
+from tests.helpers import Deploy, Deployment, audited, install_link, register, run_broker, serve_app
 from tests.links import assert_failed, claims, portal_count, sign, token_of
 
 HUB = 7_800_001
 
 
 @pytest.fixture
-def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    settings = load_settings(env)  # links required: the default
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        register(settings, sim, f"{url}/oauth/callback", slug="other")
-        sim.add_portal(HUB)
-        sim.configure(consent="auto", consent_hub_id=HUB)
-        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+def deployment(deploy: Deploy, sim: Simulator) -> Deployment:
+    d = deploy(portals=(HUB,))  # links required: the default
+    register(d.settings, sim, f"{d.url}/oauth/callback", slug="other")
+    sim.configure(consent="auto", consent_hub_id=HUB)
+    return d
 
 
 def state_keys(settings: Settings) -> list[Any]:
@@ -229,11 +225,7 @@ def test_cli_links_work_and_are_audited_without_the_token(
     assert set(reinstall) == {"url", "expires_at", "id"}
     assert payload_of(reinstall["url"])["hub_id"] == HUB
 
-    async def events() -> list[dict[str, Any]]:
-        async with open_admin(deployment.settings) as svc:
-            return await svc.admin.audit(action="install_link.created")
-
-    found = asyncio.run(events())
+    found = audited(deployment.settings, "install_link.created")
     assert len(found) == 2
     assert all(e["actor"].startswith("cli") for e in found)
     by_hub = {e["hub_id"]: e for e in found}

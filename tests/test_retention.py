@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 
@@ -18,14 +18,13 @@ import pytest
 from broker.adapters.postgres.pool import Database
 from broker.adapters.postgres.portals import PostgresPortals
 from broker.adapters.postgres.retention import PostgresRetention
-from broker.app import create_app, open_admin, open_services
-from broker.config import Settings, load_settings
+from broker.app import open_admin, open_services
+from broker.config import load_settings
 from broker.core.models import PortalKey
 from broker.core.ports import EncryptedGrant
 from broker.core.retention import RetentionPolicy, RetentionSweeper
-from broker.dev.simulator import Simulator
 from broker.errors import ConfigError
-from tests.helpers import Deployment, register, run_broker, serve_app
+from tests.helpers import Deploy, Deployment, run_broker
 
 HUB = 5_500_001
 DEFAULTS = RetentionPolicy(audit_days=400, events_days=30, journal_hours=24)
@@ -60,11 +59,8 @@ def sweeper(db: Database, policy: RetentionPolicy = DEFAULTS, batch: int = 2) ->
 
 # --- the revoke shreds the journal ---------------------------------------------------------
 @pytest.fixture
-def deployment(settings: Settings, sim: Simulator) -> Iterator[Deployment]:
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        sim.add_portal(HUB)
-        yield Deployment(settings, sim, "", url, "demo", client_id, secret, key)
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(portals=(HUB,))
 
 
 def test_revoke_deletes_the_portals_journal_and_the_sweep_a_stalled_holders_row(

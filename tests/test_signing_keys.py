@@ -13,21 +13,19 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from broker.app import create_app, open_admin
-from broker.config import MAX_INSTALL_LINK_TTL, load_settings
+from broker.app import open_admin
+from broker.config import MAX_INSTALL_LINK_TTL
 from broker.core.install_links import LinkClaims
 from broker.core.signing import VERIFY_RATE, Purpose
-from broker.dev.simulator import Simulator
 from broker.dev.stack import BackendUrls, bootstrap_vault
 from broker.errors import InstallLinkRejected, RateLimitedCaller
 from broker.web import admin_page
-from tests.helpers import Deployment, install_link, register, run_broker, serve_app
+from tests.helpers import Deploy, Deployment, audited, install_link, run_broker
 from tests.links import assert_failed, sign, token_of
 from tests.operator_page import ADMIN, csrf, error_code, login
 
@@ -36,21 +34,13 @@ OVERLAP = 4.0  # seconds
 
 
 @pytest.fixture
-def deployment(
-    env: dict[str, str], backends: BackendUrls, sim: Simulator, sim_url: str
-) -> Iterator[Deployment]:
+def deployment(deploy: Deploy, backends: BackendUrls) -> Deployment:
     # Signing keys of its own: the drill rotates them.
     prefix = f"drill-{secrets.token_hex(4)}-"
     bootstrap_vault(backends.vault_addr, backends.vault_token, signing_key_prefix=prefix)
-    settings = load_settings({**env, "BROKER_VAULT_SIGNING_KEY_PREFIX": prefix})
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(
-            settings, sim, f"{url}/oauth/callback", slug="demo", roles=ADMIN
-        )
-        sim.add_portal(HUB)
-        found = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-        assert found.install(HUB, access_token_ttl=120).status_code == 200
-        yield found
+    found = deploy(env={"BROKER_VAULT_SIGNING_KEY_PREFIX": prefix}, portals=(HUB,), roles=ADMIN)
+    assert found.install(HUB, access_token_ttl=120).status_code == 200
+    return found
 
 
 def _env(d: Deployment) -> dict[str, str]:
@@ -133,11 +123,7 @@ def test_links_are_listed_and_revoked_by_id(deployment: Deployment) -> None:
     assert unknown.returncode == 1
     assert "install_link_not_found" in unknown.stderr
 
-    async def events() -> list[dict[str, Any]]:
-        async with open_admin(deployment.settings) as svc:
-            return await svc.admin.audit(action="install_link.revoked")
-
-    (event,) = asyncio.run(events())
+    (event,) = audited(deployment.settings, "install_link.revoked")
     assert event["actor"].startswith("cli")
     assert event["detail"]["link_id"] == minted["id"]
     assert token_of(minted["url"]) not in json.dumps(event, default=str)
@@ -238,7 +224,7 @@ def test_key_rotation_drill(deployment: Deployment) -> None:
                 ).digest.hex()[:16]
                 for v in (1, 2)
             ]
-        return {e["detail"]["fingerprint"] for e in events}, by_version[0], by_version[1]
+        return {e.detail["fingerprint"] for e in events}, by_version[0], by_version[1]
 
     time.sleep(0.7)  # the audit trail is flushed every 0.5 s
     audited, old_key, new_key = asyncio.run(fingerprints())

@@ -4,27 +4,16 @@ everything else keeps working."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from broker.app import create_app
-from broker.config import Settings
-from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, serve_app, sql
+from tests.helpers import Deploy, Deployment, sql
 
 A, B, C = 7_100_001, 7_100_002, 7_100_003
 
 
 @pytest.fixture
-def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-        for hub in (A, B, C):
-            sim.add_portal(hub)
-            assert d.install(hub).status_code == 200
-        yield d
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(installed=(A, B, C))
 
 
 @pytest.mark.parametrize(

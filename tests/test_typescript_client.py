@@ -8,14 +8,11 @@ service. What each portal is for is listed at the top of test/client.test.ts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from broker.config import load_settings
 from broker.dev.simulator import Simulator
 from tests import typescript
-from tests.helpers import Deployment, deployed, sql
+from tests.helpers import Deploy, Deployment, sql
 
 pytestmark = typescript.needs_node
 
@@ -24,25 +21,26 @@ HUB, HUB_SHORT, HUB_AUTH, HUB_REVOKED, HUB_DEAD = range(6_500_001, 6_500_006)
 
 
 @pytest.fixture
-def deployment(env: dict[str, str], sim: Simulator, sim_url: str) -> Iterator[Deployment]:
+def deployment(deploy: Deploy, sim: Simulator) -> Deployment:
     typescript.build()  # first: the tokens installed below must not age while npm works
-    settings = load_settings({**env, "BROKER_MIN_TTL_MAX": str(CAP)})
-    with deployed(settings, sim, sim_url) as d:
-        for hub in (HUB, HUB_SHORT, HUB_AUTH, HUB_REVOKED, HUB_DEAD):
-            sim.add_portal(hub)
-        for hub, ttl in ((HUB, 1800), (HUB_SHORT, 600), (HUB_REVOKED, 1800), (HUB_DEAD, 1800)):
-            assert d.install(hub, access_token_ttl=ttl).status_code == 200
-        sql(settings, f"UPDATE portals SET state = 'revoked' WHERE hub_id = {HUB_REVOKED}")
-        sim.kill_grant(HUB_DEAD)
-        sql(
-            settings,
-            "UPDATE portals SET access_expires_at = now() - interval '1 second' "
-            f"WHERE hub_id = {HUB_DEAD}",
-        )
-        # Just under the cap: the 401 retry wants its remaining life + 60 s, above the cap.
-        assert d.install(HUB_AUTH, access_token_ttl=CAP - 5).status_code == 200
-        sim.configure(access_token_ttl=1800)  # what refreshes get from now on
-        yield d
+    d = deploy(
+        env={"BROKER_MIN_TTL_MAX": str(CAP)},
+        portals=(HUB, HUB_SHORT, HUB_AUTH, HUB_REVOKED, HUB_DEAD),
+    )
+    settings = d.settings
+    for hub, ttl in ((HUB, 1800), (HUB_SHORT, 600), (HUB_REVOKED, 1800), (HUB_DEAD, 1800)):
+        assert d.install(hub, access_token_ttl=ttl).status_code == 200
+    sql(settings, f"UPDATE portals SET state = 'revoked' WHERE hub_id = {HUB_REVOKED}")
+    sim.kill_grant(HUB_DEAD)
+    sql(
+        settings,
+        "UPDATE portals SET access_expires_at = now() - interval '1 second' "
+        f"WHERE hub_id = {HUB_DEAD}",
+    )
+    # Just under the cap: the 401 retry wants its remaining life + 60 s, above the cap.
+    assert d.install(HUB_AUTH, access_token_ttl=CAP - 5).status_code == 200
+    sim.configure(access_token_ttl=1800)  # what refreshes get from now on
+    return d
 
 
 def test_typescript_client_against_a_real_broker(deployment: Deployment) -> None:

@@ -12,11 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.app import create_app
-from broker.config import load_settings
-from broker.dev.simulator import Simulator
 from tests.dedicated_openbao import DedicatedOpenBao, dedicated_openbao
-from tests.helpers import Deployment, metric_value, register, serve_app
+from tests.helpers import Deploy, Deployment, metric_value
 
 HUB = 1_200_001
 READYZ_BOUND = 2.0  # broker/core/health.py: each backend check is cut off after 2 s
@@ -29,23 +26,15 @@ def openbao(tmp_path: Path) -> Iterator[DedicatedOpenBao]:
 
 
 @pytest.fixture
-def deployment(
-    env: dict[str, str], openbao: DedicatedOpenBao, sim: Simulator, sim_url: str
-) -> Iterator[Deployment]:
+def deployment(deploy: Deploy, openbao: DedicatedOpenBao) -> Deployment:
     """A broker on the dedicated OpenBao with one installed portal whose token is cached."""
-    settings = load_settings(
-        {**env, "BROKER_VAULT_ADDR": openbao.addr, "BROKER_VAULT_TOKEN": openbao.token}
-    )
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-        sim.add_portal(HUB)
-        assert d.install(HUB).status_code == 200
-        first = d.token(HUB)  # decrypted once, now cached in memory
-        assert first.status_code == 200, first.text
-        ready = httpx.get(f"{url}/readyz")
-        assert ready.status_code == 200, ready.text
-        yield d
+    vault = {"BROKER_VAULT_ADDR": openbao.addr, "BROKER_VAULT_TOKEN": openbao.token}
+    d = deploy(env=vault, installed=(HUB,))
+    first = d.token(HUB)  # decrypted once, now cached in memory
+    assert first.status_code == 200, first.text
+    ready = httpx.get(f"{d.url}/readyz")
+    assert ready.status_code == 200, ready.text
+    return d
 
 
 def _readyz(d: Deployment) -> tuple[httpx.Response, float]:

@@ -39,13 +39,11 @@ from broker.adapters.postgres.outbox import PostgresEventLog, PostgresOutbox
 from broker.adapters.postgres.pool import Database
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
-from broker.app import create_app
 from broker.config import Secret, Settings, load_settings
 from broker.core.models import PortalKey
 from broker.core.webhooks import WebhookDispatcher, endpoint_key
-from broker.dev.simulator import Simulator
 from broker.errors import ConfigError
-from tests.helpers import Deployment, register, serve_app
+from tests.helpers import Deploy, Deployment
 
 
 def new_secret() -> str:
@@ -550,11 +548,8 @@ def test_webhook_secrets_are_per_receiver_and_standard(env: dict[str, str]) -> N
 
 # --- nothing secret leaves ----------------------------------------------------------------
 @pytest.fixture
-def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        sim.add_portal(HUB)
-        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(portals=(HUB,))
 
 
 async def decrypt_refresh_token(settings: Settings, db: Database) -> str:

@@ -7,49 +7,46 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from broker.app import create_app, open_admin
-from broker.config import load_settings
-from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, register, serve_app
+from broker.app import open_admin
+from tests.helpers import Deploy, Deployment
 from tests.workload_issuer import AUDIENCE, ISSUER, SUBJECT, Issuer
 
 HUB = 6_100_001
 
 
 @pytest.fixture
-def deployment(
-    env: dict[str, str], sim: Simulator, sim_url: str, issuer: tuple[Issuer, str]
-) -> Iterator[Deployment]:
+def deployment(deploy: Deploy, issuer: tuple[Issuer, str]) -> Deployment:
     issuers = [
         {"issuer": ISSUER, "jwks_url": issuer[1], "audience": AUDIENCE, "refetch_seconds": 1}
     ]
-    settings = load_settings({**env, "BROKER_JWT_ISSUERS": json.dumps(issuers)})
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        d = Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
-        sim.add_portal(HUB)
-        assert d.install(HUB).status_code == 200
+    d = deploy(env={"BROKER_JWT_ISSUERS": json.dumps(issuers)}, installed=(HUB,))
+    workload_caller(d, "payments-api", SUBJECT)
+    return d
 
-        async def workload() -> None:
-            async with open_admin(settings) as svc:
-                await svc.callers.create(
-                    "payments-api",
-                    apps=["demo"],
-                    identity=(ISSUER, SUBJECT),
-                    with_key=False,
-                    actor="test",
-                )
 
-        asyncio.run(workload())
-        yield d
+def workload_caller(d: Deployment, name: str, subject: str, **options: Any) -> None:
+    """A caller of app ``demo`` known by its workload identity (``subject``), without a key."""
+
+    async def create() -> None:
+        async with open_admin(d.settings) as svc:
+            await svc.callers.create(
+                name,
+                apps=["demo"],
+                identity=(ISSUER, subject),
+                with_key=False,
+                actor="test",
+                **options,
+            )
+
+    asyncio.run(create())
 
 
 def ask(d: Deployment, credential: str) -> httpx.Response:
@@ -134,18 +131,7 @@ def test_a_workload_caller_is_refused_after_its_expiry(
     subject = "system:serviceaccount:payments:batch"
     expires_at = datetime.now(UTC) + timedelta(seconds=2)
 
-    async def expiring() -> None:
-        async with open_admin(deployment.settings) as svc:
-            await svc.callers.create(
-                "payments-batch",
-                apps=["demo"],
-                identity=(ISSUER, subject),
-                with_key=False,
-                expires_at=expires_at,
-                actor="test",
-            )
-
-    asyncio.run(expiring())
+    workload_caller(deployment, "payments-batch", subject, expires_at=expires_at)
     cached = issuer[0].mint(sub=subject)
     assert ask(deployment, cached).status_code == 200  # verified, now cached (10 s)
     time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.2)

@@ -29,9 +29,8 @@ import jwt
 
 from broker import metrics
 from broker.adapters import tls
-from broker.adapters.tokenreview import TokenReviewer
+from broker.adapters.tokenreview import TokenReviewer, reject_workload_token
 from broker.core.ports import Identity
-from broker.errors import Unauthenticated
 
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -119,7 +118,7 @@ class KeySet:
                 response.raise_for_status()
                 jwks = jwt.PyJWKSet.from_dict(response.json())
         except (httpx.HTTPError, ValueError, jwt.PyJWTError):
-            metrics.BACKEND_ERRORS.labels("jwks", "fetch").inc()
+            metrics.backend_failed("jwks", "fetch")
             return  # keep the keys we had
         self._by_kid = {k.key_id: k for k in jwks.keys}
         metrics.JWKS_FETCHES.inc()
@@ -164,22 +163,18 @@ class JwksVerifier:
         for reviewer in self._reviewers.values():
             await reviewer.close()
 
-    def _reject(self, reason: str) -> Unauthenticated:
-        metrics.CALLER_AUTH_FAILURES.labels(f"jwt_{reason}").inc()
-        return Unauthenticated(f"the workload token was rejected ({reason.replace('_', ' ')})")
-
     async def verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
-            raise self._reject("malformed") from None
+            raise reject_workload_token(metrics.AuthFailure.JWT_MALFORMED) from None
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
-            raise self._reject("algorithm_not_allowed")
+            raise reject_workload_token(metrics.AuthFailure.JWT_ALGORITHM_NOT_ALLOWED)
         config = self._issuers.get(str(unverified.get("iss")))
         if config is None:
-            raise self._reject("unknown_issuer")
+            raise reject_workload_token(metrics.AuthFailure.JWT_UNKNOWN_ISSUER)
         reviewer = self._reviewers.get(config.issuer)
         if reviewer is not None:
             return await self._reviewed(reviewer, config, token, unverified)
@@ -195,13 +190,13 @@ class JwksVerifier:
                 options={"require": ["exp", "iss", "sub", "aud"]},
             )
         except jwt.ExpiredSignatureError:
-            raise self._reject("expired") from None
+            raise reject_workload_token(metrics.AuthFailure.JWT_EXPIRED) from None
         except jwt.ImmatureSignatureError:
-            raise self._reject("not_yet_valid") from None
+            raise reject_workload_token(metrics.AuthFailure.JWT_NOT_YET_VALID) from None
         except jwt.InvalidAudienceError:
-            raise self._reject("wrong_audience") from None
+            raise reject_workload_token(metrics.AuthFailure.JWT_WRONG_AUDIENCE) from None
         except jwt.PyJWTError:
-            raise self._reject("invalid") from None
+            raise reject_workload_token(metrics.AuthFailure.JWT_INVALID) from None
         return Identity(
             issuer=config.issuer,
             subject=str(claims["sub"]),
@@ -217,7 +212,7 @@ class JwksVerifier:
         now = time.time()
         exp = claims.get("exp")
         if isinstance(exp, int | float) and exp + self._leeway < now:
-            raise self._reject("expired")
+            raise reject_workload_token(metrics.AuthFailure.JWT_EXPIRED)
         subject = await reviewer.review(token)
         until = float(exp) if isinstance(exp, int | float) else now + NO_EXPIRY_SECONDS
         return Identity(
@@ -229,5 +224,5 @@ class JwksVerifier:
     async def _key(self, config: IssuerConfig, kid: str | None) -> jwt.PyJWK:
         found = await self._keys[config.issuer].get(kid)
         if found is None:
-            raise self._reject("unknown_key")
+            raise reject_workload_token(metrics.AuthFailure.JWT_UNKNOWN_KEY)
         return found

@@ -237,8 +237,8 @@ class OidcClient:
             basic_auth="client_secret_basic" in methods or "client_secret_post" not in methods,
         )
 
-    def _unavailable(self, operation: str, detail: str) -> IdentityProviderUnavailable:
-        metrics.BACKEND_ERRORS.labels("oidc", operation).inc()
+    def _unavailable(self, operation: metrics.OidcOp, detail: str) -> IdentityProviderUnavailable:
+        metrics.backend_failed("oidc", operation)
         self._metadata = None  # a failure re-reads the discovery document next time
         return IdentityProviderUnavailable(detail)
 

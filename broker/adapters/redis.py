@@ -52,6 +52,7 @@ return 0
 _UNAVAILABLE = (RedisError, OSError, TimeoutError)
 _SUBSCRIPTION_PING = 5.0  # seconds of silence before the subscription is pinged
 _SUBSCRIPTION_DEAD = 10.0  # seconds of silence (pings unanswered) before it is replaced
+_LISTENER = metrics.Background.REDIS_LISTENER
 
 
 class RedisCoordinator:
@@ -117,18 +118,18 @@ class RedisCoordinator:
         for client in (self._client, self._sub_client, *self._sentinels):
             await client.aclose()
 
-    async def _bounded(self, operation: str, coro: Any) -> Any:
+    async def _bounded(self, operation: metrics.RedisOp, coro: Any) -> Any:
         try:
             # A deadline on this task, not wait_for's task per call (a refresh makes several).
             async with asyncio.timeout(self._timeout):
                 return await coro
         except _UNAVAILABLE:
-            metrics.BACKEND_ERRORS.labels("redis", operation).inc()
+            metrics.backend_failed("redis", operation)
             raise
         except RuntimeError as exc:
             # redis-py on uvloop reports a connection the server dropped as RuntimeError
             # ("unable to perform operation on <TCPTransport closed=True>").
-            metrics.BACKEND_ERRORS.labels("redis", operation).inc()
+            metrics.backend_failed("redis", operation)
             raise RedisConnectionError(f"connection lost ({exc})") from exc
 
     # --- locks ----------------------------------------------------------------------------
@@ -208,7 +209,10 @@ class RedisCoordinator:
         """Keep one subscription alive; reconnect with a capped backoff. An idle
         subscription is pinged every few seconds: a frozen or partitioned server (or an old
         master after a failover) answers nothing, and waiting on it forever would leave this
-        replica deaf to notices without knowing it."""
+        replica deaf to notices without knowing it. Not a ``BackgroundLoop`` (the subscription
+        blocks for as long as it lives), but failures are counted and logged as one's:
+        ``broker_background_failures_total{loop="redis_listener"}``, ``kind="bug"`` for
+        anything but Redis failing, which no longer ends the listener."""
         delay = 0.1
         while True:
             pubsub = self._sub_client.pubsub(ignore_subscribe_messages=True)
@@ -229,7 +233,12 @@ class RedisCoordinator:
                         await asyncio.wait_for(pubsub.ping(), timeout=self._timeout)
                         pinged = now
             except (*_UNAVAILABLE, RuntimeError):  # RuntimeError: see _bounded
-                metrics.BACKEND_ERRORS.labels("redis", "subscribe").inc()
+                metrics.backend_failed("redis", "subscribe")
+                metrics.BACKGROUND_FAILURES.labels(_LISTENER, metrics.FailureKind.BACKEND).inc()
+                log.warning("background.step_failed", loop=_LISTENER, code="redis_unavailable")
+            except Exception:  # a bug (a callback, a malformed notice): resubscribe
+                metrics.BACKGROUND_FAILURES.labels(_LISTENER, metrics.FailureKind.BUG).inc()
+                log.exception("background.step_crashed", loop=_LISTENER)
             finally:
                 self._subscribed.clear()
                 with contextlib.suppress(*_UNAVAILABLE, RuntimeError):

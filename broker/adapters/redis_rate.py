@@ -111,7 +111,7 @@ end
 return {{tostring(before), tostring(rate), halved}}
 """
 
-Bounded = Callable[[str, Awaitable[Any]], Awaitable[Any]]
+Bounded = Callable[[metrics.RedisOp, Awaitable[Any]], Awaitable[Any]]
 
 
 class AdaptiveRate:

@@ -71,7 +71,7 @@ class TokenReviewer:
         server authenticates it for our audience; else :class:`Unauthenticated`."""
         digest = hashlib.sha256(token.encode()).hexdigest()
         if digest in self._denied:
-            raise _reject("tokenreview_denied")
+            raise reject_workload_token(metrics.AuthFailure.JWT_TOKENREVIEW_DENIED)
         if digest not in self._passed:
             self._take()
         try:
@@ -98,26 +98,26 @@ class TokenReviewer:
         try:
             response = await self._client.post(_PATH, json=body, headers=headers)
         except httpx.HTTPError as exc:
-            metrics.BACKEND_ERRORS.labels("kubernetes", "tokenreview").inc()
+            metrics.backend_failed("kubernetes", "tokenreview")
             raise UpstreamError(
                 "the Kubernetes API server did not answer the token review",
                 code="identity_provider_unavailable",
             ) from exc
         if response.status_code != 201 and response.status_code != 200:
             # 401/403: the broker's own token or RBAC (system:auth-delegator) is wrong.
-            metrics.BACKEND_ERRORS.labels("kubernetes", "tokenreview").inc()
+            metrics.backend_failed("kubernetes", "tokenreview")
             raise UpstreamError(
                 f"the Kubernetes API server refused the token review ({response.status_code})",
                 code="identity_provider_unavailable",
             )
         status = response.json().get("status") or {}
         if not status.get("authenticated"):
-            raise _reject("tokenreview_denied")
+            raise reject_workload_token(metrics.AuthFailure.JWT_TOKENREVIEW_DENIED)
         if self._audience not in (status.get("audiences") or ()):
-            raise _reject("wrong_audience")
+            raise reject_workload_token(metrics.AuthFailure.JWT_WRONG_AUDIENCE)
         username = (status.get("user") or {}).get("username")
         if not isinstance(username, str) or not username:
-            raise _reject("tokenreview_denied")
+            raise reject_workload_token(metrics.AuthFailure.JWT_TOKENREVIEW_DENIED)
         return username
 
     def _take(self) -> None:
@@ -125,10 +125,12 @@ class TokenReviewer:
             time.monotonic(),
             "too many workload tokens to review on this replica; retry later",
             code="auth_throttled",
-            counted=metrics.CALLER_AUTH_FAILURES.labels("throttled"),
+            counted=metrics.CALLER_AUTH_FAILURES.labels(metrics.AuthFailure.THROTTLED),
         )
 
 
-def _reject(reason: str) -> Unauthenticated:
-    metrics.CALLER_AUTH_FAILURES.labels(f"jwt_{reason}").inc()
-    return Unauthenticated(f"the workload token was rejected ({reason.replace('_', ' ')})")
+def reject_workload_token(reason: metrics.AuthFailure) -> Unauthenticated:
+    """Count a rejected workload token and make its 401 (the reason, in words, says why)."""
+    metrics.auth_failed(reason)
+    words = reason.removeprefix("jwt_").replace("_", " ")
+    return Unauthenticated(f"the workload token was rejected ({words})")

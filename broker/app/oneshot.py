@@ -3,14 +3,16 @@ backend probes of ``broker check-config``."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from broker.adapters.postgres.migrate import migrate, pending
 from broker.adapters.postgres.pool import Database
 from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
-from broker.app.services import identity_provider, retention_sweeper
+from broker.app.services import identity_provider, require_migrated, retention_sweeper
 from broker.config import Settings
 from broker.core.retention import SweepReport
-from broker.errors import BrokerError, FatalError
+from broker.errors import BrokerError
 
 
 async def sweep_retention(settings: Settings) -> SweepReport:
@@ -19,13 +21,7 @@ async def sweep_retention(settings: Settings) -> SweepReport:
         settings.database_url.get(), min_size=1, max_size=2, timeout=settings.db_timeout
     )
     try:
-        async with db.connection() as conn:
-            missing = await pending(conn)
-        if missing:
-            raise FatalError(
-                f"{len(missing)} database migration(s) pending: run `broker migrate` first",
-                code="migrations_pending",
-            )
+        await require_migrated(db)
         return await retention_sweeper(settings, db).sweep()
     finally:
         await db.close()
@@ -59,22 +55,14 @@ async def probe_backends(settings: Settings) -> dict[str, str]:
     except BrokerError as exc:
         report["postgres"] = exc.code
     coordinator = RedisCoordinator(settings)
-    try:
-        await coordinator.ping()
-        report["redis"] = "ok"
-    except BrokerError as exc:
-        report["redis"] = exc.code
-    finally:
-        await coordinator.close()
+    report["redis"] = await _probe(coordinator.ping, coordinator.close)
     vault = VaultAdapter(settings)
-    try:
+
+    async def vault_answers() -> None:
         await vault.login()
         await vault.ping()
-        report["vault"] = "ok"
-    except BrokerError as exc:
-        report["vault"] = exc.code
-    finally:
-        await vault.close()
+
+    report["vault"] = await _probe(vault_answers, vault.close)
     if settings.oidc_enabled:
         report["oidc"] = await _probe_identity_provider(settings)
     return report
@@ -90,3 +78,14 @@ async def _probe_identity_provider(settings: Settings) -> str:
         return exc.code
     finally:
         await provider.close()
+
+
+async def _probe(check: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None]]) -> str:
+    """``ok`` when ``check`` passes, else its problem code; ``close`` runs either way."""
+    try:
+        await check()
+        return "ok"
+    except BrokerError as exc:
+        return exc.code
+    finally:
+        await close()

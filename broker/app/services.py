@@ -77,13 +77,7 @@ async def open_services(
             password=_database_password(settings),
         )
         stack.push_async_callback(db.close)
-        async with db.connection() as conn:
-            missing = await pending(conn)
-        if missing:
-            raise FatalError(
-                f"{len(missing)} database migration(s) pending: run `broker migrate` first",
-                code="migrations_pending",
-            )
+        await require_migrated(db)
         vault = VaultAdapter(settings)
         stack.push_async_callback(vault.close)
         await vault.login()
@@ -133,7 +127,7 @@ async def open_services(
             settings,
             portals=portals,
             cipher=vault,
-            refresher=engine,
+            engine=engine,
             audit=audit,
             keyring=keyring,
             private_tokens=vault,
@@ -296,6 +290,17 @@ async def open_services(
                 audit=audit,
             ),
             sso=sso,
+        )
+
+
+async def require_migrated(db: Database) -> None:
+    """Refuse to run on a database with migrations pending (``broker migrate`` first)."""
+    async with db.connection() as conn:
+        missing = await pending(conn)
+    if missing:
+        raise FatalError(
+            f"{len(missing)} database migration(s) pending: run `broker migrate` first",
+            code="migrations_pending",
         )
 
 

@@ -21,7 +21,14 @@ from broker.core.models import (
     PortalRecord,
     PortalState,
 )
-from broker.core.ports import AppRepository, AuditSink, PortalRepository, SecretStore
+from broker.core.ports import (
+    AppRepository,
+    AuditEvent,
+    AuditFilter,
+    AuditSink,
+    PortalRepository,
+    SecretStore,
+)
 from broker.errors import AppKindMismatch, InvalidRequest, NotFound
 
 
@@ -179,10 +186,10 @@ class AdminService:
         action: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        return await self._audit.query(
-            hub_id=hub_id, actor=actor, action=action, since=since, limit=limit
-        )
+    ) -> list[AuditEvent]:
+        """Newest first."""
+        match = AuditFilter(hub_id=hub_id, actor=actor, action=action, since=since)
+        return await self._audit.search(match, after=None, limit=limit)
 
     async def show_portal(self, key: PortalKey) -> PortalRecord:
         record = await self._portals.get_portal(key)

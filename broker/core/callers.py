@@ -69,7 +69,7 @@ _NO_CALLER = "no caller is registered for this workload identity"
 def _refuse_expired(expires_at: datetime | None, detail: str) -> None:
     """A caller (or key) past its expiry is refused, whichever way it authenticated."""
     if expires_at is not None and expires_at <= datetime.now(UTC):
-        metrics.CALLER_AUTH_FAILURES.labels("expired").inc()
+        metrics.auth_failed(metrics.AuthFailure.EXPIRED)
         raise Unauthenticated(detail)
 
 
@@ -112,13 +112,13 @@ class CallerService(CallerAdmin):
         """``header``: the raw ``Authorization`` header ``presented`` came from; once the
         caller is authenticated, :meth:`known` recognizes it."""
         if not presented:
-            metrics.CALLER_AUTH_FAILURES.labels("missing").inc()
+            metrics.auth_failed(metrics.AuthFailure.MISSING)
             raise Unauthenticated("send an Authorization: Bearer <caller key> header")
         if self._verifier is not None and not presented.startswith(KEY_PREFIX):
             return await self._jwt(presented, header)
         match = _KEY_RE.match(presented)
         if match is None:
-            metrics.CALLER_AUTH_FAILURES.labels("malformed").inc()
+            metrics.auth_failed(metrics.AuthFailure.MALFORMED)
             raise Unauthenticated("the caller key is malformed")
         key_id, secret = match.groups()
         digest = hash_secret(secret)
@@ -129,11 +129,11 @@ class CallerService(CallerAdmin):
         if entry is None or entry.fresh_until <= now:
             entry, charged = await self._lookup(key_id, digest, entry, now)
         if not hmac.compare_digest(digest, entry.key_hash):
-            metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
+            metrics.auth_failed(metrics.AuthFailure.INVALID)
             raise Unauthenticated("the caller key is not valid")
         caller = entry.caller
         if caller.disabled:
-            metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
+            metrics.auth_failed(metrics.AuthFailure.DISABLED)
             raise Unauthenticated("the caller is disabled")
         _refuse_expired(entry.expires_at, "the caller key has expired")
         if charged:
@@ -155,7 +155,9 @@ class CallerService(CallerAdmin):
         presented_known = known is not None and hmac.compare_digest(digest, known.key_hash)
         charged = False
         if not presented_known:
-            self._charge_stranger(key_id, now, "invalid", "the caller key is not valid", "keys")
+            self._charge_stranger(
+                key_id, now, metrics.AuthFailure.INVALID, "the caller key is not valid", "keys"
+            )
             charged = True
         generation = self._cache.generation
         try:
@@ -166,7 +168,7 @@ class CallerService(CallerAdmin):
             # outage does not stop services that were being served a moment ago. Not one
             # invalidated since: that caller changed, and what changed is unknown.
             if known is not None and presented_known and known.verified:
-                metrics.BACKEND_ERRORS.labels("postgres", "caller_stale").inc()
+                metrics.backend_failed("postgres", "caller_stale")
                 return known, False
             raise
         if found is None:
@@ -174,7 +176,7 @@ class CallerService(CallerAdmin):
             self._cache.drop_key(key_id)
             self._cache.put_unknown(key_id, now, generation)
             hmac.compare_digest(digest, _NO_HASH)  # the same work as for a known key id
-            metrics.CALLER_AUTH_FAILURES.labels("invalid").inc()
+            metrics.auth_failed(metrics.AuthFailure.INVALID)
             raise Unauthenticated("the caller key is not valid")
         metrics.CALLER_LOOKUP_FOUND.inc()
         ttl = self._settings.caller_cache_seconds
@@ -205,7 +207,7 @@ class CallerService(CallerAdmin):
             identity = await self._verifier.verify(token)
             caller = await self._by_identity(identity, self._cache.jwt_known(digest), now)
             if caller.disabled:
-                metrics.CALLER_AUTH_FAILURES.labels("disabled").inc()
+                metrics.auth_failed(metrics.AuthFailure.DISABLED)
                 raise Unauthenticated("the caller is disabled")
             _refuse_expired(caller.expires_at, "the caller has expired")
             wall = datetime.now(UTC)
@@ -219,18 +221,20 @@ class CallerService(CallerAdmin):
             self._cache.put_header(header, caller, until, caller.expires_at, generation)
         return caller
 
-    def _charge_stranger(self, name: str, now: float, reason: str, refusal: str, what: str) -> None:
+    def _charge_stranger(
+        self, name: str, now: float, reason: metrics.AuthFailure, refusal: str, what: str
+    ) -> None:
         """Before a lookup for someone this replica does not know: refused from memory when
         Postgres did not know ``name`` a moment ago (401 ``refusal``, counted as
         ``reason``), else paid from the lookup budget (429 ``auth_throttled`` once spent)."""
         if self._cache.is_unknown(name, now):
-            metrics.CALLER_AUTH_FAILURES.labels(reason).inc()
+            metrics.auth_failed(reason)
             raise Unauthenticated(refusal)
         self._budget.spend(
             now,
             f"too many unknown caller {what} on this replica; retry later",
             code="auth_throttled",
-            counted=metrics.CALLER_AUTH_FAILURES.labels("throttled"),
+            counted=metrics.CALLER_AUTH_FAILURES.labels(metrics.AuthFailure.THROTTLED),
         )
 
     async def _by_identity(self, identity: Identity, known: bool, now: float) -> Caller:
@@ -242,7 +246,9 @@ class CallerService(CallerAdmin):
         unknown = f"jwt:{identity.issuer}\n{identity.subject}"  # never a hex key id
         charged = False
         if not known:
-            self._charge_stranger(unknown, now, "jwt_unknown_subject", _NO_CALLER, "identities")
+            self._charge_stranger(
+                unknown, now, metrics.AuthFailure.JWT_UNKNOWN_SUBJECT, _NO_CALLER, "identities"
+            )
             charged = True
         generation = self._cache.generation
         try:
@@ -253,7 +259,7 @@ class CallerService(CallerAdmin):
         if caller is None:
             metrics.CALLER_LOOKUP_UNKNOWN.inc()
             self._cache.put_unknown(unknown, now, generation)
-            metrics.CALLER_AUTH_FAILURES.labels("jwt_unknown_subject").inc()
+            metrics.auth_failed(metrics.AuthFailure.JWT_UNKNOWN_SUBJECT)
             raise Unauthenticated(_NO_CALLER)
         metrics.CALLER_LOOKUP_FOUND.inc()
         if charged:

@@ -179,7 +179,7 @@ class InstallService:
                 self._bad_codes.add(_hash(code))
             metrics.INSTALLS.labels(exc.code).inc()
             raise
-        metrics.INSTALLS.labels("installed").inc()
+        metrics.INSTALLS.labels(metrics.INSTALLED).inc()
         return Installed(record, pending.return_to)
 
     async def _marketplace(self, callback_url: str, code: str) -> PendingInstall:

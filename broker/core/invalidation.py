@@ -90,11 +90,13 @@ class Invalidations:
 
     async def _poll(self) -> None:
         """One pass of the Postgres fallback: portals that stopped serving, callers changed."""
-        keys, self._since = await self._portals.stopped_since(self._since)
-        for key in keys:
+        stopped = await self._portals.stopped_since(self._since)
+        self._since = stopped.until
+        for key in stopped.keys:
             self._tokens.invalidate(key)
-        changed, self._callers_since = await self._callers.changed_since(
+        changed = await self._callers.changed_since(
             self._callers_since, self._caller_cache.caller_ids()
         )
-        if changed:
-            self._caller_cache.forget(changed)
+        self._callers_since = changed.until
+        if changed.ids:
+            self._caller_cache.forget(changed.ids)

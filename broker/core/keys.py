@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker.core.ports import AuditSink, CiphertextStore, KeyStore
+from broker.core.ports import AuditSink, CiphertextStore, KeyStore, StoredCiphertext
 from broker.errors import Conflict, Undecryptable
 
 
@@ -41,8 +41,9 @@ class KeyRotation:
         progress: Callable[[RewrapReport], None] | None = None,
         actor: str | None = None,
     ) -> RewrapReport:
-        latest, minimum = await self._keys.key_versions()
-        report = RewrapReport(latest, min_decryption_version=minimum)
+        versions = await self._keys.key_versions()
+        latest = versions.latest
+        report = RewrapReport(latest, min_decryption_version=versions.min_decryption)
         bad: set[tuple[str, int, str]] = set()
         while limit is None or report.rewrapped + report.skipped < limit:
             size = batch if limit is None else min(batch, limit - report.rewrapped - report.skipped)
@@ -51,26 +52,28 @@ class KeyRotation:
                 for r in await self._store.ciphertexts_below(
                     latest, after_id=0, limit=size + len(bad)
                 )
-                if (r[0], r[1], r[3]) not in bad
+                if (r.table, r.row_id, r.column) not in bad
             ][:size]
             if not rows:
                 break
             try:
-                fresh = await self._keys.rewrap([(r[4], r[2].context(_kind(r[3]))) for r in rows])
+                fresh = await self._keys.rewrap([_rewrap_item(r) for r in rows])
             except Undecryptable:
                 fresh = []
                 for row in rows:  # find the bad ones; rewrap the rest
                     try:
-                        (one,) = await self._keys.rewrap([(row[4], row[2].context(_kind(row[3])))])
+                        (one,) = await self._keys.rewrap([_rewrap_item(row)])
                     except Undecryptable:
-                        bad.add((row[0], row[1], row[3]))
+                        bad.add((row.table, row.row_id, row.column))
                         report.failed += 1
                         one = ""
                     fresh.append(one)
             for row, new in zip(rows, fresh, strict=True):
                 if not new:
                     continue
-                if await self._store.swap_ciphertext(row[0], row[1], row[3], row[4], new):
+                if await self._store.swap_ciphertext(
+                    row.table, row.row_id, row.column, row.ciphertext, new
+                ):
                     report.rewrapped += 1
                 else:
                     report.skipped += 1
@@ -92,7 +95,7 @@ class KeyRotation:
 
     async def retire_old_versions(self, *, actor: str | None = None) -> int:
         """Raise ``min_decryption_version`` to the latest version — only at 100% coverage."""
-        latest, _ = await self._keys.key_versions()
+        latest = (await self._keys.key_versions()).latest
         if await self._store.ciphertexts_below(latest, after_id=0, limit=1):
             raise Conflict(
                 "ciphertexts under older key versions remain: run `broker keys rewrap` first",
@@ -104,5 +107,7 @@ class KeyRotation:
         return latest
 
 
-def _kind(column: str) -> str:
-    return "refresh" if column == "refresh_ct" else "access"
+def _rewrap_item(row: StoredCiphertext) -> tuple[str, bytes]:
+    """The ciphertext and its derivation context (the portal and the token kind)."""
+    kind = "refresh" if row.column == "refresh_ct" else "access"
+    return row.ciphertext, row.key.context(kind)

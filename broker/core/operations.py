@@ -31,6 +31,7 @@ from broker.core.ports import (
     Cipher,
     LeaseRepository,
     OAuthProvider,
+    PendingRevocation,
     PortalRepository,
     PrivateTokenStore,
     RevocationQueue,
@@ -90,45 +91,46 @@ class PortalOperations:
         outcome = await self._portals.revoke(key, reason=reason, actor=actor)
         if outcome is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
-        record, pending = outcome
+        record = outcome.record
         await self._invalidations.publish(key)
         self._audit.record("portal.revoked", actor=actor, key=key, reason=reason)
         if record.private:  # after the commit: a failure here leaves it unserved, retryable
             await self._private_tokens.delete_private_app_token(key)
             log.info("revoke.private_app_destroyed", portal=str(key))
             return Revocation(record, "not_applicable")
-        if pending is None:
+        if outcome.pending is None:
             return Revocation(record, "already_revoked")
         try:
-            await self._attempt(pending[0], key, pending[1], attempts=0)
+            await self._attempt(outcome.pending)
         except UpstreamError as exc:
             log.warning("revoke.upstream_pending", portal=str(key), code=exc.code)
             return Revocation(record, "pending")
         return Revocation(record, "revoked")
 
-    async def _attempt(
-        self, pending_id: int, key: PortalKey, refresh_ct: str, *, attempts: int
-    ) -> None:
+    async def _attempt(self, pending: PendingRevocation) -> None:
+        key = pending.key
         try:
             app = await self._apps.get(key.app)
-            (refresh_token,) = await self._cipher.decrypt([(refresh_ct, key.context("refresh"))])
+            (refresh_token,) = await self._cipher.decrypt(
+                [(pending.refresh_ct, key.context("refresh"))]
+            )
             await self._oauth.revoke(
                 app, await self._secrets.client_secrets(key.app), refresh_token
             )
         except BrokerError as exc:  # HubSpot or a backend down, or an undecryptable token
-            retry_in = min(300.0, JITTER.uniform(1.0, 2.0 ** min(attempts + 1, 9)))
-            await self._revocations.revocation_failed(pending_id, exc.code, retry_in)
-            metrics.UPSTREAM_REVOKES.labels("retry").inc()
+            retry_in = min(300.0, JITTER.uniform(1.0, 2.0 ** min(pending.attempts + 1, 9)))
+            await self._revocations.revocation_failed(pending.id, exc.code, retry_in)
+            metrics.UPSTREAM_REVOKES.labels(metrics.RevokeResult.RETRY).inc()
             raise
-        await self._revocations.revocation_done(pending_id)
-        metrics.UPSTREAM_REVOKES.labels("revoked").inc()
+        await self._revocations.revocation_done(pending.id)
+        metrics.UPSTREAM_REVOKES.labels(metrics.RevokeResult.REVOKED).inc()
         log.info("revoke.upstream_done", portal=str(key))
 
     async def retry_due(self, limit: int = 50) -> int:
         done = 0
-        for pending_id, key, refresh_ct, attempts in await self._revocations.due_revocations(limit):
+        for pending in await self._revocations.due_revocations(limit):
             with contextlib.suppress(BrokerError):
-                await self._attempt(pending_id, key, refresh_ct, attempts=attempts)
+                await self._attempt(pending)
                 done += 1
         return done
 

@@ -158,8 +158,8 @@ class Outcomes:
         newer = await self._leases.newer_journal_entry(lease)
         if newer is None:
             return None
-        journal_id, encrypted = newer
-        committed = await self._leases.commit_refresh(lease, encrypted, journal_id)
+        journal_id = newer.id
+        committed = await self._leases.commit_refresh(lease, newer.grant, journal_id)
         if committed is None:
             return None
         metrics.JOURNAL_ADOPTIONS.inc()

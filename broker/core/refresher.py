@@ -27,7 +27,7 @@ import structlog
 from broker import metrics
 from broker.config import Settings
 from broker.core.models import Lease, PortalKey, PortalState
-from broker.core.ports import LeaseRepository, PortalRepository, RateLimiter
+from broker.core.ports import DueLease, LeaseRepository, PortalRepository, RateLimiter
 from broker.core.refresh import RefreshEngine
 from broker.core.tasks import BackgroundLoop
 from broker.errors import BrokerError
@@ -179,28 +179,29 @@ class ProactiveRefresher:
         try:
             waits = await self._slots_of_rate(batch)
         except BaseException:
-            for _, lease in batch:  # none started: give them back for the next pass
-                await asyncio.shield(self._leases.release_lease(lease))
+            for due in batch:  # none started: give them back for the next pass
+                await asyncio.shield(self._leases.release_lease(due.lease))
             raise
-        for (key, lease), wait in zip(batch, waits, strict=True):
-            task = asyncio.create_task(self._refresh(key, lease, wait), name=f"refresh {key}")
+        for due, wait in zip(batch, waits, strict=True):
+            name = f"refresh {due.key}"
+            task = asyncio.create_task(self._refresh(due.key, due.lease, wait), name=name)
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         self._backlog = len(batch) == free
         return self._backlog
 
-    async def _slots_of_rate(self, batch: list[tuple[PortalKey, Lease]]) -> list[float]:
+    async def _slots_of_rate(self, batch: list[DueLease]) -> list[float]:
         """The app's rate for a claim, one round trip per app: 0 for each portal that may go
         now, else the seconds to wait (the claim's order decides who goes first)."""
         apps: dict[str, int] = {}
-        for key, _ in batch:
-            apps[key.app] = apps.get(key.app, 0) + 1
+        for due in batch:
+            apps[due.key.app] = apps.get(due.key.app, 0) + 1
         answers = {app: await self._limiter.acquire_many(app, n) for app, n in apps.items()}
         waits = []
-        for key, _ in batch:
-            granted, wait = answers[key.app]
+        for due in batch:
+            granted, wait = answers[due.key.app]
             waits.append(0.0 if granted > 0 else wait)
-            answers[key.app] = (granted - 1, wait)
+            answers[due.key.app] = (granted - 1, wait)
         return waits
 
     async def _refresh(self, key: PortalKey, lease: Lease, wait: float) -> None:
@@ -221,5 +222,5 @@ class ProactiveRefresher:
         except BrokerError as exc:
             log.info("refresher.portal_failed", portal=str(key), code=exc.code)
         except Exception:
-            metrics.BACKEND_ERRORS.labels("any", "refresher_bug").inc()
+            metrics.backend_failed("any", "refresher_bug")
             log.exception("refresher.portal_crashed", portal=str(key))

@@ -176,7 +176,7 @@ class Keyring:
                 time.monotonic(),
                 "too many signatures to check right now; try again shortly",
                 code="verify_throttled",
-                counted=metrics.CALLER_AUTH_FAILURES.labels("throttled"),
+                counted=metrics.CALLER_AUTH_FAILURES.labels(metrics.AuthFailure.THROTTLED),
             )
             (valid,) = await self._macs.verify(self.key_name(purpose), [(signed, mac)])
             (self._genuine if valid else self._forged).add(seen)
@@ -216,7 +216,7 @@ class Keyring:
         found = []
         for purpose in Purpose:
             latest = await self._macs.latest_version(self.key_name(purpose))
-            retiring = {v: at for (p, v), at in schedule.items() if p == purpose.value}
+            retiring = {r.version: r.retires_at for r in schedule if r.purpose == purpose.value}
             found.append(KeyStatus(purpose, self.key_name(purpose), latest, retiring))
         return found
 

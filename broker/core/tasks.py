@@ -50,14 +50,17 @@ class BackgroundLoop:
     never ends the loop: it is counted in ``broker_background_failures_total{loop, kind}``
     (``backend`` for a :class:`~broker.errors.BrokerError`, ``bug`` for anything else),
     logged, and the loop goes on at its next interval. ``wait_first``: the first step only
-    after one interval (a restart storm does not run every replica's step at once)."""
+    after one interval (a restart storm does not run every replica's step at once).
+
+    ``interval`` may be a function instead: asked after each step for the wait before the
+    next one (a schedule of the loop's own, e.g. a token's TTL), and not jittered further."""
 
     def __init__(
         self,
         loop: metrics.Background,
         step: Callable[[], Awaitable[object]],
         *,
-        interval: float,
+        interval: float | Callable[[], float],
         jitter: float = 0.1,
         wait_first: bool = False,
         backlog: Callable[[], Awaitable[object]] | None = None,
@@ -71,8 +74,10 @@ class BackgroundLoop:
         self._stopping = asyncio.Event()
         self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._backend_failures = metrics.BACKGROUND_FAILURES.labels(loop, "backend")
-        self._bugs = metrics.BACKGROUND_FAILURES.labels(loop, "bug")
+        self._backend_failures = metrics.BACKGROUND_FAILURES.labels(
+            loop, metrics.FailureKind.BACKEND
+        )
+        self._bugs = metrics.BACKGROUND_FAILURES.labels(loop, metrics.FailureKind.BUG)
 
     def start(self) -> None:
         """Start the loop, once: a loop that ran cannot be started again."""
@@ -138,6 +143,8 @@ class BackgroundLoop:
             await self.pause(self.next_delay())
 
     def next_delay(self) -> float:
+        if callable(self._interval):
+            return self._interval()
         spread = self._interval * self._jitter
         return self._interval + JITTER.uniform(-spread, spread)
 

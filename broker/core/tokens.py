@@ -54,7 +54,7 @@ class TokenService:
         *,
         portals: PortalRepository,
         cipher: Cipher,
-        refresher: RefreshEngine,
+        engine: RefreshEngine,
         audit: AuditSink,
         keyring: Keyring,
         #: Private apps' static tokens (Vault KV); None: none are served (their portals
@@ -65,7 +65,7 @@ class TokenService:
         self._private_tokens = private_tokens
         self._portals = portals
         self._cipher = cipher
-        self._refresher = refresher
+        self._engine = engine
         self._audit = audit
         self._keyring = keyring
         self._cache: dict[PortalKey, CachedToken] = {}
@@ -261,7 +261,7 @@ class TokenService:
                 and generation == self._generation(key)  # not revoked meanwhile
             ):
                 # A backend is down, but a token that is still valid beats an error.
-                metrics.BACKEND_ERRORS.labels("any", "serve_cached").inc()
+                metrics.backend_failed("any", "serve_cached")
                 return stale, False
             raise
         return entry, entry.refreshed
@@ -282,7 +282,7 @@ class TokenService:
         raise_for_state(record)
         if record.private:
             return await self._load_static(record, generation)
-        fresh = await self._refresher.ensure_fresh(record, min_ttl)
+        fresh = await self._engine.ensure_fresh(record, min_ttl)
         record = fresh.record
         raise_for_state(record)
         access_token = fresh.access_token

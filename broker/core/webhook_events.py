@@ -33,6 +33,7 @@ from broker.core.models import Caller, PortalKey
 from broker.core.ports import AuditSink, DeliveryRecord, EventFilter, EventLog, EventRecord
 from broker.core.webhooks import classify, endpoint_key
 from broker.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from broker.metrics import Delivery
 
 MAX_PAGE = 500
 
@@ -51,7 +52,7 @@ def delivery_state(delivery: DeliveryRecord) -> str:
     if error is None:
         return "pending"
     status = error.removeprefix("http_")
-    if status.isdigit() and classify(int(status)) == "rejected":
+    if status.isdigit() and classify(int(status)) is Delivery.REJECTED:
         return "rejected"
     return "failing"
 

@@ -62,6 +62,7 @@ from broker.config import Secret
 from broker.core.ports import Outbox, OutboxEvent, OutboxStats, WebhookSender
 from broker.core.tasks import JITTER, BackgroundLoop
 from broker.errors import BrokerError, FatalError, WebhookUnreachable
+from broker.metrics import Delivery
 
 log = structlog.get_logger(__name__)
 
@@ -103,13 +104,13 @@ def sign(keys: Sequence[Secret], webhook_id: str, timestamp: int, body: bytes) -
     )
 
 
-def classify(status: int) -> str:
+def classify(status: int) -> Delivery:
     """``delivered``, ``rejected`` (receiver misconfigured: 3xx, most 4xx) or ``failed``."""
     if 200 <= status < 300:
-        return "delivered"
+        return Delivery.DELIVERED
     if 300 <= status < 500 and status not in (408, 429):
-        return "rejected"
-    return "failed"
+        return Delivery.REJECTED
+    return Delivery.FAILED
 
 
 def full_jitter(ceiling: float) -> float:
@@ -254,7 +255,7 @@ class WebhookDispatcher:
                 await self._outbox.release(item.delivery_id, item.attempts)
                 return
             result, error = await self._post(url, item)
-            if result == "delivered":
+            if result is Delivery.DELIVERED:
                 await self._outbox.delivered(item.delivery_id)
                 log.info("webhooks.delivered", type=item.type, attempt=item.attempts, **where)
                 return
@@ -274,10 +275,10 @@ class WebhookDispatcher:
                 log.error("webhooks.delivery_stuck", attempt=item.attempts, **where)
         except BrokerError as exc:
             # The claim runs out and the delivery is attempted again: at least once.
-            metrics.BACKEND_ERRORS.labels("postgres", "webhook_record").inc()
+            metrics.backend_failed("postgres", "webhook_record")
             log.warning("webhooks.record_failed", code=exc.code, **where)
         except Exception:  # a bug in one delivery must not take the others down
-            metrics.BACKEND_ERRORS.labels("any", "webhook_bug").inc()
+            metrics.backend_failed("any", "webhook_bug")
             log.exception("webhooks.delivery_crashed", **where)
 
     def _signing_secrets(self) -> Mapping[str, Sequence[Secret]]:
@@ -287,11 +288,11 @@ class WebhookDispatcher:
         except ValueError as exc:  # its message names what is wrong, never a secret
             if not self._secrets_invalid:
                 self._secrets_invalid = True
-                metrics.BACKEND_ERRORS.labels("webhooks", "secret_invalid").inc()
+                metrics.backend_failed("webhooks", "secret_invalid")
                 log.error("webhooks.secret_invalid", problem=str(exc), using="the last valid")
         return self._last_secrets
 
-    async def _post(self, url: str, item: OutboxEvent) -> tuple[str, str]:
+    async def _post(self, url: str, item: OutboxEvent) -> tuple[Delivery, str]:
         """POST ``item`` once: (result, error code), result as in :func:`classify`."""
         body = render(item)
         timestamp = int(time.time())
@@ -308,9 +309,9 @@ class WebhookDispatcher:
             async with asyncio.timeout(self._timeout + _MARGIN):
                 status = await self._sender.post(url, body, headers)
         except WebhookUnreachable as exc:
-            result, error = "failed", exc.reason
+            result, error = Delivery.FAILED, exc.reason
         except TimeoutError:
-            result, error = "failed", "timeout"
+            result, error = Delivery.FAILED, "timeout"
         else:
             result, error = classify(status), f"http_{status}"
         metrics.WEBHOOK_DELIVERY_SECONDS.observe(time.perf_counter() - started)

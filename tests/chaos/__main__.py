@@ -16,15 +16,15 @@ from broker.dev.simulator import Simulator, run_in_thread
 from tests.backends import provide_backends
 from tests.chaos import k8s
 from tests.chaos.scenarios import DEFAULT, SCENARIOS, SMALL, Size
-from tests.conftest import _admin, _with_db, make_env
+from tests.helpers import admin_sql, database_named, make_env
 
 
 async def _fresh_database(admin_url: str) -> str:
     import asyncpg
 
     name = f"chaos_{secrets.token_hex(5)}"
-    await _admin(admin_url, f"CREATE DATABASE {name}")
-    url = _with_db(admin_url, name)
+    await admin_sql(admin_url, f"CREATE DATABASE {name}")
+    url = database_named(admin_url, name)
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
 import structlog
 
 from broker import metrics
 from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.rows import key_of
 from broker.core.models import PortalKey
 from broker.core.ports import AuditEvent, AuditFilter, AuditPosition
 from broker.core.tasks import BackgroundLoop
@@ -101,18 +100,6 @@ class PostgresAudit:
             }
             self.record("token.issued", actor=actor, key=key, **detail)
 
-    async def query(
-        self,
-        *,
-        hub_id: int | None,
-        actor: str | None,
-        action: str | None,
-        since: datetime | None,
-        limit: int,
-    ) -> list[dict[str, Any]]:
-        match = AuditFilter(hub_id=hub_id, actor=actor, action=action, since=since)
-        return [asdict(e) for e in await self.search(match, after=None, limit=limit)]
-
     async def search(
         self, match: AuditFilter, *, after: AuditPosition | None, limit: int
     ) -> list[AuditEvent]:
@@ -153,7 +140,7 @@ class PostgresAudit:
             within_seconds,
             limit,
         )
-        return [PortalKey(r["app"], r["hub_id"], r["user_id"]) for r in rows]
+        return [key_of(r) for r in rows]
 
     def start(self) -> None:
         self._flusher.start()

@@ -9,6 +9,7 @@ import asyncpg
 
 from broker.adapters.postgres.pool import Database
 from broker.core.models import Caller, StoredCallerKey
+from broker.core.ports import ChangedCallers
 from broker.errors import Conflict
 
 
@@ -114,12 +115,10 @@ class PostgresCallers:
         )
         return caller_id
 
-    async def changed_since(
-        self, since: datetime | None, known: Collection[int]
-    ) -> tuple[set[int], datetime]:
+    async def changed_since(self, since: datetime | None, known: Collection[int]) -> ChangedCallers:
         if since is None:
             now: datetime = await self._db.fetchval("SELECT clock_timestamp()")
-            return set(), now
+            return ChangedCallers(set(), now)
         # The window overlaps the previous one by 5 s: a row stamped just before the last
         # poll but committed after it is still seen (invalidating twice is harmless).
         row = await self._db.fetchrow(
@@ -132,7 +131,7 @@ class PostgresCallers:
             sorted(known),
         )
         assert row is not None  # a SELECT without FROM returns one row
-        return {*row["changed"], *row["gone"]}, row["now"]
+        return ChangedCallers({*row["changed"], *row["gone"]}, row["now"])
 
     async def touch(self, caller_ids: Sequence[int]) -> None:
         await self._db.execute(

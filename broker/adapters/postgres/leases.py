@@ -13,12 +13,15 @@ from broker.adapters.postgres.rows import (
     LEASE_COLUMNS,
     PORTAL_COLUMNS,
     SERVING,
+    due_lease_of,
     insert_event,
+    journal_entry_of,
+    key_of,
     lease_of,
     portal_of,
 )
-from broker.core.models import Intent, Lease, PortalKey, PortalRecord, PortalState
-from broker.core.ports import EncryptedGrant
+from broker.core.models import Intent, Lease, PortalRecord, PortalState
+from broker.core.ports import DueLease, EncryptedGrant, JournalEntry
 
 #: The fenced commit: the lease that read the row still holds it.
 _LEASE_HOLDS = "lease_epoch = $8 AND lease_owner = $9 AND " + SERVING
@@ -138,9 +141,7 @@ class LeaseRows:
         )
         return None if row is None else lease_of(row, owner)
 
-    async def claim_due(
-        self, owner: str, *, limit: int, lease_seconds: float
-    ) -> list[tuple[PortalKey, Lease]]:
+    async def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[DueLease]:
         """Leases for up to ``limit`` portals whose refresh time has come, oldest first.
         ``SKIP LOCKED``: replicas scanning at once split the work instead of queueing."""
         rows = await self._db.fetch(
@@ -149,7 +150,7 @@ class LeaseRows:
             limit,
             lease_seconds,
         )
-        return [(PortalKey(r["app"], r["hub_id"], r["user_id"]), lease_of(r, owner)) for r in rows]
+        return [due_lease_of(r, owner) for r in rows]
 
     async def intend(self, lease: Lease, *, window: float) -> Intent:
         # One statement, serialized per portal by the row lock: the lease must still be held
@@ -252,7 +253,7 @@ class LeaseRows:
                 healed.append(record)
         return healed
 
-    async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:
+    async def newer_journal_entry(self, lease: Lease) -> JournalEntry | None:
         row = await self._db.fetchrow(
             """SELECT id, refresh_ct, access_ct, access_expires_at,
                       COALESCE(refresh_after, access_expires_at) AS refresh_after
@@ -262,11 +263,7 @@ class LeaseRows:
             lease.portal_id,
             lease.version,
         )
-        if row is None:
-            return None
-        return row["id"], EncryptedGrant(
-            row["refresh_ct"], row["access_ct"], row["access_expires_at"], row["refresh_after"]
-        )
+        return None if row is None else journal_entry_of(row)
 
     async def record_failure(
         self, lease: Lease, *, failure_class: str, state: PortalState | None, retry_in: float
@@ -292,7 +289,7 @@ class LeaseRows:
                 retry_in,
             )
             if row is not None and state is not None and row["prev_state"] != state.value:
-                key = PortalKey(row["app"], row["hub_id"], row["user_id"])
+                key = key_of(row)
                 await insert_event(conn, f"portal.{state.value}", key, {"class": failure_class})
             return row is not None
 

@@ -13,22 +13,12 @@ from datetime import datetime
 import asyncpg
 
 from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.rows import from_row
 from broker.core.ports import DeliveryRecord, EventFilter, EventRecord, OutboxEvent, OutboxStats
 
 
 def _event(row: asyncpg.Record) -> OutboxEvent:
-    return OutboxEvent(
-        id=row["event_id"],
-        type=row["type"],
-        app=row["app"],
-        hub_id=row["hub_id"],
-        user_id=row["user_id"],
-        payload=row["payload"],
-        at=row["at"],
-        attempts=row["attempts"],
-        delivery_id=row["delivery_id"],
-        endpoint=row["endpoint"],
-    )
+    return from_row(OutboxEvent, row, id=row["event_id"])
 
 
 class PostgresOutbox:
@@ -178,17 +168,7 @@ def _record(row: asyncpg.Record) -> EventRecord:
         )
         for d in row["deliveries"]
     )
-    return EventRecord(
-        id=row["id"],
-        type=row["type"],
-        app=row["app"],
-        hub_id=row["hub_id"],
-        user_id=row["user_id"],
-        at=row["at"],
-        fanned_out_at=row["fanned_out_at"],
-        delivered_at=row["delivered_at"],
-        deliveries=deliveries,
-    )
+    return from_row(EventRecord, row, deliveries=deliveries)
 
 
 class PostgresEventLog:

@@ -21,10 +21,11 @@ from broker.adapters.postgres.rows import (
     SERVING,
     insert_event,
     key_args,
+    key_of,
     portal_of,
 )
 from broker.core.models import PortalKey, PortalRecord, PortalState
-from broker.core.ports import EncryptedGrant
+from broker.core.ports import EncryptedGrant, PendingRevocation, RevokedPortal, StoppedPortals
 
 
 class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows, PrivateAppRows):
@@ -114,10 +115,10 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows, PrivateApp
             await insert_event(conn, "portal.installed", key, {"scopes": list(scopes)})
             return portal_of(row)
 
-    async def stopped_since(self, since: datetime | None) -> tuple[list[PortalKey], datetime]:
+    async def stopped_since(self, since: datetime | None) -> StoppedPortals:
         now: datetime = await self._db.fetchval("SELECT clock_timestamp()")
         if since is None:
-            return [], now
+            return StoppedPortals([], now)
         # The window overlaps the previous one by 5 s: a row stamped just before the last
         # poll but committed after it is still seen (invalidating twice is harmless).
         rows = await self._db.fetch(
@@ -127,15 +128,13 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows, PrivateApp
             since,
             now,
         )
-        return [PortalKey(r["app"], r["hub_id"], r["user_id"]) for r in rows], now
+        return StoppedPortals([key_of(r) for r in rows], now)
 
-    async def revoke(
-        self, key: PortalKey, *, reason: str, actor: str
-    ) -> tuple[PortalRecord, tuple[int, str] | None] | None:
+    async def revoke(self, key: PortalKey, *, reason: str, actor: str) -> RevokedPortal | None:
         """Revoke locally in one transaction: shred the ciphertexts (the portal's columns and
         its ``token_journal`` rows), keep the refresh token's ciphertext (and those of
         unapplied journal rows) in ``pending_revocations`` for the upstream revoke. Returns
-        the record and the pending (id, ciphertext) — None when already revoked — or None
+        the record and the pending revocation — None when already revoked — or None
         when the portal does not exist. The pending row starts claimed for 60 s: the caller
         tries at once; the journal's rows are due at once, for the retrier."""
         async with self._db.transaction() as conn:
@@ -145,7 +144,7 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows, PrivateApp
             )
             if current is None:
                 return None
-            pending: tuple[int, str] | None = None
+            pending: PendingRevocation | None = None
             if current["state"] != PortalState.REVOKED and current["refresh_ct"] is not None:
                 pending_id = await conn.fetchval(
                     """INSERT INTO pending_revocations
@@ -155,7 +154,7 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows, PrivateApp
                     *key_args(key),
                     current["refresh_ct"],
                 )
-                pending = (pending_id, current["refresh_ct"])
+                pending = PendingRevocation(pending_id, key, current["refresh_ct"], attempts=0)
             row = await conn.fetchrow(
                 f"""UPDATE portals SET
                         state = 'revoked', refresh_ct = NULL, access_ct = NULL,
@@ -186,7 +185,7 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows, PrivateApp
             )
             if current["state"] != PortalState.REVOKED:
                 await insert_event(conn, "portal.revoked", key, {"reason": reason, "actor": actor})
-            return portal_of(row), pending
+            return RevokedPortal(portal_of(row), pending)
 
     async def set_state(
         self, key: PortalKey, state: PortalState, *, allowed_from: Sequence[PortalState]

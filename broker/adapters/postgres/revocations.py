@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from broker.adapters.postgres.pool import Database
-from broker.core.models import PortalKey
+from broker.adapters.postgres.rows import pending_revocation_of
+from broker.core.ports import PendingRevocation
 
 
 class RevocationRows:
     _db: Database
 
-    async def due_revocations(self, limit: int) -> list[tuple[int, PortalKey, str, int]]:
+    async def due_revocations(self, limit: int) -> list[PendingRevocation]:
         rows = await self._db.fetch(
             """UPDATE pending_revocations SET
                    next_attempt_at = clock_timestamp() + interval '60 seconds'
@@ -20,15 +21,7 @@ class RevocationRows:
                RETURNING id, app, hub_id, user_id, refresh_ct, attempts""",
             limit,
         )
-        return [
-            (
-                r["id"],
-                PortalKey(r["app"], r["hub_id"], r["user_id"]),
-                r["refresh_ct"],
-                r["attempts"],
-            )
-            for r in rows
-        ]
+        return [pending_revocation_of(r) for r in rows]
 
     async def revocation_done(self, pending_id: int) -> None:
         await self._db.execute("DELETE FROM pending_revocations WHERE id = $1", pending_id)

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from broker.adapters.postgres.pool import Database
-from broker.core.models import PortalKey
+from broker.adapters.postgres.rows import stored_ciphertext_of
+from broker.core.ports import StoredCiphertext
 
 
 class RewrapRows:
@@ -12,10 +13,7 @@ class RewrapRows:
 
     async def ciphertexts_below(
         self, version: int, *, after_id: int, limit: int
-    ) -> list[tuple[str, int, PortalKey, str, str]]:
-        """(table, row id, portal, column, ciphertext) of ciphertexts under a Transit key
-        version older than ``version``, in (table, id) order from ``after_id``: the rewrap
-        job walks them in batches and can resume anywhere."""
+    ) -> list[StoredCiphertext]:
         rows = await self._db.fetch(
             """SELECT * FROM (
                    SELECT 'portals' AS tbl, id, app, hub_id, user_id, col, ct FROM portals,
@@ -40,10 +38,7 @@ class RewrapRows:
             after_id,
             limit,
         )
-        return [
-            (r["tbl"], r["id"], PortalKey(r["app"], r["hub_id"], r["user_id"]), r["col"], r["ct"])
-            for r in rows
-        ]
+        return [stored_ciphertext_of(r) for r in rows]
 
     async def swap_ciphertext(
         self, table: str, row_id: int, column: str, old: str, new: str

@@ -3,11 +3,25 @@ rows to core models (one place, so every query returns the same shape)."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from broker.core.models import PRIVATE_APP, App, Lease, PortalKey, PortalRecord, PortalState
+from broker.core.ports import (
+    DueLease,
+    EncryptedGrant,
+    JournalEntry,
+    PendingRevocation,
+    StoredCiphertext,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+D = TypeVar("D", bound="DataclassInstance")
 
 PORTAL_COLUMNS = """
     id, app, hub_id, user_id, hub_domain, scopes, state, refresh_ct, access_ct,
@@ -24,46 +38,36 @@ LEASE_COLUMNS = """id, lease_epoch, version, refresh_ct, failure_count, lease_un
                     clock_timestamp() AS now"""
 
 
+def from_row(cls: type[D], row: asyncpg.Record, **given: Any) -> D:
+    """A dataclass from the row's columns of its fields' names; ``given``: the fields that
+    are not a column as it is (converted, or made of other columns)."""
+    return cls(**{name: row[name] for name in _fields(cls) if name not in given}, **given)
+
+
+@functools.cache
+def _fields(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def app_of(row: asyncpg.Record) -> App:
-    return App(
-        slug=row["slug"],
-        client_id=row["client_id"],
-        redirect_uri=row["redirect_uri"],
-        scopes=tuple(row["scopes"]),
-        optional_scopes=tuple(row["optional_scopes"]),
-        api_version=row["api_version"],
-        allow_marketplace_installs=row["allow_marketplace_installs"],
-        user_level=row["user_level"],
-        retired_at=row["retired_at"],
-        private_hub_id=row["private_hub_id"],
+    return from_row(
+        App, row, scopes=tuple(row["scopes"]), optional_scopes=tuple(row["optional_scopes"])
     )
 
 
+def key_of(row: asyncpg.Record) -> PortalKey:
+    """The portal named by a row's ``app``, ``hub_id`` and ``user_id``."""
+    return PortalKey(row["app"], row["hub_id"], row["user_id"])
+
+
 def portal_of(row: asyncpg.Record) -> PortalRecord:
-    return PortalRecord(
-        id=row["id"],
-        key=PortalKey(row["app"], row["hub_id"], row["user_id"]),
-        hub_domain=row["hub_domain"],
+    return from_row(
+        PortalRecord,
+        row,
+        key=key_of(row),
         scopes=tuple(row["scopes"]),
         state=PortalState(row["state"]),
-        installed_by=row["installed_by"],
-        refresh_ct=row["refresh_ct"],
-        access_ct=row["access_ct"],
-        access_expires_at=row["access_expires_at"],
-        version=row["version"],
-        lease_epoch=row["lease_epoch"],
-        failure_count=row["failure_count"],
-        last_error=row["last_error"],
-        next_attempt_at=row["next_attempt_at"],
-        lease_until=row["lease_until"],
-        installed_at=row["installed_at"],
-        updated_at=row["updated_at"],
-        refreshed_at=row["refreshed_at"],
-        revoked_at=row["revoked_at"],
-        access_fp=row["access_fp"],
-        db_now=row["db_now"],
         private=row["token_kind"] == PRIVATE_APP,
-        previous_expires_at=row["previous_expires_at"],
     )
 
 
@@ -78,6 +82,28 @@ def lease_of(row: asyncpg.Record, owner: str) -> Lease:
         seconds=(row["lease_until"] - row["now"]).total_seconds(),
         db_now=row["now"],
     )
+
+
+def due_lease_of(row: asyncpg.Record, owner: str) -> DueLease:
+    """A ``claim_due`` row: the portal's identity and ``LEASE_COLUMNS``."""
+    return DueLease(key_of(row), lease_of(row, owner))
+
+
+def journal_entry_of(row: asyncpg.Record) -> JournalEntry:
+    return JournalEntry(
+        row["id"],
+        EncryptedGrant(
+            row["refresh_ct"], row["access_ct"], row["access_expires_at"], row["refresh_after"]
+        ),
+    )
+
+
+def pending_revocation_of(row: asyncpg.Record) -> PendingRevocation:
+    return PendingRevocation(row["id"], key_of(row), row["refresh_ct"], row["attempts"])
+
+
+def stored_ciphertext_of(row: asyncpg.Record) -> StoredCiphertext:
+    return StoredCiphertext(row["tbl"], row["id"], key_of(row), row["col"], row["ct"])
 
 
 def key_args(key: PortalKey) -> tuple[Any, ...]:

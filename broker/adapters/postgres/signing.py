@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import asyncpg
 
 from broker.adapters.postgres.pool import Database
+from broker.adapters.postgres.rows import from_row
 from broker.core.models import InstallLinkRecord
+from broker.core.ports import Retirement
 
 
 class PostgresKeySchedule:
@@ -42,25 +42,15 @@ class PostgresKeySchedule:
         )
         return found is True
 
-    async def retirements(self) -> dict[tuple[str, int], datetime]:
+    async def retirements(self) -> list[Retirement]:
         rows = await self._db.fetch(
             "SELECT purpose, version, retires_at FROM signing_key_retirements"
         )
-        return {(r["purpose"], r["version"]): r["retires_at"] for r in rows}
+        return [Retirement(r["purpose"], r["version"], r["retires_at"]) for r in rows]
 
 
 def _link(row: asyncpg.Record) -> InstallLinkRecord:
-    return InstallLinkRecord(
-        id=row["id"],
-        app=row["app"],
-        hub_id=row["hub_id"],
-        return_to=row["return_to"],
-        created_at=row["created_at"],
-        created_by=row["created_by"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-        revoked_by=row["revoked_by"],
-    )
+    return from_row(InstallLinkRecord, row)
 
 
 class PostgresInstallLinks:

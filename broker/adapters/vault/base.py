@@ -103,7 +103,7 @@ class VaultBase:
             self._client.token = self._settings.vault_token.get()
         return str(self._client.token or "")
 
-    async def _on_each_node(self, operation: str, attempt: Callable[[], Any]) -> Any:
+    async def _on_each_node(self, operation: metrics.VaultOp, attempt: Callable[[], Any]) -> Any:
         """``await attempt()`` on the current node, then on the next ones while a node
         fails with :class:`_NodeFailed` (hvac's ``_UNAVAILABLE``, for the thread pool)."""
         for tried in range(1, len(self._addrs) + 1):
@@ -112,7 +112,7 @@ class VaultBase:
             try:
                 return await attempt()
             except _NODE_FAILED as exc:
-                metrics.BACKEND_ERRORS.labels("vault", operation).inc()
+                metrics.backend_failed("vault", operation)
                 if tried < len(self._addrs):
                     self._leave(used)
                     continue
@@ -124,12 +124,12 @@ class VaultBase:
                     code="vault_sealed" if sealed else "vault_unavailable",
                 ) from exc
             except hvac.exceptions.Forbidden as exc:
-                metrics.BACKEND_ERRORS.labels("vault", operation).inc()
+                metrics.backend_failed("vault", operation)
                 raise _forbidden() from exc
         raise AssertionError("unreachable: the last address raises or returns")
 
     # --- the two ways to call ---------------------------------------------------------------
-    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+    async def _call(self, operation: metrics.VaultOp, fn: Callable[[], T]) -> T:
         """``fn`` (hvac) on the Vault thread pool, on each node in turn as needed."""
         loop = asyncio.get_running_loop()
         self._token()
@@ -141,7 +141,7 @@ class VaultBase:
         return result
 
     async def _request(
-        self, operation: str, method: str, path: str, body: dict[str, Any] | None = None
+        self, operation: metrics.VaultOp, method: str, path: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """``method /v1/<path>`` with ``body`` as JSON, on the event loop; the answer's JSON
         ({} when empty). Raises :class:`Refused` on a 4xx other than 403, VaultError else."""
@@ -157,7 +157,7 @@ class VaultBase:
         async def attempt() -> dict[str, Any]:
             status, raw = await self._exchange(method, f"/v1/{path}", headers, content)
             if status == 403:
-                metrics.BACKEND_ERRORS.labels("vault", operation).inc()
+                metrics.backend_failed("vault", operation)
                 raise _forbidden()
             if status >= 500 or status == 429:  # sealed or standby (503), failing, throttled
                 raise _NodeFailed(sealed=status == 503)

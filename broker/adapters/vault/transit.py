@@ -23,6 +23,7 @@ from broker.adapters.vault.base import Refused, VaultBase
 from broker.config import Settings
 from broker.core.batching import Coalescer
 from broker.core.models import Mac
+from broker.core.ports import KeyVersions
 from broker.errors import NotFound, Undecryptable, VaultError
 
 R = TypeVar("R")
@@ -113,14 +114,14 @@ class VaultTransit(VaultBase):
                 "encrypt", "POST", self._tokens_key("encrypt"), {"batch_input": batch}
             )
         except Refused as exc:
-            metrics.BACKEND_ERRORS.labels("vault", "encrypt").inc()
+            metrics.backend_failed("vault", "encrypt")
             raise _unencryptable() from exc
         results = _batch_results(answer, len(items))
         if results is None:
             raise _unencryptable()
         out = _per_item(results, lambda r: str(r["ciphertext"]), _unencryptable)
         if any(isinstance(r, Exception) for r in out):
-            metrics.BACKEND_ERRORS.labels("vault", "encrypt").inc()
+            metrics.backend_failed("vault", "encrypt")
         return out
 
     async def _decrypt_batch(self, items: Sequence[tuple[str, bytes]]) -> list[str | Exception]:
@@ -136,7 +137,7 @@ class VaultTransit(VaultBase):
             answer, refused = exc.body, exc
         results = _batch_results(answer, len(items))
         if results is None:
-            metrics.BACKEND_ERRORS.labels("vault", "decrypt").inc()
+            metrics.backend_failed("vault", "decrypt")
             if refused is None:  # a 2xx that is not a decrypt's answer: never "tampered"
                 raise VaultError("Vault's decrypt answer had no results", code="vault_unavailable")
             if refused.http_status != 400:
@@ -146,7 +147,7 @@ class VaultTransit(VaultBase):
             raise _undecryptable() from refused
         out = _per_item(results, _plaintext, _undecryptable)
         if refused is not None or any(isinstance(r, Exception) for r in out):
-            metrics.BACKEND_ERRORS.labels("vault", "decrypt").inc()
+            metrics.backend_failed("vault", "decrypt")
         return out
 
     async def rewrap(self, items: Sequence[tuple[str, bytes]]) -> list[str]:
@@ -163,11 +164,10 @@ class VaultTransit(VaultBase):
             raise Undecryptable("a stored token cannot be rewrapped")
         return [str(r["ciphertext"]) for r in results]
 
-    async def key_versions(self) -> tuple[int, int]:
-        """(latest version, min_decryption_version) of the Transit key."""
+    async def key_versions(self) -> KeyVersions:
         answer = await self._request("read_key", "GET", self._tokens_key("keys"))
         data = answer["data"]
-        return int(data["latest_version"]), int(data["min_decryption_version"])
+        return KeyVersions(int(data["latest_version"]), int(data["min_decryption_version"]))
 
     async def set_min_decryption_version(self, version: int) -> None:
         body = {"min_decryption_version": version}
@@ -190,7 +190,7 @@ class VaultTransit(VaultBase):
             ) from exc
         macs = [_mac(str(r.get("hmac") or "")) for r in _batch_results(answer, len(items)) or []]
         if len(macs) != len(items) or any(m is None for m in macs):
-            metrics.BACKEND_ERRORS.labels("vault", "hmac").inc()
+            metrics.backend_failed("vault", "hmac")
             raise VaultError("Vault could not sign", code="sign_failed")
         return [m for m in macs if m is not None]
 

@@ -45,24 +45,33 @@ from broker.core.ports.events import (
 from broker.core.ports.hubspot import OAuthProvider
 from broker.core.ports.identity import (
     CallerRepository,
+    ChangedCallers,
     Identity,
     IdentityProvider,
     IdentityVerifier,
     SsoIdentity,
 )
 from broker.core.ports.install_links import InstallLinkStore
-from broker.core.ports.leases import LeaseRepository
-from broker.core.ports.portals import EncryptedGrant, PortalRepository
+from broker.core.ports.leases import DueLease, JournalEntry, LeaseRepository
+from broker.core.ports.portals import (
+    EncryptedGrant,
+    PortalRepository,
+    RevokedPortal,
+    StoppedPortals,
+)
 from broker.core.ports.private_apps import PrivatePortals, PrivateTokenStore
 from broker.core.ports.retention import RetentionStore
-from broker.core.ports.revocations import RevocationQueue
+from broker.core.ports.revocations import PendingRevocation, RevocationQueue
 from broker.core.ports.vault import (
     Cipher,
     CiphertextStore,
     KeySchedule,
     KeyStore,
+    KeyVersions,
     MacService,
+    Retirement,
     SecretStore,
+    StoredCiphertext,
 )
 
 __all__ = [
@@ -72,10 +81,12 @@ __all__ = [
     "AuditPosition",
     "AuditSink",
     "CallerRepository",
+    "ChangedCallers",
     "Cipher",
     "CiphertextStore",
     "Coordinator",
     "DeliveryRecord",
+    "DueLease",
     "EncryptedGrant",
     "EventFilter",
     "EventLog",
@@ -84,14 +95,17 @@ __all__ = [
     "IdentityProvider",
     "IdentityVerifier",
     "InstallLinkStore",
+    "JournalEntry",
     "KeySchedule",
     "KeyStore",
+    "KeyVersions",
     "LeaseRepository",
     "MacService",
     "OAuthProvider",
     "Outbox",
     "OutboxEvent",
     "OutboxStats",
+    "PendingRevocation",
     "PortalPage",
     "PortalQuery",
     "PortalRepository",
@@ -101,9 +115,13 @@ __all__ = [
     "PrivateTokenStore",
     "RateLimiter",
     "RetentionStore",
+    "Retirement",
     "RevocationQueue",
+    "RevokedPortal",
     "SecretStore",
     "SsoIdentity",
+    "StoppedPortals",
+    "StoredCiphertext",
     "TimelineCursor",
     "TimelineEntry",
     "TimelinePage",

@@ -80,18 +80,6 @@ class AuditSink(Protocol):
         ``token.issued`` events), most requested first."""
         ...
 
-    async def query(
-        self,
-        *,
-        hub_id: int | None,
-        actor: str | None,
-        action: str | None,
-        since: datetime | None,
-        limit: int,
-    ) -> list[dict[str, Any]]:
-        """Newest first."""
-        ...
-
     async def search(
         self, match: AuditFilter, *, after: AuditPosition | None, limit: int
     ) -> list[AuditEvent]:

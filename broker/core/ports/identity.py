@@ -68,6 +68,14 @@ class IdentityProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ChangedCallers:
+    """Callers changed (or gone) in a window, and the database time to pass next."""
+
+    ids: set[int]
+    until: datetime
+
+
 class CallerRepository(Protocol):
     async def create(
         self,
@@ -101,9 +109,7 @@ class CallerRepository(Protocol):
         """Disable an enabled caller; its id, or None when no enabled caller has ``name``."""
         ...
 
-    async def changed_since(
-        self, since: datetime | None, known: Collection[int]
-    ) -> tuple[set[int], datetime]:
+    async def changed_since(self, since: datetime | None, known: Collection[int]) -> ChangedCallers:
         """Ids of callers created or changed after ``since`` (keys, grants, expiry,
         disabling; not ``last_used_at``), plus those of ``known`` that no longer exist, and
         the database time to pass next. The fallback when caller invalidations are missed:

@@ -3,10 +3,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from broker.core.models import Intent, Lease, PortalKey, PortalRecord, PortalState
 from broker.core.ports.portals import EncryptedGrant
+
+
+@dataclass(frozen=True, slots=True)
+class DueLease:
+    """A portal whose proactive refresh time has come, and the lease claiming it."""
+
+    key: PortalKey
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """An answered journal row not applied yet: its id and the response it holds."""
+
+    id: int
+    grant: EncryptedGrant
 
 
 class LeaseRepository(Protocol):
@@ -26,9 +43,7 @@ class LeaseRepository(Protocol):
         ``ignore_backoff``, its backoff has passed). ``None``: not granted, re-read."""
         ...
 
-    async def claim_due(
-        self, owner: str, *, limit: int, lease_seconds: float
-    ) -> list[tuple[PortalKey, Lease]]:
+    async def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[DueLease]:
         """Leases for portals whose proactive refresh time has come (``SKIP LOCKED``)."""
         ...
 
@@ -68,7 +83,7 @@ class LeaseRepository(Protocol):
         their current version (a late response): apply the newest such row; the healed."""
         ...
 
-    async def newer_journal_entry(self, lease: Lease) -> tuple[int, EncryptedGrant] | None:
+    async def newer_journal_entry(self, lease: Lease) -> JournalEntry | None:
         """An unapplied journal entry written after the version this lease read."""
         ...
 

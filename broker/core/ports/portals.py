@@ -12,6 +12,7 @@ from broker.core.models import (
     PortalRecord,
     PortalState,
 )
+from broker.core.ports.revocations import PendingRevocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,23 @@ class EncryptedGrant:
     refresh_after: datetime
     #: The access token's audit fingerprint (``Keyring.fingerprint``); None: not made.
     access_fp: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedPortal:
+    """A local revocation: the portal's row after it, and the upstream revoke it owes (None
+    when the portal was already revoked or held no refresh token)."""
+
+    record: PortalRecord
+    pending: PendingRevocation | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoppedPortals:
+    """Portals that stopped serving tokens in a window, and the database time to pass next."""
+
+    keys: list[PortalKey]
+    until: datetime
 
 
 class PortalRepository(Protocol):
@@ -61,9 +79,7 @@ class PortalRepository(Protocol):
 
     async def count_by_state(self) -> dict[str, int]: ...
 
-    async def revoke(
-        self, key: PortalKey, *, reason: str, actor: str
-    ) -> tuple[PortalRecord, tuple[int, str] | None] | None:
+    async def revoke(self, key: PortalKey, *, reason: str, actor: str) -> RevokedPortal | None:
         """Local revocation in one transaction (idempotent): state ``revoked``, tokens
         shredded (the portal's columns and every ``token_journal`` row of the portal), the
         refresh token's ciphertext queued for the upstream revoke."""
@@ -78,7 +94,7 @@ class PortalRepository(Protocol):
         as the portal's last error, with a ``portal.flagged`` event the first time."""
         ...
 
-    async def stopped_since(self, since: datetime | None) -> tuple[list[PortalKey], datetime]:
+    async def stopped_since(self, since: datetime | None) -> StoppedPortals:
         """Portals that stopped serving tokens (any non-serving state) or whose private-app
         token changed after ``since``, and the database time to pass next; the fallback when
         invalidations are missed."""

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from broker.core.models import PortalKey
 
 
+@dataclass(frozen=True, slots=True)
+class PendingRevocation:
+    """A refresh token owed an upstream revoke (its ciphertext), and the attempts so far."""
+
+    id: int
+    key: PortalKey
+    refresh_ct: str
+    attempts: int
+
+
 class RevocationQueue(Protocol):
     """The queue of upstream revocations (refresh token ciphertexts), claimed for 60 s."""
 
-    async def due_revocations(self, limit: int) -> list[tuple[int, PortalKey, str, int]]:
-        """(pending id, portal, refresh ciphertext, attempts), claimed for 60 s."""
+    async def due_revocations(self, limit: int) -> list[PendingRevocation]:
+        """The revocations due now, each claimed for 60 s."""
         ...
 
     async def revocation_done(self, pending_id: int) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -66,6 +67,15 @@ class MacService(Protocol):
     async def latest_version(self, key: str) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Retirement:
+    """When a signing key's version stops verifying (database clock)."""
+
+    purpose: str
+    version: int
+    retires_at: datetime
+
+
 class KeySchedule(Protocol):
     """When rotated-away signing key versions stop verifying (database clock)."""
 
@@ -80,7 +90,15 @@ class KeySchedule(Protocol):
         """Whether ``version`` has retired (its overlap is over)."""
         ...
 
-    async def retirements(self) -> dict[tuple[str, int], datetime]: ...
+    async def retirements(self) -> list[Retirement]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersions:
+    """The Transit key's latest version and the oldest it still decrypts."""
+
+    latest: int
+    min_decryption: int
 
 
 class KeyStore(Protocol):
@@ -88,9 +106,20 @@ class KeyStore(Protocol):
 
     async def rewrap(self, items: list[tuple[str, bytes]]) -> list[str]: ...
 
-    async def key_versions(self) -> tuple[int, int]: ...
+    async def key_versions(self) -> KeyVersions: ...
 
     async def set_min_decryption_version(self, version: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCiphertext:
+    """One stored token ciphertext: where it is (table, row id, column) and whose it is."""
+
+    table: str
+    row_id: int
+    key: PortalKey
+    column: str
+    ciphertext: str
 
 
 class CiphertextStore(Protocol):
@@ -99,7 +128,11 @@ class CiphertextStore(Protocol):
 
     async def ciphertexts_below(
         self, version: int, *, after_id: int, limit: int
-    ) -> list[tuple[str, int, PortalKey, str, str]]: ...
+    ) -> list[StoredCiphertext]:
+        """Ciphertexts under a Transit key version older than ``version``, in (id, table,
+        column) order from ``after_id``: the rewrap job walks them in batches and can resume
+        anywhere."""
+        ...
 
     async def swap_ciphertext(
         self, table: str, row_id: int, column: str, old: str, new: str

@@ -6,30 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from broker.app import create_app
-from broker.config import Settings
 from broker.core import tokens as tokens_module
 from broker.core.models import PortalKey
-from broker.dev.simulator import Simulator
 from broker.errors import Undecryptable
-from tests.helpers import Deployment, decrypt, metric_value, register, serve_app, sql
+from tests.helpers import Deploy, Deployment, decrypt, metric_value, sql
 
 HUB = 4_400_001
 OTHER_HUB = 4_400_002
 
 
 @pytest.fixture
-def deployment(settings: Settings, sim: Simulator, sim_url: str) -> Iterator[Deployment]:
-    with serve_app(create_app(settings)) as url:
-        client_id, secret, key = register(settings, sim, f"{url}/oauth/callback", slug="demo")
-        sim.add_portal(HUB)
-        sim.add_portal(OTHER_HUB)
-        yield Deployment(settings, sim, sim_url, url, "demo", client_id, secret, key)
+def deployment(deploy: Deploy) -> Deployment:
+    return deploy(portals=(HUB, OTHER_HUB))
 
 
 def test_install_serve_and_use_token_at_hubspot(deployment: Deployment) -> None:

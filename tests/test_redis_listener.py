@@ -1,0 +1,44 @@
+"""The Redis listener on a real Valkey: a notice whose handling raises is counted as a bug of
+the ``redis_listener`` loop and logged, and the listener goes on delivering (it used to end,
+leaving the replica deaf to notices until a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import REGISTRY
+
+from broker.adapters.redis import RedisCoordinator
+from broker.config import Settings
+
+
+def _bugs() -> float:
+    labels = {"loop": "redis_listener", "kind": "bug"}
+    return REGISTRY.get_sample_value("broker_background_failures_total", labels) or 0.0
+
+
+async def test_a_failing_notice_is_counted_and_the_listener_goes_on(settings: Settings) -> None:
+    coordinator = RedisCoordinator(settings)
+    heard: list[str] = []
+
+    def handle(message: str) -> None:
+        if message == "poison":
+            raise ValueError("a handler bug")
+        heard.append(message)
+
+    coordinator.on_invalidation(handle)
+    coordinator.start()
+    try:
+        before = _bugs()
+        deadline = asyncio.get_running_loop().time() + 10
+        # Published until heard: the subscription may not be up yet, or resubscribing.
+        while _bugs() == before:
+            assert asyncio.get_running_loop().time() < deadline, "the poison was never handled"
+            assert await coordinator.publish_invalidation("poison")
+            await asyncio.sleep(0.2)
+        while "after" not in heard:
+            assert asyncio.get_running_loop().time() < deadline, "the listener stopped"
+            assert await coordinator.publish_invalidation("after")
+            await asyncio.sleep(0.2)
+    finally:
+        await coordinator.close()
