@@ -269,13 +269,13 @@ def test_the_invalidation_poll_sees_a_rotation(settings: Settings, sim: Simulato
         db = await Database.connect(settings.database_url.get(), min_size=1, max_size=1, timeout=10)
         try:
             portals = PostgresPortals(db)
-            _, since = await portals.stopped_since(None)
-            quiet, since = await portals.stopped_since(since)
+            since = (await portals.stopped_since(None)).until
+            quiet = await portals.stopped_since(since)
             async with open_admin(settings) as svc:
                 new = Secret(sim.create_private_app_token(HUB))
                 await svc.private_apps.rotate(APP, HUB, new, old_expires_in=None, actor="test")
-            rotated, _ = await portals.stopped_since(since)
-            return quiet, rotated
+            rotated = await portals.stopped_since(quiet.until)
+            return quiet.keys, rotated.keys
         finally:
             await db.close()
 

@@ -39,7 +39,8 @@ class RevokedPortal:
 
 @dataclass(frozen=True, slots=True)
 class StoppedPortals:
-    """Portals that stopped serving tokens in a window, and the database time to pass next."""
+    """Portals that stopped serving tokens (or whose private-app token changed) in a window,
+    and the database time to pass next."""
 
     keys: list[PortalKey]
     until: datetime
