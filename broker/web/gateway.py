@@ -172,6 +172,10 @@ async def budget(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/portals/{hub_id}/hubspot/{path:path}", GatewayEndpoint()),
+    Route(
+        "/v1/portals/{hub_id}/hubspot/{path:path}",
+        GatewayEndpoint(),
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    ),
     Route("/v1/portals/{hub_id}/budget", budget, methods=["GET", "POST"]),
 ]
