@@ -17,7 +17,7 @@ from broker.core.ports.budget import BudgetState, Limits, Observed
 from broker.errors import UpstreamError
 
 # KEYS: log, day counter, state hash. ARGV: limit, window ms, daily limit, units, force.
-# Returns {wait ms, used, limit, used today}.
+# Returns {wait ms, used, limit, used today[, the last unit's member]}.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,14 +47,16 @@ redis.call('PEXPIRE', KEYS[1], window)
 redis.call('PEXPIRE', KEYS[3], 3600000)
 today = redis.call('INCRBY', KEYS[2], units)
 redis.call('PEXPIRE', KEYS[2], 86400000 - now % 86400000 + 3600000)
-return {0, used + units, limit, today}
+return {0, used + units, limit, today, seq}
 """
 # KEYS: log, day counter, state hash. ARGV: limit, window ms, remaining, max, daily
-# remaining, daily max (-1: not sent). Counts what HubSpot saw and the log did not.
-_OBSERVE = """
+# remaining, daily max (-1: not sent), the unit's member (0: none). The unit counts from
+# now; then what HubSpot saw and the log did not is counted.
+_SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+if ARGV[7] ~= '0' then redis.call('ZADD', KEYS[1], 'XX', now, ARGV[7] - 1) end
 local remaining, max = tonumber(ARGV[3]), tonumber(ARGV[4])
 if max > 0 and max < limit then
   limit = max
@@ -99,7 +101,7 @@ class RedisBudget:
         self._prefix = f"{settings.redis_prefix}budget:"
         self._bounded = bounded
         self._take = client.register_script(_TAKE)
-        self._observe = client.register_script(_OBSERVE)
+        self._settle = client.register_script(_SETTLE)
         self._pause = client.register_script(_PAUSE)
 
     def _keys(self, portal: str) -> list[str]:
@@ -116,18 +118,22 @@ class RedisBudget:
 
     async def take(self, portal: str, limits: Limits, units: int, *, force: bool) -> BudgetState:
         args = [limits.per_window, limits.window_ms, limits.per_day, units, int(force)]
-        wait_ms, used, limit, today = await self._call(
+        wait_ms, used, limit, today, *unit = await self._call(
             "budget", self._take(keys=self._keys(portal), args=args)
         )
-        return BudgetState(int(wait_ms) / 1000, int(used), int(limit), int(today), limits.per_day)
+        taken = int(unit[0]) if unit else 0
+        return BudgetState(
+            int(wait_ms) / 1000, int(used), int(limit), int(today), limits.per_day, taken
+        )
 
-    async def observe(self, portal: str, limits: Limits, seen: Observed) -> None:
+    async def settle(self, portal: str, limits: Limits, unit: int, seen: Observed | None) -> None:
         def n(value: int | None) -> int:
             return -1 if value is None else value
 
+        seen = seen or Observed()
         args = [limits.per_window, limits.window_ms, n(seen.remaining), n(seen.maximum)]
-        args += [n(seen.daily_remaining), n(seen.daily)]
-        await self._call("budget", self._observe(keys=self._keys(portal), args=args))
+        args += [n(seen.daily_remaining), n(seen.daily), unit]
+        await self._call("budget", self._settle(keys=self._keys(portal), args=args))
 
     async def pause(self, portal: str, seconds: float) -> None:
         args = [max(1, int(seconds * 1000))]

@@ -45,7 +45,11 @@ from broker.errors import BudgetExhausted, UpstreamError
 
 log = structlog.get_logger(__name__)
 
+#: HubSpot's rolling window, and what a use is counted longer here: a unit is taken a moment
+#: before its request reaches HubSpot (the queue's hand-off, the connection), so a window
+#: counted exactly would free a unit a moment before HubSpot's does.
 _WINDOW_MS = 10_000
+_MARGIN_MS = 300
 _HEADERS = {
     b"x-hubspot-ratelimit-remaining": "remaining",
     b"x-hubspot-ratelimit-max": "maximum",
@@ -95,7 +99,11 @@ class LocalStore:
             self._days[portal] = (day, used_today)
         return BudgetState(wait, len(hits), limit, used_today, limits.per_day)
 
-    async def observe(self, portal: str, limits: Limits, seen: Observed) -> None:
+    async def settle(self, portal: str, limits: Limits, unit: int, seen: Observed | None) -> None:
+        """Here a unit counts from its taking (the fallback is approximate anyway: half the
+        limit leaves room for that)."""
+        if seen is None:
+            return
         if seen.maximum is not None and 0 < seen.maximum < limits.per_window:
             self._lowered[portal] = seen.maximum
         if seen.remaining is not None:
@@ -113,7 +121,8 @@ class LocalStore:
 @dataclass(eq=False)
 class _Waiter:
     caller: int
-    granted: asyncio.Future[None] = field(default_factory=asyncio.Future)
+    #: Resolved with the unit taken for it.
+    granted: asyncio.Future[int] = field(default_factory=asyncio.Future)
 
 
 class _Queue:
@@ -161,11 +170,11 @@ class _Queue:
             self._next_caller(drop=True)
         return None
 
-    def granted(self) -> None:
-        """The first waiter got its unit: it leaves, and its caller used one turn."""
+    def granted(self, unit: int) -> None:
+        """The first waiter got ``unit``: it leaves, and its caller used one turn."""
         caller = self.order[0]
         line = self.by_caller[caller]
-        line.popleft().granted.set_result(None)
+        line.popleft().granted.set_result(unit)
         self.size -= 1
         self.turns_left -= 1
         if not line:
@@ -207,9 +216,13 @@ class PortalBudget:
     def __init__(self, settings: Settings, *, store: BudgetStore) -> None:
         self._store = store
         self._local = LocalStore()
-        self._limits = Limits(settings.budget_per_ten_seconds, _WINDOW_MS, settings.budget_per_day)
+        self._limits = Limits(
+            settings.budget_per_ten_seconds, _WINDOW_MS + _MARGIN_MS, settings.budget_per_day
+        )
         self._halved = Limits(
-            max(1, settings.budget_per_ten_seconds // 2), _WINDOW_MS, settings.budget_per_day // 2
+            max(1, settings.budget_per_ten_seconds // 2),
+            _WINDOW_MS + _MARGIN_MS,
+            settings.budget_per_day // 2,
         )
         self._max_wait = settings.budget_max_wait
         self._queue_max = settings.budget_queue
@@ -225,18 +238,24 @@ class PortalBudget:
         portal = portal_id(key)
         started = time.monotonic()
         queue = self._queues.get(portal)
+        unit = 0
         if queue is None or not queue.size:
             state = await self._take(portal, key.app, 1)
             if state.wait > 0:
-                await self._wait(portal, key.app, caller, state.wait)
+                unit = await self._wait(portal, key.app, caller, state.wait)
+            else:
+                unit = state.unit
         else:
-            await self._wait(portal, key.app, caller, 0.0)
+            unit = await self._wait(portal, key.app, caller, 0.0)
         gm.QUEUE_SECONDS.observe(time.monotonic() - started)
         slot = Slot(self, portal)
-        yield slot
-        await self._learn(portal, key.app, slot)
+        try:
+            yield slot
+        finally:
+            await self._learn(portal, key.app, slot, unit)
 
-    async def _wait(self, portal: str, app: str, caller: Caller, wait: float) -> None:
+    async def _wait(self, portal: str, app: str, caller: Caller, wait: float) -> int:
+        """Queue for a unit; the unit taken."""
         queue = self._queues.get(portal)
         if queue is None:
             queue = self._queues[portal] = _Queue()
@@ -249,11 +268,12 @@ class PortalBudget:
             queue.pump = asyncio.create_task(self._pump(portal, app, queue), name="budget pump")
         gm.QUEUED.inc()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.granted), self._max_wait)
+            return await asyncio.wait_for(asyncio.shield(waiter.granted), self._max_wait)
         except TimeoutError:
             if not waiter.granted.done():
                 waiter.granted.cancel()
                 self._refuse(queue.ahead(caller) / rate)
+            return waiter.granted.result()
         finally:
             gm.QUEUED.dec()
 
@@ -281,7 +301,7 @@ class PortalBudget:
                     continue
                 if queue.first() is None:  # gave up meanwhile: the unit stays used
                     continue
-                queue.granted()
+                queue.granted(state.unit)
         except Exception:
             log.exception("budget.pump_failed", app=app)
         finally:
@@ -309,26 +329,20 @@ class PortalBudget:
         self._gauges(app, state)
         return state
 
-    async def _learn(self, portal: str, app: str, slot: Slot) -> None:
+    async def _learn(self, portal: str, app: str, slot: Slot, unit: int) -> None:
+        """After HubSpot answered (or did not): the unit counts from now; HubSpot's headers
+        and a 429 (a pause for its window) are taken in."""
         if slot.status == 429:
             gm.HUBSPOT_429_RECEIVED.inc()
-            interval = (slot.observed and slot.observed.interval_ms) or self._limits.window_ms
-            await self._both("pause", portal, interval / 1000)
-        if slot.observed is not None:
-            await self._both("observe", portal, slot.observed)
-
-    async def _both(self, what: str, portal: str, arg: float | Observed) -> None:
-        """Tell the shared store, else this replica's."""
+            interval = (slot.observed and slot.observed.interval_ms) or _WINDOW_MS
+            try:
+                await self._store.pause(portal, interval / 1000)
+            except UpstreamError:
+                await self._local.pause(portal, interval / 1000)
         try:
-            if isinstance(arg, Observed):
-                await self._store.observe(portal, self._limits, arg)
-            else:
-                await self._store.pause(portal, arg)
+            await self._store.settle(portal, self._limits, unit, slot.observed)
         except UpstreamError:
-            if isinstance(arg, Observed):
-                await self._local.observe(portal, self._halved, arg)
-            else:
-                await self._local.pause(portal, arg)
+            await self._local.settle(portal, self._halved, unit, slot.observed)
 
     def _gauges(self, app: str, state: BudgetState) -> None:
         if app not in self._apps:

@@ -27,6 +27,8 @@ class BudgetState:
     limit: int
     used_today: int
     daily_limit: int
+    #: The unit taken (an id for :meth:`BudgetStore.settle`), 0 when none was.
+    unit: int = 0
 
     @property
     def left(self) -> int:
@@ -56,9 +58,11 @@ class BudgetStore(Protocol):
         ``units`` 0 reads the state."""
         ...
 
-    async def observe(self, portal: str, limits: Limits, seen: Observed) -> None:
-        """HubSpot said how much is left: count the use it saw and this store did not (other
-        callers of the same account), and a lower limit than configured."""
+    async def settle(self, portal: str, limits: Limits, unit: int, seen: Observed | None) -> None:
+        """HubSpot answered the request of ``unit``: the unit counts from now (HubSpot
+        counted it somewhere between its taking and now, and must not see it free before
+        this store does); when HubSpot said how much is left (``seen``): count the use it
+        saw and this store did not (other callers of the account), and a lower limit."""
         ...
 
     async def pause(self, portal: str, seconds: float) -> None:
