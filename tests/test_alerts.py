@@ -72,8 +72,8 @@ def test_metric_names_parser() -> None:
 
 # --- what the broker exports -----------------------------------------------------------------
 def _metric_objects() -> Iterator[MetricWrapperBase | metrics.LoopMetric]:
-    """The metrics of broker/metrics.py (and metrics_gateway.py): prometheus_client's own kinds and the custom
-    collectors (the lock-free counters and histograms of the token route)."""
+    """The metrics of broker/metrics.py and broker/metrics_gateway.py: prometheus_client's
+    own kinds and the custom collectors (the token route's lock-free counters, histograms)."""
     kinds = (MetricWrapperBase, metrics.LoopMetric)
     found = {**vars(metrics), **vars(metrics_gateway)}.values()
     return (m for m in found if isinstance(m, kinds))
