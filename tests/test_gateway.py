@@ -18,7 +18,7 @@ from broker.app.services import open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, deployed, serve_app
+from tests.helpers import Deployment, admin_key, deployed, run_broker, serve_app
 
 HUB = 6100
 CONTACTS = f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contacts"
@@ -161,3 +161,30 @@ def test_the_budget_queues_then_answers_429_itself(
         assert call(d, budget).json()["remaining"] == 0
         # HubSpot itself never said 429: the gateway kept within the portal's budget.
         assert sim.counters().get("contacts", 0) == 3
+
+
+def test_path_grants_by_cli_and_management_api_without_escalation(
+    env: dict[str, str], settings: Settings, sim: Simulator, sim_url: str
+) -> None:
+    with deployed(settings, sim, sim_url) as d:
+        admin = admin_key(settings, "ops")  # every role, no HubSpot paths
+        headers = {"Authorization": f"Bearer {admin}"}
+        with d.client() as client:
+            listed = client.get("/v1/admin/callers", headers=headers).json()["callers"]
+        target = next(c["name"] for c in listed if c["name"].startswith("svc-"))
+        url = f"/v1/admin/callers/{target}/gateway"
+        with d.client() as client:
+            refused = client.post(url, json={"hubspot_paths": ["/crm/"]}, headers=headers)
+            assert refused.status_code == 403, refused.text
+            bad = client.post(url, json={"hubspot_paths": ["/crm/../x"]}, headers=headers)
+            assert bad.status_code == 422
+            done = run_broker(env, "callers", "gateway", "ops", "--path", "/")
+            assert done.returncode == 0, done.stderr
+            time.sleep(0.3)  # the caller change reaches the replica over Redis
+            granted = client.post(
+                url, json={"hubspot_paths": ["/crm/"], "gateway_weight": 3}, headers=headers
+            )
+            assert granted.status_code == 200, granted.text
+            assert granted.json()["hubspot_paths"] == ["/crm/"]
+            assert granted.json()["gateway_weight"] == 3
+        assert call(d, f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contacts").status_code == 404

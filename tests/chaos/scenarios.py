@@ -38,7 +38,7 @@ class Size:
     seconds: float = 60.0
 
 
-SMALL = Size(portals=3, callers=20, seconds=4.0)  # make test
+SMALL = Size(portals=3, callers=20, seconds=3.0)  # make test
 DEFAULT = Size(portals=50, callers=50)  # make chaos: every promise, well under 45 minutes
 
 
