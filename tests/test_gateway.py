@@ -50,7 +50,11 @@ def portal_token(d: Deployment) -> str:
 
 
 def test_forwards_with_the_portal_token_within_path_grants(
-    settings: Settings, sim: Simulator, sim_url: str, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    sim: Simulator,
+    sim_url: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with deployed(settings, sim, sim_url, hub_id=HUB) as d:
@@ -90,7 +94,10 @@ def test_forwards_with_the_portal_token_within_path_grants(
         for response in (answer, other, bad, big):
             assert token not in response.text
             assert token not in str(response.headers)
-    assert token not in caplog.text
+    out, err = capfd.readouterr()
+    assert "health.ready" in out + err + caplog.text  # the broker's log was captured
+    for text in (out, err, caplog.text):
+        assert token not in text
 
 
 def test_a_401_is_answered_by_one_refresh_and_one_retry(

@@ -228,6 +228,7 @@ class PortalBudget:
         self._queue_max = settings.budget_queue
         self._queues: dict[str, _Queue] = {}
         self._apps: set[str] = set()
+        self._settling: set[asyncio.Task[None]] = set()
 
     # --- the gateway ----------------------------------------------------------------------
     @asynccontextmanager
@@ -252,7 +253,10 @@ class PortalBudget:
         try:
             yield slot
         finally:
-            await self._learn(portal, key.app, slot, unit)
+            # Off the request's path: its answer does not wait for a Redis round trip.
+            task = asyncio.create_task(self._learn(portal, slot, unit), name="budget settle")
+            self._settling.add(task)
+            task.add_done_callback(self._settled)
 
     async def _wait(self, portal: str, app: str, caller: Caller, wait: float) -> int:
         """Queue for a unit; the unit taken."""
@@ -329,7 +333,12 @@ class PortalBudget:
         self._gauges(app, state)
         return state
 
-    async def _learn(self, portal: str, app: str, slot: Slot, unit: int) -> None:
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("budget.settle_failed", error=repr(task.exception()))
+
+    async def _learn(self, portal: str, slot: Slot, unit: int) -> None:
         """After HubSpot answered (or did not): the unit counts from now; HubSpot's headers
         and a 429 (a pause for its window) are taken in."""
         if slot.status == 429:

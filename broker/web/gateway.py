@@ -121,13 +121,10 @@ class GatewayEndpoint:
         )
         async with gateway.forward(caller, key, request) as answer:
             metrics_gateway.GATEWAY_REQUESTS.labels(f"{answer.status // 100}xx").inc()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": answer.status,
-                    "headers": [*answer.headers, (b"cache-control", b"no-store")],
-                }
-            )
+            headers = list(answer.headers)
+            if not any(name.lower() == b"cache-control" for name, _ in headers):
+                headers.append((b"cache-control", b"no-store"))
+            await send({"type": "http.response.start", "status": answer.status, "headers": headers})
             async for chunk in answer.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
