@@ -13,11 +13,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import structlog
 
 from broker.adapters import tls
 from broker.config import Settings
 from broker.core.ports.hubspot_api import RESPONSE_DROPPED, ApiRequest, Headers, without
 from broker.errors import GatewayTimeout, GatewayUpstreamError
+
+log = structlog.get_logger(__name__)
 
 #: Connections per replica to HubSpot's API host, in pools of :data:`_PER_CLIENT`: httpcore
 #: walks every pooled connection on each request (a poll(2) per idle one), so one pool of
@@ -25,6 +28,9 @@ from broker.errors import GatewayTimeout, GatewayUpstreamError
 #: samples at 50 connections, 92 req/s); several small ones keep the walk short.
 _POOL_SIZE = 256
 _PER_CLIENT = 8
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+#: The connection failed with no answer (e.g. the server closed an idle keep-alive one).
+_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Answer:
@@ -94,7 +100,18 @@ class HubSpotApiClient:
             self._busy[index] -= 1
 
         try:
-            response = await asyncio.wait_for(client.send(outgoing, stream=True), self._timeout)
+            try:
+                response = await asyncio.wait_for(client.send(outgoing, stream=True), self._timeout)
+            except _STALE as exc:
+                # A keep-alive connection HubSpot closed as the request went out (no answer
+                # at all): an idempotent request with its body at hand goes once more.
+                if request.method not in _IDEMPOTENT or not request.replayable:
+                    raise
+                log.info("gateway.resent", error=type(exc).__name__)
+                outgoing = client.build_request(
+                    request.method, url, headers=headers, content=request.body
+                )
+                response = await asyncio.wait_for(client.send(outgoing, stream=True), self._timeout)
         except (TimeoutError, httpx.TimeoutException) as exc:
             release()
             raise GatewayTimeout(f"HubSpot did not answer within {self._timeout:g} s") from exc

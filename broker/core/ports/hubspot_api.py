@@ -75,6 +75,8 @@ class HubSpotApi(Protocol):
         """Send ``request`` with ``Authorization: Bearer <token>`` to the API host and
         return once the answer's headers arrived. Raises
         :class:`~broker.errors.GatewayTimeout` when they did not within the gateway's
-        timeout, :class:`~broker.errors.GatewayUpstreamError` when no answer came. Never
-        retries (a request may not be idempotent). ``token`` is never logged."""
+        timeout, :class:`~broker.errors.GatewayUpstreamError` when no answer came. Sends
+        again only an idempotent request (GET, HEAD, PUT, DELETE, OPTIONS) held whole whose
+        connection failed before any answer (a keep-alive connection closed by HubSpot).
+        ``token`` is never logged."""
         ...
