@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -195,3 +196,34 @@ def test_path_grants_by_cli_and_management_api_without_escalation(
             assert granted.json()["hubspot_paths"] == ["/crm/"]
             assert granted.json()["gateway_weight"] == 3
         assert call(d, f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contacts").status_code == 404
+
+
+def test_without_redis_each_replica_keeps_half_the_budget(
+    env: dict[str, str], sim: Simulator, sim_url: str
+) -> None:
+    settings = load_settings(
+        {**env, "BROKER_BUDGET_PER_TEN_SECONDS": "4", "BROKER_BUDGET_MAX_WAIT": "0.3"}
+    )
+    with deployed(settings, sim, sim_url, hub_id=HUB) as d:
+        grant(settings, None, ["/crm/"])
+        with socket.socket() as unused:  # a port nothing listens on: Redis is down
+            unused.bind(("127.0.0.1", 0))
+            dead = f"redis://127.0.0.1:{unused.getsockname()[1]}/0"
+        alone = load_settings({**env, **_budget_env(settings), "BROKER_REDIS_URL": dead})
+        with serve_app(create_app(alone)) as url:
+            headers = {"Authorization": f"Bearer {d.caller_key}"}
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(
+                    pool.map(
+                        lambda _: httpx.get(url + CONTACTS, headers=headers, timeout=30), range(4)
+                    )
+                )
+        assert sorted(a.status_code for a in answers) == [200, 200, 429, 429]
+        assert sim.counters()["contacts"] == 2
+
+
+def _budget_env(settings: Settings) -> dict[str, str]:
+    return {
+        "BROKER_BUDGET_PER_TEN_SECONDS": str(settings.budget_per_ten_seconds),
+        "BROKER_BUDGET_MAX_WAIT": str(settings.budget_max_wait),
+    }
