@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import hot, memory, refresh, scenarios, steady
+from bench import gateway, hot, memory, refresh, scenarios, steady
 from bench.load import wrk_path, wrk_version
 from bench.procs import cpu_plan
 from bench.report import FULL, SMOKE, Bench, Size, render
@@ -28,7 +28,8 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "scale": scenarios.scale,
     "refresh": refresh.run,  # 6 refresh: throughput and CPU per proactive refresh
     "steady": steady.steady,  # 7: 250,000 portals on 2 replicas; claim_due at 1,000,000 rows
-    "memory": memory.memory,  # 8 memory per cached token (last: its figure ends the output)
+    "memory": memory.memory,  # 8 memory per cached token
+    "gateway": gateway.run,  # 9 gateway added latency (last: its two figures end the output)
 }
 
 

@@ -132,6 +132,14 @@ class Settings:
     # With OIDC on, the caller-key login form is off unless this is true (a break-glass
     # fallback). Without OIDC the key login is the only one, whatever this says.
     admin_key_login: bool = False
+    # --- the HubSpot gateway (/v1/portals/{hub_id}/hubspot/...) and each portal's budget
+    # (broker.core.gateway, broker.core.budget; docs/operations.md, "HubSpot gateway")
+    gateway_max_body: int = 10 * 1024 * 1024
+    gateway_timeout: float = 30.0
+    budget_per_ten_seconds: int = 110
+    budget_per_day: int = 0
+    budget_max_wait: float = 10.0
+    budget_queue: int = 500
     # --- timeouts (seconds); the lease must outlive all of them, see validate() ----------
     db_timeout: float = 5.0
     redis_timeout: float = 0.25

@@ -15,6 +15,8 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   │   └── VaultPolicyDenied      403 vault_policy_denied: the broker's own Vault
     │   │                              policy lacks what a management request needs
     │   ├── RateLimitedCaller          429 rate_limited (auth_throttled: too many unknown keys)
+    │   │   └── BudgetExhausted        429 portal_budget_exhausted: the portal's HubSpot budget
+    │   │                              cannot be had within the gateway's wait bound
     │   ├── NotFound                   404 not_found (portal_not_found, app_not_found, ...)
     │   ├── Conflict                   409 conflict
     │   │   ├── NeedsReauth            409 needs_reauth
@@ -37,6 +39,8 @@ written for the caller and never contain a token, a secret or a stack trace.
     │   ├── RefreshOutcomeUnknown      503 refresh_outcome_unknown: an earlier call is
     │   │                              unanswered and may still land; retry later
     │   ├── LockUnavailable            could not get the refresh lease in time
+    │   ├── GatewayUpstreamError       502 hubspot_unreachable: the gateway got no answer
+    │   │   └── GatewayTimeout         504 hubspot_timeout: HubSpot did not answer in time
     │   └── WebhookUnreachable         a webhook receiver sent no status (delivery retried)
     ├── RemoteError                    the remote CLI: a broker's problem answer, as sent
     └── FatalError                     configuration or programming error; do not retry
@@ -130,6 +134,13 @@ class RateLimitedCaller(ClientError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class BudgetExhausted(RateLimitedCaller):
+    """The gateway could not get the portal's HubSpot budget within its wait bound."""
+
+    code = "portal_budget_exhausted"
+    title = "The portal's HubSpot rate budget is used up"
 
 
 class NotFound(ClientError):
@@ -295,6 +306,20 @@ class LockUnavailable(UpstreamError):
 
     def __init__(self, detail: str | None = None, *, retry_after: float = 1.0) -> None:
         super().__init__(detail, retry_after=retry_after)
+
+
+class GatewayUpstreamError(UpstreamError):
+    """The gateway's request to HubSpot's API failed before an answer (refused, reset, cut)."""
+
+    status = 502
+    code = "hubspot_unreachable"
+    title = "HubSpot could not be reached"
+
+
+class GatewayTimeout(GatewayUpstreamError):
+    status = 504
+    code = "hubspot_timeout"
+    title = "HubSpot did not answer in time"
 
 
 class FatalError(BrokerError):

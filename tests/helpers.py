@@ -329,3 +329,18 @@ def admin_key(settings: Settings, name: str = CLI_ADMIN, **grants: Any) -> str:
             return new.secret
 
     return asyncio.run(create())
+
+
+def grant_gateway(settings: Settings, name: str | None, paths: list[str], weight: int = 1) -> None:
+    """Grants the caller ``name`` (default: the deployment's service caller) these HubSpot
+    path prefixes and gateway weight."""
+
+    async def run() -> None:
+        async with open_admin(settings) as svc:
+            callers = await svc.callers.list()
+            target = name or next(c.name for c in callers if c.name.startswith("svc-"))
+            await svc.callers.set_gateway(
+                target, hubspot_paths=paths, gateway_weight=weight, actor="test"
+            )
+
+    asyncio.run(run())

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from broker import metrics
+from broker import metrics, metrics_gateway
 from broker.cli import build_parser
 from broker.loop_metrics import LoopMetric
 
@@ -73,10 +73,11 @@ def test_metric_names_parser() -> None:
 
 # --- what the broker exports -----------------------------------------------------------------
 def _metric_objects() -> Iterator[MetricWrapperBase | LoopMetric]:
-    """The metrics of broker/metrics.py: prometheus_client's own kinds and the custom
-    collectors (the lock-free counters and histograms of the token route)."""
+    """The metrics of broker/metrics.py and broker/metrics_gateway.py: prometheus_client's
+    own kinds and the custom collectors (the token route's lock-free counters, histograms)."""
     kinds = (MetricWrapperBase, LoopMetric)
-    return (m for m in vars(metrics).values() if isinstance(m, kinds))
+    found = {**vars(metrics), **vars(metrics_gateway)}.values()
+    return (m for m in found if isinstance(m, kinds))
 
 
 def metric_families() -> dict[str, set[str]]:

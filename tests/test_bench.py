@@ -51,6 +51,8 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
         "scale_250k_below_min_ttl",
         "scale_250k_interactive_pct",
         "cached_token_bytes",
+        "gateway_added_p50_ms",
+        "gateway_added_p99_ms",
     ]
     assert float(figures["hot_path_p99_ms"]) > 0
     assert float(figures["refresh_cpu_ms"]) > 0
@@ -80,4 +82,7 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
     assert re.match(r"[0-9,]+ refreshes/s \(baseline [0-9,]+\)", _result(report, "6 refresh", "/s"))
     assert "ms (baseline" in _result(report, "6 refresh", "CPU per proactive refresh")
     assert re.fullmatch(r"-?[0-9,]+ B per cached token", _result(report, "8 memory", "RSS"))
+    assert re.fullmatch(
+        r"p50 \+-?[0-9.]+ ms · p99 \+-?[0-9.]+ ms", _result(report, "9 gateway", "added")
+    )
     assert "FAILURE" not in report

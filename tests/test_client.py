@@ -33,6 +33,8 @@ from hubspot_token_broker_client import (
     RateLimited,
     RetryPolicy,
     Unauthorized,
+    async_gateway_client,
+    gateway_client,
     hubspot_client,
 )
 from hubspot_token_broker_client._errors import error_from_response
@@ -41,7 +43,7 @@ from broker.app import open_admin
 from broker.config import load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
-from tests.helpers import Deploy, Deployment, deployed, sql
+from tests.helpers import Deploy, Deployment, deployed, grant_gateway, sql
 
 HUB = 4_500_001
 OTHER_HUB = 4_500_002
@@ -483,6 +485,34 @@ def test_hubspot_sdk_client(deployment: Deployment, broker: BrokerClient) -> Non
     assert len(page.results) == 5
     assert page.results[0].properties["email"].endswith("@example.com")
     assert deployment.sim.counters()["contacts"] == 1
+
+
+def test_gateway_client_and_sdk_keep_the_token_in_the_broker(
+    deployment: Deployment, broker: BrokerClient
+) -> None:
+    deployment.install(HUB)
+    grant_gateway(deployment.settings, None, ["/crm/v3/objects/"])
+    with gateway_client(broker, HUB) as hubspot:
+        page = hubspot.get("/crm/v3/objects/contacts", params={"limit": 3})
+        assert page.status_code == 200, page.text
+        assert len(page.json()["results"]) == 3
+        refused = hubspot.get("/crm/v3/owners")
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "hubspot_path_forbidden"
+    sdk = hubspot_client(broker, HUB, gateway=True)
+    assert len(sdk.crm.contacts.basic_api.get_page(limit=2).results) == 2
+    assert deployment.sim.counters()["contacts"] == 2
+    with pytest.raises(ValueError, match="gateway=True"):
+        hubspot_client(broker, HUB, gateway=True, app="demo")
+
+
+async def test_async_gateway_client(deployment: Deployment) -> None:
+    deployment.install(HUB)
+    await asyncio.to_thread(grant_gateway, deployment.settings, None, ["/"])
+    broker = AsyncBrokerClient(deployment.url, deployment.caller_key, app="demo")
+    async with broker, async_gateway_client(broker, HUB) as hubspot:
+        page = await hubspot.get("/crm/v3/objects/contacts", params={"limit": 1})
+    assert page.status_code == 200, page.text
 
 
 # --- lifecycle and packaging ----------------------------------------------------------------

@@ -94,7 +94,7 @@ def _served(settings: Settings) -> set[tuple[str, str]]:
         assert isinstance(route, Route)
         for method in route.methods or ():
             if method != "HEAD":
-                served.add((route.path, method))
+                served.add((route.path.replace(":path}", "}"), method))
     return served
 
 

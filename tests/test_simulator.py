@@ -464,6 +464,28 @@ def test_crm_rate_limit_is_110_per_10_seconds_per_portal(
     assert contacts(http, access_token).status_code == 200
 
 
+def test_crm_daily_limit_per_portal_set_by_the_control_api(
+    sim: Simulator, http: httpx.Client
+) -> None:
+    access_token = install(http)["access_token"]
+    assert "X-HubSpot-RateLimit-Daily" not in contacts(http, access_token).headers
+    assert http.post("/_sim/config", json={"api_daily_limit": 0}).status_code == 400
+    assert http.post("/_sim/config", json={"api_daily_limit": 3}).json()["api_daily_limit"] == 3
+    first = contacts(http, access_token)
+    assert first.headers["X-HubSpot-RateLimit-Daily"] == "3"
+    assert first.headers["X-HubSpot-RateLimit-Daily-Remaining"] == "2"
+    assert contacts(http, access_token).status_code == 200
+    assert contacts(http, access_token).headers["X-HubSpot-RateLimit-Daily-Remaining"] == "0"
+    limited = contacts(http, access_token)
+    assert limited.status_code == 429
+    assert limited.json()["policyName"] == "DAILY"
+    assert limited.json()["errorType"] == "RATE_LIMIT"
+    assert limited.headers["X-HubSpot-RateLimit-Daily-Remaining"] == "0"
+    assert sim.counters()["contacts.rate_limited"] == 1
+    assert http.post("/_sim/config", json={"api_daily_limit": None}).status_code == 200
+    assert contacts(http, access_token).status_code == 200
+
+
 def test_uninstall_kills_the_portals_grant(sim: Simulator, http: httpx.Client) -> None:
     tokens = install(http)
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}

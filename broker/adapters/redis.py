@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from broker import metrics
+from broker.adapters.redis_budget import RedisBudget
 from broker.adapters.redis_rate import AdaptiveRate
 from broker.config import SentinelUrl, Settings
 from broker.core.batching import Coalescer
@@ -109,6 +110,10 @@ class RedisCoordinator:
         self._waiters: defaultdict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+
+    def budget(self, settings: Settings) -> RedisBudget:
+        """The per-portal HubSpot budget, on this coordinator's client and bounds."""
+        return RedisBudget(settings, self._client, self._bounded)
 
     def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="redis-refreshed-listener")

@@ -18,7 +18,7 @@ from starlette.types import Lifespan
 from broker.app.services import open_services
 from broker.config import Settings
 from broker.errors import BrokerError
-from broker.web import admin, admin_page, health, manage, oauth
+from broker.web import admin, admin_page, gateway, health, manage, oauth
 from broker.web.api import TokenRoute
 from broker.web.middleware import RequestIdMiddleware
 from broker.web.problems import HANDLERS
@@ -56,7 +56,7 @@ def internal_app(*, with_oauth: bool, lifespan: Lifespan[Starlette] | None = Non
     """``/v1/*``, ``/admin``, ``/metrics`` and the probes (and the install flow too unless a
     public listener serves it): the token route (raw ASGI, see :mod:`broker.web.api`) in
     front of the Starlette app."""
-    routes = [*admin.routes, *manage.routes, *admin_page.routes, *health.routes]
+    routes = [*admin.routes, *manage.routes, *gateway.routes, *admin_page.routes, *health.routes]
     return TokenRoute(
         Starlette(
             routes=[*routes, *oauth.routes] if with_oauth else routes,

@@ -26,6 +26,7 @@ from broker.adapters.postgres.signing import PostgresInstallLinks, PostgresKeySc
 from broker.adapters.redis import RedisCoordinator
 from broker.adapters.vault import VaultAdapter
 from broker.adapters.webhook_http import HttpWebhookSender
+from broker.app.gateway import open_gateway
 from broker.config import Settings
 from broker.config_sso import grants_of
 from broker.core.admin import AdminService
@@ -290,6 +291,9 @@ async def open_services(
                 audit=audit,
             ),
             sso=sso,
+            gateway=open_gateway(
+                settings, stack, tokens=tokens, operations=operations, coordinator=coordinator
+            ),
         )
 
 

@@ -116,6 +116,13 @@ class LocalOperations(Operations):
         await svc.callers.disable(name, actor=actor())
         return caller_view(await svc.callers.get(name))
 
+    async def caller_gateway(self, name: str, *, hubspot_paths: list[str], weight: int) -> View:
+        svc = await self._svc()
+        changed = await svc.callers.set_gateway(
+            name, hubspot_paths=hubspot_paths, gateway_weight=weight, actor=actor()
+        )
+        return caller_view(changed)
+
     async def portals_list(self, *, app: str | None, state: str | None, limit: int) -> list[View]:
         records = await (await self._svc()).admin.list_portals(app=app, state=state, limit=limit)
         return [portal_view(r) for r in records]

@@ -48,6 +48,10 @@ class Operations(Protocol):
 
     async def caller_disable(self, name: str) -> View: ...
 
+    async def caller_gateway(self, name: str, *, hubspot_paths: list[str], weight: int) -> View:
+        """What ``name`` may call through the HubSpot gateway, and its queue weight."""
+        ...
+
     # --- portals and install links (portals:admin) ----------------------------------------
     async def portals_list(
         self, *, app: str | None, state: str | None, limit: int

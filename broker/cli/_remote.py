@@ -140,6 +140,11 @@ class RemoteOperations(Operations):
         found: View = await self._call("POST", f"/v1/admin/callers/{_seg(name)}/disable")
         return found
 
+    async def caller_gateway(self, name: str, *, hubspot_paths: list[str], weight: int) -> View:
+        body = {"hubspot_paths": hubspot_paths, "gateway_weight": weight}
+        found: View = await self._call("POST", f"/v1/admin/callers/{_seg(name)}/gateway", json=body)
+        return found
+
     async def portals_list(self, *, app: str | None, state: str | None, limit: int) -> list[View]:
         params = {"app": app, "state": state, "limit": limit}
         found: list[View] = (await self._call("GET", "/v1/admin/portals", params=params))["portals"]

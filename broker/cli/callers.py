@@ -67,6 +67,15 @@ async def disable(ops: Operations, args: argparse.Namespace, out: Out) -> None:
     out.emit({"name": done["name"], "disabled": True}, f"caller {done['name']} disabled")
 
 
+async def gateway(ops: Operations, args: argparse.Namespace, out: Out) -> None:
+    done = await ops.caller_gateway(args.name, hubspot_paths=args.path or [], weight=args.weight)
+    paths = ", ".join(done["hubspot_paths"]) or "none"
+    out.emit(
+        {k: done[k] for k in ("name", "hubspot_paths", "gateway_weight")},
+        f"caller {done['name']}: HubSpot paths {paths}, gateway weight {done['gateway_weight']}",
+    )
+
+
 def register(sub: Any) -> None:
     callers = sub.add_parser("callers", help="service identities").add_subparsers(
         dest="sub", required=True
@@ -93,3 +102,14 @@ def register(sub: Any) -> None:
     off = callers.add_parser("disable", help="disable a caller")
     off.add_argument("name")
     off.set_defaults(run=disable)
+    gate = callers.add_parser(
+        "gateway", help="set the HubSpot paths a caller may call through the gateway"
+    )
+    gate.add_argument("name")
+    gate.add_argument(
+        "--path",
+        action="append",
+        help="HubSpot path prefix, e.g. /crm/v3/ ('/': all)",
+    )
+    gate.add_argument("--weight", type=int, default=1, help="turns per round in a portal's queue")
+    gate.set_defaults(run=gateway)

@@ -83,6 +83,8 @@ def caller_view(caller: Caller) -> dict[str, Any]:
         "expires_at": None if caller.expires_at is None else caller.expires_at.isoformat(),
         "disabled": caller.disabled,
         "rate_limit": caller.rate_limit,
+        "hubspot_paths": sorted(caller.hubspot_paths),
+        "gateway_weight": caller.gateway_weight,
     }
 
 

@@ -18,6 +18,10 @@ from broker.errors import Forbidden, InvalidRequest, NotFound
 
 KEY_PREFIX = "hsb_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: A HubSpot path prefix a caller may be granted: absolute, no query, no dot segments.
+_SEGMENT = r"[A-Za-z0-9_~:@!$&'()*+,;=-][A-Za-z0-9._~:@!$&'()*+,;=-]*"
+_HUBSPOT_PATH_RE = re.compile(rf"^/(?:{_SEGMENT}/)*(?:{_SEGMENT})?$")
+_HUBSPOT_PATHS_MAX = 50
 
 
 def hash_secret(secret: str) -> str:
@@ -123,6 +127,48 @@ class CallerAdmin:
 
     async def list(self) -> list[Caller]:
         return await self._callers.list()
+
+    async def set_gateway(
+        self,
+        name: str,
+        *,
+        hubspot_paths: Iterable[str],
+        gateway_weight: int = 1,
+        actor: str,
+        granter: Caller | None = None,
+    ) -> Caller:
+        """What ``name`` may call through the HubSpot gateway (path prefixes; ``/``: every
+        path) and its weight in a portal's budget queue. A ``granter`` grants only prefixes
+        it may call itself."""
+        paths = frozenset(hubspot_paths)
+        bad = sorted(p for p in paths if len(p) > 200 or not _HUBSPOT_PATH_RE.match(p))
+        if bad or len(paths) > _HUBSPOT_PATHS_MAX:
+            raise InvalidRequest(
+                f"hubspot_paths are at most {_HUBSPOT_PATHS_MAX} absolute paths such as "
+                "/crm/v3/objects/ (no query, no '.' or '..' segments)",
+                errors=[{"field": "hubspot_paths", "message": "invalid"}],
+            )
+        if not 1 <= gateway_weight <= 100:
+            raise InvalidRequest(
+                "gateway_weight must be between 1 and 100",
+                errors=[{"field": "gateway_weight", "message": "out of range"}],
+            )
+        if granter is not None:
+            await self.get(name, granter=granter)
+            if not all(granter.may_call(path) for path in paths):
+                raise Forbidden(f"caller {granter.name!r} may not grant HubSpot paths it lacks")
+        caller = await self._callers.set_gateway(name, paths, gateway_weight)
+        if caller is None:
+            raise NotFound(f"no caller named {name!r}", code="caller_not_found")
+        await self._invalidations.publish_caller(caller.id)
+        self._audit.record(
+            "caller.gateway_set",
+            actor=actor,
+            caller=name,
+            hubspot_paths=sorted(paths),
+            gateway_weight=gateway_weight,
+        )
+        return caller
 
     async def disable(self, name: str, *, actor: str, granter: Caller | None = None) -> None:
         if granter is not None:

@@ -256,6 +256,10 @@ class Caller:
     disabled: bool = False
     #: Requests per second on each replica; None: the broker's default.
     rate_limit: float | None = None
+    #: HubSpot path prefixes this caller may call through the gateway (none by default;
+    #: ``"/"`` is every path), and its turns per round in a portal's budget queue.
+    hubspot_paths: frozenset[str] = frozenset()
+    gateway_weight: int = 1
 
     def may(self, role: Role) -> bool:
         return role in self.roles  # a StrEnum member is its value
@@ -264,6 +268,17 @@ class Caller:
         return (self.apps is None or app in self.apps) and (
             self.hub_ids is None or hub_id in self.hub_ids
         )
+
+    def may_call(self, path: str) -> bool:
+        """Whether the gateway may forward ``path`` (``/crm/v3/...``) for this caller: a
+        granted prefix ending in ``/`` covers what is under it, any other one that exact
+        path or what is under it (``/crm/v3/objects/contacts`` covers ``.../contacts/1``)."""
+        for prefix in self.hubspot_paths:
+            if path.startswith(prefix) and (
+                prefix.endswith("/") or len(path) == len(prefix) or path[len(prefix)] == "/"
+            ):
+                return True
+        return False
 
     def may_manage_app(self, app: str) -> bool:
         """App-wide actions (an app's settings, an app-wide install link): the app is
@@ -287,6 +302,7 @@ class Caller:
             )
             and _within(other.apps, self.apps)
             and _within(other.hub_ids, self.hub_ids)
+            and all(self.may_call(path) for path in other.hubspot_paths)
             and (
                 self.expires_at is None
                 or (other.expires_at is not None and other.expires_at <= self.expires_at)

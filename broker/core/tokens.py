@@ -103,11 +103,21 @@ class TokenService:
         return raw
 
     def cached(
-        self, caller: Caller, key: PortalKey, min_ttl: int, now: float
+        self,
+        caller: Caller,
+        key: PortalKey,
+        min_ttl: int,
+        now: float,
+        *,
+        role: Role | None = Role.TOKENS_READ,
     ) -> IssuedToken | None:
         """The hot path: the cached token when it has ``min_ttl`` seconds left at ``now``
-        (``time.monotonic()``), else None (then :meth:`get_token`). No I/O, no await."""
-        if Role.TOKENS_READ not in caller.roles or not caller.may_access(key.app, key.hub_id):
+        (``time.monotonic()``), else None (then :meth:`get_token`). No I/O, no await.
+        ``role`` None: for the gateway, which sends the token for the caller (whose path
+        grant it checked) and never hands it out."""
+        if (role is not None and role not in caller.roles) or not caller.may_access(
+            key.app, key.hub_id
+        ):
             raise Forbidden(f"caller {caller.name!r} may not read tokens of portal {key}")
         entry = self._cache.get(key)
         if entry is None or entry.expires_local - now < min_ttl:
@@ -115,8 +125,10 @@ class TokenService:
         metrics.TOKEN_CACHE_HIT.inc()
         return self._issue(caller, key, entry, now, min_ttl, refreshed=False)
 
-    async def get_token(self, caller: Caller, key: PortalKey, min_ttl: int) -> IssuedToken:
-        issued = self.cached(caller, key, min_ttl, time.monotonic())
+    async def get_token(
+        self, caller: Caller, key: PortalKey, min_ttl: int, *, role: Role | None = Role.TOKENS_READ
+    ) -> IssuedToken:
+        issued = self.cached(caller, key, min_ttl, time.monotonic(), role=role)
         if issued is not None:
             return issued
         try:

@@ -11,6 +11,7 @@ from broker.core.admin import AdminService
 from broker.core.audit import AuditTrail
 from broker.core.browse import PortalBrowser
 from broker.core.callers import CallerService
+from broker.core.gateway import Gateway
 from broker.core.health import Health
 from broker.core.install import InstallService
 from broker.core.install_links import InstallLinks
@@ -52,6 +53,8 @@ class Services:
     private_apps: PrivateApps
     #: Operator sign-in through the OpenID Provider; None while BROKER_OIDC_ISSUER is unset.
     sso: SsoLogin | None = None
+    #: The HubSpot gateway and the per-portal budgets (``/v1/portals/{hub_id}/hubspot/...``).
+    gateway: Gateway | None = None
 
 
 def services(request: Request) -> Services:

@@ -38,10 +38,13 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="the reduced size of make test")
     parser.add_argument("--portals", type=int, help="portals per scenario (default 50)")
     parser.add_argument("--only", action="append", choices=[*SCENARIOS, "k8s"])
+    parser.add_argument("--seconds", type=float, help="load scenarios' length (default 60)")
     args = parser.parse_args()
     size = SMALL if args.small else DEFAULT
     if args.portals:
-        size = Size(portals=args.portals, callers=size.callers)
+        size = Size(portals=args.portals, callers=size.callers, seconds=size.seconds)
+    if args.seconds:
+        size = Size(portals=size.portals, callers=size.callers, seconds=args.seconds)
     passed = failed = 0
     started = time.monotonic()
     with provide_backends() as backends:

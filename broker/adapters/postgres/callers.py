@@ -23,6 +23,8 @@ def _caller(row: asyncpg.Record) -> Caller:
         expires_at=row["expires_at"],
         disabled=row["disabled_at"] is not None,
         rate_limit=row["rate_limit"],
+        hubspot_paths=frozenset(row["hubspot_paths"]),
+        gateway_weight=row["gateway_weight"],
     )
 
 
@@ -41,8 +43,9 @@ class PostgresCallers:
         try:
             row = await self._db.fetchrow(
                 """INSERT INTO callers (name, key_id, key_hash, roles, apps, hub_ids,
-                                        expires_at, rate_limit, jwt_issuer, jwt_subject)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *""",
+                                        expires_at, rate_limit, jwt_issuer, jwt_subject,
+                                        hubspot_paths, gateway_weight)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *""",
                 caller.name,
                 key_id,
                 key_hash,
@@ -53,6 +56,8 @@ class PostgresCallers:
                 caller.rate_limit,
                 None if identity is None else identity[0],
                 None if identity is None else identity[1],
+                sorted(caller.hubspot_paths),
+                caller.gateway_weight,
             )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(
@@ -101,6 +106,18 @@ class PostgresCallers:
             key_id,
             key_hash,
             overlap_seconds,
+        )
+        return None if row is None else _caller(row)
+
+    async def set_gateway(
+        self, name: str, hubspot_paths: Collection[str], gateway_weight: int
+    ) -> Caller | None:
+        row = await self._db.fetchrow(
+            "UPDATE callers SET hubspot_paths = $2, gateway_weight = $3 WHERE name = $1 "
+            "RETURNING *",
+            name,
+            sorted(hubspot_paths),
+            gateway_weight,
         )
         return None if row is None else _caller(row)
 

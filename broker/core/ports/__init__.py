@@ -43,6 +43,7 @@ from broker.core.ports.events import (
     WebhookSender,
 )
 from broker.core.ports.hubspot import OAuthProvider
+from broker.core.ports.hubspot_api import ApiRequest, ApiResponse, HubSpotApi
 from broker.core.ports.identity import (
     CallerRepository,
     ChangedCallers,
@@ -75,6 +76,8 @@ from broker.core.ports.vault import (
 )
 
 __all__ = [
+    "ApiRequest",
+    "ApiResponse",
     "AppRepository",
     "AuditEvent",
     "AuditFilter",
@@ -91,6 +94,7 @@ __all__ = [
     "EventFilter",
     "EventLog",
     "EventRecord",
+    "HubSpotApi",
     "Identity",
     "IdentityProvider",
     "IdentityVerifier",

@@ -103,6 +103,12 @@ class CallerRepository(Protocol):
         Disabled and expired callers are returned too."""
         ...
 
+    async def set_gateway(
+        self, name: str, hubspot_paths: Collection[str], gateway_weight: int
+    ) -> Caller | None:
+        """Set what ``name`` may call through the gateway; None when no caller has it."""
+        ...
+
     async def list(self) -> list[Caller]: ...
 
     async def disable(self, name: str) -> int | None:

@@ -12,6 +12,8 @@ from broker.dev.simulator._replies import (
     HubSpotError,
     Reply,
     api_error,
+    daily_headers,
+    daily_limit,
     rate_limit_headers,
     ten_secondly_limit,
 )
@@ -78,6 +80,7 @@ def contacts(store: Store, authorization: str | None, query: Mapping[str, str], 
                 links={"scopes": "https://developers.hubspot.com/scopes"},
             )
         )
+    daily = _take_daily_limit(store, grant.hub_id)
     remaining = _take_rate_limit(store, grant.hub_id)
     limit = _int_param(query, "limit", default=10, low=1, high=100)
     after = _int_param(query, "after", default=0, low=0, high=CONTACTS_PER_PORTAL)
@@ -91,6 +94,8 @@ def contacts(store: Store, authorization: str | None, query: Mapping[str, str], 
     if end < CONTACTS_PER_PORTAL:
         body["paging"] = {"next": {"after": str(end), "link": f"{url}?after={end}&limit={limit}"}}
     headers = rate_limit_headers(store.settings.api_rate_limit, remaining)
+    if daily is not None:
+        headers |= daily_headers(*daily)
     return Reply(200, json=body, headers=headers)
 
 
@@ -102,9 +107,27 @@ def _take_rate_limit(store: Store, hub_id: int) -> int:
         hits.popleft()
     limit = store.settings.api_rate_limit
     if len(hits) >= limit:
+        store.count("contacts.rate_limited")
         raise HubSpotError(ten_secondly_limit(limit))
     hits.append(now)
     return limit - len(hits)
+
+
+def _take_daily_limit(store: Store, hub_id: int) -> tuple[int, int] | None:
+    """Count one call on the portal's (simulated) day when a daily limit is set: the limit
+    and what is left, or 429 DAILY once it is used up (checked before the 10 s window,
+    which a refused call does not use)."""
+    limit = store.settings.api_daily_limit
+    if limit is None:
+        return None
+    today = int(store.now() // 86400)
+    day, used = store.api_days.get(hub_id, (today, 0))
+    used = used if day == today else 0
+    if used >= limit:
+        store.count("contacts.rate_limited")
+        raise HubSpotError(daily_limit(limit))
+    store.api_days[hub_id] = (today, used + 1)
+    return limit, limit - used - 1
 
 
 def _int_param(query: Mapping[str, str], name: str, *, default: int, low: int, high: int) -> int:

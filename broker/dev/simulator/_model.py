@@ -206,6 +206,9 @@ class Settings:
     """HTTP status of BAD_HUB: 400 per the table, 403 has been seen in the field."""
     api_rate_limit: int = 110
     """Requests per portal per rolling 10 s on the sample CRM API."""
+    api_daily_limit: int | None = None
+    """Requests per portal per (simulated) UTC day on the sample CRM API, as private apps
+    have; None: no daily limit (public apps)."""
     token_rate_limit: float | None = None
     """Token endpoint requests per client_id per rolling second; more answer 429 RATE_LIMIT.
     None: no limit (HubSpot publishes none, yet answers bursts with 429)."""
@@ -245,6 +248,7 @@ class Settings:
             "consent_user_id": self.consent_user_id,
             "bad_hub_status": self.bad_hub_status,
             "api_rate_limit": self.api_rate_limit,
+            "api_daily_limit": self.api_daily_limit,
             "token_rate_limit": self.token_rate_limit,
             "pkce": self.pkce,
             "keep_previous_access_tokens": self.keep_previous_access_tokens,
@@ -268,6 +272,9 @@ def _check_setting(key: str, value: object) -> None:
     elif key in ("rotate_refresh_tokens", "pkce", "keep_previous_access_tokens"):
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be a bool")
+    elif key == "api_daily_limit":
+        if value is not None and not (_is_int(value) and value > 0):
+            raise ValueError("api_daily_limit must be a positive int or null")
     elif key == "token_rate_limit":
         if value is not None and not (_is_number(value) and value != 0):
             raise ValueError("token_rate_limit must be a number > 0 or null")

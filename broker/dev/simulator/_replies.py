@@ -103,6 +103,27 @@ def ten_secondly_limit(limit: int) -> Reply:
     return Reply(429, json=body, headers=headers)
 
 
+def daily_limit(limit: int) -> Reply:
+    """The daily limit's 429 (private apps): its policy, and the daily headers at zero."""
+    cid = correlation_id()
+    body = {
+        "status": "error",
+        "message": "You have reached your daily limit.",
+        "errorType": "RATE_LIMIT",
+        "correlationId": cid,
+        "policyName": "DAILY",
+    }
+    headers = daily_headers(limit, 0) | {"X-HubSpot-Correlation-Id": cid}
+    return Reply(429, json=body, headers=headers)
+
+
+def daily_headers(limit: int, remaining: int) -> dict[str, str]:
+    return {
+        "X-HubSpot-RateLimit-Daily": str(limit),
+        "X-HubSpot-RateLimit-Daily-Remaining": str(max(remaining, 0)),
+    }
+
+
 def rate_limited() -> Reply:
     """HubSpot's 429 outside the CRM API (the token endpoint's, hubspot-oauth.md)."""
     body = {

@@ -42,6 +42,7 @@ COUNTER_KEYS = (
     "introspect",
     "revoke",
     "contacts",
+    "contacts.rate_limited",
     "uninstall",
 )
 FIRST_APP_ID = 1_000_000
@@ -61,6 +62,8 @@ class Store:
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTER_KEYS, 0))
         self.refreshes_by_hub: Counter[int] = Counter()
         self.api_hits: dict[int, deque[float]] = {}
+        #: Per portal: the (simulated) UTC day and the CRM API calls counted on it.
+        self.api_days: dict[int, tuple[int, int]] = {}
         self.token_hits: dict[str, deque[float]] = {}
 
     def now(self) -> float:

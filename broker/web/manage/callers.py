@@ -92,9 +92,25 @@ async def disable(request: Request) -> Response:
     return reply(caller_view(await svc.callers.get(name)))
 
 
+async def set_gateway(request: Request) -> Response:
+    svc, caller = await authorize(request, Role.CALLERS_ADMIN)
+    reject_unknown(request, frozenset())
+    body = await Body.read(request, frozenset({"hubspot_paths", "gateway_weight"}))
+    weight = body.integer("gateway_weight", minimum=1, maximum=100)
+    changed = await svc.callers.set_gateway(
+        _name(request),
+        hubspot_paths=body.texts("hubspot_paths") or [],
+        gateway_weight=1 if weight is None else weight,
+        actor=caller.name,
+        granter=caller,
+    )
+    return reply(caller_view(changed))
+
+
 routes = [
     Route("/v1/admin/callers", list_callers, methods=["GET"]),
     Route("/v1/admin/callers", create, methods=["POST"]),
     Route("/v1/admin/callers/{name}/rotate", rotate, methods=["POST"]),
     Route("/v1/admin/callers/{name}/disable", disable, methods=["POST"]),
+    Route("/v1/admin/callers/{name}/gateway", set_gateway, methods=["POST"]),
 ]

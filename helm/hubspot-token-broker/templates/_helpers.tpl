@@ -158,6 +158,12 @@ BROKER_HUBSPOT_TIMEOUT: {{ $c.hubspotTimeout | quote }}
 BROKER_SECRET_CACHE_SECONDS: {{ $c.secretCacheSeconds | quote }}
 BROKER_CALLER_CACHE_SECONDS: {{ $c.callerCacheSeconds | quote }}
 BROKER_CALLER_RATE: {{ $c.callerRate | quote }}
+BROKER_GATEWAY_MAX_BODY: {{ $c.gatewayMaxBody | int64 | quote }}
+BROKER_GATEWAY_TIMEOUT: {{ $c.gatewayTimeout | quote }}
+BROKER_BUDGET_PER_TEN_SECONDS: {{ $c.budgetPerTenSeconds | quote }}
+BROKER_BUDGET_PER_DAY: {{ $c.budgetPerDay | quote }}
+BROKER_BUDGET_MAX_WAIT: {{ $c.budgetMaxWait | quote }}
+BROKER_BUDGET_QUEUE: {{ $c.budgetQueue | quote }}
 {{- with include "hubspot-token-broker.jwtIssuers" . }}
 BROKER_JWT_ISSUERS: {{ . | quote }}
 {{- end }}

@@ -7,6 +7,9 @@
         with httpx.Client(auth=HubSpotAuth(broker, 12345678)) as hubspot:
             hubspot.get("https://api.hubapi.com/crm/v3/objects/contacts")
 
+Or let the broker call HubSpot (:func:`gateway_client`, ``hubspot_client(..., gateway=True)``):
+the token never reaches the service, and each portal's rate budget is shared by all.
+
 It needs only ``httpx``: it imports nothing else from ``broker`` (the server's modules and
 their dependencies are not required), and ``hubspot-api-client`` only inside
 :func:`hubspot_client`. Errors are documented in ``hubspot_token_broker_client._errors``.
@@ -28,6 +31,7 @@ from hubspot_token_broker_client._errors import (
     ServerError,
     Unauthorized,
 )
+from hubspot_token_broker_client._gateway import async_gateway_client, gateway_client
 from hubspot_token_broker_client._hubspot import hubspot_client
 from hubspot_token_broker_client._retry import RetryPolicy
 from hubspot_token_broker_client._sync import BrokerClient
@@ -52,5 +56,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "Unauthorized",
+    "async_gateway_client",
+    "gateway_client",
     "hubspot_client",
 ]

@@ -1,0 +1,130 @@
+"""HubSpot's API host for the gateway (implements ``HubSpotApi``): httpx, streaming both ways.
+
+One client with its own pool (the OAuth client's pool serves refreshes and must not queue
+behind slow CRM calls), no redirects followed, no cookie jar kept between requests, bodies
+passed through as bytes (``Content-Encoding`` included: nothing is decoded here). The
+timeout bounds the wait for HubSpot's headers; a body that then stalls is bounded by httpx's
+read timeout (the same number) between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import structlog
+
+from broker.adapters import tls
+from broker.config import Settings
+from broker.core.ports.hubspot_api import RESPONSE_DROPPED, ApiRequest, Headers, without
+from broker.errors import GatewayTimeout, GatewayUpstreamError
+
+log = structlog.get_logger(__name__)
+
+#: Connections per replica to HubSpot's API host, in pools of :data:`_PER_CLIENT`: httpcore
+#: walks every pooled connection on each request (a poll(2) per idle one), so one pool of
+#: 200 cost more CPU than the rest of a gateway request (py-spy: 57 % of the broker's
+#: samples at 50 connections, 92 req/s); several small ones keep the walk short.
+_POOL_SIZE = 256
+_PER_CLIENT = 8
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+#: The connection failed with no answer (e.g. the server closed an idle keep-alive one).
+_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class _Answer:
+    """:class:`~broker.core.ports.hubspot_api.ApiResponse` over an httpx response."""
+
+    def __init__(self, response: httpx.Response, release: Callable[[], None]) -> None:
+        self._response = response
+        self._release = release
+        self.status = response.status_code
+        self.headers: Headers = without(response.headers.raw, RESPONSE_DROPPED)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise GatewayTimeout("HubSpot stopped sending its answer") from exc
+        except httpx.HTTPError as exc:
+            raise GatewayUpstreamError("HubSpot's answer was cut off") from exc
+
+    async def close(self) -> None:
+        try:
+            await self._response.aclose()
+        finally:
+            self._release()
+            self._release = _nothing
+
+
+def _nothing() -> None:
+    pass
+
+
+class HubSpotApiClient:
+    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
+        self._base = settings.hubspot_api_url.rstrip("/")
+        self._timeout = settings.gateway_timeout
+        verify = tls.verify(settings.ca_bundle)
+        timeout = httpx.Timeout(
+            settings.gateway_timeout, connect=min(5.0, settings.gateway_timeout)
+        )
+        limits = httpx.Limits(max_connections=_PER_CLIENT, max_keepalive_connections=_PER_CLIENT)
+        self._clients = [
+            httpx.AsyncClient(
+                timeout=timeout,
+                limits=limits,
+                transport=transport,
+                follow_redirects=False,
+                verify=verify,
+            )
+            for _ in range(_POOL_SIZE // _PER_CLIENT)
+        ]
+        self._busy = [0] * len(self._clients)
+
+    async def send(self, request: ApiRequest, token: str) -> _Answer:
+        url = self._base + request.path
+        if request.query:
+            url += "?" + request.query.decode("latin-1")
+        headers = [*request.headers, (b"authorization", b"Bearer " + token.encode())]
+        index = self._busy.index(min(self._busy))  # the least busy pool
+        client = self._clients[index]
+        outgoing = client.build_request(request.method, url, headers=headers, content=request.body)
+        # httpx keeps cookies a response set in the client's jar: none are wanted here.
+        client.cookies.clear()
+        self._busy[index] += 1
+
+        def release() -> None:
+            self._busy[index] -= 1
+
+        try:
+            try:
+                response = await asyncio.wait_for(client.send(outgoing, stream=True), self._timeout)
+            except _STALE as exc:
+                # A keep-alive connection HubSpot closed as the request went out (no answer
+                # at all): an idempotent request with its body at hand goes once more.
+                if request.method not in _IDEMPOTENT or not request.replayable:
+                    raise
+                log.info("gateway.resent", error=type(exc).__name__)
+                outgoing = client.build_request(
+                    request.method, url, headers=headers, content=request.body
+                )
+                response = await asyncio.wait_for(client.send(outgoing, stream=True), self._timeout)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            release()
+            raise GatewayTimeout(f"HubSpot did not answer within {self._timeout:g} s") from exc
+        except httpx.HTTPError as exc:
+            release()
+            raise GatewayUpstreamError(
+                f"HubSpot could not be reached ({type(exc).__name__})"
+            ) from exc
+        except BaseException:
+            release()
+            raise
+        return _Answer(response, release)
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.aclose()

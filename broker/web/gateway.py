@@ -1,0 +1,178 @@
+"""``ANY /v1/portals/{hub_id}/hubspot/{path}``: the HubSpot gateway, and
+``GET``/``POST /v1/portals/{hub_id}/budget``: the portal's budget for token-route callers.
+
+The gateway forwards the method, the path under ``/hubspot``, the query (without the
+broker's own ``app`` and ``user_id``), the body and the headers (without hop-by-hop ones,
+the caller's ``Authorization`` and cookies) to HubSpot's API host with the portal's token,
+and answers HubSpot's status, headers (again without hop-by-hop ones and cookies) and body
+as they arrive. Bodies stream both ways; a request body up to :data:`_REPLAYABLE` bytes is
+held whole, so it can be sent again after a 401 (:mod:`broker.core.gateway`). Our own errors
+are problem+json: 413 ``body_too_large`` (over ``gateway_max_body``), 429
+``portal_budget_exhausted``, 502 ``hubspot_unreachable``, 504 ``hubspot_timeout``, and the
+token route's (401, 403, 404, 409, 410, 503).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import unquote_plus
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from broker import metrics_gateway
+from broker.core.models import Caller, PortalKey, Role
+from broker.core.ports.budget import BudgetState
+from broker.core.ports.hubspot_api import REQUEST_DROPPED, ApiRequest, without
+from broker.errors import Forbidden, InvalidRequest, PayloadTooLarge
+from broker.web.params import bearer_value, check_names, parse_app, parse_int
+from broker.web.services import Services
+
+#: Request bodies up to this many bytes are read whole before sending (and can be re-sent).
+_REPLAYABLE = 64 * 1024
+_OURS = ("app", "user_id")
+_BUDGET_PARAMS = frozenset(_OURS)
+
+
+async def _caller(services: Services, scope: Scope) -> Caller:
+    """The token route's authentication and per-caller rate, for these routes."""
+    header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+    callers = services.callers
+    caller = callers.known(header, time.monotonic())
+    if caller is None:
+        text = None if header is None else header.decode("latin-1")
+        caller = await callers.authenticate(bearer_value(text), header=header)
+    callers.admit(caller)
+    return caller
+
+
+def _split_query(raw: bytes) -> tuple[dict[str, str], bytes]:
+    """The broker's parameters (decoded) and the rest of the query, as it came."""
+    ours: dict[str, str] = {}
+    rest: list[bytes] = []
+    for part in raw.split(b"&"):
+        name = part.partition(b"=")[0]
+        if name.decode("latin-1") in _OURS:
+            ours[name.decode("latin-1")] = unquote_plus(part.partition(b"=")[2].decode("latin-1"))
+        elif part:
+            rest.append(part)
+    return ours, b"&".join(rest)
+
+
+def _key(services: Services, hub: str, ours: dict[str, str]) -> PortalKey:
+    app = parse_app(ours.get("app"), services.settings.default_app)
+    hub_id = parse_int(hub, "hub_id") or 0
+    return PortalKey(app, hub_id, parse_int(ours.get("user_id"), "user_id"))
+
+
+async def _body(scope: Scope, receive: Receive, limit: int) -> bytes | AsyncIterator[bytes]:
+    """The request body: bytes when small (or announced small), else a stream; a body over
+    ``limit`` is refused (before reading when its length is announced)."""
+    length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    announced = int(length) if length is not None and length.isdigit() else None
+    if announced is not None and announced > limit:
+        raise PayloadTooLarge(f"the request body is over {limit} bytes")
+    if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS") and announced in (None, 0):
+        return b""
+    if announced is not None and announced <= _REPLAYABLE:
+        return b"".join([chunk async for chunk in _chunks(receive, limit)])
+    return _chunks(receive, limit)
+
+
+async def _chunks(receive: Receive, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        chunk: bytes = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+class GatewayEndpoint:
+    """Raw ASGI under the Starlette router (request id, metrics, problem+json for errors
+    raised before the answer starts)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["state"]["services"]
+        gateway = services.gateway
+        if gateway is None:
+            raise Forbidden("the HubSpot gateway is not enabled on this replica")
+        caller = await _caller(services, scope)
+        ours, query = _split_query(scope["query_string"])
+        key = _key(services, scope["path_params"]["hub_id"], ours)
+        path = "/" + scope["path_params"]["path"]
+        gateway.authorize(caller, key, path)
+        request = ApiRequest(
+            scope["method"],
+            path,
+            query,
+            without(scope["headers"], REQUEST_DROPPED),
+            await _body(scope, receive, services.settings.gateway_max_body),
+        )
+        async with gateway.forward(caller, key, request) as answer:
+            metrics_gateway.GATEWAY_REQUESTS.labels(f"{answer.status // 100}xx").inc()
+            headers = list(answer.headers)
+            if not any(name.lower() == b"cache-control" for name, _ in headers):
+                headers.append((b"cache-control", b"no-store"))
+            await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+            async for chunk in answer.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+
+def _budget_view(state: BudgetState) -> dict[str, object]:
+    return {
+        "limit": state.limit,
+        "used": state.used,
+        "remaining": state.left,
+        "interval_ms": 10_000,
+        "daily_limit": state.daily_limit or None,
+        "used_today": state.used_today,
+    }
+
+
+async def budget(request: Request) -> Response:
+    """``GET``: the portal's budget now; ``POST {"used": n}``: n HubSpot calls made outside
+    the gateway, counted as taken. The token route's authorization (``tokens:read``)."""
+    services: Services = request.state.services
+    gateway = services.gateway
+    if gateway is None:
+        raise Forbidden("the HubSpot gateway is not enabled on this replica")
+    caller = await _caller(services, request.scope)
+    check_names(request.query_params.keys(), _BUDGET_PARAMS)
+    key = _key(services, request.path_params["hub_id"], dict(request.query_params))
+    if Role.TOKENS_READ not in caller.roles or not caller.may_access(key.app, key.hub_id):
+        raise Forbidden(f"caller {caller.name!r} may not read the budget of portal {key}")
+    if request.method == "GET":
+        return JSONResponse(_budget_view(await gateway.budget.read(key)))
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise InvalidRequest('the body must be JSON: {"used": n}') from exc
+    used = body.get("used") if isinstance(body, dict) and body.keys() == {"used"} else None
+    if not isinstance(used, int) or isinstance(used, bool) or not 1 <= used <= 10_000:
+        raise InvalidRequest(
+            'the body must be {"used": n} with n from 1 to 10000',
+            errors=[{"field": "used", "message": "invalid"}],
+        )
+    return JSONResponse(_budget_view(await gateway.budget.report(key, used)))
+
+
+routes = [
+    Route(
+        "/v1/portals/{hub_id}/hubspot/{path:path}",
+        GatewayEndpoint(),
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    ),
+    Route("/v1/portals/{hub_id}/budget", budget, methods=["GET", "POST"]),
+]
