@@ -1,6 +1,6 @@
 """The Redis listener on a real Valkey: a notice whose handling raises is counted as a bug of
-the ``redis_listener`` loop and logged, and the listener goes on delivering (it used to end,
-leaving the replica deaf to notices until a restart)."""
+the ``redis_listener`` loop and logged, and the listener goes on delivering on the same
+subscription (it used to end, leaving the replica deaf to notices until a restart)."""
 
 from __future__ import annotations
 
@@ -40,5 +40,35 @@ async def test_a_failing_notice_is_counted_and_the_listener_goes_on(settings: Se
             assert asyncio.get_running_loop().time() < deadline, "the listener stopped"
             assert await coordinator.publish_invalidation("after")
             await asyncio.sleep(0.2)
+    finally:
+        await coordinator.close()
+
+
+async def test_a_notice_right_behind_a_failing_one_is_not_lost(settings: Settings) -> None:
+    """The failing notice costs nothing but itself: the one published right behind it is
+    heard on the same subscription (a resubscribe would drop it)."""
+    coordinator = RedisCoordinator(settings)
+    heard: list[str] = []
+
+    def handle(message: str) -> None:
+        if message == "poison":
+            raise ValueError("a handler bug")
+        heard.append(message)
+
+    coordinator.on_invalidation(handle)
+    coordinator.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while "ready" not in heard:  # the subscription is up
+            assert asyncio.get_running_loop().time() < deadline, "never subscribed"
+            assert await coordinator.publish_invalidation("ready")
+            await asyncio.sleep(0.1)
+        before = _bugs()
+        assert await coordinator.publish_invalidation("poison")
+        assert await coordinator.publish_invalidation("right-behind")
+        while "right-behind" not in heard:
+            assert asyncio.get_running_loop().time() < deadline, "the notice behind was lost"
+            await asyncio.sleep(0.05)
+        assert _bugs() == before + 1
     finally:
         await coordinator.close()

@@ -217,7 +217,9 @@ class RedisCoordinator:
         replica deaf to notices without knowing it. Not a ``BackgroundLoop`` (the subscription
         blocks for as long as it lives), but failures are counted and logged as one's:
         ``broker_background_failures_total{loop="redis_listener"}``, ``kind="bug"`` for
-        anything but Redis failing, which no longer ends the listener."""
+        anything but Redis failing. A message that fails to deliver (a malformed notice, a
+        raising callback) is counted and dropped alone: the subscription stays, so no notice
+        is lost to a resubscribe."""
         delay = 0.1
         while True:
             pubsub = self._sub_client.pubsub(ignore_subscribe_messages=True)
@@ -231,7 +233,7 @@ class RedisCoordinator:
                     now = time.monotonic()
                     if message is not None:
                         heard = now
-                        self._deliver(message)
+                        self._deliver_one(message)
                     if now - heard > _SUBSCRIPTION_DEAD:
                         raise RedisConnectionError("the subscription stopped answering")
                     if now - max(heard, pinged) > _SUBSCRIPTION_PING:
@@ -253,6 +255,13 @@ class RedisCoordinator:
                 self._wake(portal_id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    def _deliver_one(self, message: dict[str, Any]) -> None:
+        try:
+            self._deliver(message)
+        except Exception:  # a bug (a callback, a malformed notice): this message only
+            metrics.BACKGROUND_FAILURES.labels(_LISTENER, metrics.FailureKind.BUG).inc()
+            log.exception("background.step_crashed", loop=_LISTENER)
 
     def _deliver(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":

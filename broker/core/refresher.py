@@ -191,12 +191,13 @@ class ProactiveRefresher:
         return self._backlog
 
     async def _slots_of_rate(self, batch: list[DueLease]) -> list[float]:
-        """The app's rate for a claim, one round trip per app: 0 for each portal that may go
-        now, else the seconds to wait (the claim's order decides who goes first)."""
+        """The app's rate for a claim, one round trip per app (all at once): 0 for each portal
+        that may go now, else the seconds to wait (the claim's order decides who goes first)."""
         apps: dict[str, int] = {}
         for due in batch:
             apps[due.key.app] = apps.get(due.key.app, 0) + 1
-        answers = {app: await self._limiter.acquire_many(app, n) for app, n in apps.items()}
+        asked = [self._limiter.acquire_many(app, count) for app, count in apps.items()]
+        answers = dict(zip(apps, await asyncio.gather(*asked), strict=True))
         waits = []
         for due in batch:
             granted, wait = answers[due.key.app]
