@@ -17,7 +17,9 @@ def _bugs() -> float:
     return REGISTRY.get_sample_value("broker_background_failures_total", labels) or 0.0
 
 
-async def test_a_failing_notice_is_counted_and_the_listener_goes_on(settings: Settings) -> None:
+def _listening(settings: Settings) -> tuple[RedisCoordinator, list[str]]:
+    """A started coordinator whose invalidation handler raises on ``poison`` and records
+    every other message it hears."""
     coordinator = RedisCoordinator(settings)
     heard: list[str] = []
 
@@ -28,6 +30,11 @@ async def test_a_failing_notice_is_counted_and_the_listener_goes_on(settings: Se
 
     coordinator.on_invalidation(handle)
     coordinator.start()
+    return coordinator, heard
+
+
+async def test_a_failing_notice_is_counted_and_the_listener_goes_on(settings: Settings) -> None:
+    coordinator, heard = _listening(settings)
     try:
         before = _bugs()
         deadline = asyncio.get_running_loop().time() + 10
@@ -47,16 +54,7 @@ async def test_a_failing_notice_is_counted_and_the_listener_goes_on(settings: Se
 async def test_a_notice_right_behind_a_failing_one_is_not_lost(settings: Settings) -> None:
     """The failing notice costs nothing but itself: the one published right behind it is
     heard on the same subscription (a resubscribe would drop it)."""
-    coordinator = RedisCoordinator(settings)
-    heard: list[str] = []
-
-    def handle(message: str) -> None:
-        if message == "poison":
-            raise ValueError("a handler bug")
-        heard.append(message)
-
-    coordinator.on_invalidation(handle)
-    coordinator.start()
+    coordinator, heard = _listening(settings)
     try:
         deadline = asyncio.get_running_loop().time() + 10
         while "ready" not in heard:  # the subscription is up
