@@ -11,16 +11,21 @@ request), about a third of a cache miss's or a refresh's CPU. Neither host needs
 that: one origin, a small body in, JSON out, no redirects, no cookies.
 
 Failures are the caller's to map: :class:`CannotConnect` (an :class:`OSError`: refused, no
-route, TLS refused; the request was not sent), any other :class:`OSError` (reset),
-:class:`TimeoutError` (the whole exchange, or the connect, took too long) and
-:class:`BadAnswer` (not HTTP, or the connection closed mid-answer). A connection that did not
-finish its exchange cleanly is never reused.
+route, TLS refused, the connect timed out, or the kept connection closed before the request
+was written; the request was not sent), any other :class:`OSError` (reset),
+:class:`TimeoutError` (the whole exchange took too long) and :class:`BadAnswer` (not HTTP, or
+the connection closed mid-answer). A connection that did not finish its exchange cleanly, or
+that the server wrote to or half-closed between exchanges, is never reused; nor is one idle
+longer than the pool's ``keepalive_expiry``. An answer with neither ``Content-Length`` nor
+chunked encoding ends when the server closes the connection; interim ``1xx`` answers are
+skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from typing import NamedTuple, cast
 from urllib.parse import SplitResult, urlsplit
 
@@ -43,6 +48,10 @@ class Answer(NamedTuple):
     headers: dict[str, str]
 
 
+#: The headers that say where an answer's body ends (else: where the connection closes).
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one exchange at a time (the pool sees to it)."""
 
@@ -53,9 +62,14 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._keep_headers = keep_headers
         self._headers: dict[str, str] = {}
+        #: Whether the answer being read says how long its body is (Content-Length, chunked);
+        #: None before its headers are complete.
+        self._framed: bool | None = None
         self.reusable = False
         #: Whether the server answered anything to the current exchange.
         self.answered = False
+        #: The loop's time when the connection went back to the pool.
+        self.idle_since = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,31 +77,67 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._answer is None:
+            # Bytes nobody asked for (a late answer, a second one): whatever comes next on
+            # this connection cannot be told apart from them.
+            self.close()
+            return
         self.answered = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(BadAnswer(f"not an HTTP answer: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(BadAnswer(f"not an HTTP answer: {exc!r}"))
+
+    def eof_received(self) -> None:
+        self.reusable = False
+        self._end_at_close()  # the transport closes itself (None returned)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
+        self._end_at_close()
         self._fail(BadAnswer("the connection closed before the answer was complete"))
+
+    def _end_at_close(self) -> None:
+        """An answer that says neither its length nor chunked ends with the connection."""
+        if self._framed is False:
+            self._framed = None
+            self._complete()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._body = []
+        self._framed = None
         if self._headers:
             self._headers = {}
+        if self._answer is None:  # a second answer in the same read: see data_received
+            self.reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._keep_headers and (name := name.lower()) in self._keep_headers:
+        name = name.lower()
+        if name in _FRAMING:
+            self._framed = True
+        if self._keep_headers and name in self._keep_headers:
             self._headers[name.decode("latin-1")] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._framed = bool(self._framed)
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self.reusable = self._parser.should_keep_alive()
+        self._framed = None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim (100 Continue, 103 Early Hints): the final answer follows.
+            self._body = []
+            self._headers = {}
+            return
+        keep = status != 101 and self._parser.should_keep_alive()
+        self.reusable = keep and self._answer is not None
+        self._complete()
+
+    def _complete(self) -> None:
         answer, self._answer = self._answer, None
         if answer is not None and not answer.done():
             status = self._parser.get_status_code()
@@ -105,10 +155,27 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None, "connected"
         assert self._answer is None, "one exchange at a time"
         self.reusable = self.answered = False
+        if self._transport.is_closing():
+            raise CannotConnect("the connection closed before the request went out")
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._answer = answer
-        self._transport.write(request)
+        try:
+            self._transport.write(request)
+        except RuntimeError as exc:  # uvloop: the transport closed under us
+            self._answer = None
+            self.close()
+            raise CannotConnect("the connection closed before the request went out") from exc
         return await answer
+
+    def usable(self, now: float, expiry: float) -> bool:
+        """Whether a pooled connection may carry the next request."""
+        transport = self._transport
+        return (
+            self.reusable
+            and transport is not None
+            and not transport.is_closing()
+            and now - self.idle_since <= expiry
+        )
 
     def close(self) -> None:
         self.reusable = False
@@ -120,10 +187,17 @@ class Http1Pool:
     """``await request(base, method, path, headers, body)`` -> :class:`Answer`, on a pooled
     connection to ``base`` (``http[s]://host[:port][/prefix]``).
 
+    At most ``limit`` requests are out at once (so at most that many connections open: the
+    others wait, within their timeout); ``keep`` connections per base stay open between
+    requests, each for at most ``keepalive_expiry`` seconds (under the server's own idle
+    timeout, so that the server rarely closes one just as a request goes out on it).
+
     ``resend_stale``: a kept connection the server closed just as the request went out (its
     idle timeout: nothing was answered) sends the request again on a new one. Right for
     Vault; not for a call that must never go out twice unknowingly (HubSpot's token
-    endpoint: the failure surfaces, outcome unknown, as httpx's did)."""
+    endpoint: the failure surfaces, outcome unknown, as httpx's did). A request that
+    provably did not go out (:class:`CannotConnect` on a kept connection) always goes again
+    on a new one."""
 
     def __init__(
         self,
@@ -131,6 +205,8 @@ class Http1Pool:
         timeout: float,
         tls: ssl.SSLContext,
         keep: int = 16,
+        limit: int = 100,
+        keepalive_expiry: float = 5.0,
         connect_timeout: float | None = None,
         resend_stale: bool = True,
         keep_headers: tuple[str, ...] = (),
@@ -139,9 +215,12 @@ class Http1Pool:
         self._connect_timeout = connect_timeout or timeout
         self._tls = tls
         self._keep = keep
+        self._slots = asyncio.Semaphore(limit)
+        self._expiry = keepalive_expiry
         self._resend_stale = resend_stale
         self._keep_headers = frozenset(name.lower().encode("latin-1") for name in keep_headers)
-        self._idle: dict[str, list[_Connection]] = {}
+        #: Per base, oldest first.
+        self._idle: dict[str, deque[_Connection]] = {}
         self._targets: dict[str, SplitResult] = {}
 
     def _target(self, base: str) -> SplitResult:
@@ -159,30 +238,43 @@ class Http1Pool:
         if body is not None:
             head.append(f"Content-Length: {len(body)}")
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
-        async with asyncio.timeout(self._timeout):
+        async with asyncio.timeout(self._timeout), self._slots:
             while True:
                 connection, reused = await self._connection(base, target)
                 try:
                     return await connection.exchange(request)
+                except CannotConnect:
+                    if not reused:
+                        raise  # a kept connection closing under us: try a new one
                 except BadAnswer:
                     # A kept connection the server closed just now (its idle timeout): the
                     # request never reached it, so it may go again on a new connection.
                     if not (self._resend_stale and reused) or connection.answered:
                         raise
                 finally:
-                    idle = self._idle.setdefault(base, [])
-                    if connection.reusable and len(idle) < self._keep:
-                        idle.append(connection)
-                    else:
-                        connection.close()
+                    self._release(base, connection)
+
+    def _release(self, base: str, connection: _Connection) -> None:
+        idle = self._idle.setdefault(base, deque())
+        if connection.reusable and len(idle) < self._keep:
+            connection.idle_since = asyncio.get_running_loop().time()
+            idle.append(connection)
+        else:
+            connection.close()
 
     async def _connection(self, base: str, target: SplitResult) -> tuple[_Connection, bool]:
         """A kept connection to ``base`` (True) or a new one (False)."""
         idle = self._idle.get(base)
-        while idle:
-            connection = idle.pop()
-            if connection.reusable:
-                return connection, True
+        if idle:
+            now = asyncio.get_running_loop().time()
+            while idle:
+                connection = idle.pop()  # the most recently used
+                if connection.usable(now, self._expiry):
+                    return connection, True
+                connection.close()
+                # The older ones have been idle longer still.
+                while idle and not idle[0].usable(now, self._expiry):
+                    idle.popleft().close()
         secure = target.scheme == "https"
         host = target.hostname or "localhost"
         port = target.port or (443 if secure else 80)
@@ -195,9 +287,7 @@ class Http1Pool:
                     ssl=self._tls if secure else None,
                     server_hostname=host if secure else None,
                 )
-        except TimeoutError:
-            raise
-        except OSError as exc:  # ssl.SSLError is one
+        except OSError as exc:  # ssl.SSLError and the connect's TimeoutError are ones
             raise CannotConnect(f"cannot connect ({type(exc).__name__})") from exc
         return connection, False
 

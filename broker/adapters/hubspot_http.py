@@ -86,6 +86,10 @@ class HubSpotHttp:
                 connect_timeout=connect,
                 tls=tls.context(settings.ca_bundle),
                 keep=connections,
+                limit=connections,  # as many as the httpx clients had between them
+                # HubSpot's edge closes idle connections after a few seconds: stop reusing
+                # one before it does (httpx kept them 5 s).
+                keepalive_expiry=4.0,
                 resend_stale=False,  # a refresh must never go out twice unknowingly
                 keep_headers=("retry-after",),
             )
@@ -111,7 +115,8 @@ class HubSpotHttp:
 
     async def send(self, method: str, path: str, form: dict[str, str] | None = None) -> Reply:
         if self._lean is not None:
-            headers = {"User-Agent": _AGENT}
+            # identity: the lean client does not decompress (httpx did, and asked for it)
+            headers = {"User-Agent": _AGENT, "Accept-Encoding": "identity"}
             body = None
             if form is not None:
                 headers["Content-Type"] = _FORM

@@ -3,14 +3,17 @@
 By default the public CAs that httpx ships with (certifi). ``BROKER_CA_BUNDLE`` adds a PEM
 bundle of private CAs on top of those — for a TLS-inspecting egress proxy in front of HubSpot,
 or receivers and issuers signed by a company CA — rather than replacing them, so HubSpot keeps
-working when the bundle holds only the company's CA. A per-issuer ``ca_file`` (JWKS,
-TokenReview) still trusts exactly that file.
+working when the bundle holds only the company's CA. ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``,
+when set (the OpenSSL variables httpx honoured), add their CAs the same way. A per-issuer
+``ca_file`` (JWKS, TokenReview) still trusts exactly that file.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from functools import cache
+from pathlib import Path
 
 import certifi
 
@@ -19,14 +22,26 @@ import certifi
 def _context(ca_bundle: str, only: bool) -> ssl.SSLContext:
     if only:
         return ssl.create_default_context(cafile=ca_bundle)
-    context = ssl.create_default_context(cafile=certifi.where())
+    context = _public_cas()
     context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
+def _public_cas() -> ssl.SSLContext:
+    """certifi's CAs, plus ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when they name a file/folder
+    (ignored otherwise, as httpx did)."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile and Path(cafile).is_file():
+        context.load_verify_locations(cafile=cafile)
+    if capath and Path(capath).is_dir():
+        context.load_verify_locations(capath=capath)
     return context
 
 
 @cache
 def _public() -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=certifi.where())
+    return _public_cas()
 
 
 def context(ca_bundle: str = "") -> ssl.SSLContext:

@@ -86,7 +86,10 @@ class VaultBase:
         # BROKER_VAULT_CACERT alone, else the public CAs (as hvac trusts).
         trusted = tls.verify(ca_file=settings.vault_cacert or certifi.where())
         assert not isinstance(trusted, bool)
-        self._http = Http1Pool(timeout=settings.vault_timeout, tls=trusted)
+        # Vault closes a connection idle for 5 minutes (its listener's http_idle_timeout); a
+        # load balancer in front of it may sooner. A kept connection closed just as a request
+        # goes out sends that request again (resend_stale), so the expiry only spares that.
+        self._http = Http1Pool(timeout=settings.vault_timeout, tls=trusted, keepalive_expiry=30.0)
 
     # --- the node list ----------------------------------------------------------------------
     def _leave(self, used: int) -> None:
