@@ -50,6 +50,17 @@ async def _migrated_up_to(url: str, version: int) -> None:
         await conn.close()
 
 
+async def _waiting_for_portals(conn: asyncpg.Connection) -> None:
+    """Until a lock request on portals waits (the migration's)."""
+    for _ in range(1000):
+        if await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'portals'::regclass"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nothing waited for portals' lock")
+
+
 def test_a_migration_behind_a_long_transaction_gives_way_then_applies(
     empty_database: str,
 ) -> None:
@@ -70,10 +81,7 @@ def test_a_migration_behind_a_long_transaction_gives_way_then_applies(
             # meanwhile is served (it queued behind one 0.2 s wait at most, not for as long as
             # the long transaction lasts).
             migrating = asyncio.create_task(migrate(runner, lock_timeout=0.2, attempts=50))
-            while not await holder.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'portals'::regclass"
-            ):
-                await asyncio.sleep(0.01)
+            await _waiting_for_portals(holder)
             await reader.execute("SET lock_timeout = '5s'")
             assert await reader.fetchval("SELECT count(*) FROM portals") == 0
             await long_tx.commit()

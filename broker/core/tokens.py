@@ -173,9 +173,7 @@ class TokenService:
         Postgres). A private app's static token does not count: it never expires, so it
         would keep a replica Ready forever while its OAuth tokens run out."""
         now = time.monotonic()
-        return any(
-            USEFUL_SECONDS <= e.expires_local - now < math.inf for e in self._cache.values()
-        )
+        return any(USEFUL_SECONDS <= e.expires_local - now < math.inf for e in self._cache.values())
 
     async def prewarm(self, limit: int, *, within_seconds: float = 900.0) -> int:
         """Load the tokens of the ``limit`` portals served most in the last

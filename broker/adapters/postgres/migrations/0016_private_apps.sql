@@ -28,3 +28,8 @@ ALTER TABLE portals ADD CONSTRAINT portals_private_app_static
     CHECK (token_kind = 'oauth'
            OR (refresh_ct IS NULL AND access_ct IS NULL AND refresh_after IS NULL))
     NOT VALID;
+
+-- A revoked private app's token still to be destroyed in Vault KV (Vault was down when the
+-- portal was revoked): a pending_revocations row without a refresh token, retried by the
+-- same background loop as HubSpot's revocations until Vault confirms. A small table.
+ALTER TABLE pending_revocations ALTER COLUMN refresh_ct DROP NOT NULL;
