@@ -40,7 +40,7 @@ from hubspot_token_broker_client import (
 from hubspot_token_broker_client._errors import error_from_response
 
 from broker.app import open_admin
-from broker.config import load_settings
+from broker.config import Secret, load_settings
 from broker.core.models import Role
 from broker.dev.simulator import Simulator
 from tests.helpers import Deploy, Deployment, deployed, grant_gateway, sql
@@ -182,6 +182,28 @@ async def test_tasks_asking_for_one_portal_share_one_request(deployment: Deploym
         assert await client.token(HUB) is results[0]
         assert transport.requests == 1
     assert deployment.sim.counters()["token.refresh_token"] == 1
+
+
+async def test_a_static_token_is_cached_at_the_default_min_ttl(
+    deployment: Deployment, counting: Counting
+) -> None:
+    """A private app's token is re-asked for after STATIC_TOKEN_SECONDS (300), the default
+    min_ttl is 300 too: the cache must still serve it until then, in both clients."""
+    pat = deployment.sim.create_private_app_token(OTHER_HUB)
+    async with open_admin(deployment.settings) as svc:
+        await svc.private_apps.add("priv", OTHER_HUB, Secret(pat), scopes=[], actor="test")
+        key = (await svc.callers.create("priv-reader", apps=["priv"], actor="test")).secret
+    with BrokerClient(deployment.url, key, app="priv", transport=counting) as client:
+        first = client.token(OTHER_HUB)
+        assert (first.access_token, first.static) == (pat, True)
+        assert client.token(OTHER_HUB) is first
+        assert client.token(OTHER_HUB, min_ttl=1500) is first  # it never expires
+    assert counting.requests == 1
+    transport = AsyncCounting()
+    async with AsyncBrokerClient(deployment.url, key, app="priv", transport=transport) as aclient:
+        first = await aclient.token(OTHER_HUB)
+        assert await aclient.token(OTHER_HUB) is first
+    assert transport.requests == 1
 
 
 def test_credentials_callable_is_read_for_every_request(

@@ -6,6 +6,7 @@ samples and never a hub_id label or a token."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -17,8 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.app import create_app
-from broker.config import load_settings
+from broker.app import create_app, open_admin
+from broker.config import Secret, load_settings
 from broker.dev.simulator import Simulator
 from tests.chaos.cluster import Replica, start_replica
 from tests.dedicated_openbao import dedicated_openbao
@@ -118,6 +119,35 @@ def postgres_proxy(database_url: str) -> Iterator[tuple[FaultProxy, str]]:
         yield proxy, proxied
     finally:
         proxy.close()
+
+
+def test_a_cached_private_app_token_does_not_keep_a_replica_ready(
+    env: dict[str, str], sim: Simulator, postgres_proxy: tuple[FaultProxy, str]
+) -> None:
+    """A private app's static token never expires: counting it, a replica with PostgreSQL
+    down would stay Ready forever while its OAuth tokens (here: none) run out."""
+    proxy, proxied_db = postgres_proxy
+    settings = load_settings({**env, "BROKER_DATABASE_URL": proxied_db})
+    sim.add_portal(HUB)
+    pat = sim.create_private_app_token(HUB)
+
+    async def seed() -> str:
+        async with open_admin(settings) as svc:
+            await svc.private_apps.add("priv", HUB, Secret(pat), scopes=[], actor="test")
+            return (await svc.callers.create("reader", apps=["priv"], actor="test")).secret
+
+    key = asyncio.run(seed())
+    with serve_app(create_app(settings)) as url:
+        answer = httpx.get(
+            f"{url}/v1/portals/{HUB}/token",
+            params={"app": "priv"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert answer.json()["access_token"] == pat  # cached now
+        proxy.set("down")
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert (ready.status_code, ready.json()["reason"]) == (503, "postgres_unavailable")
+        proxy.set("pass")
 
 
 def _ready(replica: Replica) -> tuple[int, dict[str, object]]:

@@ -10,9 +10,11 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from hubspot_token_broker_client import BrokerClient
@@ -24,8 +26,10 @@ from broker.app import create_app, open_admin
 from broker.config import Secret, Settings, load_settings
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
-from broker.errors import NotFound
+from broker.dev.stack import BackendUrls
+from broker.errors import AppKindMismatch, NotFound
 from tests.chaos.cluster import Replica, start_replica
+from tests.faultproxy import FaultProxy
 from tests.helpers import admin_key, register, run_broker, serve_app, sql
 
 HUB = 7_700_001
@@ -195,6 +199,87 @@ def test_portals_revoke_stops_serving_and_destroys_it_in_vault(
     # Adding it again serves it again (as a re-install does).
     _add(settings, pat)
     assert _token(served, key).json()["access_token"] == pat
+
+
+def test_removal_with_vault_down_is_pending_then_destroyed_in_the_background(
+    settings: Settings, sim: Simulator, backends: BackendUrls
+) -> None:
+    """The portal stops being served at once; the token's destroy is owed durably and the
+    revocation retrier does it once Vault answers again."""
+    sim.add_portal(HUB)
+    pat = sim.create_private_app_token(HUB)
+    _add(settings, pat)
+    vault = httpx.URL(backends.vault_addr)
+    proxy = FaultProxy(vault.host, vault.port or 8200)
+    proxied = replace(settings, vault_addr=f"http://127.0.0.1:{proxy.port}", vault_timeout=1.0)
+    try:
+        with serve_app(create_app(proxied)) as url:
+            proxy.set("down")
+            removed = httpx.delete(
+                f"{url}/v1/admin/apps/{APP}/private/{HUB}",
+                headers={"Authorization": f"Bearer {admin_key(settings)}"},
+                timeout=30,
+            )
+            assert removed.status_code == 200, removed.text
+            assert (removed.json()["state"], removed.json()["upstream"]) == ("revoked", "pending")
+            assert _stored(settings) == pat  # Vault was down: not destroyed yet
+            (owed,) = sql(settings, "SELECT refresh_ct FROM pending_revocations")
+            assert owed["refresh_ct"] is None
+            proxy.set("pass")
+            deadline = time.monotonic() + 20  # retried after 1-2 s, the loop runs every 5 s
+            while _stored(settings) is not None:
+                assert time.monotonic() < deadline, "the destroy was never retried"
+                time.sleep(0.2)
+            assert sql(settings, "SELECT id FROM pending_revocations") == []
+    finally:
+        proxy.close()
+    # Added again after a removal: served, and no destroy is owed any more.
+    _add(settings, pat)
+    assert _stored(settings) == pat
+
+
+def test_adding_a_private_app_that_lost_the_race_leaves_nothing_in_vault(
+    settings: Settings, sim: Simulator
+) -> None:
+    """An OAuth app of the same slug is registered while the token goes to Vault: the add
+    answers the conflict and the token it wrote is deleted again."""
+    sim.add_portal(HUB)
+    pat = sim.create_private_app_token(HUB)
+
+    async def race() -> None:
+        other = await asyncpg.connect(settings.database_url.get())
+        # Out of any transaction: pg_stat_activity is read once per transaction.
+        watcher = await asyncpg.connect(settings.database_url.get())
+        try:
+            registering = other.transaction()
+            await registering.start()
+            await other.execute(
+                "INSERT INTO apps (slug, client_id, redirect_uri) "
+                "VALUES ($1, 'x', 'https://a.example/cb')",
+                APP,
+            )
+            async with open_admin(settings) as svc:
+                adding = asyncio.create_task(
+                    svc.private_apps.add(APP, HUB, Secret(pat), scopes=[], actor="test")
+                )
+                # The add checked the app (none yet), wrote Vault, and waits on the insert.
+                for _ in range(1000):
+                    waiting = await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE '%INSERT INTO apps%'"
+                    )
+                    if waiting or adding.done():
+                        break
+                    await asyncio.sleep(0.01)
+                await registering.commit()
+                with pytest.raises(AppKindMismatch):
+                    await adding
+        finally:
+            await other.close()
+            await watcher.close()
+
+    asyncio.run(race())
+    assert _stored(settings) is None
 
 
 def test_management_api_authz_audit_and_kinds(

@@ -8,8 +8,12 @@ service. What each portal is for is listed at the top of test/client.test.ts.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from broker.app import open_admin
+from broker.config import Secret
 from broker.dev.simulator import Simulator
 from tests import typescript
 from tests.helpers import Deploy, Deployment, sql
@@ -17,7 +21,7 @@ from tests.helpers import Deploy, Deployment, sql
 pytestmark = typescript.needs_node
 
 CAP = 1200
-HUB, HUB_SHORT, HUB_AUTH, HUB_REVOKED, HUB_DEAD = range(6_500_001, 6_500_006)
+HUB, HUB_SHORT, HUB_AUTH, HUB_REVOKED, HUB_DEAD, HUB_PRIVATE = range(6_500_001, 6_500_007)
 
 
 @pytest.fixture
@@ -43,7 +47,21 @@ def deployment(deploy: Deploy, sim: Simulator) -> Deployment:
     return d
 
 
+def _private_app(deployment: Deployment) -> str:
+    """The private app ``priv`` of HUB_PRIVATE; returns a caller key that reads it."""
+    deployment.sim.add_portal(HUB_PRIVATE)
+    pat = Secret(deployment.sim.create_private_app_token(HUB_PRIVATE))
+
+    async def add() -> str:
+        async with open_admin(deployment.settings) as svc:
+            await svc.private_apps.add("priv", HUB_PRIVATE, pat, scopes=[], actor="test")
+            return (await svc.callers.create("priv-reader", apps=["priv"], actor="test")).secret
+
+    return asyncio.run(add())
+
+
 def test_typescript_client_against_a_real_broker(deployment: Deployment) -> None:
+    private_key = _private_app(deployment)
     output = typescript.node_test(
         {
             "BROKER_URL": deployment.url,
@@ -56,6 +74,8 @@ def test_typescript_client_against_a_real_broker(deployment: Deployment) -> None
             "HUB_AUTH": str(HUB_AUTH),
             "HUB_REVOKED": str(HUB_REVOKED),
             "HUB_DEAD": str(HUB_DEAD),
+            "HUB_PRIVATE": str(HUB_PRIVATE),
+            "BROKER_KEY_PRIVATE": private_key,
         }
     )
     assert "min_ttl cap is learned" in output

@@ -9,7 +9,11 @@ refresh token; if it cannot be reached, ``pending_revocations`` keeps the cipher
 
 A private app's portal (``broker.core.private_apps``) has no refresh token and HubSpot no API
 to revoke its token: revoking it stops serving it on every replica and destroys it in Vault
-(upstream ``not_applicable``; killing it at HubSpot is a rotation in HubSpot's UI).
+(upstream ``not_applicable``; killing it at HubSpot is a rotation in HubSpot's UI). The
+destroy is owed durably like an upstream revoke: the revocation's commit queues it in
+``pending_revocations`` (a row without a refresh token); when Vault is down the answer is
+``pending`` and the retrier destroys it once Vault is back, unless the app was added again
+meanwhile (then the re-add dropped the row, or the retrier finds the portal serving).
 """
 
 from __future__ import annotations
@@ -94,10 +98,6 @@ class PortalOperations:
         record = outcome.record
         await self._invalidations.publish(key)
         self._audit.record("portal.revoked", actor=actor, key=key, reason=reason)
-        if record.private:  # after the commit: a failure here leaves it unserved, retryable
-            await self._private_tokens.delete_private_app_token(key)
-            log.info("revoke.private_app_destroyed", portal=str(key))
-            return Revocation(record, "not_applicable")
         if outcome.pending is None:
             return Revocation(record, "already_revoked")
         try:
@@ -105,18 +105,21 @@ class PortalOperations:
         except UpstreamError as exc:
             log.warning("revoke.upstream_pending", portal=str(key), code=exc.code)
             return Revocation(record, "pending")
-        return Revocation(record, "revoked")
+        return Revocation(record, "not_applicable" if record.private else "revoked")
 
     async def _attempt(self, pending: PendingRevocation) -> None:
         key = pending.key
         try:
-            app = await self._apps.get(key.app)
-            (refresh_token,) = await self._cipher.decrypt(
-                [(pending.refresh_ct, key.context("refresh"))]
-            )
-            await self._oauth.revoke(
-                app, await self._secrets.client_secrets(key.app), refresh_token
-            )
+            if pending.refresh_ct is None:
+                await self._destroy_private(key)
+            else:
+                app = await self._apps.get(key.app)
+                (refresh_token,) = await self._cipher.decrypt(
+                    [(pending.refresh_ct, key.context("refresh"))]
+                )
+                await self._oauth.revoke(
+                    app, await self._secrets.client_secrets(key.app), refresh_token
+                )
         except BrokerError as exc:  # HubSpot or a backend down, or an undecryptable token
             retry_in = min(300.0, JITTER.uniform(1.0, 2.0 ** min(pending.attempts + 1, 9)))
             await self._revocations.revocation_failed(pending.id, exc.code, retry_in)
@@ -125,6 +128,16 @@ class PortalOperations:
         await self._revocations.revocation_done(pending.id)
         metrics.UPSTREAM_REVOKES.labels(metrics.RevokeResult.REVOKED).inc()
         log.info("revoke.upstream_done", portal=str(key))
+
+    async def _destroy_private(self, key: PortalKey) -> None:
+        """Destroy a revoked private app's token in Vault, unless it was added again since
+        (then the token there is the new one, served)."""
+        record = await self._portals.get_portal(key)
+        if record is not None and record.revoked_at is None:
+            log.info("revoke.private_app_readded", portal=str(key))
+            return
+        await self._private_tokens.delete_private_app_token(key)
+        log.info("revoke.private_app_destroyed", portal=str(key))
 
     async def retry_due(self, limit: int = 50) -> int:
         done = 0

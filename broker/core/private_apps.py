@@ -10,7 +10,8 @@ get the old or the new token during the rotation and the new one after it, never
 
 Removal is the portal's revocation (:meth:`~broker.core.operations.PortalOperations.revoke`):
 HubSpot has no API to revoke a private-app token, so the broker stops serving it on every
-replica and destroys it in Vault; killing it at HubSpot is a rotation in HubSpot's UI.
+replica and destroys it in Vault (durably: retried in the background while Vault is down);
+killing it at HubSpot is a rotation in HubSpot's UI.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class PrivateApps:
         # and a portal row never points at a token that is not there.
         await self._store.put_private_app_token(key, token)
         if await self._private.save_private_app(slug, hub_id) is None:  # registered meanwhile
+            # Not this hub's private app: nothing serves that path, and the token written
+            # there must not stay in Vault. The answer is the conflict either way.
+            try:
+                await self._store.delete_private_app_token(key)
+            except BrokerError as exc:
+                log.warning("private_app.add_cleanup_failed", portal=str(key), code=exc.code)
             raise _not_this_private_app(slug, hub_id)
         record = await self._private.put_private_portal(
             key, scopes=scopes, fingerprint=await self._print(token), actor=actor

@@ -169,9 +169,11 @@ class TokenService:
             await asyncio.wait(list(self._inflight.values()), timeout=timeout)
 
     def serves_cached(self) -> bool:
-        """Whether any cached token could still be served (readiness without Postgres)."""
+        """Whether any cached OAuth token could still be served (readiness without
+        Postgres). A private app's static token does not count: it never expires, so it
+        would keep a replica Ready forever while its OAuth tokens run out."""
         now = time.monotonic()
-        return any(e.expires_local - now >= USEFUL_SECONDS for e in self._cache.values())
+        return any(USEFUL_SECONDS <= e.expires_local - now < math.inf for e in self._cache.values())
 
     async def prewarm(self, limit: int, *, within_seconds: float = 900.0) -> int:
         """Load the tokens of the ``limit`` portals served most in the last

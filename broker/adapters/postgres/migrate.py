@@ -3,22 +3,35 @@
 Safe when several replicas start at once: the whole run holds a transaction-scoped advisory
 lock, so one replica applies and the others wait, then find nothing left to do. Each
 migration's checksum is recorded; an applied file that changed afterwards is an error.
+
+A migration that alters a busy table needs its ACCESS EXCLUSIVE lock, and while it waits for
+a long transaction every new reader of that table queues behind it. So the run waits at most
+``lock_timeout`` seconds for a table lock (not for the advisory lock: other replicas' runs
+are waited for), then rolls back, lets the queue drain and tries again, ``attempts`` times.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+import structlog
 
 from broker.errors import FatalError
+
+log = structlog.get_logger(__name__)
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 # Any constant shared by every replica: "htb-migrate" as a 63-bit integer.
 _LOCK_ID = int.from_bytes(hashlib.sha256(b"htb-migrate").digest()[:8], "big") >> 1
+#: Longest wait for a table's lock (readers of that table queue behind the wait), and how
+#: many times the run is tried before it gives up.
+LOCK_TIMEOUT = 10.0
+LOCK_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +54,37 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: Connection) -> list[Migration]:
-    """Apply pending migrations in one transaction; returns what was applied."""
+async def migrate(
+    conn: Connection, *, lock_timeout: float = LOCK_TIMEOUT, attempts: int = LOCK_ATTEMPTS
+) -> list[Migration]:
+    """Apply pending migrations in one transaction; returns what was applied. A table lock
+    not granted within ``lock_timeout`` seconds rolls the run back; it is tried ``attempts``
+    times, ``lock_timeout`` apart."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _migrate_once(conn, lock_timeout)
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "migrate.lock_timeout",
+                attempt=attempt,
+                attempts=attempts,
+                lock_timeout_seconds=lock_timeout,
+            )
+            if attempt < attempts:
+                await asyncio.sleep(lock_timeout)
+    raise FatalError(
+        f"migrations waited {attempts} times {lock_timeout:g} s for a table lock: a long "
+        "transaction holds it (see pg_stat_activity)",
+        code="migration_lock_timeout",
+    )
+
+
+async def _migrate_once(conn: Connection, lock_timeout: float) -> list[Migration]:
     applied_now: list[Migration] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+        # After the advisory lock: another replica's run is waited for as long as it takes.
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
                    version integer PRIMARY KEY,

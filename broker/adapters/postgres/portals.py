@@ -24,7 +24,7 @@ from broker.adapters.postgres.rows import (
     key_of,
     portal_of,
 )
-from broker.core.models import PortalKey, PortalRecord, PortalState
+from broker.core.models import PRIVATE_APP, PortalKey, PortalRecord, PortalState
 from broker.core.ports import EncryptedGrant, PendingRevocation, RevokedPortal, StoppedPortals
 
 
@@ -133,19 +133,24 @@ class PostgresPortals(AppRows, LeaseRows, RevocationRows, RewrapRows, PrivateApp
     async def revoke(self, key: PortalKey, *, reason: str, actor: str) -> RevokedPortal | None:
         """Revoke locally in one transaction: shred the ciphertexts (the portal's columns and
         its ``token_journal`` rows), keep the refresh token's ciphertext (and those of
-        unapplied journal rows) in ``pending_revocations`` for the upstream revoke. Returns
+        unapplied journal rows) in ``pending_revocations`` for the upstream revoke (a private
+        app's portal: a row without one, for the destroy of its token in Vault). Returns
         the record and the pending revocation — None when already revoked — or None
         when the portal does not exist. The pending row starts claimed for 60 s: the caller
         tries at once; the journal's rows are due at once, for the retrier."""
         async with self._db.transaction() as conn:
             current = await conn.fetchrow(
-                f"SELECT id, state, refresh_ct FROM portals WHERE {IDENTITY} FOR UPDATE",
+                f"""SELECT id, state, refresh_ct, token_kind FROM portals
+                    WHERE {IDENTITY} FOR UPDATE""",
                 *key_args(key),
             )
             if current is None:
                 return None
             pending: PendingRevocation | None = None
-            if current["state"] != PortalState.REVOKED and current["refresh_ct"] is not None:
+            # A private app's token is owed a destroy in Vault KV (no refresh token).
+            if current["state"] != PortalState.REVOKED and (
+                current["refresh_ct"] is not None or current["token_kind"] == PRIVATE_APP
+            ):
                 pending_id = await conn.fetchval(
                     """INSERT INTO pending_revocations
                            (app, hub_id, user_id, refresh_ct, next_attempt_at)

@@ -60,6 +60,13 @@ class PrivateAppRows:
             )
             # The app is private (checked before), so its rows are private_app rows.
             assert row is not None
+            # A destroy still owed from a revocation would now destroy the token just added.
+            await conn.execute(
+                """DELETE FROM pending_revocations
+                   WHERE app = $1 AND hub_id = $2 AND refresh_ct IS NULL""",
+                key.app,
+                key.hub_id,
+            )
             await insert_event(conn, "portal.installed", key, {"scopes": list(scopes)})
             return portal_of(row)
 

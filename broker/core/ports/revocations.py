@@ -1,4 +1,5 @@
-"""Revocations owed to HubSpot, retried until it confirms."""
+"""Revocations owed to HubSpot, retried until it confirms; and private apps' tokens owed a
+destroy in Vault KV, retried until Vault confirms."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from broker.core.models import PortalKey
 
 @dataclass(frozen=True, slots=True)
 class PendingRevocation:
-    """A refresh token owed an upstream revoke (its ciphertext), and the attempts so far."""
+    """A refresh token owed an upstream revoke (its ciphertext), and the attempts so far.
+    ``refresh_ct`` None: the portal is a private app's, its token owed a destroy in Vault."""
 
     id: int
     key: PortalKey
-    refresh_ct: str
+    refresh_ct: str | None
     attempts: int
 
 

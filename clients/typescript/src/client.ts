@@ -9,7 +9,7 @@ import {
   errorFromProblem,
   errorFromTransport,
 } from "./errors.js";
-import { AccessToken, lifetimeOf, parseTokenBody } from "./token.js";
+import { AccessToken, STATIC_KIND, lifetimeOf, parseTokenBody } from "./token.js";
 
 /** The caller key, or a function returning it, called before every request to the broker. */
 export type Credentials = string | (() => string | Promise<string>);
@@ -63,6 +63,9 @@ class Entry {
   ) {}
 
   satisfies(minTtl: number): boolean {
+    // A static token (a private app's) does not expire: its deadline is only when to ask
+    // the broker again, so until then it has any minTtl left.
+    if (this.token.tokenKind === STATIC_KIND) return this.deadline > performance.now();
     return this.deadline - performance.now() >= minTtl * 1000;
   }
 }

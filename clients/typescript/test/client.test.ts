@@ -10,6 +10,8 @@
  *   HUB_SHORT                  installed with a 600 s token (refreshes give 1800 s)
  *   HUB_AUTH                   installed with a token just under MIN_TTL_MAX
  *   HUB_REVOKED, HUB_DEAD      revoked; grant killed at HubSpot with the token expired
+ *   HUB_PRIVATE                the private app `priv`'s portal (a static token), read
+ *                              with BROKER_KEY_PRIVATE
  *
  * Requests to the broker are counted by wrapping the real fetch, so "served from the cache"
  * means "no request left this process".
@@ -146,6 +148,17 @@ test("a token is fetched once, then served from the cache", async () => {
   broker.invalidate(HUB);
   assert.equal((await broker.token(HUB)).accessToken, token.accessToken);
   assert.equal(counted.requests, 2);
+});
+
+test("a private app's static token is served from the cache at the default minTtl", async () => {
+  const counted = new Counted();
+  const broker = client(counted, { credentials: env("BROKER_KEY_PRIVATE"), app: "priv" });
+  const hub = Number(env("HUB_PRIVATE"));
+  const token = await broker.token(hub);
+  assert.equal(token.tokenKind, "private_app");
+  assert.equal(await broker.token(hub), token); // re-asked only after STATIC_TOKEN_SECONDS
+  assert.equal(await broker.token(hub, { minTtl: 1000 }), token); // it does not expire
+  assert.equal(counted.requests, 1);
 });
 
 test("concurrent callers of one portal share one request", async () => {

@@ -29,6 +29,10 @@ class Entry:
     """``time.monotonic()`` at which the token expires, at the latest."""
 
     def satisfies(self, min_ttl: float) -> bool:
+        # A static token (a private app's) does not expire: its deadline is only when to ask
+        # the broker again, so until then it has any min_ttl left.
+        if self.token.static:
+            return self.deadline > time.monotonic()
         return self.deadline - time.monotonic() >= min_ttl
 
 
