@@ -53,11 +53,13 @@ def test_bench_smoke(backends: BackendUrls, sim: Simulator, sim_url: str, tmp_pa
         "cached_token_bytes",
         "gateway_added_p50_ms",
         "gateway_added_p99_ms",
+        "gateway_rps_50",
     ]
     assert float(figures["hot_path_p99_ms"]) > 0
     assert float(figures["refresh_cpu_ms"]) > 0
     assert float(figures["refreshes_per_s_replica"]) > 0
     assert float(figures["cold_path_rps_50"]) > 0
+    assert float(figures["gateway_rps_50"]) > 0
     # An RSS delta over 200 tokens is noise-sized: only its presence is checked here.
     assert re.fullmatch(r"-?[0-9.e+]+", figures["cached_token_bytes"]), figures
     # Concurrent misses share Transit batches: fewer calls than misses even at smoke size.
