@@ -38,6 +38,7 @@ async def _seed(
             roles=[Role.TOKENS_READ.value, Role.PORTALS_ADMIN.value],
             actor="dev",
         )
+        await ctx.callers.set_gateway(caller.caller.name, hubspot_paths=["/crm/"], actor="dev")
         link = await ctx.install_links.mint(DEMO_APP, actor="dev")
     return caller.secret, link.url
 
@@ -63,6 +64,10 @@ hubspot-token-broker is running: the internal API on {broker_url}, the install f
 3. Use the token at the simulator's HubSpot API:
      TOKEN=$(curl -s -H {auth} {token_url} | {extract})
      curl -s -H "Authorization: Bearer $TOKEN" {sim_url}/crm/v3/objects/contacts
+
+4. Or let the broker call HubSpot for the service (the token never leaves the broker; the
+   demo service may use paths under /crm/, within the portal's shared rate budget):
+     curl -s -H {auth} {broker_url}/v1/portals/{DEMO_HUB}/hubspot/crm/v3/objects/contacts
 
 Also: {broker_url}/readyz  {broker_url}/metrics   Ctrl-C stops everything.
 """
