@@ -32,6 +32,7 @@ from urllib.parse import urlencode, urlsplit
 
 from broker.config import MAX_INSTALL_LINK_TTL, Settings
 from broker.core.apps import AppCatalog
+from broker.core.install_state import destination_ok
 from broker.core.models import InstallLinkRecord, PortalKey
 from broker.core.ports import AuditSink, InstallLinkStore
 from broker.core.signing import Keyring, Purpose
@@ -126,9 +127,7 @@ def _claims(data: object) -> LinkClaims | None:
         return None
     if type(iat) is not int or type(exp) is not int:
         return None
-    if return_to is not None and not isinstance(return_to, str):
-        return None
-    if hub_id is not None and type(hub_id) is not int:
+    if not destination_ok(return_to, hub_id):
         return None
     return LinkClaims(link_id, app, iat, exp, return_to, hub_id)
 
