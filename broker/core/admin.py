@@ -110,7 +110,7 @@ class SavedApp:
     created: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class AdminService:
     portals: PortalRepository
     apps: AppRepository

@@ -40,7 +40,7 @@ log = structlog.get_logger(__name__)
 _MIN_TTL = 60
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Gateway:
     settings: Settings
     _: KW_ONLY

@@ -143,7 +143,7 @@ class InstallLink:
         return {"url": self.url, "expires_at": self.expires_at.isoformat(), "id": self.id}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class InstallLinks:
     """Mints, verifies, lists and revokes install links for operators (CLI, admin API);
     minting and revoking are audited with the operator's name."""

@@ -42,7 +42,7 @@ TOKEN_MAX = 4096
 OLD_EXPIRES_MAX = 90 * 86_400
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class PrivateApps:
     portals: PortalRepository
     apps: AppRepository
