@@ -87,6 +87,17 @@ def _retry_after(response: Reply) -> float | None:
         return None  # HTTP-date form: not used by HubSpot; fall back to our own backoff
 
 
+def _token_form(app: App, secret: Secret, token: str, hint: str) -> dict[str, str]:
+    """The form of a revocation and of an introspection: the app's credentials and the
+    token with its type hint (RFC 7009, RFC 7662)."""
+    return {
+        "client_id": app.client_id,
+        "client_secret": secret.get(),
+        "token": token,
+        "token_type_hint": hint,
+    }
+
+
 def _classify(response: Reply, *, grant_type: str) -> HubSpotError | InstallFailed:
     """Map a non-200 answer of the token endpoint to the broker's failure classes."""
     status = response.status_code
@@ -244,12 +255,7 @@ class HubSpotOAuth:
             raise error
         last: BrokerError | None = None
         for secret in secrets:
-            form = {
-                "client_id": app.client_id,
-                "client_secret": secret.get(),
-                "token": refresh_token,
-                "token_type_hint": "refresh_token",
-            }
+            form = _token_form(app, secret, refresh_token, "refresh_token")
             response = await self._post("revoke", f"/oauth/{app.api_version}/token/revoke", form)
             if response.status_code in (200, 204):
                 return
@@ -261,12 +267,7 @@ class HubSpotOAuth:
 
     async def introspect(self, app: App, secret: Secret, access_token: str) -> TokenInfo:
         version = "2026-03" if app.api_version == "v1" else app.api_version
-        form = {
-            "client_id": app.client_id,
-            "client_secret": secret.get(),
-            "token": access_token,
-            "token_type_hint": "access_token",
-        }
+        form = _token_form(app, secret, access_token, "access_token")
         response = await self._post("introspect", f"/oauth/{version}/token/introspect", form)
         if response.status_code != 200:
             raise _classify(response, grant_type="introspect")

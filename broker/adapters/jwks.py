@@ -37,6 +37,33 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimsPolicy:
+    """What a signed token's claims must be: for ``audience`` from ``issuer``, unexpired
+    within ``leeway`` seconds, every claim in ``require`` present."""
+
+    audience: str
+    issuer: str
+    leeway: float
+    require: tuple[str, ...]
+
+    def decode(self, token: str, key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:
+        """The claims of ``token``, signed by ``key`` with ``algorithm`` (the header's, already
+        checked against an allow-list: the only one accepted). Raises ``jwt.PyJWTError``
+        (its subclasses say what failed)."""
+        return jwt.decode(
+            token,
+            key=key.key,
+            algorithms=[algorithm],
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway,
+            options={"require": list(self.require)},
+        )
+
+
+#: The claims a workload's token must carry.
+_REQUIRED = ("exp", "iss", "sub", "aud")
 #: A reviewed token without an ``exp`` claim (a legacy secret-based service-account token)
 #: is trusted this long before it is reviewed again.
 NO_EXPIRY_SECONDS = 60.0
@@ -180,15 +207,8 @@ class JwksVerifier:
             return await self._reviewed(reviewer, config, token, unverified)
         key = await self._key(config, header.get("kid"))
         try:
-            claims = jwt.decode(
-                token,
-                key=key.key,
-                algorithms=[algorithm],
-                audience=config.audience,
-                issuer=config.issuer,
-                leeway=self._leeway,
-                options={"require": ["exp", "iss", "sub", "aud"]},
-            )
+            policy = ClaimsPolicy(config.audience, config.issuer, self._leeway, _REQUIRED)
+            claims = policy.decode(token, key, algorithm)
         except jwt.ExpiredSignatureError:
             raise reject_workload_token(metrics.AuthFailure.JWT_EXPIRED) from None
         except jwt.ImmatureSignatureError:

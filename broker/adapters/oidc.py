@@ -21,7 +21,6 @@ from __future__ import annotations
 import hmac
 import time
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote_plus, urlencode
 
 import httpx
@@ -29,12 +28,14 @@ import jwt
 
 from broker import metrics
 from broker.adapters import tls
-from broker.adapters.jwks import ALLOWED_ALGORITHMS, KeySet
+from broker.adapters.jwks import ALLOWED_ALGORITHMS, ClaimsPolicy, KeySet
 from broker.config import Secret
 from broker.core.ports import SsoIdentity
 from broker.errors import IdentityProviderUnavailable, SsoFailed
 
 DISCOVERY_SECONDS = 3600.0
+#: The claims an ID token must carry.
+_REQUIRED = ("exp", "iat", "iss", "sub", "aud")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +160,8 @@ class OidcClient:
         if key is None:
             raise _invalid("unknown signing key")
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key=key.key,
-                algorithms=[algorithm],
-                audience=self._client_id,
-                issuer=self._issuer,
-                leeway=self._leeway,
-                options={"require": ["exp", "iat", "iss", "sub", "aud"]},
-            )
+            policy = ClaimsPolicy(self._client_id, self._issuer, self._leeway, _REQUIRED)
+            claims = policy.decode(token, key, algorithm)
         except jwt.ExpiredSignatureError:
             raise _invalid("expired") from None
         except jwt.InvalidAudienceError:

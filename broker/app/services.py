@@ -264,7 +264,9 @@ async def open_services(
             ),
             install_links=install_links,
             callers=callers,
-            admin=AdminService(portals=portals, apps=portals, secrets_store=vault, audit=audit),
+            admin=AdminService(
+                portals=portals, apps=portals, secrets_store=vault, audit_sink=audit
+            ),
             operations=operations,
             browser=PortalBrowser(
                 portals=portals,

@@ -148,12 +148,12 @@ class LocalOperations(Operations):
         if action == "refresh":
             return portal_view(await ops.force_refresh(key, actor=actor()))
         link = await ops.install_link(key, actor=actor(), ttl=(body or {}).get("ttl"))
-        return {"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id}
+        return link.view()
 
     async def app_install_link(self, slug: str, *, ttl: int | None, return_to: str | None) -> View:
         svc = await self._svc()
         link = await svc.install_links.mint(slug, actor=actor(), ttl=ttl, return_to=return_to)
-        return {"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id}
+        return link.view()
 
     async def links_list(self, *, app: str | None, include_inactive: bool) -> list[View]:
         svc = await self._svc()

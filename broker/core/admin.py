@@ -110,19 +110,12 @@ class SavedApp:
     created: bool
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class AdminService:
-    def __init__(
-        self,
-        *,
-        portals: PortalRepository,
-        apps: AppRepository,
-        secrets_store: SecretStore,
-        audit: AuditSink,
-    ) -> None:
-        self._portals = portals
-        self._apps = apps
-        self._secrets = secrets_store
-        self._audit = audit
+    portals: PortalRepository
+    apps: AppRepository
+    secrets_store: SecretStore
+    audit_sink: AuditSink
 
     async def add_app(self, app: App, client_secret: Secret | None, *, actor: str) -> App:
         return (await self.save_app(app, client_secret, actor=actor)).app
@@ -142,7 +135,7 @@ class AdminService:
             problems.append({"field": "api_version", "message": f"one of {API_VERSIONS}"})
         if client_secret is not None and not client_secret:
             problems.append({"field": "client_secret", "message": "required"})
-        existing = None if problems else await self._apps.get_app(app.slug)
+        existing = None if problems else await self.apps.get_app(app.slug)
         if client_secret is None and existing is None and not problems:
             problems.append({"field": "client_secret", "message": "required for a new app"})
         if problems:
@@ -151,25 +144,25 @@ class AdminService:
             raise AppKindMismatch(f"app {app.slug!r} is a private app (broker apps add-private)")
         if client_secret is not None:
             # Secret first: an app row without a secret would fail every install.
-            await self._secrets.add_client_secret(app.slug, client_secret)
-        created = await self._apps.save_app(app)
-        self._audit.record(
+            await self.secrets_store.add_client_secret(app.slug, client_secret)
+        created = await self.apps.save_app(app)
+        self.audit_sink.record(
             "app.saved", actor=actor, app=app.slug, secret_added=client_secret is not None
         )
-        saved = await self._apps.get_app(app.slug)
+        saved = await self.apps.get_app(app.slug)
         return SavedApp(saved or app, created)
 
     async def retire_app(self, slug: str, *, retired: bool, actor: str) -> App:
         """Retire an app (it installs nothing new: no install, link or marketplace callback;
         its portals are still served and refreshed until revoked), or put it back."""
-        app = await self._apps.retire_app(slug, retired=retired, actor=actor)
+        app = await self.apps.retire_app(slug, retired=retired, actor=actor)
         if app is None:
             raise NotFound(f"unknown app {slug!r}", code="app_not_found")
-        self._audit.record("app.retired" if retired else "app.unretired", actor=actor, app=slug)
+        self.audit_sink.record("app.retired" if retired else "app.unretired", actor=actor, app=slug)
         return app
 
     async def list_apps(self) -> list[App]:
-        return await self._apps.list_apps()
+        return await self.apps.list_apps()
 
     async def list_portals(
         self, *, app: str | None, state: str | None, limit: int
@@ -178,7 +171,7 @@ class AdminService:
             wanted = None if state is None else PortalState(state)
         except ValueError as exc:
             raise InvalidRequest(f"unknown state {state!r}") from exc
-        return await self._portals.list_portals(app=app, state=wanted, limit=limit)
+        return await self.portals.list_portals(app=app, state=wanted, limit=limit)
 
     async def audit(
         self,
@@ -191,10 +184,10 @@ class AdminService:
     ) -> list[AuditEvent]:
         """Newest first."""
         match = AuditFilter(hub_id=hub_id, actor=actor, action=action, since=since)
-        return await self._audit.search(match, after=None, limit=limit)
+        return await self.audit_sink.search(match, after=None, limit=limit)
 
     async def show_portal(self, key: PortalKey) -> PortalRecord:
-        record = await self._portals.get_portal(key)
+        record = await self.portals.get_portal(key)
         if record is None:
             raise NotFound(f"no portal {key}", code="portal_not_found")
         return record

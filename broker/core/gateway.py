@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import KW_ONLY, dataclass
 
 import structlog
 
@@ -39,22 +40,18 @@ log = structlog.get_logger(__name__)
 _MIN_TTL = 60
 
 
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Gateway:
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        tokens: TokenService,
-        operations: PortalOperations,
-        api: HubSpotApi,
-        budget: PortalBudget,
-    ) -> None:
-        self._settings = settings
-        self._tokens = tokens
-        self._operations = operations
-        self._api = api
-        self.budget = budget
-        self._min_ttl = min(_MIN_TTL, settings.min_ttl_max)
+    settings: Settings
+    _: KW_ONLY
+    tokens: TokenService
+    operations: PortalOperations
+    api: HubSpotApi
+    budget: PortalBudget
+
+    @property
+    def _min_ttl(self) -> int:
+        return min(_MIN_TTL, self.settings.min_ttl_max)
 
     def authorize(self, caller: Caller, key: PortalKey, path: str) -> None:
         """Raises :class:`Forbidden` unless ``caller`` may call ``path`` on the portal."""
@@ -73,7 +70,7 @@ class Gateway:
         """HubSpot's answer to ``request`` for the portal ``key``, within the portal's
         budget, its body still to read (closed on exit)."""
         self.authorize(caller, key, request.path)
-        issued = await self._tokens.get_token(caller, key, self._min_ttl, role=None)
+        issued = await self.tokens.get_token(caller, key, self._min_ttl, role=None)
         response = await self._send(caller, key, request, issued)
         if response.status == 401 and request.replayable:
             try:
@@ -96,7 +93,7 @@ class Gateway:
         """One request to HubSpot, within the portal's budget."""
         async with self.budget.slot(caller, key) as slot:
             sent = time.monotonic()
-            response = await self._api.send(request, token.access_token)
+            response = await self.api.send(request, token.access_token)
             metrics_gateway.GATEWAY_SECONDS.observe(time.monotonic() - sent)
             slot.saw(response.status, response.headers)
         return response
@@ -106,14 +103,14 @@ class Gateway:
     ) -> IssuedToken | None:
         """A token other than ``sent`` for the portal (a newer row, else a forced refresh),
         or None when there is none to try (refreshed moments ago, or refreshing failed)."""
-        self._tokens.invalidate(key)  # this replica reads the row again
-        found = await self._tokens.get_token(caller, key, self._min_ttl, role=None)
+        self.tokens.invalidate(key)  # this replica reads the row again
+        found = await self.tokens.get_token(caller, key, self._min_ttl, role=None)
         if found.entry.token != sent.entry.token:
             return found
         try:
-            await self._operations.force_refresh(key, actor=f"gateway:{caller.name}")
+            await self.operations.force_refresh(key, actor=f"gateway:{caller.name}")
         except BrokerError as exc:
             log.info("gateway.refresh_after_401_skipped", portal=str(key), error=exc.code)
             return None
-        found = await self._tokens.get_token(caller, key, self._min_ttl, role=None)
+        found = await self.tokens.get_token(caller, key, self._min_ttl, role=None)
         return None if found.entry.token == sent.entry.token else found

@@ -26,12 +26,13 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
 from broker.config import MAX_INSTALL_LINK_TTL, Settings
 from broker.core.apps import AppCatalog
+from broker.core.install_state import destination_ok
 from broker.core.models import InstallLinkRecord, PortalKey
 from broker.core.ports import AuditSink, InstallLinkStore
 from broker.core.signing import Keyring, Purpose
@@ -126,9 +127,7 @@ def _claims(data: object) -> LinkClaims | None:
         return None
     if type(iat) is not int or type(exp) is not int:
         return None
-    if return_to is not None and not isinstance(return_to, str):
-        return None
-    if hub_id is not None and type(hub_id) is not int:
+    if not destination_ok(return_to, hub_id):
         return None
     return LinkClaims(link_id, app, iat, exp, return_to, hub_id)
 
@@ -139,25 +138,22 @@ class InstallLink:
     expires_at: datetime
     id: str
 
+    def view(self) -> dict[str, str]:
+        """The link as the admin API and the CLI show it once (the URL carries the token)."""
+        return {"url": self.url, "expires_at": self.expires_at.isoformat(), "id": self.id}
 
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class InstallLinks:
     """Mints, verifies, lists and revokes install links for operators (CLI, admin API);
     minting and revoking are audited with the operator's name."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        signer: LinkSigner,
-        store: InstallLinkStore,
-        apps: AppCatalog,
-        audit: AuditSink,
-    ) -> None:
-        self._settings = settings
-        self.signer = signer
-        self._store = store
-        self._apps = apps
-        self._audit = audit
+    settings: Settings
+    _: KW_ONLY
+    signer: LinkSigner
+    store: InstallLinkStore
+    apps: AppCatalog
+    audit: AuditSink
 
     async def mint(
         self,
@@ -168,22 +164,22 @@ class InstallLinks:
         return_to: str | None = None,
         hub_id: int | None = None,
     ) -> InstallLink:
-        seconds = self._settings.install_link_ttl if ttl is None else ttl
+        seconds = self.settings.install_link_ttl if ttl is None else ttl
         if not 0 < seconds <= MAX_INSTALL_LINK_TTL:
             raise InvalidRequest(
                 f"ttl must be 1-{MAX_INSTALL_LINK_TTL} seconds",
                 errors=[{"field": "ttl", "message": f"1-{MAX_INSTALL_LINK_TTL}"}],
             )
-        check_return_to(return_to, self._settings)
+        check_return_to(return_to, self.settings)
         # app_not_found for an unknown one, app_retired for a retired one.
-        app = await self._apps.get(app_slug, installable=True)
+        app = await self.apps.get(app_slug, installable=True)
         now = int(time.time())
         claims = LinkClaims(
             f"il_{secrets.token_urlsafe(12)}", app.slug, now, now + seconds, return_to, hub_id
         )
         token = await self.signer.sign(claims)
         expires_at = datetime.fromtimestamp(claims.exp, UTC)
-        await self._store.add(
+        await self.store.add(
             InstallLinkRecord(
                 claims.id,
                 app.slug,
@@ -197,7 +193,7 @@ class InstallLinks:
         # Where browsers reach this broker: the origin of the app's registered callback.
         origin = urlsplit(app.redirect_uri)
         query = urlencode({"app": app.slug, "link": token})
-        self._audit.record(
+        self.audit.record(
             "install_link.created",
             actor=actor,
             key=None if hub_id is None else PortalKey(app.slug, hub_id),
@@ -214,7 +210,7 @@ class InstallLinks:
         """A genuine link (:meth:`LinkSigner.verify`) that is stored as minted and not
         revoked (``install_link_revoked``)."""
         claims = await self.signer.verify(token, app=app)
-        record = await self._store.get(claims.id)
+        record = await self.store.get(claims.id)
         if record is None or (record.app, record.hub_id, record.return_to) != (
             claims.app,
             claims.hub_id,
@@ -234,20 +230,20 @@ class InstallLinks:
     async def list_links(
         self, *, app: str | None = None, include_inactive: bool = False
     ) -> list[InstallLinkRecord]:
-        return await self._store.find(app=app, include_inactive=include_inactive)
+        return await self.store.find(app=app, include_inactive=include_inactive)
 
     async def get(self, link_id: str) -> InstallLinkRecord:
-        record = await self._store.get(link_id)
+        record = await self.store.get(link_id)
         if record is None:
             raise NotFound(f"no install link {link_id!r}", code="install_link_not_found")
         return record
 
     async def revoke(self, link_id: str, *, actor: str) -> InstallLinkRecord:
         """Revoke a link at once, on every replica (each use reads its row). Audited."""
-        record = await self._store.revoke(link_id, actor=actor)
+        record = await self.store.revoke(link_id, actor=actor)
         if record is None:
             raise NotFound(f"no install link {link_id!r}", code="install_link_not_found")
-        self._audit.record(
+        self.audit.record(
             "install_link.revoked",
             actor=actor,
             key=None if record.hub_id is None else PortalKey(record.app, record.hub_id),

@@ -77,8 +77,14 @@ def _pending(data: object) -> PendingInstall | None:
         return None
     if not all(isinstance(v, str) and v for v in (actor, verifier, nonce)):
         return None
-    if return_to is not None and not isinstance(return_to, str):
-        return None
-    if hub_id is not None and type(hub_id) is not int:
+    if not destination_ok(return_to, hub_id):
         return None
     return PendingInstall(app, actor, verifier, nonce, return_to, hub_id)
+
+
+def destination_ok(return_to: object, hub_id: object) -> bool:
+    """Whether a sealed payload's ``return_to`` (a URL or None) and ``hub_id`` (the one portal
+    it may connect, or None) have their types: install links and pending installs carry both."""
+    return (return_to is None or isinstance(return_to, str)) and (
+        hub_id is None or type(hub_id) is int
+    )

@@ -17,6 +17,7 @@ killing it at HubSpot is a rotation in HubSpot's UI.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 
@@ -42,27 +43,16 @@ TOKEN_MAX = 4096
 OLD_EXPIRES_MAX = 90 * 86_400
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class PrivateApps:
-    def __init__(
-        self,
-        *,
-        portals: PortalRepository,
-        apps: AppRepository,
-        private: PrivatePortals,
-        store: PrivateTokenStore,
-        keyring: Keyring,
-        invalidations: Invalidations,
-        operations: PortalOperations,
-        audit: AuditSink,
-    ) -> None:
-        self._portals = portals
-        self._apps = apps
-        self._private = private
-        self._store = store
-        self._keyring = keyring
-        self._invalidations = invalidations
-        self._operations = operations
-        self._audit = audit
+    portals: PortalRepository
+    apps: AppRepository
+    private: PrivatePortals
+    store: PrivateTokenStore
+    keyring: Keyring
+    invalidations: Invalidations
+    operations: PortalOperations
+    audit: AuditSink
 
     async def add(
         self, slug: str, hub_id: int, token: Secret, *, scopes: Sequence[str], actor: str
@@ -71,25 +61,25 @@ class PrivateApps:
         serves it at once (a re-add replaces the token and lifts a revocation)."""
         key = _key(slug, hub_id)
         _check_token(token)
-        existing = await self._apps.get_app(slug)
+        existing = await self.apps.get_app(slug)
         if existing is not None and existing.private_hub_id != hub_id:
             raise _not_this_private_app(slug, hub_id)
         # Vault first: nothing is recorded when Vault refuses (a policy without KV writes),
         # and a portal row never points at a token that is not there.
-        await self._store.put_private_app_token(key, token)
-        if await self._private.save_private_app(slug, hub_id) is None:  # registered meanwhile
+        await self.store.put_private_app_token(key, token)
+        if await self.private.save_private_app(slug, hub_id) is None:  # registered meanwhile
             # Not this hub's private app: nothing serves that path, and the token written
             # there must not stay in Vault. The answer is the conflict either way.
             try:
-                await self._store.delete_private_app_token(key)
+                await self.store.delete_private_app_token(key)
             except BrokerError as exc:
                 log.warning("private_app.add_cleanup_failed", portal=str(key), code=exc.code)
             raise _not_this_private_app(slug, hub_id)
-        record = await self._private.put_private_portal(
+        record = await self.private.put_private_portal(
             key, scopes=scopes, fingerprint=await self._print(token), actor=actor
         )
-        await self._invalidations.publish(key)
-        self._audit.record("portal.private_app_added", actor=actor, key=key)
+        await self.invalidations.publish(key)
+        self.audit.record("portal.private_app_added", actor=actor, key=key)
         log.info("private_app.added", portal=str(key))
         return record
 
@@ -106,15 +96,15 @@ class PrivateApps:
                 errors=[{"field": "old_expires_in", "message": f"0 to {OLD_EXPIRES_MAX}"}],
             )
         await self._servable(key)
-        await self._store.put_private_app_token(key, token)
-        record = await self._private.rotate_private_portal(
+        await self.store.put_private_app_token(key, token)
+        record = await self.private.rotate_private_portal(
             key, fingerprint=await self._print(token), old_expires_in=old_expires_in
         )
         if record is None:  # revoked meanwhile: what was written is not served
-            await self._store.delete_private_app_token(key)
+            await self.store.delete_private_app_token(key)
             raise NotFound(f"no private-app portal {key}", code="portal_not_found")
-        await self._invalidations.publish(key)
-        self._audit.record(
+        await self.invalidations.publish(key)
+        self.audit.record(
             "portal.private_app_rotated", actor=actor, key=key, old_expires_in=old_expires_in
         )
         log.info("private_app.rotated", portal=str(key), old_expires_in=old_expires_in)
@@ -124,10 +114,10 @@ class PrivateApps:
         """Stop serving the token on every replica and destroy it in Vault (a revocation)."""
         key = _key(slug, hub_id)
         await self._servable(key, revoked_too=True)
-        return await self._operations.revoke(key, reason=reason, actor=actor)
+        return await self.operations.revoke(key, reason=reason, actor=actor)
 
     async def _servable(self, key: PortalKey, *, revoked_too: bool = False) -> None:
-        record = await self._portals.get_portal(key)
+        record = await self.portals.get_portal(key)
         if record is None or (record.revoked_at is not None and not revoked_too):
             raise NotFound(f"no private-app portal {key}", code="portal_not_found")
         if not record.private:
@@ -137,7 +127,7 @@ class PrivateApps:
         """The audit fingerprint, stored with the row; None when Vault cannot make it now
         (a cache fill makes it then)."""
         try:
-            return await self._keyring.fingerprint(token.get())
+            return await self.keyring.fingerprint(token.get())
         except BrokerError:
             return None
 

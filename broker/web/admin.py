@@ -41,6 +41,13 @@ def _key(request: Request, svc: Services, caller: Caller) -> PortalKey:
     return key
 
 
+async def _portal(request: Request) -> tuple[Services, Caller, PortalKey]:
+    """An admin request about one portal: the services, the caller and the portal, which the
+    caller may manage."""
+    svc, caller = await _admin(request)
+    return svc, caller, _key(request, svc, caller)
+
+
 async def _reason(request: Request, *, required: bool) -> str:
     body = await json_body(request)
     if body is None:
@@ -75,42 +82,37 @@ async def list_portals(request: Request) -> Response:
 
 
 async def show_portal(request: Request) -> Response:
-    svc, caller = await _admin(request)
-    record = await svc.admin.show_portal(_key(request, svc, caller))
-    return reply(portal_view(record))
+    svc, _, key = await _portal(request)
+    return reply(portal_view(await svc.admin.show_portal(key)))
 
 
 async def revoke(request: Request) -> Response:
-    svc, caller = await _admin(request)
-    key = _key(request, svc, caller)
+    svc, caller, key = await _portal(request)
     reason = await _reason(request, required=True)
     done = await svc.operations.revoke(key, reason=reason, actor=caller.name)
     return reply({**portal_view(done.record), "upstream": done.upstream})
 
 
 async def refresh(request: Request) -> Response:
-    svc, caller = await _admin(request)
-    record = await svc.operations.force_refresh(_key(request, svc, caller), actor=caller.name)
-    return reply(portal_view(record))
+    svc, caller, key = await _portal(request)
+    return reply(portal_view(await svc.operations.force_refresh(key, actor=caller.name)))
 
 
 async def quarantine(request: Request) -> Response:
-    svc, caller = await _admin(request)
-    key = _key(request, svc, caller)
+    svc, caller, key = await _portal(request)
     reason = await _reason(request, required=True)
-    record = await svc.operations.quarantine(key, actor=caller.name, reason=reason)
-    return reply(portal_view(record))
+    return reply(
+        portal_view(await svc.operations.quarantine(key, actor=caller.name, reason=reason))
+    )
 
 
 async def release(request: Request) -> Response:
-    svc, caller = await _admin(request)
-    record = await svc.operations.release(_key(request, svc, caller), actor=caller.name)
-    return reply(portal_view(record))
+    svc, caller, key = await _portal(request)
+    return reply(portal_view(await svc.operations.release(key, actor=caller.name)))
 
 
 async def install_link(request: Request) -> Response:
-    svc, caller = await _admin(request)
-    key = _key(request, svc, caller)
+    svc, caller, key = await _portal(request)
     ttl, return_to = await _link_options(request)
     if return_to is not None:
         raise InvalidRequest(
@@ -118,7 +120,7 @@ async def install_link(request: Request) -> Response:
             errors=[{"field": "return_to", "message": "not for a portal's link"}],
         )
     link = await svc.operations.install_link(key, actor=caller.name, ttl=ttl)
-    return reply({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
+    return reply(link.view())
 
 
 async def app_install_link(request: Request) -> Response:
@@ -131,7 +133,7 @@ async def app_install_link(request: Request) -> Response:
     reject_unknown(request, frozenset())
     ttl, return_to = await _link_options(request)
     link = await svc.install_links.mint(app, actor=caller.name, ttl=ttl, return_to=return_to)
-    return reply({"url": link.url, "expires_at": link.expires_at.isoformat(), "id": link.id})
+    return reply(link.view())
 
 
 async def _link_options(request: Request) -> tuple[int | None, str | None]:

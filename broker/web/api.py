@@ -25,7 +25,7 @@ from broker.core.models import PRIVATE_APP, IssuedToken, PortalKey
 from broker.logs import REQUEST_ID
 from broker.web import problems
 from broker.web.middleware import CLOSE, log_server_error, observe, request_id
-from broker.web.params import bearer_value, check_names, parse_app, parse_int
+from broker.web.params import bearer_of, check_names, parse_app, parse_int
 from broker.web.services import Services
 
 PATH = "/v1/portals/{hub_id}/token"
@@ -84,8 +84,7 @@ class TokenRoute:
             caller = callers.known(authorization, now)
             if caller is None:
                 context = REQUEST_ID.set(rid.decode())
-                header = None if authorization is None else authorization.decode("latin-1")
-                caller = await callers.authenticate(bearer_value(header), header=authorization)
+                caller = await callers.authenticate(bearer_of(authorization), header=authorization)
             callers.admit(caller, now)
             query = scope["query_string"]
             target = self._targets.get((path, query))

@@ -28,7 +28,7 @@ from broker.core.models import Caller, PortalKey, Role
 from broker.core.ports.budget import BudgetState
 from broker.core.ports.hubspot_api import REQUEST_DROPPED, ApiRequest, without
 from broker.errors import Forbidden, InvalidRequest, PayloadTooLarge
-from broker.web.params import bearer_value, check_names, parse_app, parse_int
+from broker.web.params import bearer_of, check_names, parse_app, parse_int
 from broker.web.services import Services
 
 #: Request bodies up to this many bytes are read whole before sending (and can be re-sent).
@@ -43,8 +43,7 @@ async def _caller(services: Services, scope: Scope) -> Caller:
     callers = services.callers
     caller = callers.known(header, time.monotonic())
     if caller is None:
-        text = None if header is None else header.decode("latin-1")
-        caller = await callers.authenticate(bearer_value(text), header=header)
+        caller = await callers.authenticate(bearer_of(header), header=header)
     callers.admit(caller)
     return caller
 

@@ -116,3 +116,8 @@ def bearer_value(header: str | None) -> str | None:
         return None
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" else None
+
+
+def bearer_of(header: bytes | None) -> str | None:
+    """:func:`bearer_value` of a raw ``Authorization`` header (ASGI's bytes, Latin-1)."""
+    return None if header is None else bearer_value(header.decode("latin-1"))

@@ -41,10 +41,7 @@ def _opt_int(body: Body, name: str) -> int | None:
 
 
 def _int(body: Body, name: str) -> int:
-    value = _opt_int(body, name)
-    if value is None:
-        raise BadInput(f"{name} is required")
-    return value
+    return _required(_opt_int(body, name), name)
 
 
 def _opt_str(body: Body, name: str) -> str | None:
@@ -55,7 +52,10 @@ def _opt_str(body: Body, name: str) -> str | None:
 
 
 def _str(body: Body, name: str) -> str:
-    value = _opt_str(body, name)
+    return _required(_opt_str(body, name), name)
+
+
+def _required(value: _T | None, name: str) -> _T:
     if value is None:
         raise BadInput(f"{name} is required")
     return value

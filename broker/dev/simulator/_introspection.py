@@ -1,7 +1,7 @@
 """HubSpot's OAuth server, part two: introspection, revocation and the v1 lookups.
 
 Same conventions as `_oauth`: the caller holds the lock; each function counts the call
-and applies injected faults first.
+and applies injected faults first (``Store.arrive``).
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ def _identity(store: Store, grant: Grant) -> dict[str, object]:
 
 def introspect(store: Store, form: Form | None) -> Reply:
     """`POST /oauth/{version}/token/introspect`: live tokens of the calling app only."""
-    store.count("introspect")
     given = (form or {}).get("token", "")
-    store.check_faults("introspect", hub_id=store.hub_of(given))
+    store.arrive("introspect", given)
     if form is None or not given:
         return oauth_error("invalid_request", "BAD_REQUEST", message=_FORM_MESSAGE)
     app = store.authenticate_client(form)
@@ -70,9 +69,8 @@ def introspect(store: Store, form: Form | None) -> Reply:
 
 def revoke(store: Store, form: Form | None) -> Reply:
     """`POST /oauth/{version}/token/revoke`: 200 whether or not the token was known."""
-    store.count("revoke")
     given = (form or {}).get("token", "")
-    store.check_faults("revoke", hub_id=store.hub_of(given))
+    store.arrive("revoke", given)
     if form is None:
         return oauth_error("invalid_request", "BAD_REQUEST", message=_FORM_MESSAGE)
     app = store.authenticate_client(form)
@@ -84,8 +82,7 @@ def revoke(store: Store, form: Form | None) -> Reply:
 
 
 def v1_access_token(store: Store, given: str) -> Reply:
-    store.count("introspect")
-    store.check_faults("introspect", hub_id=store.hub_of(given))
+    store.arrive("introspect", given)
     record = store.live_access_token(given)
     if record is None:
         return api_error(404, "OBJECT_NOT_FOUND", "access token not found or expired")
@@ -96,8 +93,7 @@ def v1_access_token(store: Store, given: str) -> Reply:
 
 
 def v1_refresh_token(store: Store, given: str) -> Reply:
-    store.count("introspect")
-    store.check_faults("introspect", hub_id=store.hub_of(given))
+    store.arrive("introspect", given)
     record = store.live_refresh_token(given)
     if record is None:
         return api_error(404, "OBJECT_NOT_FOUND", "refresh token not found")
@@ -108,8 +104,7 @@ def v1_refresh_token(store: Store, given: str) -> Reply:
 
 
 def v1_delete_refresh_token(store: Store, given: str) -> Reply:
-    store.count("revoke")
-    store.check_faults("revoke", hub_id=store.hub_of(given))
+    store.arrive("revoke", given)
     record = store.refresh_tokens.get(given)
     if record is not None:
         record.alive = False

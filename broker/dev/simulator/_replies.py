@@ -91,30 +91,25 @@ def rate_limit_headers(limit: int, remaining: int) -> dict[str, str]:
 
 
 def ten_secondly_limit(limit: int) -> Reply:
-    cid = correlation_id()
-    body = {
-        "status": "error",
-        "message": "You have reached your ten_secondly_rolling limit.",
-        "errorType": "RATE_LIMIT",
-        "correlationId": cid,
-        "policyName": "TEN_SECONDLY_ROLLING",
-    }
-    headers = rate_limit_headers(limit, 0) | {"X-HubSpot-Correlation-Id": cid}
-    return Reply(429, json=body, headers=headers)
+    return _limited("ten_secondly_rolling", "TEN_SECONDLY_ROLLING", rate_limit_headers(limit, 0))
 
 
 def daily_limit(limit: int) -> Reply:
     """The daily limit's 429 (private apps): its policy, and the daily headers at zero."""
+    return _limited("daily", "DAILY", daily_headers(limit, 0))
+
+
+def _limited(limit: str, policy: str, headers: dict[str, str]) -> Reply:
+    """HubSpot's 429 for one of its rate limits, with that limit's headers."""
     cid = correlation_id()
     body = {
         "status": "error",
-        "message": "You have reached your daily limit.",
+        "message": f"You have reached your {limit} limit.",
         "errorType": "RATE_LIMIT",
         "correlationId": cid,
-        "policyName": "DAILY",
+        "policyName": policy,
     }
-    headers = daily_headers(limit, 0) | {"X-HubSpot-Correlation-Id": cid}
-    return Reply(429, json=body, headers=headers)
+    return Reply(429, json=body, headers=headers | {"X-HubSpot-Correlation-Id": cid})
 
 
 def daily_headers(limit: int, remaining: int) -> dict[str, str]:

@@ -76,6 +76,12 @@ class Store:
     def next_app_id(self) -> int:
         return max((app.app_id for app in self.apps.values()), default=FIRST_APP_ID - 1) + 1
 
+    def arrive(self, endpoint: str, token: str) -> None:
+        """A call about ``token``: counted, then the first injected fault that matches it (its
+        hub, dead tokens included) raised."""
+        self.count(endpoint)
+        self.check_faults(endpoint, hub_id=self.hub_of(token))
+
     def check_faults(
         self, endpoint: str, *, hub_id: int | None = None, grant_type: str | None = None
     ) -> None:

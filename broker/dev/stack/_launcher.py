@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from broker.dev.stack._common import OsUser, ServerName, ServerProcess, StackError
 from broker.dev.stack._processes import (
@@ -89,15 +89,10 @@ class Launcher:
             offset = log.tell()
             result = subprocess.run(
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(recipe.env),
                 cwd=self._root,
-                preexec_fn=self._preexec,
                 check=False,
                 timeout=self._start_timeout,
-                **_user_kwargs(recipe.run_as),
+                **self._child(recipe, log),
             )
         if result.returncode != 0:
             log_tail = tail(log_path, offset, ())
@@ -136,6 +131,18 @@ class Launcher:
             return ServerProcess(recipe.name, proc.pid, chosen, log_path)
         raise AssertionError("unreachable: the last attempt raises")
 
+    def _child(self, recipe: Recipe, log: BinaryIO) -> dict[str, Any]:
+        """How the stack runs each child: no stdin, both output streams to ``log``, the
+        recipe's environment, dying with its parent, as the recipe's user."""
+        return {
+            "stdin": subprocess.DEVNULL,
+            "stdout": log,
+            "stderr": subprocess.STDOUT,
+            "env": dict(recipe.env),
+            "preexec_fn": self._preexec,
+            **_user_kwargs(recipe.run_as),
+        }
+
     def _spawn(self, recipe: Recipe, port: int, log_path: Path) -> subprocess.Popen[bytes]:
         argv = recipe.argv(port)  # before the lock: it may look up other servers' ports
 
@@ -146,14 +153,9 @@ class Launcher:
                 with log_path.open("ab") as log:  # the child keeps its own descriptor
                     proc = subprocess.Popen(
                         argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=dict(recipe.env),
                         cwd=recipe.cwd,
-                        preexec_fn=self._preexec,
                         start_new_session=True,  # its own group: Ctrl-C is ours to handle
-                        **_user_kwargs(recipe.run_as),
+                        **self._child(recipe, log),
                     )
                 self._procs[recipe.name] = proc
                 return proc
