@@ -9,6 +9,10 @@ sliding log per portal, one atomic script per take) and follows what HubSpot say
 headers lower the limit and count use the broker did not see, and a 429 pauses the portal
 for its window (or ``Retry-After``).
 
+While plenty is left, a replica takes a few units per store call and settles answers in
+batches (:mod:`.budget_lease`, :mod:`.budget_settle`): one Redis call per request was a
+third of a gateway request's CPU.
+
 **Queue.** A gateway request that finds no budget waits in its portal's queue on this
 replica: one pump per portal takes budget as it frees and hands it to waiters round-robin
 between callers, each caller getting ``gateway_weight`` turns per round (its priority), so a
