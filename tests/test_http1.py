@@ -1,6 +1,8 @@
 """The lean HTTP/1.1 client (broker/adapters/http1.py) against a raw server that writes
 exact bytes: interim answers, stray bytes, close-delimited bodies, idle expiry, the
-connection cap, connect timeouts; and what HubSpot's adapter makes of them."""
+connection cap, connect timeouts; and what HubSpot's adapter makes of them. Its streamed
+mode (broker/adapters/http1_stream.py, the gateway's): bodies in chunks, large ones read
+under back-pressure, connections kept only when the body was read to its end."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 
 from broker.adapters import tls
 from broker.adapters.http1 import BadAnswer, CannotConnect, Http1Pool
+from broker.adapters.http1_stream import StreamPool
 from broker.adapters.hubspot_http import HubSpotHttp, NotSent
 from broker.config import load_settings
 from tests.tls import CertificateAuthority
@@ -292,3 +295,77 @@ async def test_ssl_cert_file_adds_cas_for_public_hosts(
     assert got.status == 200
     public = tls.context().get_ca_certs()
     assert len(public) > 100  # certifi's CAs are still there
+
+
+async def read_all(client: StreamPool, base: str, method: str = "GET", body: bytes = b"") -> bytes:
+    answer = await client.open(base, method, "/x?q=1", [(b"x-a", b"1")], body, resend_stale=True)
+    try:
+        return b"".join([chunk async for chunk in answer.chunks(5.0)])
+    finally:
+        answer.close()
+
+
+async def test_a_streamed_answer_arrives_whole_in_chunks_and_keeps_its_connection() -> None:
+    big = bytes(range(256)) * 8192  # 2 MiB: reading pauses and resumes on the way
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        if request.startswith(b"POST"):  # chunked, then close-delimited
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for part in (b"abc", b"defg"):
+                writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            return
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-B: 2\r\n\r\n" % len(big))
+        for start in range(0, len(big), 65536):
+            writer.write(big[start : start + 65536])
+            await writer.drain()
+
+    async with serving(answer) as (base, raw):
+        client = StreamPool(timeout=5.0, tls=tls.context())
+        opened = await client.open(base, "GET", "/x", [], b"", resend_stale=True)
+        assert opened.status == 200
+        assert (b"x-b", b"2") in opened.headers
+        await asyncio.sleep(0.3)  # the server writes ahead until reading pauses
+        got = b"".join([chunk async for chunk in opened.chunks(5.0)])
+        opened.close()
+        chunked = await read_all(client, base, "POST", b"body")
+        again = await read_all(client, base)
+        client.close()
+    assert got == big
+    assert chunked == b"abcdefg"
+    assert again == big
+    assert raw.connections == 1
+    assert raw.requests[0].startswith(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert raw.requests[1].endswith(b"content-length: 4\r\n\r\nbody")
+    assert b"x-a: 1\r\n" in raw.requests[2]
+
+
+async def test_a_streamed_answer_left_unread_or_cut_off_retires_its_connection() -> None:
+    count = 0
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        count += 1
+        if count == 3:  # cut short of its length
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            await writer.drain()
+            writer.close()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n" + b"y" * 1000)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"y" * 69000)
+
+    async with serving(answer) as (base, raw):
+        client = StreamPool(timeout=5.0, tls=tls.context())
+        left = await client.open(base, "GET", "/", [], b"", resend_stale=True)
+        left.close()  # its body not read: the connection cannot carry another request
+        assert len(await read_all(client, base)) == 70000
+        assert raw.connections == 2
+        cut = await client.open(base, "GET", "/", [], b"", resend_stale=True)
+        with pytest.raises(BadAnswer):
+            b"".join([chunk async for chunk in cut.chunks(5.0)])
+        cut.close()
+        client.close()

@@ -23,7 +23,7 @@ from broker.dev.simulator import Simulator
 from broker.dev.simulator.server import make_config
 from broker.errors import VaultError
 from tests.dedicated_openbao import dedicated_openbao
-from tests.helpers import Deployment, install_link, register, serve_app
+from tests.helpers import Deployment, grant_gateway, install_link, register, serve_app
 from tests.tls import CertificateAuthority
 
 HUB = 1_700_001
@@ -77,6 +77,15 @@ def test_hubspot_behind_a_private_ca_needs_the_ca_bundle(
         refreshed = d.token(HUB, min_ttl=1500)  # > the 600 s left: a refresh over TLS
         assert refreshed.status_code == 200, refreshed.text
         assert sim.counters()["token.refresh_token"] == 1
+        grant_gateway(settings, None, ["/crm/"])  # the gateway's lean client, over TLS too
+        with d.client() as client:
+            via = client.get(
+                f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contacts",
+                params={"limit": "1"},
+                headers={"Authorization": f"Bearer {d.caller_key}"},
+            )
+        assert via.status_code == 200, via.text
+        assert len(via.json()["results"]) == 1
 
     # The same HubSpot without the bundle: its certificate is refused, nothing is stored.
     refused = load_settings({**env, **hosts})

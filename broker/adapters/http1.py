@@ -77,7 +77,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._answer is None:
+        if not self._expecting():
             # Bytes nobody asked for (a late answer, a second one): whatever comes next on
             # this connection cannot be told apart from them.
             self.close()
@@ -96,6 +96,10 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self._end_at_close()
         self._fail(BadAnswer("the connection closed before the answer was complete"))
+
+    def _expecting(self) -> bool:
+        """Whether bytes from the server are part of an answer asked for."""
+        return self._answer is not None
 
     def _end_at_close(self) -> None:
         """An answer that says neither its length nor chunked ends with the connection."""
@@ -239,20 +243,32 @@ class Http1Pool:
             head.append(f"Content-Length: {len(body)}")
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
         async with asyncio.timeout(self._timeout), self._slots:
-            while True:
-                connection, reused = await self._connection(base, target)
-                try:
-                    return await connection.exchange(request)
-                except CannotConnect:
-                    if not reused:
-                        raise  # a kept connection closing under us: try a new one
-                except BadAnswer:
-                    # A kept connection the server closed just now (its idle timeout): the
-                    # request never reached it, so it may go again on a new connection.
-                    if not (self._resend_stale and reused) or connection.answered:
-                        raise
-                finally:
-                    self._release(base, connection)
+            connection, answer = await self._exchange(base, target, request, self._resend_stale)
+            self._release(base, connection)
+            return answer
+
+    async def _exchange(
+        self, base: str, target: SplitResult, request: bytes, resend_stale: bool
+    ) -> tuple[_Connection, Answer]:
+        """The answer and its connection (the caller's to release); a connection that
+        brought no answer is released here."""
+        while True:
+            connection, reused = await self._connection(base, target)
+            try:
+                return connection, await connection.exchange(request)
+            except CannotConnect:
+                self._release(base, connection)
+                if not reused:
+                    raise  # a kept connection closing under us: try a new one
+            except BadAnswer:
+                self._release(base, connection)
+                # A kept connection the server closed just now (its idle timeout): the
+                # request never reached it, so it may go again on a new connection.
+                if not (resend_stale and reused) or connection.answered:
+                    raise
+            except BaseException:
+                self._release(base, connection)
+                raise
 
     def _release(self, base: str, connection: _Connection) -> None:
         idle = self._idle.setdefault(base, deque())
@@ -281,7 +297,7 @@ class Http1Pool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, connection = await asyncio.get_running_loop().create_connection(
-                    lambda: _Connection(self._keep_headers),
+                    self._new_connection,
                     host,
                     port,
                     ssl=self._tls if secure else None,
@@ -290,6 +306,9 @@ class Http1Pool:
         except OSError as exc:  # ssl.SSLError and the connect's TimeoutError are ones
             raise CannotConnect(f"cannot connect ({type(exc).__name__})") from exc
         return connection, False
+
+    def _new_connection(self) -> _Connection:
+        return _Connection(self._keep_headers)
 
     def close(self) -> None:
         for connections in self._idle.values():

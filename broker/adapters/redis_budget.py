@@ -8,6 +8,7 @@ Each call is one Lua script: atomic across replicas, one round trip, the server'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -50,13 +51,15 @@ redis.call('PEXPIRE', KEYS[2], 86400000 - now % 86400000 + 3600000)
 return {0, used + units, limit, today, seq}
 """
 # KEYS: log, day counter, state hash. ARGV: limit, window ms, remaining, max, daily
-# remaining, daily max (-1: not sent), the unit's member (0: none). The unit counts from
-# now; then what HubSpot saw and the log did not is counted.
+# remaining, daily max (-1: not sent), then the units' members (0: none). The units count
+# from now; then what HubSpot saw and the log did not is counted.
 _SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-if ARGV[7] ~= '0' then redis.call('ZADD', KEYS[1], 'XX', now, ARGV[7] - 1) end
+for i = 7, #ARGV do
+  if ARGV[i] ~= '0' then redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i] - 1) end
+end
 local remaining, max = tonumber(ARGV[3]), tonumber(ARGV[4])
 if max > 0 and max < limit then
   limit = max
@@ -126,13 +129,15 @@ class RedisBudget:
             int(wait_ms) / 1000, int(used), int(limit), int(today), limits.per_day, taken
         )
 
-    async def settle(self, portal: str, limits: Limits, unit: int, seen: Observed | None) -> None:
+    async def settle(
+        self, portal: str, limits: Limits, units: Sequence[int], seen: Observed | None
+    ) -> None:
         def n(value: int | None) -> int:
             return -1 if value is None else value
 
         seen = seen or Observed()
         args = [limits.per_window, limits.window_ms, n(seen.remaining), n(seen.maximum)]
-        args += [n(seen.daily_remaining), n(seen.daily), unit]
+        args += [n(seen.daily_remaining), n(seen.daily), *units]
         await self._call("budget", self._settle(keys=self._keys(portal), args=args))
 
     async def pause(self, portal: str, seconds: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,8 +59,10 @@ class BudgetStore(Protocol):
         ``units`` 0 reads the state."""
         ...
 
-    async def settle(self, portal: str, limits: Limits, unit: int, seen: Observed | None) -> None:
-        """HubSpot answered the request of ``unit``: the unit counts from now (HubSpot
+    async def settle(
+        self, portal: str, limits: Limits, units: Sequence[int], seen: Observed | None
+    ) -> None:
+        """HubSpot answered the requests of ``units``: they count from now (HubSpot
         counted it somewhere between its taking and now, and must not see it free before
         this store does); when HubSpot said how much is left (``seen``): count the use it
         saw and this store did not (other callers of the account), and a lower limit."""
