@@ -1,7 +1,7 @@
 """Private-app tokens (issue 16, part 3): stored in Vault, served by Hub ID through the token
-route as static tokens (no expiry, never refreshed), rotated with no failed request across
-replicas, removed (or revoked) within a second on every replica, and never in a log, an
-error, an argument or the CLI's output."""
+route as static tokens (no expiry, never refreshed), used through the gateway, rotated with
+no failed request across replicas (token route and gateway), removed (or revoked) within a
+second on every replica, and never in a log, an error, an argument or the CLI's output."""
 
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ from broker.dev.stack import BackendUrls
 from broker.errors import AppKindMismatch, NotFound
 from tests.chaos.cluster import Replica, start_replica
 from tests.faultproxy import FaultProxy
-from tests.helpers import admin_key, register, run_broker, serve_app, sql
+from tests.helpers import admin_key, grant_gateway, register, run_broker, serve_app, sql
 
 HUB = 7_700_001
 APP = "priv"
 SCOPE = "crm.objects.contacts.read"
+CONTACTS = f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contacts"
 PAT = re.compile(r"pat-na1-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -110,6 +111,7 @@ def test_simulator_issues_and_rotates_private_app_tokens(sim: Simulator, sim_url
     assert (_contacts(sim_url, old), _contacts(sim_url, new)) == (200, 200)  # the overlap
     sim.advance_clock(61)
     assert (_contacts(sim_url, old), _contacts(sim_url, new)) == (401, 200)
+    assert (_api_calls(sim, old), _api_calls(sim, new)) == (3, 2)  # a refused call: not its
     unscoped = sim.create_private_app_token(HUB, scopes=["oauth"])
     assert _contacts(sim_url, unscoped) == 403
     bad = httpx.post(f"{sim_url}/_sim/private-app-tokens/rotate", json={"token": "nope"})
@@ -476,3 +478,134 @@ def test_rotation_under_load_on_two_replicas_then_removal(
     for secret in (old, new):
         assert secret not in logs
         assert secret not in output
+
+
+# --- through the gateway --------------------------------------------------------------------
+def _api_calls(sim: Simulator, token: str) -> int:
+    """Calls to HubSpot's API the simulator accepted with ``token``."""
+    info = sim.access_token_info(token)
+    assert info is not None
+    return info.api_calls
+
+
+def _rotate(settings: Settings, token: str, old_expires_in: int) -> None:
+    async def rotate() -> None:
+        async with open_admin(settings) as svc:
+            await svc.private_apps.rotate(
+                APP, HUB, Secret(token), old_expires_in=old_expires_in, actor="test"
+            )
+
+    asyncio.run(rotate())
+
+
+def _through_gateway(url: str, key: str, stop: threading.Event, seen: list[httpx.Response]) -> None:
+    """Gateway calls to the portal's contacts in a loop until ``stop``."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while not stop.is_set():
+            seen.append(
+                client.get(CONTACTS, params={"app": APP, "limit": "1"}, headers=_bearer(key))
+            )
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_gateway_rotation_on_two_replicas_fails_no_request(
+    env: dict[str, str], tmp_path: Path, sim: Simulator
+) -> None:
+    """Issue 16's must-show: a private app's token served by Hub ID, used through the
+    gateway of two replicas under load, rotated with no failed request; a second after the
+    rotation HubSpot sees only the new token, and no answer carries either."""
+    budget = "100000"  # the loops are not what is measured: neither budget holds them back
+    env = {**env, "BROKER_BUDGET_PER_TEN_SECONDS": budget}
+    sim.configure(api_rate_limit=int(budget))
+    settings = load_settings(env)
+    sim.add_portal(HUB)
+    old = sim.create_private_app_token(HUB, scopes=[SCOPE])
+    _add(settings, old)
+    key = _caller(settings, rate_limit=100_000.0)
+    grant_gateway(settings, None, ["/crm/"])
+    replicas = [start_replica(env, tmp_path / f"replica-{i}.log") for i in range(2)]
+    try:
+        for replica in replicas:  # each holds the old token now
+            warm = httpx.get(replica.url + CONTACTS, params={"app": APP}, headers=_bearer(key))
+            assert warm.status_code == 200, warm.text
+        stop = threading.Event()
+        seen: list[list[httpx.Response]] = [[], []]
+        threads = [
+            threading.Thread(target=_through_gateway, args=(r.url, key, stop, s))
+            for r, s in zip(replicas, seen, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.5)
+            new = sim.rotate_private_app_token(old, old_expires_in=120)  # in HubSpot's UI
+            _rotate(settings, new, old_expires_in=120)
+            time.sleep(1.0)
+            old_calls, new_calls = _api_calls(sim, old), _api_calls(sim, new)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(15)
+    finally:
+        for replica in replicas:
+            replica.terminate()
+
+    for answers in seen:
+        assert len(answers) > 20
+        assert [a.status_code for a in answers if a.status_code != 200] == []  # none failed
+        for answer in answers:
+            assert len(answer.json()["results"]) == 1  # the simulator's contacts answered
+            for token in (old, new):
+                assert token not in answer.text
+                assert token not in str(answer.headers)
+    assert old_calls > 2  # the old token was in use before the rotation
+    assert _api_calls(sim, old) == old_calls  # a second after it, never again
+    assert _api_calls(sim, new) > new_calls  # the new one carried every call since
+    assert sim.counters()["token"] == 0  # nothing was refreshed
+    assert sim.counters()["contacts"] == old_calls + _api_calls(sim, new)  # none refused
+    logs = "".join(r.log.read_text() for r in replicas)
+    assert old not in logs
+    assert new not in logs
+
+
+def test_gateway_401_from_an_expired_old_token_reads_the_new_one(
+    served: str, settings: Settings, sim: Simulator
+) -> None:
+    """A replica that missed the rotation's message still holds the old token; HubSpot
+    let it expire early: the 401 makes the gateway read the token again, and the request
+    succeeds with the new one (no refresh: a private app has none)."""
+    old = sim.create_private_app_token(HUB, scopes=[SCOPE])
+    _add(settings, old)
+    key = _caller(settings)
+    grant_gateway(settings, None, ["/crm/"])
+    with httpx.Client(base_url=served, headers=_bearer(key), timeout=10) as client:
+        assert client.get(CONTACTS, params={"app": APP}).status_code == 200  # cached
+        new = sim.rotate_private_app_token(old, old_expires_in=1)
+        sim.advance_clock(2)
+
+        async def missed_rotation() -> None:
+            """Vault holds the new token; no replica was told (no message, no row change)."""
+            vault = VaultAdapter(settings)
+            try:
+                await vault.login()
+                await vault.put_private_app_token(PortalKey(APP, HUB), Secret(new))
+            finally:
+                await vault.close()
+
+        asyncio.run(missed_rotation())
+        sent = sim.counters()["contacts"]
+        answer = client.get(CONTACTS, params={"app": APP})
+        assert answer.status_code == 200, answer.text
+        assert sim.counters()["contacts"] == sent + 2  # HubSpot's 401, then the retry
+        assert _api_calls(sim, new) == 1
+        assert client.get(CONTACTS, params={"app": APP}).status_code == 200
+        assert sim.counters()["contacts"] == sent + 3  # the new token is used from now on
+    assert _api_calls(sim, new) == 2
+    assert sim.counters()["token"] == 0
+    for token in (old, new):
+        assert token not in answer.text
+        assert token not in str(answer.headers)

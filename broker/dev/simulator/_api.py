@@ -40,6 +40,7 @@ def _authenticate(store: Store, given: str) -> AccessToken:
     record = store.access_tokens.get(given)
     live = store.live_access_token(given)
     if live is not None:
+        live.api_calls += 1
         return live
     if record is not None and record.alive and record.grant.hub_id in store.portals:
         ago = max(1, math.floor(store.now() - record.expires_at))

@@ -129,6 +129,8 @@ class AccessToken:
     issued_at: float
     expires_at: float
     alive: bool = True
+    api_calls: int = 0
+    """API calls this token authenticated (never the token itself: tests read counts)."""
 
 
 @dataclass

@@ -53,6 +53,8 @@ class AccessTokenInfo:
     """Seconds left on the simulated clock; negative once expired."""
     active: bool
     """Not expired, not revoked, its grant not killed, its portal not removed."""
+    api_calls: int
+    """API calls (contacts, uninstall) it authenticated so far."""
 
 
 class Simulator:
@@ -273,6 +275,7 @@ class Simulator:
                 expires_at=record.expires_at,
                 expires_in=int(record.expires_at - self._store.now()),
                 active=self._store.live_access_token(token) is not None,
+                api_calls=record.api_calls,
             )
 
     def reset(self) -> None:
