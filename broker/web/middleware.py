@@ -36,6 +36,17 @@ def request_id(presented: bytes | None) -> bytes:
     return b"%s%06x" % (_PREFIX, next(_COUNTER))
 
 
+def authorization_and_id(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """The first ``Authorization`` and ``X-Request-ID`` headers (one pass: the raw routes')."""
+    authorization = presented_id = None
+    for name, value in scope["headers"]:
+        if name == b"authorization" and authorization is None:
+            authorization = value
+        elif name == b"x-request-id" and presented_id is None:
+            presented_id = value
+    return authorization, presented_id
+
+
 def route_of(path: str) -> metrics.Route:
     """The bounded ``route`` label for a request path."""
     if path.startswith("/v1/"):
