@@ -1,8 +1,9 @@
 """A pure-ASGI middleware: a request id per request (from ``X-Request-ID`` when it is sane,
 else generated), echoed in the response and bound for log lines; the request's latency
 observed per route (a bounded label); server errors are logged as events. Pure ASGI rather
-than ``BaseHTTPMiddleware``; the token route (:mod:`broker.web.api`) does the same inline with
-:func:`request_id`, :func:`observe` and :func:`log_server_error`."""
+than ``BaseHTTPMiddleware``; the token route (:mod:`broker.web.api`) and the gateway
+(:mod:`broker.web.gateway`) do the same inline with :func:`request_id`, :func:`observe` and
+:func:`log_server_error`."""
 
 from __future__ import annotations
 
