@@ -48,6 +48,7 @@ from broker.app import create_app, open_admin
 from broker.config import Settings
 from broker.core.models import Role
 from broker.web import api as token_route
+from broker.web import gateway
 from tests.helpers import FUZZ_COUNTS, Deploy, Deployment, sql
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -88,9 +89,12 @@ def _documented() -> set[tuple[str, str]]:
 
 def _served(settings: Settings) -> set[tuple[str, str]]:
     app = create_app(settings)
-    served = {(token_route.PATH, "GET")}  # raw ASGI in front of the Starlette routes
-    assert isinstance(app.app, Starlette)
-    for route in app.app.routes:
+    # The token route and the gateway: raw ASGI in front of the Starlette routes.
+    served = {(token_route.PATH, "GET")}
+    served |= {(gateway.PATH, method) for method in gateway.METHODS if method != "HEAD"}
+    assert isinstance(app.app, gateway.GatewayRoute)
+    assert isinstance(app.app.app, Starlette)
+    for route in app.app.app.routes:
         assert isinstance(route, Route)
         for method in route.methods or ():
             if method != "HEAD":

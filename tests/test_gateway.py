@@ -19,7 +19,15 @@ from broker.app.services import open_admin
 from broker.config import Settings, load_settings
 from broker.core.models import PortalKey
 from broker.dev.simulator import Simulator
-from tests.helpers import Deployment, admin_key, deployed, grant_gateway, run_broker, serve_app
+from tests.helpers import (
+    Deployment,
+    admin_key,
+    deployed,
+    grant_gateway,
+    metric_value,
+    run_broker,
+    serve_app,
+)
 
 HUB = 6100
 CONTACTS = f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contacts"
@@ -83,10 +91,45 @@ def test_forwards_with_the_portal_token_within_path_grants(
         for response in (answer, other, bad, big):
             assert token not in response.text
             assert token not in str(response.headers)
+            assert response.headers["x-request-id"]
+        assert answer.headers["x-request-id"] != other.headers["x-request-id"]
+        _answers_as_every_route(d)
     out, err = capfd.readouterr()
     assert "health.ready" in out + err + caplog.text  # the broker's log was captured
     for text in (out, err, caplog.text):
         assert token not in text
+
+
+def _answers_as_every_route(d: Deployment) -> None:
+    """Served in front of the Starlette app, the gateway answers as its routes do: the
+    caller's request id echoed and in problems, 405 with ``Allow``, U+0000 refused, the
+    latency observed under the ``api`` route label."""
+    counted = dict(route="api", status_class="2xx")
+    before = metric_value(d.url, "broker_http_request_duration_seconds_count", **counted)
+    echoed = call(d, headers={"X-Request-ID": "gw-req-1"})
+    assert echoed.status_code == 200
+    assert echoed.headers["x-request-id"] == "gw-req-1"
+    after = metric_value(d.url, "broker_http_request_duration_seconds_count", **counted)
+    assert after == before + 1
+    denied = call(d, headers={"Authorization": "Bearer nope", "X-Request-ID": "gw-req-2"})
+    assert denied.status_code == 401
+    assert denied.headers["content-type"] == "application/problem+json"
+    assert denied.headers["x-request-id"] == "gw-req-2"
+    assert denied.json()["request_id"] == "gw-req-2"
+    options = call(d, method="OPTIONS")
+    assert options.status_code == 405
+    assert options.json()["code"] == "method_not_allowed"
+    assert set(options.headers["allow"].split(", ")) == {
+        "GET",
+        "HEAD",
+        "POST",
+        "PUT",
+        "PATCH",
+        "DELETE",
+    }
+    assert options.headers["x-request-id"]
+    assert call(d, params={"q": "a\x00b"}).json()["code"] == "invalid_request"
+    assert call(d, method="HEAD").status_code == 200
 
 
 def test_a_401_is_answered_by_one_refresh_and_one_retry(

@@ -54,15 +54,17 @@ async def warm_up(services: Services) -> None:
 
 def internal_app(*, with_oauth: bool, lifespan: Lifespan[Starlette] | None = None) -> TokenRoute:
     """``/v1/*``, ``/admin``, ``/metrics`` and the probes (and the install flow too unless a
-    public listener serves it): the token route (raw ASGI, see :mod:`broker.web.api`) in
-    front of the Starlette app."""
+    public listener serves it): the token route and the gateway (raw ASGI, see
+    :mod:`broker.web.api` and :mod:`broker.web.gateway`) in front of the Starlette app."""
     routes = [*admin.routes, *manage.routes, *gateway.routes, *admin_page.routes, *health.routes]
     return TokenRoute(
-        Starlette(
-            routes=[*routes, *oauth.routes] if with_oauth else routes,
-            middleware=[Middleware(RequestIdMiddleware)],
-            exception_handlers=HANDLERS,
-            lifespan=lifespan,
+        gateway.GatewayRoute(
+            Starlette(
+                routes=[*routes, *oauth.routes] if with_oauth else routes,
+                middleware=[Middleware(RequestIdMiddleware)],
+                exception_handlers=HANDLERS,
+                lifespan=lifespan,
+            )
         )
     )
 

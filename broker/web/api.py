@@ -24,7 +24,13 @@ from broker import metrics
 from broker.core.models import PRIVATE_APP, IssuedToken, PortalKey
 from broker.logs import REQUEST_ID
 from broker.web import problems
-from broker.web.middleware import CLOSE, log_server_error, observe, request_id
+from broker.web.middleware import (
+    CLOSE,
+    authorization_and_id,
+    log_server_error,
+    observe,
+    request_id,
+)
 from broker.web.params import bearer_of, check_names, parse_app, parse_int
 from broker.web.services import Services
 
@@ -65,12 +71,7 @@ class TokenRoute:
         ):
             await self.app(scope, receive, send)
             return
-        authorization = presented_id = None
-        for name, value in scope["headers"]:
-            if name == b"authorization" and authorization is None:
-                authorization = value
-            elif name == b"x-request-id" and presented_id is None:
-                presented_id = value
+        authorization, presented_id = authorization_and_id(scope)
         # One clock reading serves the caller's rate limit, the cache's expiry check and the
         # latency; the request id is bound for log lines only on the paths that can log.
         now = time.monotonic()

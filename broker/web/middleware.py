@@ -1,8 +1,9 @@
 """A pure-ASGI middleware: a request id per request (from ``X-Request-ID`` when it is sane,
 else generated), echoed in the response and bound for log lines; the request's latency
 observed per route (a bounded label); server errors are logged as events. Pure ASGI rather
-than ``BaseHTTPMiddleware``; the token route (:mod:`broker.web.api`) does the same inline with
-:func:`request_id`, :func:`observe` and :func:`log_server_error`."""
+than ``BaseHTTPMiddleware``; the token route (:mod:`broker.web.api`) and the gateway
+(:mod:`broker.web.gateway`) do the same inline with :func:`request_id`, :func:`observe` and
+:func:`log_server_error`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ def request_id(presented: bytes | None) -> bytes:
     if presented is not None and _SANE_ID.match(presented):
         return presented
     return b"%s%06x" % (_PREFIX, next(_COUNTER))
+
+
+def authorization_and_id(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """The first ``Authorization`` and ``X-Request-ID`` headers (one pass: the raw routes')."""
+    authorization = presented_id = None
+    for name, value in scope["headers"]:
+        if name == b"authorization" and authorization is None:
+            authorization = value
+        elif name == b"x-request-id" and presented_id is None:
+            presented_id = value
+    return authorization, presented_id
 
 
 def route_of(path: str) -> metrics.Route:
