@@ -79,6 +79,16 @@ def test_forwards_with_the_portal_token_within_path_grants(
         assert other.status_code == 403
         assert other.json()["code"] == "hubspot_path_forbidden"
         assert call(d, f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contactsx").status_code == 403
+        # Dot segments would leave the granted prefix at HubSpot's end: refused, not sent.
+        escape = f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contacts/%2e%2e/%2e%2e/owners"
+        dots = call(d, escape)
+        assert dots.status_code == 422, dots.text
+        assert dots.json()["code"] == "invalid_request"
+        # A space or CR decoded in the path is encoded again: it cannot end the request
+        # line (HubSpot answers its 404 for that path, not 400 for a broken request line).
+        odd = call(d, f"/v1/portals/{HUB}/hubspot/crm/v3/objects/contacts/a%20b%0Dc")
+        assert odd.status_code == 404, odd.text
+        assert sim.counters()["contacts"] == sent_before + 1
         # HubSpot's own errors come back as HubSpot sent them.
         bad = call(d, params={"limit": "1000"})
         assert bad.status_code == 400

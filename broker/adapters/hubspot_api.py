@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -35,6 +36,8 @@ log = structlog.get_logger(__name__)
 _POOL_SIZE = 256
 _PER_CLIENT = 8
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+#: What a path keeps as it is (RFC 3986 pchar and "/"); everything else is percent-encoded.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 #: The connection failed with no answer (e.g. the server closed an idle keep-alive one).
 _STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
@@ -126,9 +129,7 @@ class HubSpotApiClient:
     async def _send_lean(
         self, lean: StreamPool, request: ApiRequest, body: bytes, token: str
     ) -> _LeanAnswer:
-        target = request.path
-        if request.query:
-            target += "?" + request.query.decode("latin-1")
+        target = _target(request)
         headers = [(k, v) for k, v in request.headers if k.lower() != b"content-length"]
         headers.append((b"authorization", b"Bearer " + token.encode()))
         try:
@@ -151,9 +152,7 @@ class HubSpotApiClient:
     async def send(self, request: ApiRequest, token: str) -> _Answer | _LeanAnswer:
         if self._lean is not None and isinstance(request.body, bytes):
             return await self._send_lean(self._lean, request, request.body, token)
-        url = self._base + request.path
-        if request.query:
-            url += "?" + request.query.decode("latin-1")
+        url = self._base + _target(request)
         headers = [*request.headers, (b"authorization", b"Bearer " + token.encode())]
         index = self._busy.index(min(self._busy))  # the least busy pool
         client = self._clients[index]
@@ -196,3 +195,13 @@ class HubSpotApiClient:
             self._lean.close()
         for client in self._clients:
             await client.aclose()
+
+
+def _target(request: ApiRequest) -> str:
+    """The request target sent to HubSpot: the (decoded) path percent-encoded again, so a
+    space, a control character, ``?`` or ``#`` in it stays part of the path (it cannot end
+    the request line or start a query), then the query as the caller sent it."""
+    target = quote(request.path, safe=_PATH_SAFE)
+    if request.query:
+        target += "?" + request.query.decode("latin-1")
+    return target

@@ -32,7 +32,7 @@ from broker.core.models import Caller, IssuedToken, PortalKey
 from broker.core.operations import PortalOperations
 from broker.core.ports.hubspot_api import ApiRequest, ApiResponse, HubSpotApi
 from broker.core.tokens import TokenService
-from broker.errors import BrokerError, Forbidden
+from broker.errors import BrokerError, Forbidden, InvalidRequest
 
 log = structlog.get_logger(__name__)
 
@@ -54,9 +54,13 @@ class Gateway:
         return min(_MIN_TTL, self.settings.min_ttl_max)
 
     def authorize(self, caller: Caller, key: PortalKey, path: str) -> None:
-        """Raises :class:`Forbidden` unless ``caller`` may call ``path`` on the portal."""
+        """Raises :class:`Forbidden` unless ``caller`` may call ``path`` on the portal, and
+        :class:`InvalidRequest` for a ``.`` or ``..`` segment (a server resolving it would
+        take the request outside the prefix it was granted for)."""
         if not caller.may_access(key.app, key.hub_id):
             raise Forbidden(f"caller {caller.name!r} may not use portal {key}")
+        if any(segment in (".", "..") for segment in path.split("/")):
+            raise InvalidRequest(f"the HubSpot path {path!r} has a '.' or '..' segment")
         if not caller.may_call(path):
             raise Forbidden(
                 f"caller {caller.name!r} may not call HubSpot path {path!r} through the gateway",

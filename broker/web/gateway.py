@@ -228,6 +228,8 @@ async def budget(request: Request) -> Response:
     except ValueError as exc:
         raise InvalidRequest('the body must be JSON: {"used": n}') from exc
     used = body.get("used") if isinstance(body, dict) and body.keys() == {"used"} else None
+    if isinstance(used, float) and used.is_integer():  # 1.0 is an integer to JSON Schema
+        used = int(used)
     if not isinstance(used, int) or isinstance(used, bool) or not 1 <= used <= 10_000:
         raise InvalidRequest(
             'the body must be {"used": n} with n from 1 to 10000',
