@@ -268,3 +268,19 @@ def _budget_env(settings: Settings) -> dict[str, str]:
         "BROKER_BUDGET_PER_TEN_SECONDS": str(settings.budget_per_ten_seconds),
         "BROKER_BUDGET_MAX_WAIT": str(settings.budget_max_wait),
     }
+
+
+def test_budget_reports_refuse_bad_bodies_with_problems(
+    settings: Settings, sim: Simulator, sim_url: str
+) -> None:
+    """What a service reports to ``POST /budget`` is checked before anything is counted: a
+    body nested too deep, not JSON, or not ``{"used": n}`` is a 422, never a 500; 1.0 is 1."""
+    with deployed(settings, sim, sim_url, hub_id=HUB) as d:
+        url = f"/v1/portals/{HUB}/budget"
+        for body in (b"[" * 5_000 + b"]" * 5_000, b"{", b'{"used": 0}', b'{"used": 1.5}'):
+            refused = call(d, url, method="POST", content=body)
+            assert refused.status_code == 422, (body[:20], refused.text)
+            assert refused.json()["code"] == "invalid_request"
+        counted = call(d, url, method="POST", json={"used": 1.0})
+        assert counted.status_code == 200, counted.text
+        assert counted.json()["used"] == 1

@@ -39,7 +39,7 @@ from broker.web.middleware import (
     observe,
     request_id,
 )
-from broker.web.params import bearer_of, check_names, parse_app, parse_int
+from broker.web.params import bearer_of, check_names, json_body, parse_app, parse_int
 from broker.web.services import Services
 
 #: Request bodies up to this many bytes are read whole before sending (and can be re-sent).
@@ -223,10 +223,7 @@ async def budget(request: Request) -> Response:
         raise Forbidden(f"caller {caller.name!r} may not read the budget of portal {key}")
     if request.method == "GET":
         return JSONResponse(_budget_view(await gateway.budget.read(key)))
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise InvalidRequest('the body must be JSON: {"used": n}') from exc
+    body = await json_body(request)  # bounded, and 422 for what is not JSON or too deep
     used = body.get("used") if isinstance(body, dict) and body.keys() == {"used"} else None
     if isinstance(used, float) and used.is_integer():  # 1.0 is an integer to JSON Schema
         used = int(used)
