@@ -25,7 +25,7 @@ run: $(STAMP) ## Start embedded Postgres/Valkey/OpenBao, the HubSpot simulator a
 	$(BIN)/broker dev
 
 test: $(STAMP) ## Run the test suite on real backends (embedded unless BROKER_TEST_* URLs are set)
-	$(BIN)/python -m pytest -n $${TEST_WORKERS:-2} --dist worksteal -m "not slow"
+	$(BIN)/python -m pytest -n $${TEST_WORKERS:-2} --dist worksteal -m "not slow" --durations=15
 
 test-slow: $(STAMP) ## The minutes-long tests: chaos and the k8s harness at reduced size, bench smoke, image build
 	$(BIN)/python -m pytest -n $${TEST_WORKERS:-2} --dist worksteal -m slow
