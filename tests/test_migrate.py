@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from broker.adapters.postgres.migrate import available, migrate
+from broker.adapters.postgres.migrate import SCHEMA_MIGRATIONS, apply, available, migrate
 from broker.dev.stack import BackendUrls
 from broker.errors import FatalError
 from tests.helpers import admin_sql, database_named
@@ -32,20 +32,10 @@ async def _migrated_up_to(url: str, version: int) -> None:
     """Every migration before ``version`` applied, as ``migrate`` would have."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(
-            """CREATE TABLE schema_migrations (
-                   version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"""
-        )
+        await conn.execute(SCHEMA_MIGRATIONS)
         for m in available():
             if m.version < version:
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
-                    m.version,
-                    m.name,
-                    m.checksum,
-                )
+                await apply(conn, m)
     finally:
         await conn.close()
 

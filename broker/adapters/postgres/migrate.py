@@ -79,19 +79,32 @@ async def migrate(
     )
 
 
+#: The table of applied migrations (created by the first run).
+SCHEMA_MIGRATIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"""
+
+
+async def apply(conn: Connection, migration: Migration) -> None:
+    """Runs ``migration`` and records it (inside the caller's transaction)."""
+    await conn.execute(migration.sql)
+    await conn.execute(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        migration.version,
+        migration.name,
+        migration.checksum,
+    )
+
+
 async def _migrate_once(conn: Connection, lock_timeout: float) -> list[Migration]:
     applied_now: list[Migration] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
         # After the advisory lock: another replica's run is waited for as long as it takes.
         await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   checksum text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"""
-        )
+        await conn.execute(SCHEMA_MIGRATIONS)
         rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
         done = {row["version"]: row["checksum"] for row in rows}
         for migration in available():
@@ -103,13 +116,7 @@ async def _migrate_once(conn: Connection, lock_timeout: float) -> list[Migration
                         code="migration_checksum",
                     )
                 continue
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version,
-                migration.name,
-                migration.checksum,
-            )
+            await apply(conn, migration)
             applied_now.append(migration)
     return applied_now
 

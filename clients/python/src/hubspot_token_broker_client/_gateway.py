@@ -42,6 +42,16 @@ def gateway_url(client: BaseClient, hub_id: int) -> str:
     return f"{str(client._base_url).rstrip('/')}/v1/portals/{hub_id}/hubspot"
 
 
+def _bound(client: BaseClient, hub_id: int, app: str | None, user_id: int | None) -> dict[str, Any]:
+    """What both gateway clients are built with besides the caller's options."""
+    return {
+        "base_url": gateway_url(client, hub_id),
+        "auth": CallerAuth(client),
+        "params": _params(client, app, user_id),
+        "follow_redirects": False,
+    }
+
+
 def _params(client: BaseClient, app: str | None, user_id: int | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if app or client._app:
@@ -63,13 +73,7 @@ def gateway_client(
     relative to HubSpot's host, e.g. ``/crm/v3/objects/contacts``). ``options`` go to
     ``httpx.Client`` (``timeout``, ``transport``, ...)."""
     options.setdefault("timeout", 60.0)
-    return httpx.Client(
-        base_url=gateway_url(client, hub_id),
-        auth=CallerAuth(client),
-        params=_params(client, app, user_id),
-        follow_redirects=False,
-        **options,
-    )
+    return httpx.Client(**_bound(client, hub_id, app, user_id), **options)
 
 
 def async_gateway_client(
@@ -82,10 +86,4 @@ def async_gateway_client(
 ) -> httpx.AsyncClient:
     """:func:`gateway_client` for asyncio."""
     options.setdefault("timeout", 60.0)
-    return httpx.AsyncClient(
-        base_url=gateway_url(client, hub_id),
-        auth=CallerAuth(client),
-        params=_params(client, app, user_id),
-        follow_redirects=False,
-        **options,
-    )
+    return httpx.AsyncClient(**_bound(client, hub_id, app, user_id), **options)
